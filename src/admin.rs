@@ -1,0 +1,118 @@
+//! HTTP listeners.
+//!
+//! - admin (internal): `/healthz` (the process answers), `/readyz` (keys and policy loaded).
+//! - metadata (public, routed by Envoy without ext_authz): RFC 9728 OAuth Protected Resource
+//!   Metadata at `/.well-known/oauth-protected-resource/<mcp path>` and at the root form.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use crate::mcp::HttpView;
+use crate::pipeline::Authorizer;
+use crate::response::{ResponseSettings, WELL_KNOWN_PRM, public_base};
+
+pub fn admin_router(authorizer: Arc<Authorizer>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(authorizer)
+}
+
+async fn readyz(State(a): State<Arc<Authorizer>>) -> Response {
+    let keys = a.validator.keys().is_loaded();
+    let policy = a.policy.is_loaded();
+    let status = if keys && policy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let version = a.policy.load().map(|s| s.version.clone());
+    (
+        status,
+        Json(json!({"ready": keys && policy, "keys_loaded": keys, "policy_loaded": policy, "policy_version": version})),
+    )
+        .into_response()
+}
+
+/// What the metadata document says besides `resource`.
+#[derive(Debug, Clone)]
+pub struct MetadataSettings {
+    pub authorization_servers: Vec<String>,
+    pub scopes: Vec<String>,
+    pub resource_name: String,
+    pub resource_documentation: Option<String>,
+    pub response: ResponseSettings,
+}
+
+struct MetadataState {
+    authorizer: Arc<Authorizer>,
+    settings: MetadataSettings,
+}
+
+pub fn metadata_router(authorizer: Arc<Authorizer>, settings: MetadataSettings) -> Router {
+    let state = Arc::new(MetadataState { authorizer, settings });
+    Router::new()
+        .route(WELL_KNOWN_PRM, get(metadata))
+        .route(&format!("{WELL_KNOWN_PRM}/{{*rest}}"), get(metadata))
+        .with_state(state)
+}
+
+async fn metadata(State(s): State<Arc<MetadataState>>, request: Request) -> Response {
+    let not_found = || (StatusCode::NOT_FOUND, Json(json!({"error": "not_found"}))).into_response();
+    let path = request.uri().path();
+    let resource_path = path.strip_prefix(WELL_KNOWN_PRM).unwrap_or_default();
+    let prefix = &s.settings.response.path_prefix;
+    if !resource_path.is_empty() {
+        // Only paths of enabled MCP servers have metadata.
+        let Some(rest) = resource_path.strip_prefix(prefix.as_str()) else {
+            return not_found();
+        };
+        let server = rest.split('/').next().unwrap_or_default();
+        let Some(snapshot) = s.authorizer.policy.load() else {
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "policy_unavailable"}))).into_response();
+        };
+        if !snapshot.server_by_route(server).is_some_and(|srv| srv.enabled) {
+            return not_found();
+        }
+    }
+    let headers: &HeaderMap = request.headers();
+    let host = headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .unwrap_or_default();
+    let scheme = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("http");
+    let view = HttpView {
+        host,
+        scheme,
+        ..Default::default()
+    };
+    let Some(base) = public_base(&s.settings.response, &view) else {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": "bad_host"}))).into_response();
+    };
+    let mut doc = json!({
+        "resource": format!("{base}{resource_path}"),
+        "authorization_servers": s.settings.authorization_servers,
+        "scopes_supported": s.settings.scopes,
+        "bearer_methods_supported": ["header"],
+        "resource_name": s.settings.resource_name,
+    });
+    if let Some(d) = &s.settings.resource_documentation {
+        doc["resource_documentation"] = json!(d);
+    }
+    (
+        [("cache-control", "public, max-age=300")],
+        Json(doc),
+    )
+        .into_response()
+}

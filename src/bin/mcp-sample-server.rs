@@ -1,0 +1,43 @@
+//! `mcp-sample-server`: the sample upstream MCP server for `make demo` and `make bench`.
+//! Prints one JSON line with its URL on stdout once listening.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use mcp_authz::sample_server::{ReceivedLog, router};
+
+#[derive(Parser)]
+#[command(name = "mcp-sample-server", version, about = "Sample MCP server (development only)")]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Serve MCP at /mcp/<name>; repeatable.
+    #[arg(long = "name", default_values_t = ["github".to_string(), "jira".to_string()])]
+    names: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("mcp-sample-server: bind {}: {e}", args.listen);
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    if let Ok(a) = listener.local_addr() {
+        println!("{}", serde_json::json!({"url": format!("http://{a}")}));
+    }
+    let app = router(&args.names, ReceivedLog::default());
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    match axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mcp-sample-server: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! Typed configuration: a YAML file, then environment overrides, then validation.
+//!
+//! Overrides: `MCP_AUTHZ__SECTION__KEY=value` sets `section.key`. The value is read as YAML, so
+//! `MCP_AUTHZ__ENTRA__TENANTS='[a, b]'` sets a list and `MCP_AUTHZ__ENTRA__LEEWAY_SECONDS=30` a
+//! number. Unknown keys are errors, in the file and in the environment alike.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+use crate::identity::is_guid;
+
+/// The prefix of environment overrides.
+pub const ENV_PREFIX: &str = "MCP_AUTHZ__";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config is not valid YAML: {0}")]
+    Yaml(String),
+    #[error("environment override {var}: {reason}")]
+    Env { var: String, reason: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: ListenConfig,
+    pub entra: EntraConfig,
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub mcp: McpConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// gRPC ext_authz (and grpc.health.v1) over TCP.
+    pub grpc: Option<SocketAddr>,
+    /// gRPC ext_authz over a unix domain socket (the sidecar setup).
+    pub grpc_unix: Option<PathBuf>,
+    /// Health, readiness. Keep it internal.
+    pub admin: SocketAddr,
+    /// RFC 9728 protected-resource metadata; Envoy routes `/.well-known/oauth-protected-resource`
+    /// here. Optional.
+    pub metadata: Option<SocketAddr>,
+    /// How long in-flight Checks may take to finish after a shutdown signal.
+    #[serde(default = "default_drain_seconds")]
+    pub drain_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntraConfig {
+    /// `https://login.microsoftonline.com` unless a sovereign cloud or the stand-in.
+    #[serde(default = "default_authority")]
+    pub authority: String,
+    /// Allow-list of Entra directory (tenant) ids whose tokens are accepted.
+    pub tenants: Vec<String>,
+    /// Accepted `aud` values: the API's client id, and for v1 tokens its App ID URI.
+    pub audiences: Vec<String>,
+    /// Accepted token versions: "1.0", "2.0".
+    #[serde(default = "default_token_versions")]
+    pub token_versions: Vec<String>,
+    /// Issuer of v1 tokens; `{tenantid}` is replaced by the token's `tid`.
+    #[serde(default = "default_v1_issuer")]
+    pub v1_issuer: String,
+    /// Directory whose discovery document names the JWKS; defaults to the first tenant.
+    pub discovery_tenant: Option<String>,
+    /// A user token must carry at least one of these in `scp` (empty: no requirement).
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+    /// An app-only token must carry at least one of these in `roles`.
+    #[serde(default)]
+    pub required_roles: Vec<String>,
+    /// Accept app-only (client credentials) tokens at all.
+    #[serde(default)]
+    pub allow_app_tokens: bool,
+    /// Clock skew allowed on `exp`, `nbf`, `iat`.
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    /// Tokens longer than this are rejected before any decoding.
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh_seconds: u64,
+    /// An unknown `kid` refetches the JWKS on the request path at most this often.
+    #[serde(default = "default_unknown_kid_interval")]
+    pub unknown_kid_refresh_seconds: u64,
+    #[serde(default = "default_http_timeout_ms")]
+    pub http_timeout_ms: u64,
+    #[serde(default = "default_token_cache_capacity")]
+    pub token_cache_capacity: u64,
+    /// Allow an `http://` authority. Only for the stand-in; never in production.
+    #[serde(default)]
+    pub allow_insecure_authority: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// The YAML policy file (the embedded default source).
+    pub file: PathBuf,
+    #[serde(default = "default_reload_ms")]
+    pub reload_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpConfig {
+    /// Requests whose route carries no `mcp_server` context extension name the server in the
+    /// first path segment after this prefix.
+    #[serde(default = "default_path_prefix")]
+    pub path_prefix: String,
+    /// The public URL clients use (e.g. `https://mcp.example.com`). When unset, the scheme and
+    /// host of each request are used to build resource-metadata URLs.
+    pub public_base_url: Option<String>,
+    #[serde(default = "default_resource_name")]
+    pub resource_name: String,
+    pub resource_documentation: Option<String>,
+    /// The scope value advertised in `WWW-Authenticate` and metadata (e.g.
+    /// `api://mcp-gateway/mcp.access`); defaults to `entra.required_scopes`.
+    #[serde(default)]
+    pub advertised_scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default = "default_log_format")]
+    pub format: LogFormat,
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        Self {
+            path_prefix: default_path_prefix(),
+            public_base_url: None,
+            resource_name: default_resource_name(),
+            resource_documentation: None,
+            advertised_scopes: Vec::new(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: default_log_format(),
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_drain_seconds() -> u64 {
+    20
+}
+fn default_authority() -> String {
+    "https://login.microsoftonline.com".into()
+}
+fn default_token_versions() -> Vec<String> {
+    vec!["1.0".into(), "2.0".into()]
+}
+fn default_v1_issuer() -> String {
+    "https://sts.windows.net/{tenantid}/".into()
+}
+fn default_leeway() -> u64 {
+    30
+}
+fn default_max_token_bytes() -> usize {
+    16 * 1024
+}
+fn default_jwks_refresh() -> u64 {
+    3600
+}
+fn default_unknown_kid_interval() -> u64 {
+    300
+}
+fn default_http_timeout_ms() -> u64 {
+    5000
+}
+fn default_token_cache_capacity() -> u64 {
+    100_000
+}
+fn default_reload_ms() -> u64 {
+    1000
+}
+fn default_path_prefix() -> String {
+    "/mcp/".into()
+}
+fn default_resource_name() -> String {
+    "MCP gateway".into()
+}
+fn default_log_format() -> LogFormat {
+    LogFormat::Json
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// The most clock skew we let anyone configure.
+pub const MAX_LEEWAY_SECONDS: u64 = 300;
+
+impl Config {
+    /// Reads the file, applies the process environment, validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::parse(&text, env)?;
+        // Relative paths in the file are relative to the file, so a config can travel with its
+        // policy.
+        if config.policy.file.is_relative() {
+            if let Some(dir) = path.parent() {
+                config.policy.file = dir.join(&config.policy.file);
+            }
+        }
+        Ok(config)
+    }
+
+    pub fn parse(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut tree: Value =
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+        if tree.is_null() {
+            tree = Value::Mapping(Default::default());
+        }
+        let overrides: BTreeMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        for (var, raw) in overrides {
+            apply_override(&mut tree, &var, &raw)?;
+        }
+        let config: Config =
+            serde_yaml_ng::from_value(tree).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.listen.grpc.is_none() && self.listen.grpc_unix.is_none() {
+            return bad("listen: set grpc, grpc_unix, or both".into());
+        }
+        let e = &self.entra;
+        let authority = url::Url::parse(&e.authority)
+            .map_err(|err| ConfigError::Invalid(format!("entra.authority: {err}")))?;
+        match authority.scheme() {
+            "https" => {}
+            "http" if e.allow_insecure_authority => {}
+            other => {
+                return bad(format!(
+                    "entra.authority must be https (got {other}://); \
+                     allow_insecure_authority exists only for the stand-in"
+                ));
+            }
+        }
+        if e.authority.ends_with('/') {
+            return bad("entra.authority must not end with '/'".into());
+        }
+        if e.tenants.is_empty() {
+            return bad("entra.tenants: list at least one directory (tenant) id".into());
+        }
+        for t in &e.tenants {
+            if !is_guid(t) {
+                return bad(format!("entra.tenants: {t:?} is not a GUID"));
+            }
+        }
+        if let Some(t) = &e.discovery_tenant {
+            if t.is_empty() || !t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
+                return bad(format!("entra.discovery_tenant: {t:?} is not a tenant id or name"));
+            }
+        }
+        if e.audiences.is_empty() || e.audiences.iter().any(|a| a.is_empty()) {
+            return bad("entra.audiences: list the API's client id (and App ID URI for v1)".into());
+        }
+        if e.audiences.iter().any(|a| a == crate::identity::GRAPH_AUDIENCE) {
+            return bad("entra.audiences: Microsoft Graph tokens cannot be validated by anyone but Graph".into());
+        }
+        if e.token_versions.is_empty()
+            || e.token_versions.iter().any(|v| v != "1.0" && v != "2.0")
+        {
+            return bad("entra.token_versions: a non-empty subset of [\"1.0\", \"2.0\"]".into());
+        }
+        if !e.v1_issuer.contains("{tenantid}") {
+            return bad("entra.v1_issuer must contain {tenantid}".into());
+        }
+        if e.leeway_seconds > MAX_LEEWAY_SECONDS {
+            return bad(format!("entra.leeway_seconds: at most {MAX_LEEWAY_SECONDS}"));
+        }
+        if !(512..=65536).contains(&e.max_token_bytes) {
+            return bad("entra.max_token_bytes: between 512 and 65536".into());
+        }
+        if e.allow_app_tokens && e.required_roles.is_empty() {
+            return bad("entra.allow_app_tokens needs entra.required_roles (which app role grants access)".into());
+        }
+        if e.http_timeout_ms == 0 || e.http_timeout_ms > 60_000 {
+            return bad("entra.http_timeout_ms: between 1 and 60000".into());
+        }
+        if e.token_cache_capacity == 0 {
+            return bad("entra.token_cache_capacity must be positive".into());
+        }
+        if e.jwks_refresh_seconds < 60 {
+            return bad("entra.jwks_refresh_seconds: at least 60".into());
+        }
+        if self.policy.reload_interval_ms < 50 {
+            return bad("policy.reload_interval_ms: at least 50".into());
+        }
+        let p = &self.mcp.path_prefix;
+        if !p.starts_with('/') || !p.ends_with('/') || p.len() < 2 {
+            return bad("mcp.path_prefix must start and end with '/', e.g. /mcp/".into());
+        }
+        if let Some(base) = &self.mcp.public_base_url {
+            let u = url::Url::parse(base)
+                .map_err(|err| ConfigError::Invalid(format!("mcp.public_base_url: {err}")))?;
+            if !matches!(u.scheme(), "http" | "https") || base.ends_with('/') || u.query().is_some()
+            {
+                return bad("mcp.public_base_url: scheme://host[:port][/path] without a trailing '/'".into());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn http_timeout(&self) -> Duration {
+        Duration::from_millis(self.entra.http_timeout_ms)
+    }
+
+    /// Scopes named to clients in challenges and metadata.
+    pub fn advertised_scopes(&self) -> &[String] {
+        if self.mcp.advertised_scopes.is_empty() {
+            &self.entra.required_scopes
+        } else {
+            &self.mcp.advertised_scopes
+        }
+    }
+}
+
+fn apply_override(tree: &mut Value, var: &str, raw: &str) -> Result<(), ConfigError> {
+    let err = |reason: &str| ConfigError::Env {
+        var: var.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let path: Vec<String> = var[ENV_PREFIX.len()..]
+        .split("__")
+        .map(|s| s.to_ascii_lowercase())
+        .collect();
+    if path.iter().any(|s| s.is_empty()) {
+        return Err(err("empty path segment (use KEY__SUBKEY)"));
+    }
+    let value: Value = serde_yaml_ng::from_str(raw).map_err(|e| err(&format!("not YAML: {e}")))?;
+    let mut node = tree;
+    for (i, key) in path.iter().enumerate() {
+        if node.is_null() {
+            *node = Value::Mapping(Default::default());
+        }
+        let Value::Mapping(map) = node else {
+            return Err(err("overrides a value that is not a section"));
+        };
+        let k = Value::String(key.clone());
+        if i + 1 == path.len() {
+            map.insert(k, value);
+            return Ok(());
+        }
+        node = map.entry(k).or_insert(Value::Null);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

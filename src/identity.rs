@@ -1,0 +1,440 @@
+//! Entra ID access-token validation: bearer extraction, JWT checks, keys, verified-token cache.
+//!
+//! The flow for one token: size cap → cache lookup by SHA-256 of the token → strict JWT parse
+//! ([`jwt`]) → key by `kid` ([`jwks`], refetch on an unknown `kid` at most once per interval) →
+//! RS256 signature → claims (version, tenant, issuer, key issuer, audience, times, token type,
+//! scope/role) → [`Principal`], cached until the token's `exp`.
+
+mod jwks;
+mod jwt;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use moka::sync::Cache;
+use sha2::{Digest, Sha256};
+
+pub use jwks::{JwksError, JwksSource, Key, KeySet, KeyStore};
+pub use jwt::{Claims, GroupsClaim, Header, ParsedJwt, parse as parse_jwt};
+
+use crate::config::EntraConfig;
+
+/// `aud` of Microsoft Graph tokens: they carry a `nonce` header and only Graph can verify them.
+pub const GRAPH_AUDIENCE: &str = "00000003-0000-0000-c000-000000000000";
+
+/// Why a token was refused. Each has a stable reason code for logs, audit and the
+/// `x-mcp-authz-reason` header; none carries text from the token or from a library.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("no bearer token")]
+    Missing,
+    #[error("more than one authorization header or token")]
+    Multiple,
+    #[error("authorization header is not a bearer token")]
+    NotBearer,
+    #[error("token longer than the configured maximum")]
+    TooLarge,
+    #[error("token is not a well-formed JWS compact serialization: {0}")]
+    Malformed(&'static str),
+    #[error("duplicate name in token {0}")]
+    DuplicateName(&'static str),
+    #[error("algorithm not allowed (only RS256)")]
+    AlgorithmNotAllowed,
+    #[error("header {0} is never honoured")]
+    ForbiddenHeader(&'static str),
+    #[error("crit header present")]
+    CriticalHeader,
+    #[error("token has no kid")]
+    MissingKeyId,
+    #[error("no key with this kid")]
+    UnknownKeyId,
+    #[error("signing keys are not available")]
+    KeysUnavailable,
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("token has no exp")]
+    MissingExpiry,
+    #[error("token expired")]
+    Expired,
+    #[error("token not yet valid (nbf)")]
+    NotYetValid,
+    #[error("token issued in the future (iat)")]
+    IssuedInFuture,
+    #[error("token version not accepted")]
+    VersionNotAccepted,
+    #[error("tid missing or not an allowed directory")]
+    TenantNotAllowed,
+    #[error("iss does not match the token's version and tid")]
+    WrongIssuer,
+    #[error("the signing key's issuer does not match iss")]
+    KeyIssuerMismatch,
+    #[error("aud is not an accepted audience")]
+    WrongAudience,
+    #[error("token is for Microsoft Graph")]
+    GraphToken,
+    #[error("not an access token (no scp and no roles)")]
+    NotAccessToken,
+    #[error("app-only tokens are not accepted")]
+    AppTokenNotAllowed,
+    #[error("oid missing or not a GUID")]
+    MissingObjectId,
+    #[error("token lacks a required scope")]
+    MissingScope,
+    #[error("token lacks a required app role")]
+    MissingRole,
+}
+
+impl TokenError {
+    /// Stable code for logs, audit and the reason header.
+    pub fn code(&self) -> &'static str {
+        use TokenError::*;
+        match self {
+            Missing => "token_missing",
+            Multiple => "token_multiple",
+            NotBearer => "token_not_bearer",
+            TooLarge => "token_too_large",
+            Malformed(_) => "token_malformed",
+            DuplicateName(_) => "token_duplicate_name",
+            AlgorithmNotAllowed => "token_alg_not_allowed",
+            ForbiddenHeader(_) => "token_header_forbidden",
+            CriticalHeader => "token_crit_header",
+            MissingKeyId => "token_kid_missing",
+            UnknownKeyId => "token_kid_unknown",
+            KeysUnavailable => "keys_unavailable",
+            BadSignature => "token_signature_invalid",
+            MissingExpiry => "token_exp_missing",
+            Expired => "token_expired",
+            NotYetValid => "token_not_yet_valid",
+            IssuedInFuture => "token_iat_future",
+            VersionNotAccepted => "token_version",
+            TenantNotAllowed => "token_tenant",
+            WrongIssuer => "token_issuer",
+            KeyIssuerMismatch => "token_key_issuer",
+            WrongAudience => "token_audience",
+            GraphToken => "token_graph_audience",
+            NotAccessToken => "token_not_access_token",
+            AppTokenNotAllowed => "token_app_not_allowed",
+            MissingObjectId => "token_oid",
+            MissingScope => "token_scope_missing",
+            MissingRole => "token_role_missing",
+        }
+    }
+
+    /// A valid token without the needed scope/role is a 403 (`insufficient_scope`), the rest
+    /// 401 (`invalid_token`, or no error attribute when no token was sent).
+    pub fn is_insufficient_scope(&self) -> bool {
+        matches!(self, TokenError::MissingScope | TokenError::MissingRole)
+    }
+}
+
+/// Version of an Entra access token (`ver` claim).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenVersion {
+    V1,
+    V2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrincipalKind {
+    /// Delegated token: a signed-in user (`scp` present).
+    User,
+    /// App-only token (client credentials): `roles`, no `scp`.
+    App,
+}
+
+/// A verified identity. Authorize on `tid` + `oid` (+ groups, roles), never on the labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub tid: String,
+    pub oid: String,
+    pub kind: PrincipalKind,
+    /// Human label for headers and logs (`upn`, `preferred_username`, `email`): mutable in
+    /// Entra, so never an authorization key unless policy explicitly opts in.
+    pub label: Option<String>,
+    pub groups: GroupsClaim,
+    pub roles: Vec<String>,
+    pub scopes: Vec<String>,
+    pub client_id: Option<String>,
+    pub version: TokenVersion,
+    /// Seconds since the epoch.
+    pub expires_at: u64,
+}
+
+/// The result of validating one bearer token.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub principal: Arc<Principal>,
+    pub cache_hit: bool,
+}
+
+pub fn is_guid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Extracts the single bearer token from the request's `authorization` header value(s).
+///
+/// Envoy joins repeated headers with "," in the `headers` map; the raw header list shows them
+/// apart. Either way two tokens are refused, never one picked.
+pub fn bearer_token<'a>(values: &[&'a str]) -> Result<&'a str, TokenError> {
+    let value = match values {
+        [] => return Err(TokenError::Missing),
+        [one] => *one,
+        _ => return Err(TokenError::Multiple),
+    };
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(TokenError::Missing);
+    }
+    let (scheme, rest) = value.split_once(' ').ok_or(TokenError::NotBearer)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(TokenError::NotBearer);
+    }
+    let token = rest.trim_start_matches(' ');
+    if token.is_empty() {
+        return Err(TokenError::Missing);
+    }
+    if token.contains([',', ' ']) {
+        return Err(TokenError::Multiple);
+    }
+    Ok(token)
+}
+
+/// Token validation rules compiled from configuration.
+#[derive(Debug, Clone)]
+pub struct ValidationRules {
+    pub authority: String,
+    pub tenants: Vec<String>,
+    pub audiences: Vec<String>,
+    pub accept_v1: bool,
+    pub accept_v2: bool,
+    pub v1_issuer: String,
+    pub required_scopes: Vec<String>,
+    pub required_roles: Vec<String>,
+    pub allow_app_tokens: bool,
+    pub leeway: u64,
+    pub max_token_bytes: usize,
+}
+
+impl ValidationRules {
+    pub fn from_config(c: &EntraConfig) -> Self {
+        Self {
+            authority: c.authority.clone(),
+            tenants: c.tenants.iter().map(|t| t.to_ascii_lowercase()).collect(),
+            audiences: c.audiences.clone(),
+            accept_v1: c.token_versions.iter().any(|v| v == "1.0"),
+            accept_v2: c.token_versions.iter().any(|v| v == "2.0"),
+            v1_issuer: c.v1_issuer.clone(),
+            required_scopes: c.required_scopes.clone(),
+            required_roles: c.required_roles.clone(),
+            allow_app_tokens: c.allow_app_tokens,
+            leeway: c.leeway_seconds,
+            max_token_bytes: c.max_token_bytes,
+        }
+    }
+
+    /// The issuer a token of this version from this directory must carry.
+    pub fn expected_issuer(&self, version: TokenVersion, tid: &str) -> String {
+        match version {
+            TokenVersion::V1 => self.v1_issuer.replace("{tenantid}", tid),
+            TokenVersion::V2 => format!("{}/{tid}/v2.0", self.authority),
+        }
+    }
+}
+
+/// Validates bearer tokens; cheap to share (`Arc`).
+pub struct Validator {
+    rules: ValidationRules,
+    keys: Arc<KeyStore>,
+    cache: Cache<[u8; 32], Arc<Principal>>,
+}
+
+struct ExpireAtTokenExp;
+
+impl moka::Expiry<[u8; 32], Arc<Principal>> for ExpireAtTokenExp {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &Arc<Principal>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(Duration::from_secs(
+            value.expires_at.saturating_sub(unix_now()),
+        ))
+    }
+}
+
+impl Validator {
+    pub fn new(rules: ValidationRules, keys: Arc<KeyStore>, cache_capacity: u64) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(cache_capacity)
+            .expire_after(ExpireAtTokenExp)
+            .build();
+        Self { rules, keys, cache }
+    }
+
+    pub fn rules(&self) -> &ValidationRules {
+        &self.rules
+    }
+
+    pub fn keys(&self) -> &Arc<KeyStore> {
+        &self.keys
+    }
+
+    pub fn cached_tokens(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.entry_count()
+    }
+
+    /// Validates one raw token (the part after `Bearer `).
+    pub async fn validate(&self, token: &str) -> Result<Verified, TokenError> {
+        if token.len() > self.rules.max_token_bytes {
+            return Err(TokenError::TooLarge);
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = unix_now();
+        if let Some(principal) = self.cache.get(&digest) {
+            // moka's expiry is approximate; the token's own exp is exact.
+            if now < principal.expires_at {
+                return Ok(Verified {
+                    principal,
+                    cache_hit: true,
+                });
+            }
+            self.cache.invalidate(&digest);
+        }
+        let parsed = jwt::parse(token)?;
+        let key_set = match self.keys.keys_for(&parsed.header.kid) {
+            Some(keys) => keys,
+            None => self.keys.refresh_for_unknown_kid(&parsed.header.kid).await?,
+        };
+        let principal = self.check(&parsed, &key_set, now)?;
+        let principal = Arc::new(principal);
+        self.cache.insert(digest, principal.clone());
+        Ok(Verified {
+            principal,
+            cache_hit: false,
+        })
+    }
+
+    /// Signature and claims checks. Pure given the keys and the clock, so tests drive it directly.
+    pub fn check(
+        &self,
+        parsed: &ParsedJwt,
+        keys: &[Arc<jwks::Key>],
+        now: u64,
+    ) -> Result<Principal, TokenError> {
+        let r = &self.rules;
+        let c = &parsed.claims;
+        // Signature first: nothing in the claims is trusted before it verifies.
+        let key = keys
+            .iter()
+            .find(|k| k.verify(parsed.signed_part(), &parsed.signature).is_ok())
+            .ok_or(TokenError::BadSignature)?;
+
+        let exp = c.exp.ok_or(TokenError::MissingExpiry)?;
+        if now >= exp.saturating_add(r.leeway) {
+            return Err(TokenError::Expired);
+        }
+        if let Some(nbf) = c.nbf {
+            if nbf > now + r.leeway {
+                return Err(TokenError::NotYetValid);
+            }
+        }
+        if let Some(iat) = c.iat {
+            if iat > now + r.leeway {
+                return Err(TokenError::IssuedInFuture);
+            }
+        }
+        // Audience before issuer, so a Graph token is named for what it is.
+        let aud = c.aud.as_deref().ok_or(TokenError::WrongAudience)?;
+        if aud == GRAPH_AUDIENCE
+            || aud.trim_end_matches('/') == "https://graph.microsoft.com"
+            || parsed.header.nonce
+        {
+            return Err(TokenError::GraphToken);
+        }
+        if !r.audiences.iter().any(|a| a == aud) {
+            return Err(TokenError::WrongAudience);
+        }
+        let version = match c.ver.as_deref() {
+            Some("1.0") if r.accept_v1 => TokenVersion::V1,
+            Some("2.0") if r.accept_v2 => TokenVersion::V2,
+            _ => return Err(TokenError::VersionNotAccepted),
+        };
+        let tid = c.tid.as_deref().ok_or(TokenError::TenantNotAllowed)?;
+        if !is_guid(tid) || !r.tenants.iter().any(|t| t.eq_ignore_ascii_case(tid)) {
+            return Err(TokenError::TenantNotAllowed);
+        }
+        let tid = tid.to_ascii_lowercase();
+        let expected_iss = r.expected_issuer(version, &tid);
+        if c.iss.as_deref() != Some(expected_iss.as_str()) {
+            return Err(TokenError::WrongIssuer);
+        }
+        if !key.issuer_allows(&expected_iss, &tid, &r.expected_issuer(TokenVersion::V2, &tid)) {
+            return Err(TokenError::KeyIssuerMismatch);
+        }
+        let oid = c.oid.as_deref().filter(|o| is_guid(o)).ok_or(TokenError::MissingObjectId)?;
+        let scopes: Vec<String> = c
+            .scp
+            .as_deref()
+            .map(|s| s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect())
+            .unwrap_or_default();
+        let roles = c.roles.clone().unwrap_or_default();
+        let kind = if c.scp.is_some() {
+            PrincipalKind::User
+        } else if !roles.is_empty() || c.idtyp.as_deref() == Some("app") {
+            PrincipalKind::App
+        } else {
+            return Err(TokenError::NotAccessToken);
+        };
+        match kind {
+            PrincipalKind::User => {
+                if !r.required_scopes.is_empty()
+                    && !scopes.iter().any(|s| r.required_scopes.contains(s))
+                {
+                    return Err(TokenError::MissingScope);
+                }
+            }
+            PrincipalKind::App => {
+                if !r.allow_app_tokens {
+                    return Err(TokenError::AppTokenNotAllowed);
+                }
+                if !roles.iter().any(|s| r.required_roles.contains(s)) {
+                    return Err(TokenError::MissingRole);
+                }
+            }
+        }
+        let label = c
+            .upn
+            .clone()
+            .or_else(|| c.preferred_username.clone())
+            .or_else(|| c.email.clone());
+        Ok(Principal {
+            tid,
+            oid: oid.to_ascii_lowercase(),
+            kind,
+            label,
+            groups: c.groups_claim(),
+            roles,
+            scopes,
+            client_id: c.azp.clone().or_else(|| c.appid.clone()),
+            version,
+            expires_at: exp,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

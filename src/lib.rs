@@ -1,0 +1,32 @@
+//! mcp-authz: the Envoy external-authorization (ext_authz) server for Model Context Protocol
+//! traffic, with Microsoft Entra ID identities.
+//!
+//! Module map, in the order a Check flows through it:
+//! - [`grpc`]: the only module that touches Envoy's protos; CheckRequest ⇄ domain types.
+//! - [`pipeline`]: identity → groups → request facts → policy → response.
+//! - [`identity`]: Entra access-token validation (JWT parsing, JWKS keys, verified-token cache).
+//! - [`groups`]: the groups a principal is in (token claim; overage detection).
+//! - [`mcp`]: request facts (target server, JSON-RPC method, tool) from an HTTP request.
+//! - [`policy`]: the compiled, immutable policy snapshot, the pure decision function, and the
+//!   file source with hot reload.
+//! - [`response`]: how a decision becomes headers, status codes and bodies (MCP/RFC 6750/9728).
+//! - [`admin`]: HTTP listeners: health/readiness and RFC 9728 protected-resource metadata.
+//! - [`config`]: typed configuration from a file plus environment overrides.
+//! - [`app`]: wires the parts and runs the listeners until shutdown.
+//! - [`sample_server`]: a sample upstream MCP server (rmcp) for tests, demo and benchmarks.
+//! - [`standin`]: the stand-in Entra ID / Microsoft Graph used by tests and `make demo`.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod grpc;
+pub mod groups;
+pub mod identity;
+pub mod mcp;
+pub mod pipeline;
+pub mod policy;
+pub mod response;
+pub mod sample_server;
+pub mod standin;
+pub mod telemetry;

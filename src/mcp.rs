@@ -1,0 +1,316 @@
+//! Request facts: which MCP server a request targets, and what JSON-RPC call it makes.
+//!
+//! Rules (each a denial with a reason code when broken):
+//! - The server is the route's `mcp_server` context extension, else the first path segment
+//!   after the configured prefix. A segment is `[A-Za-z0-9._-]+`, not `.`/`..`, with no
+//!   percent-encoding: anything else is `bad_path`, never guessed at.
+//! - POST carries exactly one JSON-RPC message (MCP 2025-06-18 removed batching): an array is
+//!   `batch_not_supported`, non-JSON `invalid_json`, a body Envoy cut at its buffer limit
+//!   (`x-envoy-auth-partial-body: true`) `body_truncated`, which is never authorized as if whole.
+//! - `tools/call` needs `params.name` (a string); `resources/read` `params.uri`; `prompts/get`
+//!   `params.name`.
+//! - `Mcp-Method` / `Mcp-Name` headers (MCP 2026-07-28), when sent, must equal the body's
+//!   method and name: a mismatch is `header_mismatch` (JSON-RPC -32020).
+//! - GET (SSE stream) and DELETE (end session) carry no body and are authorized on the server
+//!   alone; other HTTP methods are `method_not_allowed`.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// The parts of an HTTP request that facts are read from; built by `grpc`.
+#[derive(Debug, Default, Clone)]
+pub struct HttpView<'a> {
+    pub method: &'a str,
+    /// Request target as sent (path and query).
+    pub path: &'a str,
+    pub host: &'a str,
+    pub scheme: &'a str,
+    /// The route's `mcp_server` context extension.
+    pub route_server: Option<&'a str>,
+    pub body: &'a [u8],
+    pub partial_body: bool,
+    pub mcp_method_header: Option<&'a str>,
+    pub mcp_name_header: Option<&'a str>,
+}
+
+impl HttpView<'_> {
+    /// The path without query or fragment.
+    pub fn path_only(&self) -> &str {
+        let end = self.path.find(['?', '#']).unwrap_or(self.path.len());
+        &self.path[..end]
+    }
+}
+
+/// What a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestFacts {
+    pub server: String,
+    pub call: Call,
+}
+
+/// The MCP-level operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// GET: open the server-to-client SSE stream.
+    OpenStream,
+    /// DELETE: end a session.
+    EndSession,
+    /// POST of one JSON-RPC message.
+    Rpc(RpcFacts),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RpcFacts {
+    /// `None` for a JSON-RPC response (the client answering a server request).
+    pub method: Option<String>,
+    pub tool: Option<String>,
+    pub uri: Option<String>,
+    pub prompt: Option<String>,
+}
+
+impl Call {
+    pub fn method(&self) -> Option<&str> {
+        match self {
+            Call::Rpc(r) => r.method.as_deref(),
+            _ => None,
+        }
+    }
+    pub fn tool(&self) -> Option<&str> {
+        match self {
+            Call::Rpc(r) => r.tool.as_deref(),
+            _ => None,
+        }
+    }
+    /// A label for logs: `tools/call`, `GET`, `DELETE`, `response`.
+    pub fn label(&self) -> &str {
+        match self {
+            Call::OpenStream => "GET",
+            Call::EndSession => "DELETE",
+            Call::Rpc(r) => r.method.as_deref().unwrap_or("response"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FactsError {
+    #[error("no MCP server in the route or path")]
+    NoServer,
+    #[error("path is not a plain server path")]
+    BadPath,
+    #[error("HTTP method not allowed")]
+    MethodNotAllowed,
+    #[error("body was truncated at the proxy's buffer limit")]
+    BodyTruncated,
+    #[error("POST without a body")]
+    EmptyBody,
+    #[error("JSON-RPC batches are not supported")]
+    Batch,
+    #[error("body is not valid JSON")]
+    InvalidJson,
+    #[error("body is not a JSON-RPC 2.0 message")]
+    NotJsonRpc,
+    #[error("params missing or of the wrong shape for this method")]
+    InvalidParams,
+    #[error("Mcp-Method or Mcp-Name header disagrees with the body")]
+    HeaderMismatch,
+}
+
+impl FactsError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            FactsError::NoServer => "no_server",
+            FactsError::BadPath => "bad_path",
+            FactsError::MethodNotAllowed => "method_not_allowed",
+            FactsError::BodyTruncated => "body_truncated",
+            FactsError::EmptyBody => "empty_body",
+            FactsError::Batch => "batch_not_supported",
+            FactsError::InvalidJson => "invalid_json",
+            FactsError::NotJsonRpc => "invalid_jsonrpc",
+            FactsError::InvalidParams => "invalid_params",
+            FactsError::HeaderMismatch => "header_mismatch",
+        }
+    }
+
+    pub fn http_status(&self) -> u16 {
+        match self {
+            FactsError::NoServer => 404,
+            FactsError::MethodNotAllowed => 405,
+            FactsError::BodyTruncated => 413,
+            _ => 400,
+        }
+    }
+
+    /// The JSON-RPC error code for the body.
+    pub fn rpc_code(&self) -> i64 {
+        match self {
+            FactsError::InvalidJson => -32700,
+            FactsError::InvalidParams => -32602,
+            FactsError::HeaderMismatch => -32020,
+            _ => -32600,
+        }
+    }
+}
+
+/// Facts plus the JSON-RPC id, which error bodies echo even when the facts are refused.
+#[derive(Debug)]
+pub struct Parsed<'a> {
+    pub facts: Result<RequestFacts, FactsError>,
+    pub rpc_id: Option<&'a RawValue>,
+}
+
+impl Parsed<'_> {
+    /// True when the client spoke JSON-RPC, so errors should answer in JSON-RPC.
+    pub fn is_jsonrpc(&self) -> bool {
+        self.rpc_id.is_some()
+    }
+}
+
+pub fn parse<'a>(req: &HttpView<'a>, path_prefix: &str) -> Parsed<'a> {
+    let mut rpc_id = None;
+    let facts = server_of(req, path_prefix).and_then(|server| {
+        let call = match req.method {
+            "GET" => Call::OpenStream,
+            "DELETE" => Call::EndSession,
+            "POST" => Call::Rpc(parse_rpc(req, &mut rpc_id)?),
+            _ => return Err(FactsError::MethodNotAllowed),
+        };
+        Ok(RequestFacts { server, call })
+    });
+    Parsed { facts, rpc_id }
+}
+
+fn server_of(req: &HttpView<'_>, prefix: &str) -> Result<String, FactsError> {
+    let path = req.path_only();
+    if path.contains('%') || path.split('/').any(|s| s == "." || s == "..") {
+        return Err(FactsError::BadPath);
+    }
+    let segment = match req.route_server {
+        Some(s) if !s.is_empty() => s,
+        _ => {
+            let rest = path.strip_prefix(prefix).ok_or(FactsError::NoServer)?;
+            rest.split('/').next().unwrap_or_default()
+        }
+    };
+    if segment.is_empty() {
+        return Err(FactsError::NoServer);
+    }
+    if !segment
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(FactsError::BadPath);
+    }
+    Ok(segment.to_owned())
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    jsonrpc: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    method: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    params: Option<&'a RawValue>,
+    result: Option<serde::de::IgnoredAny>,
+    error: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct Params<'a> {
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    uri: Option<Cow<'a, str>>,
+}
+
+fn parse_rpc<'a>(req: &HttpView<'a>, id_out: &mut Option<&'a RawValue>) -> Result<RpcFacts, FactsError> {
+    if req.partial_body {
+        return Err(FactsError::BodyTruncated);
+    }
+    let body = req.body.trim_ascii();
+    match body.first() {
+        None => return Err(FactsError::EmptyBody),
+        Some(b'[') => return Err(FactsError::Batch),
+        Some(b'{') => {}
+        Some(_) => return Err(FactsError::InvalidJson),
+    }
+    // Repeated member names are an error here (serde's derive refuses them), so a body
+    // cannot name one tool to us and another to a last-wins upstream parser.
+    let env: Envelope<'a> = serde_json::from_slice(body).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            FactsError::InvalidJson
+        } else {
+            FactsError::NotJsonRpc
+        }
+    })?;
+    *id_out = env.id;
+    if env.jsonrpc.as_deref() != Some("2.0") {
+        return Err(FactsError::NotJsonRpc);
+    }
+    let Some(method) = env.method else {
+        // A response to a server-initiated request: needs an id and a result or error.
+        if env.id.is_some() && (env.result.is_some() || env.error.is_some()) && env.params.is_none() {
+            if req.mcp_method_header.is_some() || req.mcp_name_header.is_some() {
+                return Err(FactsError::HeaderMismatch);
+            }
+            return Ok(RpcFacts {
+                method: None,
+                tool: None,
+                uri: None,
+                prompt: None,
+            });
+        }
+        return Err(FactsError::NotJsonRpc);
+    };
+    let params: Option<Params<'a>> = match env.params {
+        None => None,
+        Some(raw) if raw.get().starts_with('{') => {
+            Some(serde_json::from_str(raw.get()).map_err(|_| FactsError::InvalidParams)?)
+        }
+        Some(_) => return Err(FactsError::InvalidParams),
+    };
+    let name = params.as_ref().and_then(|p| p.name.as_deref());
+    let uri = params.as_ref().and_then(|p| p.uri.as_deref());
+    let mut facts = RpcFacts {
+        method: Some(method.clone().into_owned()),
+        tool: None,
+        uri: None,
+        prompt: None,
+    };
+    let named = match method.as_ref() {
+        "tools/call" => {
+            let tool = name.filter(|n| !n.is_empty()).ok_or(FactsError::InvalidParams)?;
+            facts.tool = Some(tool.to_owned());
+            Some(tool)
+        }
+        "prompts/get" => {
+            let prompt = name.filter(|n| !n.is_empty()).ok_or(FactsError::InvalidParams)?;
+            facts.prompt = Some(prompt.to_owned());
+            Some(prompt)
+        }
+        "resources/read" => {
+            let uri = uri.filter(|u| !u.is_empty()).ok_or(FactsError::InvalidParams)?;
+            facts.uri = Some(uri.to_owned());
+            Some(uri)
+        }
+        _ => None,
+    };
+    if let Some(h) = req.mcp_method_header {
+        if h != method {
+            return Err(FactsError::HeaderMismatch);
+        }
+    }
+    if let Some(h) = req.mcp_name_header {
+        if Some(h) != named {
+            return Err(FactsError::HeaderMismatch);
+        }
+    }
+    Ok(facts)
+}
+
+#[cfg(test)]
+mod tests;

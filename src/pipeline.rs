@@ -1,0 +1,189 @@
+//! One Check, phase by phase: request facts → identity → groups → policy → response.
+//!
+//! Order matters for what a client learns: without a valid token the answer is 401 whatever
+//! the request asks for (no probing of server names or body rules before authentication);
+//! request-shape errors come next; the policy decides last. Every failure is a denial with a
+//! reason code; nothing here can allow by accident, since the only `Verdict::Allow` is built
+//! from a policy `Allow`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::groups::{GroupResolver, GroupsError};
+use crate::identity::{self, TokenError, Validator};
+use crate::mcp::{self, HttpView};
+use crate::policy::{self, PolicyHandle, Subject};
+use crate::response::{self, Denial, Identity, ResponseSettings, Verdict};
+
+/// Everything a Check needs; shared by all requests.
+pub struct Authorizer {
+    pub validator: Arc<Validator>,
+    pub groups: GroupResolver,
+    pub policy: Arc<PolicyHandle>,
+    pub settings: ResponseSettings,
+}
+
+/// The result of one Check, with what the log line and audit need.
+#[derive(Debug)]
+pub struct CheckOutcome {
+    pub decision_id: String,
+    pub verdict: Verdict,
+    pub reason: &'static str,
+    pub allowed: bool,
+    pub server: Option<String>,
+    pub method: Option<String>,
+    pub tool: Option<String>,
+    pub tenant: Option<String>,
+    pub oid: Option<String>,
+    pub token_cache_hit: Option<bool>,
+    pub policy_version: Option<String>,
+}
+
+/// The request as the pipeline sees it.
+pub struct CheckInput<'a> {
+    pub view: HttpView<'a>,
+    /// Every `authorization` header value, as separate entries when the proxy kept them apart.
+    pub authorization: Vec<&'a str>,
+    /// Names of all inbound headers (to strip spoofed `x-mcp-*`).
+    pub header_names: Vec<&'a str>,
+}
+
+impl Authorizer {
+    pub fn ready(&self) -> bool {
+        self.policy.is_loaded() && self.validator.keys().is_loaded()
+    }
+
+    pub async fn check(&self, input: &CheckInput<'_>) -> CheckOutcome {
+        let started = Instant::now();
+        let decision_id = uuid::Uuid::now_v7().to_string();
+        let outcome = self.decide(input, decision_id).await;
+        let elapsed_us = started.elapsed().as_micros() as u64;
+        if outcome.allowed {
+            tracing::debug!(
+                decision_id = %outcome.decision_id, result = "allow", reason = outcome.reason,
+                server = outcome.server.as_deref(), method = outcome.method.as_deref(),
+                tool = outcome.tool.as_deref(), tenant = outcome.tenant.as_deref(),
+                oid = outcome.oid.as_deref(), token_cache_hit = outcome.token_cache_hit,
+                policy_version = outcome.policy_version.as_deref(), elapsed_us, "check"
+            );
+        } else {
+            tracing::info!(
+                decision_id = %outcome.decision_id, result = "deny", reason = outcome.reason,
+                server = outcome.server.as_deref(), method = outcome.method.as_deref(),
+                tool = outcome.tool.as_deref(), tenant = outcome.tenant.as_deref(),
+                oid = outcome.oid.as_deref(), token_cache_hit = outcome.token_cache_hit,
+                policy_version = outcome.policy_version.as_deref(), elapsed_us, "check"
+            );
+        }
+        outcome
+    }
+
+    async fn decide(&self, input: &CheckInput<'_>, decision_id: String) -> CheckOutcome {
+        let view = &input.view;
+        let parsed = mcp::parse(view, &self.settings.path_prefix);
+        let facts_ok = parsed.facts.as_ref().ok();
+        let mut out = CheckOutcome {
+            decision_id,
+            verdict: Verdict::Deny {
+                status: 500,
+                headers: Vec::new(),
+                body: String::new(),
+            },
+            reason: "",
+            allowed: false,
+            server: facts_ok.map(|f| f.server.clone()),
+            method: facts_ok.and_then(|f| f.call.method().map(str::to_owned)),
+            tool: facts_ok.and_then(|f| f.call.tool().map(str::to_owned)),
+            tenant: None,
+            oid: None,
+            token_cache_hit: None,
+            policy_version: None,
+        };
+        let rpc_id = parsed.rpc_id;
+        let deny = |out: &mut CheckOutcome, denial: Denial| {
+            out.reason = denial.code();
+            out.verdict = response::deny(
+                denial,
+                rpc_id,
+                &out.decision_id,
+                &self.settings,
+                view,
+                out.server.as_deref(),
+            );
+        };
+
+        let token = match identity::bearer_token(&input.authorization) {
+            Ok(t) => t,
+            Err(e) => {
+                let token_sent = e != TokenError::Missing;
+                deny(&mut out, Denial::Unauthenticated { code: e.code(), token_sent });
+                return out;
+            }
+        };
+        let verified = match self.validator.validate(token).await {
+            Ok(v) => v,
+            Err(e) => {
+                let denial = if e.is_insufficient_scope() {
+                    Denial::Forbidden { code: e.code() }
+                } else if e == TokenError::KeysUnavailable {
+                    Denial::Unavailable { code: e.code() }
+                } else {
+                    Denial::Unauthenticated { code: e.code(), token_sent: true }
+                };
+                deny(&mut out, denial);
+                return out;
+            }
+        };
+        let principal = verified.principal;
+        out.token_cache_hit = Some(verified.cache_hit);
+        out.oid = Some(principal.oid.clone());
+
+        let facts = match parsed.facts {
+            Ok(f) => f,
+            Err(e) => {
+                deny(&mut out, Denial::BadRequest(e));
+                return out;
+            }
+        };
+        let Some(snapshot) = self.policy.load() else {
+            deny(&mut out, Denial::Unavailable { code: "policy_unavailable" });
+            return out;
+        };
+        out.policy_version = Some(snapshot.version.clone());
+        let groups = match self.groups.groups(&principal).await {
+            Ok(g) => g,
+            Err(e @ GroupsError::OverageUnresolved) => {
+                deny(&mut out, Denial::Forbidden { code: e.code() });
+                return out;
+            }
+        };
+        let subject = Subject {
+            tid: &principal.tid,
+            oid: &principal.oid,
+            upn: principal.label.as_deref(),
+            groups: &groups,
+        };
+        let decision = policy::decide(&snapshot, &subject, &facts);
+        match decision.result {
+            Ok(allow) => {
+                out.allowed = true;
+                out.reason = "allowed";
+                out.tenant = Some(allow.tenant.to_string());
+                out.verdict = response::allow(
+                    &Identity {
+                        oid: &principal.oid,
+                        tid: &principal.tid,
+                        label: principal.label.as_deref(),
+                        tenant: &allow.tenant,
+                        level: allow.level.as_str(),
+                    },
+                    &out.decision_id,
+                    allow.token_forwarding,
+                    input.header_names.iter().copied(),
+                );
+            }
+            Err(reason) => deny(&mut out, Denial::Forbidden { code: reason.code() }),
+        }
+        out
+    }
+}

@@ -1,0 +1,255 @@
+//! The decision: a pure function of (subject, request facts, snapshot).
+//!
+//! 1. The server must exist (by route key) and be enabled.
+//! 2. The subject's tenants: every enabled tenant granted to one of its groups or to its
+//!    `tid`+`oid` (or `upn`, only if the policy opts in), at the highest level granted.
+//! 3. Admins (admin group or user) may use every enabled server, at level `admin`.
+//!    Others need a tenant that has the server.
+//! 4. `tools/call`: tenants are tried from the highest level down (then by name). Under a
+//!    tenant, a matching `deny` rule refuses; else matching `allow` rules allow when the level
+//!    reaches one's `min_access_level`; else the server's `tools_default` applies. Rules without
+//!    a tenant apply under every tenant and to admins. The first tenant that allows wins.
+//!
+//! Denials name what refused and the rows consulted (`basis`), which `explain` prints.
+
+use super::{AccessLevel, Effect, Origin, Server, Snapshot, TokenForwarding};
+use crate::mcp::{Call, RequestFacts};
+use std::sync::Arc;
+
+/// Who asks; labels are not identities.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub tid: &'a str,
+    pub oid: &'a str,
+    pub upn: Option<&'a str>,
+    pub groups: &'a [String],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyReason {
+    UnknownServer,
+    ServerDisabled,
+    NoGrant,
+    ServerNotGranted,
+    ToolDenied,
+    ToolNotAllowed,
+    AccessLevelTooLow,
+}
+
+impl DenyReason {
+    pub fn code(&self) -> &'static str {
+        match self {
+            DenyReason::UnknownServer => "unknown_server",
+            DenyReason::ServerDisabled => "server_disabled",
+            DenyReason::NoGrant => "no_grant",
+            DenyReason::ServerNotGranted => "server_not_granted",
+            DenyReason::ToolDenied => "tool_denied",
+            DenyReason::ToolNotAllowed => "tool_not_allowed",
+            DenyReason::AccessLevelTooLow => "access_level_too_low",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Allow {
+    pub server: Arc<Server>,
+    pub tenant: Arc<str>,
+    pub level: AccessLevel,
+    pub token_forwarding: TokenForwarding,
+}
+
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub result: Result<Allow, DenyReason>,
+    /// The grants and rules that produced the result, in the order they were used.
+    pub basis: Vec<Origin>,
+}
+
+/// The pseudo-tenant reported for an admin who has no tenant grant for the server.
+pub const ADMIN_TENANT: &str = "admin";
+
+pub fn decide(snap: &Snapshot, who: &Subject<'_>, facts: &RequestFacts) -> Decision {
+    let mut basis = Vec::new();
+    let deny = |reason, basis| Decision {
+        result: Err(reason),
+        basis,
+    };
+    let Some(&si) = snap.server_by_route.get(&facts.server) else {
+        return deny(DenyReason::UnknownServer, basis);
+    };
+    let server = &snap.servers[si];
+    if !server.enabled {
+        basis.push(server.origin.clone());
+        return deny(DenyReason::ServerDisabled, basis);
+    }
+
+    // Tenants granted to the subject at all, with their best level and the granting row.
+    let mut granted: Vec<(usize, AccessLevel, Origin)> = Vec::new();
+    let mut consider = |grants: Option<&Vec<super::Grant>>| {
+        for g in grants.into_iter().flatten() {
+            if g.tid.as_deref().is_some_and(|t| t != who.tid) || !snap.tenants[g.tenant].enabled {
+                continue;
+            }
+            match granted.iter_mut().find(|(t, _, _)| *t == g.tenant) {
+                Some(entry) if entry.1 < g.level => {
+                    entry.1 = g.level;
+                    entry.2 = g.origin.clone();
+                }
+                Some(_) => {}
+                None => granted.push((g.tenant, g.level, g.origin.clone())),
+            }
+        }
+    };
+    for group in who.groups {
+        consider(snap.group_grants.get(group));
+    }
+    consider(snap.user_grants.get(who.oid));
+    if !snap.upn_grants.is_empty() {
+        if let Some(upn) = who.upn {
+            consider(snap.upn_grants.get(&upn.to_lowercase()));
+        }
+    }
+
+    let admin_origin = who
+        .groups
+        .iter()
+        .find_map(|g| snap.admin_groups.get(g))
+        .or_else(|| {
+            snap.admin_users
+                .get(who.oid)
+                .filter(|(tid, _)| tid.as_deref().is_none_or(|t| t == who.tid))
+                .map(|(_, o)| o)
+        })
+        .cloned();
+
+    // Tenants that may use this server, best level first, then by name for determinism.
+    let had_any_grant = !granted.is_empty();
+    let mut candidates: Vec<(Option<usize>, AccessLevel, Origin)> = granted
+        .into_iter()
+        .filter(|(t, _, _)| snap.tenant_servers[*t].contains(&si))
+        .map(|(t, l, o)| (Some(t), l, o))
+        .collect();
+    candidates.sort_by(|a, b| {
+        b.1.cmp(&a.1)
+            .then_with(|| tenant_name(snap, a.0).cmp(tenant_name(snap, b.0)))
+    });
+    if let Some(origin) = admin_origin {
+        candidates.push((None, AccessLevel::Admin, origin));
+    }
+    if candidates.is_empty() {
+        let reason = if had_any_grant {
+            DenyReason::ServerNotGranted
+        } else {
+            DenyReason::NoGrant
+        };
+        return deny(reason, basis);
+    }
+
+    let tool = match &facts.call {
+        Call::Rpc(rpc) if rpc.method.as_deref() == Some("tools/call") => rpc.tool.as_deref(),
+        _ => None,
+    };
+    let mut first_refusal: Option<(DenyReason, Vec<Origin>)> = None;
+    for (tenant, level, origin) in candidates {
+        let mut used = vec![origin];
+        let verdict = match tool {
+            None => Ok(()),
+            Some(tool) => tool_verdict(snap, si, tenant, level, tool, &mut used),
+        };
+        match verdict {
+            Ok(()) => {
+                basis.extend(used);
+                return Decision {
+                    result: Ok(Allow {
+                        server: server.clone(),
+                        tenant: match tenant {
+                            Some(t) => snap.tenants[t].name.clone(),
+                            None => ADMIN_TENANT.into(),
+                        },
+                        level,
+                        token_forwarding: server.token_forwarding,
+                    }),
+                    basis,
+                };
+            }
+            Err(reason) => {
+                if first_refusal.is_none() {
+                    first_refusal = Some((reason, used));
+                }
+            }
+        }
+    }
+    let (reason, used) = first_refusal.unwrap_or((DenyReason::NoGrant, Vec::new()));
+    basis.extend(used);
+    deny(reason, basis)
+}
+
+fn tenant_name(snap: &Snapshot, t: Option<usize>) -> &str {
+    t.map(|t| &*snap.tenants[t].name).unwrap_or(ADMIN_TENANT)
+}
+
+fn tool_verdict(
+    snap: &Snapshot,
+    server: usize,
+    tenant: Option<usize>,
+    level: AccessLevel,
+    tool: &str,
+    used: &mut Vec<Origin>,
+) -> Result<(), DenyReason> {
+    let rules = snap.tool_rules[server]
+        .iter()
+        .filter(|r| r.tenant.is_none() || r.tenant == tenant)
+        .filter(|r| glob_match(&r.pattern, tool));
+    let mut allow_rules = Vec::new();
+    for r in rules {
+        if r.effect == Effect::Deny {
+            used.push(r.origin.clone());
+            return Err(DenyReason::ToolDenied);
+        }
+        allow_rules.push(r);
+    }
+    if allow_rules.is_empty() {
+        used.push(snap.servers[server].origin.clone());
+        return match snap.servers[server].tools_default {
+            Effect::Allow => Ok(()),
+            Effect::Deny => Err(DenyReason::ToolNotAllowed),
+        };
+    }
+    match allow_rules.iter().find(|r| level >= r.min_level) {
+        Some(r) => {
+            used.push(r.origin.clone());
+            Ok(())
+        }
+        None => {
+            used.extend(allow_rules.iter().map(|r| r.origin.clone()));
+            Err(DenyReason::AccessLevelTooLow)
+        }
+    }
+}
+
+/// Glob with `*` (any run, also empty) and `?` (one character); everything else literal.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}

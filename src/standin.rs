@@ -1,0 +1,590 @@
+//! A stand-in for Microsoft Entra ID and Microsoft Graph, for tests and `make demo` only.
+//!
+//! Entra cannot be reached from our machines, so this speaks its wire format (ENTRA.md): OIDC
+//! discovery (v1 and v2), JWKS with rotation, the v2 token endpoint (client credentials), and
+//! Graph `getMemberObjects` / `transitiveMemberOf` with `@odata.nextLink` paging and throttling.
+//! Under `/_standin/` it adds what a real directory does through its portal: minting user
+//! tokens, rotating keys, injecting Graph faults. Never part of `mcp-authz serve`.
+
+mod graph;
+mod keys;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use axum::extract::{Form, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+pub use keys::SigningKey;
+
+use crate::identity::unix_now;
+
+/// Groups in a JWT before Entra switches to the overage claims.
+pub const OVERAGE_LIMIT: usize = 200;
+pub const GRAPH_RESOURCE: &str = "https://graph.microsoft.com";
+const V1_ISSUER: &str = "https://sts.windows.net/{tenantid}/";
+
+/// A registered application that may use client credentials.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub secret: String,
+    /// Application permissions granted on Graph (`roles` of its Graph tokens).
+    pub graph_roles: Vec<String>,
+}
+
+/// Faults the Graph stand-in injects, for tests of throttling and outage.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct GraphFaults {
+    /// The next N Graph calls answer 429.
+    #[serde(default)]
+    pub throttle_next: u32,
+    /// `Retry-After` sent with those 429s (e.g. "1", "0.5"); none when absent.
+    pub retry_after: Option<String>,
+    /// Every Graph call answers 503 while set.
+    #[serde(default)]
+    pub down: bool,
+    /// Added latency per Graph call.
+    #[serde(default)]
+    pub delay_ms: u64,
+}
+
+/// The stand-in directory: tenants, keys, users' groups, applications.
+pub struct Authority {
+    base_url: RwLock<String>,
+    tenants: Vec<String>,
+    keys: RwLock<Vec<Arc<SigningKey>>>,
+    directory: RwLock<HashMap<String, Vec<String>>>,
+    clients: RwLock<HashMap<String, Client>>,
+    faults: Mutex<GraphFaults>,
+    pub graph_calls: AtomicU64,
+    pub token_requests: AtomicU64,
+    pub jwks_requests: AtomicU64,
+}
+
+/// What to put in a minted user (or app) token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MintRequest {
+    pub tid: String,
+    pub oid: String,
+    pub aud: String,
+    #[serde(default = "v2")]
+    pub ver: String,
+    pub scp: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Group ids; above 200 the token carries the overage claims instead and Graph answers.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Emit overage claims whatever the count.
+    #[serde(default)]
+    pub overage: bool,
+    /// Emit the implicit-flow `hasgroups: true` instead of a list.
+    #[serde(default)]
+    pub hasgroups: bool,
+    pub upn: Option<String>,
+    pub name: Option<String>,
+    pub azp: Option<String>,
+    /// Lifetime in seconds from now; negative for an already-expired token.
+    #[serde(default = "one_hour")]
+    pub expires_in: i64,
+    /// `nbf` relative to now (seconds); positive makes it not yet valid.
+    #[serde(default)]
+    pub nbf_offset: i64,
+    /// `iat` relative to now.
+    #[serde(default)]
+    pub iat_offset: i64,
+    /// Sign with this key id instead of the active one.
+    pub kid: Option<String>,
+    /// Overrides the issuer (for wrong-issuer tests).
+    pub iss: Option<String>,
+    /// Extra claims merged last.
+    #[serde(default)]
+    pub extra: serde_json::Map<String, Value>,
+}
+
+fn v2() -> String {
+    "2.0".into()
+}
+fn one_hour() -> i64 {
+    3600
+}
+
+impl Authority {
+    /// A directory with these tenants and one signing key.
+    pub fn new(tenants: Vec<String>) -> Arc<Self> {
+        Arc::new(Self {
+            base_url: RwLock::new(String::new()),
+            tenants: tenants.into_iter().map(|t| t.to_ascii_lowercase()).collect(),
+            keys: RwLock::new(vec![Arc::new(SigningKey::generate())]),
+            directory: RwLock::new(HashMap::new()),
+            clients: RwLock::new(HashMap::new()),
+            faults: Mutex::new(GraphFaults::default()),
+            graph_calls: AtomicU64::new(0),
+            token_requests: AtomicU64::new(0),
+            jwks_requests: AtomicU64::new(0),
+        })
+    }
+
+    pub fn set_base_url(&self, url: &str) {
+        *write(&self.base_url) = url.trim_end_matches('/').to_owned();
+    }
+
+    pub fn base_url(&self) -> String {
+        read(&self.base_url).clone()
+    }
+
+    pub fn register_client(&self, id: &str, client: Client) {
+        write(&self.clients).insert(id.to_owned(), client);
+    }
+
+    pub fn set_user_groups(&self, oid: &str, groups: Vec<String>) {
+        write(&self.directory).insert(oid.to_ascii_lowercase(), groups);
+    }
+
+    pub fn user_groups(&self, oid: &str) -> Option<Vec<String>> {
+        read(&self.directory).get(&oid.to_ascii_lowercase()).cloned()
+    }
+
+    pub fn set_graph_faults(&self, faults: GraphFaults) {
+        *lock(&self.faults) = faults;
+    }
+
+    pub(crate) fn take_graph_fault(&self) -> GraphFaults {
+        let mut f = lock(&self.faults);
+        let current = f.clone();
+        if f.throttle_next > 0 {
+            f.throttle_next -= 1;
+        }
+        current
+    }
+
+    pub fn active_key(&self) -> Arc<SigningKey> {
+        let keys = read(&self.keys);
+        keys[keys.len() - 1].clone()
+    }
+
+    pub fn key(&self, kid: &str) -> Option<Arc<SigningKey>> {
+        read(&self.keys).iter().find(|k| k.kid == kid).cloned()
+    }
+
+    /// Adds a new key and makes it active; `retire_old` drops every other key from the JWKS.
+    pub fn rotate(&self, retire_old: bool) -> String {
+        let key = Arc::new(SigningKey::generate());
+        let kid = key.kid.clone();
+        let mut keys = write(&self.keys);
+        if retire_old {
+            keys.clear();
+        }
+        keys.push(key);
+        kid
+    }
+
+    pub fn v2_issuer(&self, tid: &str) -> String {
+        format!("{}/{tid}/v2.0", self.base_url())
+    }
+
+    pub fn v1_issuer(tid: &str) -> String {
+        V1_ISSUER.replace("{tenantid}", tid)
+    }
+
+    /// The JWKS document; `issuer` per key as Entra's v2 endpoint shows it (`None` for v1).
+    pub fn jwks(&self, issuer: Option<&str>) -> Value {
+        let keys: Vec<Value> = read(&self.keys).iter().map(|k| k.jwk(issuer)).collect();
+        json!({ "keys": keys })
+    }
+
+    /// Mints a token as Entra would issue it.
+    pub fn mint(&self, req: &MintRequest) -> Result<String, String> {
+        let key = match &req.kid {
+            Some(kid) => self.key(kid).ok_or_else(|| format!("no key {kid}"))?,
+            None => self.active_key(),
+        };
+        let now = unix_now() as i64;
+        let tid = req.tid.to_ascii_lowercase();
+        let iss = match (&req.iss, req.ver.as_str()) {
+            (Some(iss), _) => iss.clone(),
+            (None, "1.0") => Self::v1_issuer(&tid),
+            (None, _) => self.v2_issuer(&tid),
+        };
+        let mut claims = serde_json::Map::new();
+        claims.insert("aud".into(), json!(req.aud));
+        claims.insert("iss".into(), json!(iss));
+        claims.insert("iat".into(), json!(now + req.iat_offset));
+        claims.insert("nbf".into(), json!(now + req.nbf_offset));
+        claims.insert("exp".into(), json!(now + req.expires_in));
+        claims.insert("ver".into(), json!(req.ver));
+        claims.insert("tid".into(), json!(tid));
+        claims.insert("oid".into(), json!(req.oid));
+        claims.insert("sub".into(), json!(format!("sub-{}", &req.oid[..8.min(req.oid.len())])));
+        if let Some(scp) = &req.scp {
+            claims.insert("scp".into(), json!(scp));
+        }
+        if !req.roles.is_empty() {
+            claims.insert("roles".into(), json!(req.roles));
+        }
+        let overage = req.overage || req.groups.len() > OVERAGE_LIMIT;
+        if req.hasgroups {
+            claims.insert("hasgroups".into(), json!(true));
+        } else if overage {
+            claims.insert("_claim_names".into(), json!({"groups": "src1"}));
+            claims.insert(
+                "_claim_sources".into(),
+                json!({"src1": {"endpoint": format!(
+                    "https://graph.windows.net/{tid}/users/{}/getMemberObjects", req.oid)}}),
+            );
+        } else if !req.groups.is_empty() {
+            claims.insert("groups".into(), json!(req.groups));
+        }
+        if !req.groups.is_empty() {
+            self.set_user_groups(&req.oid, req.groups.clone());
+        }
+        if let Some(upn) = &req.upn {
+            let name = if req.ver == "1.0" { "upn" } else { "preferred_username" };
+            claims.insert(name.into(), json!(upn));
+        }
+        if let Some(name) = &req.name {
+            claims.insert("name".into(), json!(name));
+        }
+        let client = req.azp.clone().unwrap_or_else(|| "11111111-2222-3333-4444-555555555555".into());
+        claims.insert(if req.ver == "1.0" { "appid" } else { "azp" }.into(), json!(client));
+        for (k, v) in &req.extra {
+            claims.insert(k.clone(), v.clone());
+        }
+        let mut header = json!({"typ": "JWT", "alg": "RS256", "kid": key.kid});
+        if req.ver == "1.0" {
+            header["x5t"] = json!(key.kid);
+        }
+        Ok(key.sign_jwt(&header, &Value::Object(claims).to_string()))
+    }
+
+    fn known_tenant(&self, tenant: &str) -> bool {
+        matches!(tenant, "common" | "organizations")
+            || self.tenants.iter().any(|t| t.eq_ignore_ascii_case(tenant))
+    }
+
+    /// The HTTP interface.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/{tenant}/v2.0/.well-known/openid-configuration", get(discovery_v2))
+            .route("/{tenant}/.well-known/openid-configuration", get(discovery_v1))
+            .route("/{tenant}/discovery/v2.0/keys", get(keys_v2))
+            .route("/{tenant}/discovery/keys", get(keys_v1))
+            .route("/{tenant}/oauth2/v2.0/token", post(token_endpoint))
+            .route("/_standin/tokens", post(mint_endpoint))
+            .route("/_standin/keys/rotate", post(rotate_endpoint))
+            .route("/_standin/graph/faults", post(faults_endpoint))
+            .route("/_standin/stats", get(stats_endpoint))
+            .merge(graph::router())
+            .with_state(self.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` completes.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        if let Ok(addr) = listener.local_addr() {
+            if self.base_url().is_empty() {
+                self.set_base_url(&format!("http://{addr}"));
+            }
+        }
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    l.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Entra's error document for the token and discovery endpoints.
+fn aad_error(status: StatusCode, error: &str, code: u32, description: &str) -> Response {
+    let now = time_string();
+    (
+        status,
+        Json(json!({
+            "error": error,
+            "error_description": format!("AADSTS{code}: {description} Trace ID: {} Correlation ID: {} Timestamp: {now}", uuid::Uuid::new_v4(), uuid::Uuid::new_v4()),
+            "error_codes": [code],
+            "timestamp": now,
+            "trace_id": uuid::Uuid::new_v4().to_string(),
+            "correlation_id": uuid::Uuid::new_v4().to_string(),
+        })),
+    )
+        .into_response()
+}
+
+fn time_string() -> String {
+    // RFC 3339-ish UTC time as Entra prints it ("2024-01-01 00:00:00Z").
+    let secs = unix_now();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
+}
+
+// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn unknown_tenant(tenant: &str) -> Response {
+    aad_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_tenant",
+        90002,
+        &format!("Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."),
+    )
+}
+
+async fn discovery_v2(State(a): State<Arc<Authority>>, Path(tenant): Path<String>) -> Response {
+    if !a.known_tenant(&tenant) {
+        return unknown_tenant(&tenant);
+    }
+    let base = a.base_url();
+    let issuer_tid = if a.tenants.iter().any(|t| t.eq_ignore_ascii_case(&tenant)) {
+        tenant.to_ascii_lowercase()
+    } else {
+        "{tenantid}".into()
+    };
+    Json(json!({
+        "token_endpoint": format!("{base}/{tenant}/oauth2/v2.0/token"),
+        "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+        "jwks_uri": format!("{base}/{tenant}/discovery/v2.0/keys"),
+        "response_modes_supported": ["query", "fragment", "form_post"],
+        "subject_types_supported": ["pairwise"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+        "scopes_supported": ["openid", "profile", "email", "offline_access"],
+        "issuer": format!("{base}/{issuer_tid}/v2.0"),
+        "request_uri_parameter_supported": false,
+        "userinfo_endpoint": "https://graph.microsoft.com/oidc/userinfo",
+        "authorization_endpoint": format!("{base}/{tenant}/oauth2/v2.0/authorize"),
+        "device_authorization_endpoint": format!("{base}/{tenant}/oauth2/v2.0/devicecode"),
+        "http_logout_supported": true,
+        "frontchannel_logout_supported": true,
+        "end_session_endpoint": format!("{base}/{tenant}/oauth2/v2.0/logout"),
+        "claims_supported": ["sub", "iss", "cloud_instance_name", "cloud_instance_host_name", "cloud_graph_host_name", "msgraph_host", "aud", "exp", "iat", "auth_time", "acr", "nonce", "preferred_username", "name", "tid", "ver", "at_hash", "c_hash", "email"],
+        "kerberos_endpoint": format!("{base}/{tenant}/kerberos"),
+        "tenant_region_scope": "EU",
+        "cloud_instance_name": "microsoftonline.com",
+        "cloud_graph_host_name": "graph.windows.net",
+        "msgraph_host": "graph.microsoft.com",
+        "rbac_url": "https://pas.windows.net",
+    }))
+    .into_response()
+}
+
+async fn discovery_v1(State(a): State<Arc<Authority>>, Path(tenant): Path<String>) -> Response {
+    if !a.known_tenant(&tenant) {
+        return unknown_tenant(&tenant);
+    }
+    let base = a.base_url();
+    let issuer_tid = if a.tenants.iter().any(|t| t.eq_ignore_ascii_case(&tenant)) {
+        tenant.to_ascii_lowercase()
+    } else {
+        "{tenantid}".into()
+    };
+    Json(json!({
+        "token_endpoint": format!("{base}/{tenant}/oauth2/token"),
+        "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+        "jwks_uri": format!("{base}/{tenant}/discovery/keys"),
+        "response_modes_supported": ["query", "fragment", "form_post"],
+        "subject_types_supported": ["pairwise"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "response_types_supported": ["code", "id_token", "code id_token", "token id_token", "token"],
+        "scopes_supported": ["openid"],
+        "issuer": Authority::v1_issuer(&issuer_tid),
+        "microsoft_multi_refresh_token": true,
+        "authorization_endpoint": format!("{base}/{tenant}/oauth2/authorize"),
+        "http_logout_supported": true,
+        "frontchannel_logout_supported": true,
+        "end_session_endpoint": format!("{base}/{tenant}/oauth2/logout"),
+        "claims_supported": ["sub", "iss", "cloud_instance_name", "cloud_instance_host_name", "cloud_graph_host_name", "msgraph_host", "aud", "exp", "iat", "auth_time", "acr", "amr", "nonce", "email", "given_name", "family_name", "nickname"],
+        "tenant_region_scope": "EU",
+        "cloud_instance_name": "microsoftonline.com",
+        "cloud_graph_host_name": "graph.windows.net",
+        "msgraph_host": "graph.microsoft.com",
+        "rbac_url": "https://pas.windows.net",
+    }))
+    .into_response()
+}
+
+async fn keys_v2(State(a): State<Arc<Authority>>, Path(tenant): Path<String>) -> Response {
+    if !a.known_tenant(&tenant) {
+        return unknown_tenant(&tenant);
+    }
+    a.jwks_requests.fetch_add(1, Ordering::Relaxed);
+    // The tenant-specific endpoint names that tenant; common/organizations the template.
+    let issuer = if a.tenants.iter().any(|t| t.eq_ignore_ascii_case(&tenant)) {
+        a.v2_issuer(&tenant.to_ascii_lowercase())
+    } else {
+        format!("{}/{{tenantid}}/v2.0", a.base_url())
+    };
+    Json(a.jwks(Some(&issuer))).into_response()
+}
+
+async fn keys_v1(State(a): State<Arc<Authority>>, Path(tenant): Path<String>) -> Response {
+    if !a.known_tenant(&tenant) {
+        return unknown_tenant(&tenant);
+    }
+    a.jwks_requests.fetch_add(1, Ordering::Relaxed);
+    Json(a.jwks(None)).into_response()
+}
+
+#[derive(Deserialize)]
+struct TokenForm {
+    grant_type: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    scope: Option<String>,
+}
+
+async fn token_endpoint(
+    State(a): State<Arc<Authority>>,
+    Path(tenant): Path<String>,
+    Form(form): Form<TokenForm>,
+) -> Response {
+    a.token_requests.fetch_add(1, Ordering::Relaxed);
+    if !a.tenants.iter().any(|t| t.eq_ignore_ascii_case(&tenant)) {
+        return unknown_tenant(&tenant);
+    }
+    match form.grant_type.as_deref() {
+        Some("client_credentials") => {}
+        Some(other) => {
+            return aad_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                70003,
+                &format!("The app requested an unsupported grant type '{other}'."),
+            );
+        }
+        None => {
+            return aad_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                900144,
+                "The request body must contain the following parameter: 'grant_type'.",
+            );
+        }
+    }
+    let Some(client_id) = form.client_id else {
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            900144,
+            "The request body must contain the following parameter: 'client_id'.",
+        );
+    };
+    let client = read(&a.clients).get(&client_id).cloned();
+    let Some(client) = client.filter(|c| Some(&c.secret) == form.client_secret.as_ref()) else {
+        return aad_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7000215,
+            "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app.",
+        );
+    };
+    let scope = form.scope.unwrap_or_default();
+    let Some(resource) = scope.strip_suffix("/.default") else {
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            1002012,
+            &format!("The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."),
+        );
+    };
+    let roles = if resource == GRAPH_RESOURCE {
+        client.graph_roles.clone()
+    } else {
+        Vec::new()
+    };
+    // Graph issues v1 app tokens; Entra adds `idtyp: app` when configured, as Graph's are.
+    let req = MintRequest {
+        tid: tenant.to_ascii_lowercase(),
+        oid: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, client_id.as_bytes()).to_string(),
+        aud: resource.to_owned(),
+        ver: "1.0".into(),
+        scp: None,
+        roles,
+        groups: Vec::new(),
+        overage: false,
+        hasgroups: false,
+        upn: None,
+        name: None,
+        azp: Some(client_id),
+        expires_in: 3599,
+        nbf_offset: 0,
+        iat_offset: 0,
+        kid: None,
+        iss: None,
+        extra: serde_json::Map::from_iter([("idtyp".to_string(), json!("app"))]),
+    };
+    match a.mint(&req) {
+        Ok(token) => Json(json!({
+            "token_type": "Bearer",
+            "expires_in": 3599,
+            "ext_expires_in": 3599,
+            "access_token": token,
+        }))
+        .into_response(),
+        Err(e) => aad_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", 50000, &e),
+    }
+}
+
+async fn mint_endpoint(State(a): State<Arc<Authority>>, Json(req): Json<MintRequest>) -> Response {
+    match a.mint(&req) {
+        Ok(token) => Json(json!({ "access_token": token })).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, Json(json!({ "error": e }))).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct RotateRequest {
+    #[serde(default)]
+    retire_old: bool,
+}
+
+async fn rotate_endpoint(State(a): State<Arc<Authority>>, Json(req): Json<RotateRequest>) -> Response {
+    Json(json!({ "kid": a.rotate(req.retire_old) })).into_response()
+}
+
+async fn faults_endpoint(State(a): State<Arc<Authority>>, Json(faults): Json<GraphFaults>) -> Response {
+    a.set_graph_faults(faults);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn stats_endpoint(State(a): State<Arc<Authority>>) -> Response {
+    Json(json!({
+        "graph_calls": a.graph_calls.load(Ordering::Relaxed),
+        "token_requests": a.token_requests.load(Ordering::Relaxed),
+        "jwks_requests": a.jwks_requests.load(Ordering::Relaxed),
+    }))
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests;
