@@ -194,7 +194,7 @@ pub fn bearer_token<'a>(values: &[&'a str]) -> Result<&'a str, TokenError> {
         _ => return Err(TokenError::Multiple),
     };
     let value = value.trim();
-    if value.is_empty() {
+    if value.is_empty() || value.eq_ignore_ascii_case("bearer") {
         return Err(TokenError::Missing);
     }
     let (scheme, rest) = value.split_once(' ').ok_or(TokenError::NotBearer)?;

@@ -7,6 +7,8 @@
 //! - POST carries exactly one JSON-RPC message (MCP 2025-06-18 removed batching): an array is
 //!   `batch_not_supported`, non-JSON `invalid_json`, a body Envoy cut at its buffer limit
 //!   (`x-envoy-auth-partial-body: true`) `body_truncated`, which is never authorized as if whole.
+//! - JSON nested deeper than 64 levels anywhere in the body is `json_too_deep`: upstream
+//!   parsers are not all as careful as this one.
 //! - `tools/call` needs `params.name` (a string); `resources/read` `params.uri`; `prompts/get`
 //!   `params.name`.
 //! - `Mcp-Method` / `Mcp-Name` headers (MCP 2026-07-28), when sent, must equal the body's
@@ -111,6 +113,8 @@ pub enum FactsError {
     InvalidJson,
     #[error("body is not a JSON-RPC 2.0 message")]
     NotJsonRpc,
+    #[error("JSON nested deeper than the limit")]
+    TooDeep,
     #[error("params missing or of the wrong shape for this method")]
     InvalidParams,
     #[error("Mcp-Method or Mcp-Name header disagrees with the body")]
@@ -128,6 +132,7 @@ impl FactsError {
             FactsError::Batch => "batch_not_supported",
             FactsError::InvalidJson => "invalid_json",
             FactsError::NotJsonRpc => "invalid_jsonrpc",
+            FactsError::TooDeep => "json_too_deep",
             FactsError::InvalidParams => "invalid_params",
             FactsError::HeaderMismatch => "header_mismatch",
         }
@@ -238,6 +243,9 @@ fn parse_rpc<'a>(req: &HttpView<'a>, id_out: &mut Option<&'a RawValue>) -> Resul
         Some(b'{') => {}
         Some(_) => return Err(FactsError::InvalidJson),
     }
+    if nesting_exceeds(body, MAX_JSON_DEPTH) {
+        return Err(FactsError::TooDeep);
+    }
     // Repeated member names are an error here (serde's derive refuses them), so a body
     // cannot name one tool to us and another to a last-wins upstream parser.
     let env: Envelope<'a> = serde_json::from_slice(body).map_err(|e| {
@@ -310,6 +318,37 @@ fn parse_rpc<'a>(req: &HttpView<'a>, id_out: &mut Option<&'a RawValue>) -> Resul
         }
     }
     Ok(facts)
+}
+
+/// Deepest nesting of objects and arrays a body may have.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// True when `[`/`{` nest deeper than `limit` outside strings. One pass, no allocation.
+fn nesting_exceeds(body: &[u8], limit: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 #[cfg(test)]

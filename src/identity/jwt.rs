@@ -214,13 +214,13 @@ fn unique_object(bytes: &[u8]) -> Result<(), ObjectError> {
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
             let mut seen = HashSet::new();
+            let mut unique = true;
+            // Read to the end even after a repeat, so the object's syntax is still checked.
             while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                if !seen.insert(key) {
-                    return Ok(false);
-                }
+                unique &= seen.insert(key);
                 map.next_value::<IgnoredAny>()?;
             }
-            Ok(true)
+            Ok(unique)
         }
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);

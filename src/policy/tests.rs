@@ -1,1 +1,323 @@
+//! The decision function, case by case, and the compiler's refusals.
+
+use super::decision::glob_match;
 use super::*;
+use crate::mcp::{Call, RequestFacts, RpcFacts};
+
+const TID: &str = "3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2c";
+const OTHER_TID: &str = "9d1c2b3a-4e5f-4a6b-8c7d-0e1f2a3b4c5d";
+const ENG: &str = "e0000000-0000-4000-8000-0000000000e1";
+const SALES: &str = "50000000-0000-4000-8000-000000000051";
+const OPS: &str = "0b500000-0000-4000-8000-0000000000b5";
+const ADMINS: &str = "a0000000-0000-4000-8000-00000000ad01";
+const ALICE: &str = "00000000-0000-4000-8000-0000000a11ce";
+const BOB: &str = "00000000-0000-4000-8000-000000000b0b";
+const ROOT: &str = "00000000-0000-4000-8000-0000000000ff";
+
+const DOC: &str = r#"
+admins:
+  groups: ["a0000000-0000-4000-8000-00000000ad01"]
+  users: [{oid: "00000000-0000-4000-8000-0000000000ff", tid: "3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2c"}]
+tenants:
+  - {name: engineering, servers: [github, jira, locked]}
+  - {name: sales, servers: [jira]}
+  - {name: ops, servers: [github], enabled: false}
+servers:
+  - {name: github}
+  - {name: jira}
+  - {name: legacy, enabled: false}
+  - {name: locked, tools_default: deny}
+  - {name: gh-route, route_key: gh}
+group_grants:
+  - {group: "e0000000-0000-4000-8000-0000000000e1", tenant: engineering, access_level: read}
+  - {group: "50000000-0000-4000-8000-000000000051", tenant: sales, access_level: write}
+  - {group: "0b500000-0000-4000-8000-0000000000b5", tenant: ops, access_level: admin}
+user_grants:
+  - {oid: "00000000-0000-4000-8000-0000000a11ce", tid: "3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2c", upn: alice@contoso.example, tenant: engineering, access_level: write}
+tool_rules:
+  - {server: github, tool: "delete_*", effect: deny}
+  - {server: github, tool: "merge_*", effect: allow, min_access_level: write}
+  - {server: github, tenant: engineering, tool: "secret_*", effect: deny}
+  - {server: locked, tool: "read_?", effect: allow}
+"#;
+
+fn snapshot_of(doc: &str) -> Snapshot {
+    let doc: PolicyDocument = serde_yaml_ng::from_str(doc).expect("yaml");
+    Snapshot::compile(&doc, "test").expect("compiles")
+}
+
+fn snap() -> Snapshot {
+    snapshot_of(DOC)
+}
+
+fn facts(server: &str, method: &str, tool: Option<&str>) -> RequestFacts {
+    RequestFacts {
+        server: server.into(),
+        call: Call::Rpc(RpcFacts {
+            method: Some(method.into()),
+            tool: tool.map(Into::into),
+            uri: None,
+            prompt: None,
+        }),
+    }
+}
+
+fn call(tool: &str) -> RequestFacts {
+    facts("github", "tools/call", Some(tool))
+}
+
+fn who<'a>(oid: &'a str, groups: &'a [String]) -> Subject<'a> {
+    Subject {
+        tid: TID,
+        oid,
+        upn: None,
+        groups,
+    }
+}
+
+fn groups(g: &[&str]) -> Vec<String> {
+    g.iter().map(|s| s.to_string()).collect()
+}
+
+fn result(s: &Snapshot, subject: &Subject<'_>, f: &RequestFacts) -> Result<(String, AccessLevel), DenyReason> {
+    decide(s, subject, f).result.map(|a| (a.tenant.to_string(), a.level))
+}
+
+#[test]
+fn group_member_uses_a_server_of_their_tenant() {
+    let s = snap();
+    let g = groups(&[ENG]);
+    assert_eq!(result(&s, &who(BOB, &g), &facts("github", "initialize", None)), Ok(("engineering".into(), AccessLevel::Read)));
+    assert_eq!(result(&s, &who(BOB, &g), &facts("jira", "tools/list", None)), Ok(("engineering".into(), AccessLevel::Read)));
+    let stream = RequestFacts { server: "github".into(), call: Call::OpenStream };
+    assert!(decide(&s, &who(BOB, &g), &stream).result.is_ok());
+}
+
+#[test]
+fn server_not_in_the_users_tenants_is_denied() {
+    let s = snap();
+    let g = groups(&[SALES]);
+    assert_eq!(result(&s, &who(BOB, &g), &facts("github", "initialize", None)), Err(DenyReason::ServerNotGranted));
+    assert!(result(&s, &who(BOB, &g), &facts("jira", "initialize", None)).is_ok());
+}
+
+#[test]
+fn no_grant_at_all_is_denied() {
+    let s = snap();
+    assert_eq!(result(&s, &who(BOB, &[]), &facts("github", "initialize", None)), Err(DenyReason::NoGrant));
+    let unknown = groups(&["12345678-0000-4000-8000-000000000000"]);
+    assert_eq!(result(&s, &who(BOB, &unknown), &facts("github", "initialize", None)), Err(DenyReason::NoGrant));
+}
+
+#[test]
+fn unknown_and_disabled_servers_are_denied_even_to_admins() {
+    let s = snap();
+    let admin = groups(&[ADMINS]);
+    assert_eq!(result(&s, &who(BOB, &admin), &facts("nope", "initialize", None)), Err(DenyReason::UnknownServer));
+    assert_eq!(result(&s, &who(BOB, &admin), &facts("legacy", "initialize", None)), Err(DenyReason::ServerDisabled));
+    // The server's name is not its route key.
+    assert_eq!(result(&s, &who(BOB, &admin), &facts("gh-route", "initialize", None)), Err(DenyReason::UnknownServer));
+    assert!(result(&s, &who(BOB, &admin), &facts("gh", "initialize", None)).is_ok());
+}
+
+#[test]
+fn admins_use_every_enabled_server() {
+    let s = snap();
+    let admin = groups(&[ADMINS]);
+    for server in ["github", "jira", "locked", "gh"] {
+        let r = result(&s, &who(BOB, &admin), &facts(server, "initialize", None));
+        assert_eq!(r, Ok((decision::ADMIN_TENANT.into(), AccessLevel::Admin)), "{server}");
+    }
+    // An admin user (by tid + oid).
+    assert!(result(&s, &who(ROOT, &[]), &facts("jira", "initialize", None)).is_ok());
+    // The same oid from another directory is not that admin.
+    let elsewhere = Subject { tid: OTHER_TID, oid: ROOT, upn: None, groups: &[] };
+    assert_eq!(result(&s, &elsewhere, &facts("jira", "initialize", None)), Err(DenyReason::NoGrant));
+}
+
+#[test]
+fn admins_with_a_tenant_grant_report_that_tenant() {
+    let s = snap();
+    let g = groups(&[ENG, ADMINS]);
+    assert_eq!(result(&s, &who(BOB, &g), &facts("jira", "initialize", None)), Ok(("engineering".into(), AccessLevel::Read)));
+}
+
+#[test]
+fn global_tool_deny_applies_to_everyone_including_admins() {
+    let s = snap();
+    let admin = groups(&[ADMINS]);
+    let eng = groups(&[ENG]);
+    for g in [&admin, &eng] {
+        let d = decide(&s, &who(BOB, g), &call("delete_repository"));
+        assert_eq!(d.result.err(), Some(DenyReason::ToolDenied));
+        assert!(d.basis.iter().any(|b| b.contains("tool_rules[0]")), "{:?}", d.basis);
+    }
+}
+
+#[test]
+fn tool_allow_rule_requires_its_access_level() {
+    let s = snap();
+    let eng = groups(&[ENG]); // read
+    assert_eq!(result(&s, &who(BOB, &eng), &call("merge_pr")), Err(DenyReason::AccessLevelTooLow));
+    // Alice has engineering at write by a user grant.
+    assert_eq!(result(&s, &who(ALICE, &eng), &call("merge_pr")), Ok(("engineering".into(), AccessLevel::Write)));
+    // Tools no rule names follow the server default (allow).
+    assert!(result(&s, &who(BOB, &eng), &call("list_issues")).is_ok());
+}
+
+#[test]
+fn tenant_scoped_rule_applies_only_under_that_tenant() {
+    let s = snap();
+    let eng = groups(&[ENG]);
+    let d = decide(&s, &who(BOB, &eng), &call("secret_dump"));
+    assert_eq!(d.result.err(), Some(DenyReason::ToolDenied));
+    assert!(d.basis.iter().any(|b| b.contains("tool_rules[2]")));
+    // An admin without the engineering grant is not under that rule.
+    let admin = groups(&[ADMINS]);
+    assert!(result(&s, &who(BOB, &admin), &call("secret_dump")).is_ok());
+}
+
+#[test]
+fn server_default_deny_allows_only_listed_tools() {
+    let s = snap();
+    let eng = groups(&[ENG]);
+    let f = |tool: &str| facts("locked", "tools/call", Some(tool));
+    assert!(result(&s, &who(BOB, &eng), &f("read_x")).is_ok());
+    assert_eq!(result(&s, &who(BOB, &eng), &f("read_xy")), Err(DenyReason::ToolNotAllowed));
+    assert_eq!(result(&s, &who(BOB, &eng), &f("write_x")), Err(DenyReason::ToolNotAllowed));
+    // Listing tools is not calling them.
+    assert!(result(&s, &who(BOB, &eng), &facts("locked", "tools/list", None)).is_ok());
+}
+
+#[test]
+fn disabled_tenant_grants_nothing() {
+    let s = snap();
+    let ops = groups(&[OPS]);
+    assert_eq!(result(&s, &who(BOB, &ops), &facts("github", "initialize", None)), Err(DenyReason::NoGrant));
+}
+
+#[test]
+fn highest_level_tenant_is_chosen_then_name() {
+    let s = snap();
+    // Engineering (read) and sales (write) both have jira: sales wins on level.
+    let both = groups(&[ENG, SALES]);
+    assert_eq!(result(&s, &who(BOB, &both), &facts("jira", "initialize", None)), Ok(("sales".into(), AccessLevel::Write)));
+    // Group read + user write on the same tenant: the higher level counts.
+    let eng = groups(&[ENG]);
+    assert_eq!(result(&s, &who(ALICE, &eng), &facts("github", "initialize", None)), Ok(("engineering".into(), AccessLevel::Write)));
+}
+
+#[test]
+fn user_grant_is_matched_on_tid_and_oid_not_on_labels() {
+    let s = snap();
+    assert!(result(&s, &who(ALICE, &[]), &facts("github", "initialize", None)).is_ok());
+    let wrong_dir = Subject { tid: OTHER_TID, oid: ALICE, upn: None, groups: &[] };
+    assert_eq!(result(&s, &wrong_dir, &facts("github", "initialize", None)), Err(DenyReason::NoGrant));
+    // Someone whose upn claim says alice is not alice.
+    let impostor = Subject { tid: TID, oid: BOB, upn: Some("alice@contoso.example"), groups: &[] };
+    assert_eq!(result(&s, &impostor, &facts("github", "initialize", None)), Err(DenyReason::NoGrant));
+}
+
+#[test]
+fn upn_grants_need_the_explicit_setting() {
+    let doc = "tenants: [{name: t, servers: [s]}]\nservers: [{name: s}]\nuser_grants: [{upn: Carol@Contoso.example, tenant: t, access_level: read}]\n";
+    let parsed: PolicyDocument = serde_yaml_ng::from_str(doc).expect("yaml");
+    let err = Snapshot::compile(&parsed, "t").unwrap_err();
+    assert!(err.to_string().contains("allow_upn_grants"), "{err}");
+    let s = snapshot_of(&format!("allow_upn_grants: true\n{doc}"));
+    let carol = Subject { tid: TID, oid: BOB, upn: Some("carol@contoso.EXAMPLE"), groups: &[] };
+    assert!(result(&s, &carol, &facts("s", "initialize", None)).is_ok(), "upn matched case-insensitively");
+}
+
+#[test]
+fn basis_names_the_granting_rows() {
+    let s = snap();
+    let eng = groups(&[ENG]);
+    let d = decide(&s, &who(ALICE, &eng), &call("merge_pr"));
+    assert!(d.result.is_ok());
+    assert!(d.basis.iter().any(|b| b.starts_with("user_grants[0]")), "{:?}", d.basis);
+    assert!(d.basis.iter().any(|b| b.starts_with("tool_rules[1]")), "{:?}", d.basis);
+}
+
+#[test]
+fn compile_reports_every_problem() {
+    let doc = r#"
+tenants:
+  - {name: a, servers: [missing]}
+  - {name: a}
+  - {name: "bad name"}
+servers:
+  - {name: s}
+  - {name: s}
+group_grants:
+  - {group: not-a-guid, tenant: a, access_level: read}
+  - {group: "e0000000-0000-4000-8000-0000000000e1", tenant: nope, access_level: read}
+user_grants:
+  - {tenant: a, access_level: read}
+tool_rules:
+  - {server: zzz, tool: "x", effect: deny}
+  - {server: s, tool: "has space", effect: deny}
+"#;
+    let parsed: PolicyDocument = serde_yaml_ng::from_str(doc).expect("yaml");
+    let err = Snapshot::compile(&parsed, "t").unwrap_err();
+    let text = err.to_string();
+    for needle in [
+        "unknown server \"missing\"",
+        "duplicate name \"a\"",
+        "name \"bad name\"",
+        "duplicate name \"s\"",
+        "not an Entra group object id",
+        "unknown tenant \"nope\"",
+        "needs oid",
+        "unknown server \"zzz\"",
+        "tool pattern \"has space\"",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in {text}");
+    }
+    assert!(err.0.len() >= 9);
+}
+
+#[test]
+fn unknown_fields_and_bad_levels_do_not_parse() {
+    assert!(serde_yaml_ng::from_str::<PolicyDocument>("tenantz: []").is_err());
+    assert!(serde_yaml_ng::from_str::<PolicyDocument>("group_grants: [{group: x, tenant: t, access_level: root}]").is_err());
+    assert!(serde_yaml_ng::from_str::<PolicyDocument>("tool_rules: [{server: s, tool: t, effect: maybe}]").is_err());
+}
+
+#[test]
+fn version_is_a_content_hash() {
+    let a = snap();
+    let b = snap();
+    assert_eq!(a.version, b.version);
+    let c = snapshot_of(&DOC.replace("access_level: read}", "access_level: write}"));
+    assert_ne!(a.version, c.version);
+    assert_eq!(a.version.len(), 12);
+}
+
+#[test]
+fn glob_matching() {
+    assert!(glob_match("*", ""));
+    assert!(glob_match("*", "anything"));
+    assert!(glob_match("delete_*", "delete_repository"));
+    assert!(glob_match("delete_*", "delete_"));
+    assert!(!glob_match("delete_*", "undelete_x"));
+    assert!(glob_match("*_repo*", "delete_repository"));
+    assert!(glob_match("a?c", "abc"));
+    assert!(!glob_match("a?c", "ac"));
+    assert!(glob_match("a*b*c", "axxbyyc"));
+    assert!(!glob_match("a*b*c", "axxbyy"));
+    assert!(!glob_match("Delete_*", "delete_x"), "case-sensitive");
+    assert!(glob_match("é*", "éclair"));
+}
+
+#[test]
+fn handle_swaps_atomically() {
+    let h = PolicyHandle::default();
+    assert!(!h.is_loaded());
+    h.install(snap());
+    let v1 = h.load().expect("loaded").version.clone();
+    let held = h.load().expect("loaded");
+    h.install(snapshot_of(&DOC.replace("access_level: read}", "access_level: write}")));
+    assert_ne!(h.load().expect("loaded").version, v1);
+    assert_eq!(held.version, v1, "a reader keeps the snapshot it loaded");
+}
