@@ -57,7 +57,10 @@ struct MetadataState {
 }
 
 pub fn metadata_router(authorizer: Arc<Authorizer>, settings: MetadataSettings) -> Router {
-    let state = Arc::new(MetadataState { authorizer, settings });
+    let state = Arc::new(MetadataState {
+        authorizer,
+        settings,
+    });
     Router::new()
         .route(WELL_KNOWN_PRM, get(metadata))
         .route(&format!("{WELL_KNOWN_PRM}/{{*rest}}"), get(metadata))
@@ -76,9 +79,16 @@ async fn metadata(State(s): State<Arc<MetadataState>>, request: Request) -> Resp
         };
         let server = rest.split('/').next().unwrap_or_default();
         let Some(snapshot) = s.authorizer.policy.load() else {
-            return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "policy_unavailable"}))).into_response();
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"error": "policy_unavailable"})),
+            )
+                .into_response();
         };
-        if !snapshot.server_by_route(server).is_some_and(|srv| srv.enabled) {
+        if !snapshot
+            .server_by_route(server)
+            .is_some_and(|srv| srv.enabled)
+        {
             return not_found();
         }
     }
@@ -110,9 +120,5 @@ async fn metadata(State(s): State<Arc<MetadataState>>, request: Request) -> Resp
     if let Some(d) = &s.settings.resource_documentation {
         doc["resource_documentation"] = json!(d);
     }
-    (
-        [("cache-control", "public, max-age=300")],
-        Json(doc),
-    )
-        .into_response()
+    ([("cache-control", "public, max-age=300")], Json(doc)).into_response()
 }

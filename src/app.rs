@@ -17,8 +17,8 @@ use tonic_health::ServingStatus;
 
 use crate::admin::{self, MetadataSettings};
 use crate::config::{Config, ListenConfig};
-use crate::grpc::{AuthorizationServer, AuthorizationService};
 use crate::groups::GroupResolver;
+use crate::grpc::{AuthorizationServer, AuthorizationService};
 use crate::identity::{JwksSource, KeyStore, ValidationRules, Validator};
 use crate::pipeline::Authorizer;
 use crate::policy::{self, FileSource, PolicyHandle};
@@ -43,33 +43,53 @@ pub struct BoundAddrs {
 impl Listeners {
     pub async fn bind(cfg: &ListenConfig) -> anyhow::Result<Self> {
         let grpc = match cfg.grpc {
-            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("bind gRPC {addr}"))?),
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("bind gRPC {addr}"))?,
+            ),
             None => None,
         };
         let grpc_unix = match &cfg.grpc_unix {
             Some(path) => {
                 // A socket file left by a previous run would make bind fail.
                 if path.exists() {
-                    std::fs::remove_file(path).with_context(|| format!("remove stale socket {}", path.display()))?;
+                    std::fs::remove_file(path)
+                        .with_context(|| format!("remove stale socket {}", path.display()))?;
                 }
-                let l = UnixListener::bind(path).with_context(|| format!("bind unix socket {}", path.display()))?;
+                let l = UnixListener::bind(path)
+                    .with_context(|| format!("bind unix socket {}", path.display()))?;
                 Some((l, path.clone()))
             }
             None => None,
         };
-        let admin = TcpListener::bind(cfg.admin).await.with_context(|| format!("bind admin {}", cfg.admin))?;
+        let admin = TcpListener::bind(cfg.admin)
+            .await
+            .with_context(|| format!("bind admin {}", cfg.admin))?;
         let metadata = match cfg.metadata {
-            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("bind metadata {addr}"))?),
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("bind metadata {addr}"))?,
+            ),
             None => None,
         };
-        Ok(Self { grpc, grpc_unix, admin, metadata })
+        Ok(Self {
+            grpc,
+            grpc_unix,
+            admin,
+            metadata,
+        })
     }
 
     pub fn addrs(&self) -> BoundAddrs {
         BoundAddrs {
             grpc: self.grpc.as_ref().and_then(|l| l.local_addr().ok()),
             grpc_unix: self.grpc_unix.as_ref().map(|(_, p)| p.clone()),
-            admin: self.admin.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+            admin: self
+                .admin
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
             metadata: self.metadata.as_ref().and_then(|l| l.local_addr().ok()),
         }
     }
@@ -101,7 +121,8 @@ pub fn build(cfg: &Config) -> anyhow::Result<Parts> {
         .discovery_tenant
         .clone()
         .unwrap_or_else(|| cfg.entra.tenants[0].clone());
-    let source = JwksSource::new(http, &cfg.entra.authority, &discovery_tenant).map_err(anyhow::Error::msg)?;
+    let source = JwksSource::new(http, &cfg.entra.authority, &discovery_tenant)
+        .map_err(anyhow::Error::msg)?;
     let keys = Arc::new(KeyStore::new(
         source,
         Duration::from_secs(cfg.entra.unknown_kid_refresh_seconds),
@@ -278,7 +299,10 @@ pub async fn run(
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(seconds = cfg.listen.drain_seconds, "drain period over; abandoning in-flight requests");
+        tracing::warn!(
+            seconds = cfg.listen.drain_seconds,
+            "drain period over; abandoning in-flight requests"
+        );
         servers.abort_all();
     }
     tasks.abort_all();
@@ -290,7 +314,11 @@ pub async fn run(
 }
 
 /// `mcp-authz check-config`: every check prints one line; false when any failed.
-pub async fn check_config(cfg: &Config, path: &std::path::Path, out: &mut impl std::io::Write) -> bool {
+pub async fn check_config(
+    cfg: &Config,
+    path: &std::path::Path,
+    out: &mut impl std::io::Write,
+) -> bool {
     let mut ok = true;
     let _ = writeln!(out, "ok    config {} is valid", path.display());
     match policy::load_file(&cfg.policy.file) {
@@ -334,6 +362,14 @@ pub async fn check_config(cfg: &Config, path: &std::path::Path, out: &mut impl s
             let _ = writeln!(out, "FAIL  {e:#}");
         }
     }
-    let _ = writeln!(out, "{}", if ok { "config check passed" } else { "config check FAILED" });
+    let _ = writeln!(
+        out,
+        "{}",
+        if ok {
+            "config check passed"
+        } else {
+            "config check FAILED"
+        }
+    );
     ok
 }

@@ -239,10 +239,10 @@ impl Config {
         let mut config = Self::parse(&text, env)?;
         // Relative paths in the file are relative to the file, so a config can travel with its
         // policy.
-        if config.policy.file.is_relative() {
-            if let Some(dir) = path.parent() {
-                config.policy.file = dir.join(&config.policy.file);
-            }
+        if config.policy.file.is_relative()
+            && let Some(dir) = path.parent()
+        {
+            config.policy.file = dir.join(&config.policy.file);
         }
         Ok(config)
     }
@@ -298,19 +298,29 @@ impl Config {
                 return bad(format!("entra.tenants: {t:?} is not a GUID"));
             }
         }
-        if let Some(t) = &e.discovery_tenant {
-            if t.is_empty() || !t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
-                return bad(format!("entra.discovery_tenant: {t:?} is not a tenant id or name"));
-            }
+        if let Some(t) = &e.discovery_tenant
+            && (t.is_empty()
+                || !t
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+        {
+            return bad(format!(
+                "entra.discovery_tenant: {t:?} is not a tenant id or name"
+            ));
         }
         if e.audiences.is_empty() || e.audiences.iter().any(|a| a.is_empty()) {
             return bad("entra.audiences: list the API's client id (and App ID URI for v1)".into());
         }
-        if e.audiences.iter().any(|a| a == crate::identity::GRAPH_AUDIENCE) {
-            return bad("entra.audiences: Microsoft Graph tokens cannot be validated by anyone but Graph".into());
+        if e.audiences
+            .iter()
+            .any(|a| a == crate::identity::GRAPH_AUDIENCE)
+        {
+            return bad(
+                "entra.audiences: Microsoft Graph tokens cannot be validated by anyone but Graph"
+                    .into(),
+            );
         }
-        if e.token_versions.is_empty()
-            || e.token_versions.iter().any(|v| v != "1.0" && v != "2.0")
+        if e.token_versions.is_empty() || e.token_versions.iter().any(|v| v != "1.0" && v != "2.0")
         {
             return bad("entra.token_versions: a non-empty subset of [\"1.0\", \"2.0\"]".into());
         }
@@ -318,13 +328,18 @@ impl Config {
             return bad("entra.v1_issuer must contain {tenantid}".into());
         }
         if e.leeway_seconds > MAX_LEEWAY_SECONDS {
-            return bad(format!("entra.leeway_seconds: at most {MAX_LEEWAY_SECONDS}"));
+            return bad(format!(
+                "entra.leeway_seconds: at most {MAX_LEEWAY_SECONDS}"
+            ));
         }
         if !(512..=65536).contains(&e.max_token_bytes) {
             return bad("entra.max_token_bytes: between 512 and 65536".into());
         }
         if e.allow_app_tokens && e.required_roles.is_empty() {
-            return bad("entra.allow_app_tokens needs entra.required_roles (which app role grants access)".into());
+            return bad(
+                "entra.allow_app_tokens needs entra.required_roles (which app role grants access)"
+                    .into(),
+            );
         }
         if e.http_timeout_ms == 0 || e.http_timeout_ms > 60_000 {
             return bad("entra.http_timeout_ms: between 1 and 60000".into());
@@ -347,7 +362,10 @@ impl Config {
                 .map_err(|err| ConfigError::Invalid(format!("mcp.public_base_url: {err}")))?;
             if !matches!(u.scheme(), "http" | "https") || base.ends_with('/') || u.query().is_some()
             {
-                return bad("mcp.public_base_url: scheme://host[:port][/path] without a trailing '/'".into());
+                return bad(
+                    "mcp.public_base_url: scheme://host[:port][/path] without a trailing '/'"
+                        .into(),
+                );
             }
         }
         Ok(())

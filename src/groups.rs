@@ -33,7 +33,10 @@ impl GroupResolver {
     }
 
     /// The principal's group object ids (lower-case).
-    pub async fn groups<'a>(&self, principal: &'a Principal) -> Result<Cow<'a, [String]>, GroupsError> {
+    pub async fn groups<'a>(
+        &self,
+        principal: &'a Principal,
+    ) -> Result<Cow<'a, [String]>, GroupsError> {
         match &principal.groups {
             GroupsClaim::Listed(groups) => Ok(Cow::Borrowed(groups.as_slice())),
             GroupsClaim::Absent => Ok(Cow::Borrowed(&[])),

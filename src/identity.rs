@@ -317,7 +317,11 @@ impl Validator {
         let parsed = jwt::parse(token)?;
         let key_set = match self.keys.keys_for(&parsed.header.kid) {
             Some(keys) => keys,
-            None => self.keys.refresh_for_unknown_kid(&parsed.header.kid).await?,
+            None => {
+                self.keys
+                    .refresh_for_unknown_kid(&parsed.header.kid)
+                    .await?
+            }
         };
         let principal = self.check(&parsed, &key_set, now)?;
         let principal = Arc::new(principal);
@@ -340,22 +344,22 @@ impl Validator {
         // Signature first: nothing in the claims is trusted before it verifies.
         let key = keys
             .iter()
-            .find(|k| k.verify(parsed.signed_part(), &parsed.signature).is_ok())
+            .find(|k| k.verify(parsed.signed_part(), &parsed.signature))
             .ok_or(TokenError::BadSignature)?;
 
         let exp = c.exp.ok_or(TokenError::MissingExpiry)?;
         if now >= exp.saturating_add(r.leeway) {
             return Err(TokenError::Expired);
         }
-        if let Some(nbf) = c.nbf {
-            if nbf > now + r.leeway {
-                return Err(TokenError::NotYetValid);
-            }
+        if let Some(nbf) = c.nbf
+            && nbf > now + r.leeway
+        {
+            return Err(TokenError::NotYetValid);
         }
-        if let Some(iat) = c.iat {
-            if iat > now + r.leeway {
-                return Err(TokenError::IssuedInFuture);
-            }
+        if let Some(iat) = c.iat
+            && iat > now + r.leeway
+        {
+            return Err(TokenError::IssuedInFuture);
         }
         // Audience before issuer, so a Graph token is named for what it is.
         let aud = c.aud.as_deref().ok_or(TokenError::WrongAudience)?;
@@ -382,14 +386,27 @@ impl Validator {
         if c.iss.as_deref() != Some(expected_iss.as_str()) {
             return Err(TokenError::WrongIssuer);
         }
-        if !key.issuer_allows(&expected_iss, &tid, &r.expected_issuer(TokenVersion::V2, &tid)) {
+        if !key.issuer_allows(
+            &expected_iss,
+            &tid,
+            &r.expected_issuer(TokenVersion::V2, &tid),
+        ) {
             return Err(TokenError::KeyIssuerMismatch);
         }
-        let oid = c.oid.as_deref().filter(|o| is_guid(o)).ok_or(TokenError::MissingObjectId)?;
+        let oid = c
+            .oid
+            .as_deref()
+            .filter(|o| is_guid(o))
+            .ok_or(TokenError::MissingObjectId)?;
         let scopes: Vec<String> = c
             .scp
             .as_deref()
-            .map(|s| s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect())
+            .map(|s| {
+                s.split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
             .unwrap_or_default();
         let roles = c.roles.clone().unwrap_or_default();
         let kind = if c.scp.is_some() {

@@ -20,8 +20,8 @@
 pub mod admin;
 pub mod app;
 pub mod config;
-pub mod grpc;
 pub mod groups;
+pub mod grpc;
 pub mod identity;
 pub mod mcp;
 pub mod pipeline;

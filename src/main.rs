@@ -10,7 +10,11 @@ use mcp_authz::config::Config;
 const EXIT_BAD_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "mcp-authz", version, about = "Envoy ext_authz server for MCP with Entra ID")]
+#[command(
+    name = "mcp-authz",
+    version,
+    about = "Envoy ext_authz server for MCP with Entra ID"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,7 +46,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("mcp-authz: cannot start the async runtime: {e}");
@@ -52,8 +59,16 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { .. } => runtime.block_on(serve(config)),
         Command::CheckConfig { .. } => {
-            let ok = runtime.block_on(mcp_authz::app::check_config(&config, &path, &mut std::io::stdout()));
-            if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            let ok = runtime.block_on(mcp_authz::app::check_config(
+                &config,
+                &path,
+                &mut std::io::stdout(),
+            ));
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

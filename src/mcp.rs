@@ -232,7 +232,10 @@ struct Params<'a> {
     uri: Option<Cow<'a, str>>,
 }
 
-fn parse_rpc<'a>(req: &HttpView<'a>, id_out: &mut Option<&'a RawValue>) -> Result<RpcFacts, FactsError> {
+fn parse_rpc<'a>(
+    req: &HttpView<'a>,
+    id_out: &mut Option<&'a RawValue>,
+) -> Result<RpcFacts, FactsError> {
     if req.partial_body {
         return Err(FactsError::BodyTruncated);
     }
@@ -261,7 +264,8 @@ fn parse_rpc<'a>(req: &HttpView<'a>, id_out: &mut Option<&'a RawValue>) -> Resul
     }
     let Some(method) = env.method else {
         // A response to a server-initiated request: needs an id and a result or error.
-        if env.id.is_some() && (env.result.is_some() || env.error.is_some()) && env.params.is_none() {
+        if env.id.is_some() && (env.result.is_some() || env.error.is_some()) && env.params.is_none()
+        {
             if req.mcp_method_header.is_some() || req.mcp_name_header.is_some() {
                 return Err(FactsError::HeaderMismatch);
             }
@@ -291,31 +295,37 @@ fn parse_rpc<'a>(req: &HttpView<'a>, id_out: &mut Option<&'a RawValue>) -> Resul
     };
     let named = match method.as_ref() {
         "tools/call" => {
-            let tool = name.filter(|n| !n.is_empty()).ok_or(FactsError::InvalidParams)?;
+            let tool = name
+                .filter(|n| !n.is_empty())
+                .ok_or(FactsError::InvalidParams)?;
             facts.tool = Some(tool.to_owned());
             Some(tool)
         }
         "prompts/get" => {
-            let prompt = name.filter(|n| !n.is_empty()).ok_or(FactsError::InvalidParams)?;
+            let prompt = name
+                .filter(|n| !n.is_empty())
+                .ok_or(FactsError::InvalidParams)?;
             facts.prompt = Some(prompt.to_owned());
             Some(prompt)
         }
         "resources/read" => {
-            let uri = uri.filter(|u| !u.is_empty()).ok_or(FactsError::InvalidParams)?;
+            let uri = uri
+                .filter(|u| !u.is_empty())
+                .ok_or(FactsError::InvalidParams)?;
             facts.uri = Some(uri.to_owned());
             Some(uri)
         }
         _ => None,
     };
-    if let Some(h) = req.mcp_method_header {
-        if h != method {
-            return Err(FactsError::HeaderMismatch);
-        }
+    if let Some(h) = req.mcp_method_header
+        && h != method
+    {
+        return Err(FactsError::HeaderMismatch);
     }
-    if let Some(h) = req.mcp_name_header {
-        if Some(h) != named {
-            return Err(FactsError::HeaderMismatch);
-        }
+    if let Some(h) = req.mcp_name_header
+        && Some(h) != named
+    {
+        return Err(FactsError::HeaderMismatch);
     }
     Ok(facts)
 }

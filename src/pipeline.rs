@@ -116,7 +116,13 @@ impl Authorizer {
             Ok(t) => t,
             Err(e) => {
                 let token_sent = e != TokenError::Missing;
-                deny(&mut out, Denial::Unauthenticated { code: e.code(), token_sent });
+                deny(
+                    &mut out,
+                    Denial::Unauthenticated {
+                        code: e.code(),
+                        token_sent,
+                    },
+                );
                 return out;
             }
         };
@@ -128,7 +134,10 @@ impl Authorizer {
                 } else if e == TokenError::KeysUnavailable {
                     Denial::Unavailable { code: e.code() }
                 } else {
-                    Denial::Unauthenticated { code: e.code(), token_sent: true }
+                    Denial::Unauthenticated {
+                        code: e.code(),
+                        token_sent: true,
+                    }
                 };
                 deny(&mut out, denial);
                 return out;
@@ -146,7 +155,12 @@ impl Authorizer {
             }
         };
         let Some(snapshot) = self.policy.load() else {
-            deny(&mut out, Denial::Unavailable { code: "policy_unavailable" });
+            deny(
+                &mut out,
+                Denial::Unavailable {
+                    code: "policy_unavailable",
+                },
+            );
             return out;
         };
         out.policy_version = Some(snapshot.version.clone());
@@ -182,7 +196,12 @@ impl Authorizer {
                     input.header_names.iter().copied(),
                 );
             }
-            Err(reason) => deny(&mut out, Denial::Forbidden { code: reason.code() }),
+            Err(reason) => deny(
+                &mut out,
+                Denial::Forbidden {
+                    code: reason.code(),
+                },
+            ),
         }
         out
     }

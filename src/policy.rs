@@ -241,7 +241,8 @@ pub struct CompileError(pub Vec<String>);
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
         && s != "."
         && s != ".."
 }
@@ -260,11 +261,16 @@ impl Snapshot {
         for (i, s) in doc.servers.iter().enumerate() {
             let origin: Origin = format!("servers[{i}] {}", s.name).into();
             if !valid_name(&s.name) {
-                problems.push(format!("servers[{i}]: name {:?} must be [A-Za-z0-9._-]+", s.name));
+                problems.push(format!(
+                    "servers[{i}]: name {:?} must be [A-Za-z0-9._-]+",
+                    s.name
+                ));
             }
             let route_key = s.route_key.clone().unwrap_or_else(|| s.name.clone());
             if !valid_name(&route_key) {
-                problems.push(format!("servers[{i}]: route_key {route_key:?} must be [A-Za-z0-9._-]+"));
+                problems.push(format!(
+                    "servers[{i}]: route_key {route_key:?} must be [A-Za-z0-9._-]+"
+                ));
             }
             if server_by_name.insert(&s.name, i).is_some() {
                 problems.push(format!("servers[{i}]: duplicate name {:?}", s.name));
@@ -287,7 +293,10 @@ impl Snapshot {
         let mut tenant_servers = Vec::new();
         for (i, t) in doc.tenants.iter().enumerate() {
             if !valid_name(&t.name) {
-                problems.push(format!("tenants[{i}]: name {:?} must be [A-Za-z0-9._-]+", t.name));
+                problems.push(format!(
+                    "tenants[{i}]: name {:?} must be [A-Za-z0-9._-]+",
+                    t.name
+                ));
             }
             if tenant_by_name.insert(&t.name, i).is_some() {
                 problems.push(format!("tenants[{i}]: duplicate name {:?}", t.name));
@@ -321,18 +330,28 @@ impl Snapshot {
         for (i, g) in doc.group_grants.iter().enumerate() {
             let at = format!("group_grants[{i}]");
             if !is_guid(&g.group) {
-                problems.push(format!("{at}: group {:?} is not an Entra group object id (GUID)", g.group));
+                problems.push(format!(
+                    "{at}: group {:?} is not an Entra group object id (GUID)",
+                    g.group
+                ));
             }
             let group = g.group.to_ascii_lowercase();
             if !seen_group_pairs.insert((group.clone(), g.tenant.clone())) {
-                problems.push(format!("{at}: group {group} is granted tenant {:?} twice", g.tenant));
+                problems.push(format!(
+                    "{at}: group {group} is granted tenant {:?} twice",
+                    g.tenant
+                ));
             }
             if let Some(t) = tenant_idx(&g.tenant, &at, &mut problems) {
                 group_grants.entry(group.clone()).or_default().push(Grant {
                     tenant: t,
                     level: g.access_level,
                     tid: None,
-                    origin: format!("{at} group={group} tenant={} level={}", g.tenant, g.access_level).into(),
+                    origin: format!(
+                        "{at} group={group} tenant={} level={}",
+                        g.tenant, g.access_level
+                    )
+                    .into(),
                 });
             }
         }
@@ -341,10 +360,10 @@ impl Snapshot {
         let mut upn_grants: HashMap<String, Vec<Grant>> = HashMap::new();
         for (i, u) in doc.user_grants.iter().enumerate() {
             let at = format!("user_grants[{i}]");
-            if let Some(tid) = &u.tid {
-                if !is_guid(tid) {
-                    problems.push(format!("{at}: tid {tid:?} is not a GUID"));
-                }
+            if let Some(tid) = &u.tid
+                && !is_guid(tid)
+            {
+                problems.push(format!("{at}: tid {tid:?} is not a GUID"));
             }
             let Some(t) = tenant_idx(&u.tenant, &at, &mut problems) else {
                 continue;
@@ -359,9 +378,16 @@ impl Snapshot {
                         tenant: t,
                         level: u.access_level,
                         tid: u.tid.as_ref().map(|s| s.to_ascii_lowercase()),
-                        origin: format!("{at} oid={oid}{} tenant={} level={}",
-                            u.upn.as_ref().map(|l| format!(" ({l})")).unwrap_or_default(),
-                            u.tenant, u.access_level).into(),
+                        origin: format!(
+                            "{at} oid={oid}{} tenant={} level={}",
+                            u.upn
+                                .as_ref()
+                                .map(|l| format!(" ({l})"))
+                                .unwrap_or_default(),
+                            u.tenant,
+                            u.access_level
+                        )
+                        .into(),
                     });
                 }
                 (None, Some(upn)) => {
@@ -375,7 +401,11 @@ impl Snapshot {
                         tenant: t,
                         level: u.access_level,
                         tid: u.tid.as_ref().map(|s| s.to_ascii_lowercase()),
-                        origin: format!("{at} upn={upn} tenant={} level={}", u.tenant, u.access_level).into(),
+                        origin: format!(
+                            "{at} upn={upn} tenant={} level={}",
+                            u.tenant, u.access_level
+                        )
+                        .into(),
                     });
                 }
                 (None, None) => problems.push(format!("{at}: needs oid (or upn)")),
@@ -387,7 +417,10 @@ impl Snapshot {
             if !is_guid(g) {
                 problems.push(format!("admins.groups[{i}]: {g:?} is not a GUID"));
             }
-            admin_groups.insert(g.to_ascii_lowercase(), format!("admins.groups[{i}] {g}").into());
+            admin_groups.insert(
+                g.to_ascii_lowercase(),
+                format!("admins.groups[{i}] {g}").into(),
+            );
         }
         let mut admin_users = HashMap::new();
         for (i, u) in doc.admins.users.iter().enumerate() {
@@ -396,7 +429,10 @@ impl Snapshot {
             }
             admin_users.insert(
                 u.oid.to_ascii_lowercase(),
-                (u.tid.as_ref().map(|t| t.to_ascii_lowercase()), format!("admins.users[{i}] {}", u.oid).into()),
+                (
+                    u.tid.as_ref().map(|t| t.to_ascii_lowercase()),
+                    format!("admins.users[{i}] {}", u.oid).into(),
+                ),
             );
         }
 
@@ -426,8 +462,13 @@ impl Snapshot {
                 pattern: r.tool.clone(),
                 effect: r.effect,
                 min_level: r.min_access_level,
-                origin: format!("{at} server={} tenant={} tool={} {effect}",
-                    r.server, r.tenant.as_deref().unwrap_or("*"), r.tool).into(),
+                origin: format!(
+                    "{at} server={} tenant={} tool={} {effect}",
+                    r.server,
+                    r.tenant.as_deref().unwrap_or("*"),
+                    r.tool
+                )
+                .into(),
             });
         }
 
@@ -452,7 +493,9 @@ impl Snapshot {
     }
 
     pub fn server_by_route(&self, route_key: &str) -> Option<&Arc<Server>> {
-        self.server_by_route.get(route_key).map(|&i| &self.servers[i])
+        self.server_by_route
+            .get(route_key)
+            .map(|&i| &self.servers[i])
     }
 
     pub fn servers(&self) -> &[Arc<Server>] {

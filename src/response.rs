@@ -78,8 +78,12 @@ impl Denial {
 
     fn message(&self) -> &'static str {
         match self {
-            Denial::Unauthenticated { token_sent: false, .. } => "Authentication required",
-            Denial::Unauthenticated { token_sent: true, .. } => "Invalid or expired access token",
+            Denial::Unauthenticated {
+                token_sent: false, ..
+            } => "Authentication required",
+            Denial::Unauthenticated {
+                token_sent: true, ..
+            } => "Invalid or expired access token",
             Denial::Forbidden { .. } => "Access to this MCP server or tool is not granted",
             Denial::BadRequest(FactsError::BodyTruncated) => "Request body too large",
             Denial::BadRequest(FactsError::Batch) => "JSON-RPC batches are not supported",
@@ -138,7 +142,11 @@ pub fn public_base(settings: &ResponseSettings, view: &HttpView<'_>) -> Option<S
 }
 
 /// `https://host/.well-known/oauth-protected-resource/mcp/github` for `https://host/mcp/github`.
-pub fn resource_metadata_url(settings: &ResponseSettings, view: &HttpView<'_>, server: Option<&str>) -> Option<String> {
+pub fn resource_metadata_url(
+    settings: &ResponseSettings,
+    view: &HttpView<'_>,
+    server: Option<&str>,
+) -> Option<String> {
     let base = public_base(settings, view)?;
     let path = view.path_only();
     let path_ok = path.starts_with('/')
@@ -155,7 +163,11 @@ pub fn resource_metadata_url(settings: &ResponseSettings, view: &HttpView<'_>, s
     Some(format!("{base}{WELL_KNOWN_PRM}{resource_path}"))
 }
 
-fn challenge(denial: &Denial, settings: &ResponseSettings, metadata_url: Option<&str>) -> Option<String> {
+fn challenge(
+    denial: &Denial,
+    settings: &ResponseSettings,
+    metadata_url: Option<&str>,
+) -> Option<String> {
     let mut params: Vec<String> = Vec::new();
     match denial {
         Denial::Unauthenticated { token_sent, .. } => {
@@ -248,7 +260,10 @@ pub fn allow<'h>(
         set.push((HEADER_USER, header_safe(label)));
     }
     let mut remove: Vec<String> = inbound_header_names
-        .filter(|n| n.len() >= TRUSTED_PREFIX.len() && n[..TRUSTED_PREFIX.len()].eq_ignore_ascii_case(TRUSTED_PREFIX))
+        .filter(|n| {
+            n.len() >= TRUSTED_PREFIX.len()
+                && n[..TRUSTED_PREFIX.len()].eq_ignore_ascii_case(TRUSTED_PREFIX)
+        })
         .filter(|n| !set.iter().any(|(s, _)| s.eq_ignore_ascii_case(n)))
         .map(|n| n.to_ascii_lowercase())
         .collect();

@@ -59,7 +59,10 @@ impl SampleServer {
         let mut seen = BTreeMap::new();
         for (name, value) in &parts.headers {
             if name.as_str().starts_with("x-mcp-") {
-                seen.insert(name.as_str().to_owned(), value.to_str().unwrap_or("?").to_owned());
+                seen.insert(
+                    name.as_str().to_owned(),
+                    value.to_str().unwrap_or("?").to_owned(),
+                );
             }
         }
         seen.insert(

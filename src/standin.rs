@@ -121,7 +121,10 @@ impl Authority {
     pub fn new(tenants: Vec<String>) -> Arc<Self> {
         Arc::new(Self {
             base_url: RwLock::new(String::new()),
-            tenants: tenants.into_iter().map(|t| t.to_ascii_lowercase()).collect(),
+            tenants: tenants
+                .into_iter()
+                .map(|t| t.to_ascii_lowercase())
+                .collect(),
             keys: RwLock::new(vec![Arc::new(SigningKey::generate())]),
             directory: RwLock::new(HashMap::new()),
             clients: RwLock::new(HashMap::new()),
@@ -149,7 +152,9 @@ impl Authority {
     }
 
     pub fn user_groups(&self, oid: &str) -> Option<Vec<String>> {
-        read(&self.directory).get(&oid.to_ascii_lowercase()).cloned()
+        read(&self.directory)
+            .get(&oid.to_ascii_lowercase())
+            .cloned()
     }
 
     pub fn set_graph_faults(&self, faults: GraphFaults) {
@@ -222,7 +227,10 @@ impl Authority {
         claims.insert("ver".into(), json!(req.ver));
         claims.insert("tid".into(), json!(tid));
         claims.insert("oid".into(), json!(req.oid));
-        claims.insert("sub".into(), json!(format!("sub-{}", &req.oid[..8.min(req.oid.len())])));
+        claims.insert(
+            "sub".into(),
+            json!(format!("sub-{}", &req.oid[..8.min(req.oid.len())])),
+        );
         if let Some(scp) = &req.scp {
             claims.insert("scp".into(), json!(scp));
         }
@@ -246,14 +254,24 @@ impl Authority {
             self.set_user_groups(&req.oid, req.groups.clone());
         }
         if let Some(upn) = &req.upn {
-            let name = if req.ver == "1.0" { "upn" } else { "preferred_username" };
+            let name = if req.ver == "1.0" {
+                "upn"
+            } else {
+                "preferred_username"
+            };
             claims.insert(name.into(), json!(upn));
         }
         if let Some(name) = &req.name {
             claims.insert("name".into(), json!(name));
         }
-        let client = req.azp.clone().unwrap_or_else(|| "11111111-2222-3333-4444-555555555555".into());
-        claims.insert(if req.ver == "1.0" { "appid" } else { "azp" }.into(), json!(client));
+        let client = req
+            .azp
+            .clone()
+            .unwrap_or_else(|| "11111111-2222-3333-4444-555555555555".into());
+        claims.insert(
+            if req.ver == "1.0" { "appid" } else { "azp" }.into(),
+            json!(client),
+        );
         for (k, v) in &req.extra {
             claims.insert(k.clone(), v.clone());
         }
@@ -272,8 +290,14 @@ impl Authority {
     /// The HTTP interface.
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
-            .route("/{tenant}/v2.0/.well-known/openid-configuration", get(discovery_v2))
-            .route("/{tenant}/.well-known/openid-configuration", get(discovery_v1))
+            .route(
+                "/{tenant}/v2.0/.well-known/openid-configuration",
+                get(discovery_v2),
+            )
+            .route(
+                "/{tenant}/.well-known/openid-configuration",
+                get(discovery_v1),
+            )
             .route("/{tenant}/discovery/v2.0/keys", get(keys_v2))
             .route("/{tenant}/discovery/keys", get(keys_v1))
             .route("/{tenant}/oauth2/v2.0/token", post(token_endpoint))
@@ -291,10 +315,10 @@ impl Authority {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        if let Ok(addr) = listener.local_addr() {
-            if self.base_url().is_empty() {
-                self.set_base_url(&format!("http://{addr}"));
-            }
+        if let Ok(addr) = listener.local_addr()
+            && self.base_url().is_empty()
+        {
+            self.set_base_url(&format!("http://{addr}"));
         }
         axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
@@ -334,7 +358,12 @@ fn time_string() -> String {
     let secs = unix_now();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
 }
 
 // Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -356,7 +385,9 @@ fn unknown_tenant(tenant: &str) -> Response {
         StatusCode::BAD_REQUEST,
         "invalid_tenant",
         90002,
-        &format!("Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."),
+        &format!(
+            "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."
+        ),
     )
 }
 
@@ -514,7 +545,9 @@ async fn token_endpoint(
             StatusCode::BAD_REQUEST,
             "invalid_scope",
             1002012,
-            &format!("The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."),
+            &format!(
+                "The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."
+            ),
         );
     };
     let roles = if resource == GRAPH_RESOURCE {
@@ -568,11 +601,17 @@ struct RotateRequest {
     retire_old: bool,
 }
 
-async fn rotate_endpoint(State(a): State<Arc<Authority>>, Json(req): Json<RotateRequest>) -> Response {
+async fn rotate_endpoint(
+    State(a): State<Arc<Authority>>,
+    Json(req): Json<RotateRequest>,
+) -> Response {
     Json(json!({ "kid": a.rotate(req.retire_old) })).into_response()
 }
 
-async fn faults_endpoint(State(a): State<Arc<Authority>>, Json(faults): Json<GraphFaults>) -> Response {
+async fn faults_endpoint(
+    State(a): State<Arc<Authority>>,
+    Json(faults): Json<GraphFaults>,
+) -> Response {
     a.set_graph_faults(faults);
     StatusCode::NO_CONTENT.into_response()
 }

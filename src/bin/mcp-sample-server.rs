@@ -7,7 +7,11 @@ use clap::Parser;
 use mcp_authz::sample_server::{ReceivedLog, router};
 
 #[derive(Parser)]
-#[command(name = "mcp-sample-server", version, about = "Sample MCP server (development only)")]
+#[command(
+    name = "mcp-sample-server",
+    version,
+    about = "Sample MCP server (development only)"
+)]
 struct Args {
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -33,7 +37,10 @@ async fn main() -> std::process::ExitCode {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    match axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+    match axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mcp-sample-server: {e}");

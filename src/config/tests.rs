@@ -1,1 +1,187 @@
+//! Configuration: file, environment overrides, validation messages.
+
 use super::*;
+
+const BASE: &str = r#"
+listen: {grpc: "127.0.0.1:9001", admin: "127.0.0.1:9002"}
+entra:
+  tenants: ["3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2c"]
+  audiences: ["c0ffee00-1234-4abc-8def-0123456789ab"]
+policy: {file: policy.yaml}
+"#;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn invalid(text: &str, pairs: &[(&str, &str)]) -> String {
+    match Config::parse(text, env(pairs)) {
+        Ok(_) => panic!("accepted: {pairs:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn defaults_are_safe() {
+    let c = Config::parse(BASE, env(&[])).expect("valid");
+    assert_eq!(c.entra.authority, "https://login.microsoftonline.com");
+    assert_eq!(c.entra.leeway_seconds, 30);
+    assert!(!c.entra.allow_app_tokens);
+    assert!(!c.entra.allow_insecure_authority);
+    assert_eq!(c.entra.token_versions, vec!["1.0", "2.0"]);
+    assert_eq!(c.mcp.path_prefix, "/mcp/");
+    assert_eq!(c.log.format, LogFormat::Json);
+}
+
+#[test]
+fn environment_overrides_nested_keys_and_lists() {
+    let c = Config::parse(
+        BASE,
+        env(&[
+            ("MCP_AUTHZ__ENTRA__LEEWAY_SECONDS", "5"),
+            ("MCP_AUTHZ__ENTRA__AUDIENCES", "[a, \"api://b\"]"),
+            ("MCP_AUTHZ__LISTEN__ADMIN", "0.0.0.0:19002"),
+            ("MCP_AUTHZ__MCP__PUBLIC_BASE_URL", "https://mcp.example.com"),
+            ("UNRELATED", "x"),
+        ]),
+    )
+    .expect("valid");
+    assert_eq!(c.entra.leeway_seconds, 5);
+    assert_eq!(c.entra.audiences, vec!["a", "api://b"]);
+    assert_eq!(c.listen.admin.port(), 19002);
+    assert_eq!(
+        c.mcp.public_base_url.as_deref(),
+        Some("https://mcp.example.com")
+    );
+}
+
+#[test]
+fn relative_policy_path_is_relative_to_the_config_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, BASE).expect("write");
+    let c = Config::load_with_env(&path, env(&[])).expect("valid");
+    assert_eq!(c.policy.file, dir.path().join("policy.yaml"));
+}
+
+#[test]
+fn each_invalid_setting_is_named() {
+    for (pairs, needle) in [
+        (
+            vec![("MCP_AUTHZ__ENTRA__TENANTS", "[]")],
+            "entra.tenants: list at least one",
+        ),
+        (
+            vec![("MCP_AUTHZ__ENTRA__TENANTS", "[contoso.onmicrosoft.com]")],
+            "is not a GUID",
+        ),
+        (
+            vec![("MCP_AUTHZ__ENTRA__AUDIENCES", "[]")],
+            "entra.audiences",
+        ),
+        (
+            vec![(
+                "MCP_AUTHZ__ENTRA__AUDIENCES",
+                "[\"00000003-0000-0000-c000-000000000000\"]",
+            )],
+            "Microsoft Graph",
+        ),
+        (
+            vec![("MCP_AUTHZ__ENTRA__AUTHORITY", "http://login.example")],
+            "must be https",
+        ),
+        (
+            vec![("MCP_AUTHZ__ENTRA__AUTHORITY", "https://login.example/")],
+            "must not end with '/'",
+        ),
+        (
+            vec![("MCP_AUTHZ__ENTRA__LEEWAY_SECONDS", "301")],
+            "leeway_seconds: at most 300",
+        ),
+        (
+            vec![("MCP_AUTHZ__ENTRA__TOKEN_VERSIONS", "[\"3.0\"]")],
+            "token_versions",
+        ),
+        (
+            vec![("MCP_AUTHZ__ENTRA__ALLOW_APP_TOKENS", "true")],
+            "required_roles",
+        ),
+        (
+            vec![("MCP_AUTHZ__ENTRA__MAX_TOKEN_BYTES", "100")],
+            "max_token_bytes",
+        ),
+        (vec![("MCP_AUTHZ__MCP__PATH_PREFIX", "/mcp")], "path_prefix"),
+        (
+            vec![("MCP_AUTHZ__MCP__PUBLIC_BASE_URL", "https://x.example/")],
+            "public_base_url",
+        ),
+        (
+            vec![("MCP_AUTHZ__LISTEN__GRPC", "~")],
+            "set grpc, grpc_unix, or both",
+        ),
+        (
+            vec![("MCP_AUTHZ__ENTRA__AUDIENCE", "[x]")],
+            "unknown field `audience`",
+        ),
+        (
+            vec![("MCP_AUTHZ__LISTEN__ADMIN", "not-an-address")],
+            "invalid",
+        ),
+        (vec![("MCP_AUTHZ__POLICY__FILE__X", "1")], "not a section"),
+        (
+            vec![("MCP_AUTHZ__ENTRA__LEEWAY_SECONDS__X", "1")],
+            "expected u64",
+        ),
+        (vec![("MCP_AUTHZ____X", "1")], "empty path segment"),
+    ] {
+        let msg = invalid(BASE, &pairs);
+        assert!(msg.contains(needle), "{pairs:?}: {msg}");
+    }
+}
+
+#[test]
+fn insecure_authority_needs_the_explicit_flag() {
+    let c = Config::parse(
+        BASE,
+        env(&[
+            ("MCP_AUTHZ__ENTRA__AUTHORITY", "http://127.0.0.1:8000"),
+            ("MCP_AUTHZ__ENTRA__ALLOW_INSECURE_AUTHORITY", "true"),
+        ]),
+    );
+    assert!(c.is_ok());
+}
+
+#[test]
+fn broken_yaml_and_missing_file_are_reported() {
+    assert!(invalid("listen: [", &[]).contains("not valid YAML"));
+    let e = Config::load(std::path::Path::new("/nonexistent/config.yaml")).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("cannot read config file /nonexistent/config.yaml")
+    );
+}
+
+#[test]
+fn advertised_scopes_fall_back_to_required_scopes() {
+    let c = Config::parse(
+        BASE,
+        env(&[("MCP_AUTHZ__ENTRA__REQUIRED_SCOPES", "[mcp.access]")]),
+    )
+    .expect("ok");
+    assert_eq!(c.advertised_scopes(), ["mcp.access"]);
+    let c = Config::parse(
+        BASE,
+        env(&[
+            ("MCP_AUTHZ__ENTRA__REQUIRED_SCOPES", "[mcp.access]"),
+            (
+                "MCP_AUTHZ__MCP__ADVERTISED_SCOPES",
+                "[\"api://g/mcp.access\"]",
+            ),
+        ]),
+    )
+    .expect("ok");
+    assert_eq!(c.advertised_scopes(), ["api://g/mcp.access"]);
+}

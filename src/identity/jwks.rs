@@ -75,9 +75,10 @@ impl Key {
         })
     }
 
-    pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), ()> {
+    /// True when `signature` is this key's RS256 signature of `message`.
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
         // RSA_PKCS1_2048_8192_SHA256 also refuses keys under 2048 bits.
-        self.verifier.verify_sig(message, signature).map_err(|_| ())
+        self.verifier.verify_sig(message, signature).is_ok()
     }
 
     /// A key that names an issuer verifies only tokens of that issuer. `{tenantid}` templates
@@ -183,11 +184,17 @@ pub struct JwksSource {
 }
 
 impl JwksSource {
-    pub fn new(http: reqwest::Client, authority: &str, discovery_tenant: &str) -> Result<Self, String> {
+    pub fn new(
+        http: reqwest::Client,
+        authority: &str,
+        discovery_tenant: &str,
+    ) -> Result<Self, String> {
         let authority_url = url::Url::parse(authority).map_err(|e| e.to_string())?;
         Ok(Self {
             http,
-            discovery_url: format!("{authority}/{discovery_tenant}/v2.0/.well-known/openid-configuration"),
+            discovery_url: format!(
+                "{authority}/{discovery_tenant}/v2.0/.well-known/openid-configuration"
+            ),
             authority: authority_url,
         })
     }
@@ -351,7 +358,11 @@ impl KeyStore {
 
     /// Loads keys at start (retrying with backoff until it works or shutdown), then refreshes
     /// every `every`, retrying sooner after a failure.
-    pub async fn run_refresh(self: Arc<Self>, every: Duration, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn run_refresh(
+        self: Arc<Self>,
+        every: Duration,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_millis(500);
         loop {

@@ -10,8 +10,8 @@ use std::fmt;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use super::TokenError;
 
@@ -120,7 +120,8 @@ impl Claims {
 /// Splits, decodes and checks the structure of a token. No key, no clock.
 pub fn parse(token: &str) -> Result<ParsedJwt, TokenError> {
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(TokenError::Malformed("not three segments"));
     };
@@ -136,8 +137,8 @@ pub fn parse(token: &str) -> Result<ParsedJwt, TokenError> {
     let signature = b64(s, "signature is not base64url")?;
 
     unique_object(&header_bytes).map_err(|e| e.into_token_error("header"))?;
-    let raw: RawHeader =
-        serde_json::from_slice(&header_bytes).map_err(|_| TokenError::Malformed("header fields"))?;
+    let raw: RawHeader = serde_json::from_slice(&header_bytes)
+        .map_err(|_| TokenError::Malformed("header fields"))?;
     match raw.alg.as_deref() {
         Some("RS256") => {}
         _ => return Err(TokenError::AlgorithmNotAllowed),
@@ -155,12 +156,16 @@ pub fn parse(token: &str) -> Result<ParsedJwt, TokenError> {
             return Err(TokenError::ForbiddenHeader(name));
         }
     }
-    if let Some(typ) = raw.typ.as_deref() {
-        if !typ.eq_ignore_ascii_case("JWT") && !typ.eq_ignore_ascii_case("at+jwt") {
-            return Err(TokenError::Malformed("typ is not JWT"));
-        }
+    if let Some(typ) = raw.typ.as_deref()
+        && !typ.eq_ignore_ascii_case("JWT")
+        && !typ.eq_ignore_ascii_case("at+jwt")
+    {
+        return Err(TokenError::Malformed("typ is not JWT"));
     }
-    let kid = raw.kid.filter(|k| !k.is_empty()).ok_or(TokenError::MissingKeyId)?;
+    let kid = raw
+        .kid
+        .filter(|k| !k.is_empty())
+        .ok_or(TokenError::MissingKeyId)?;
 
     unique_object(&payload_bytes).map_err(|e| e.into_token_error("claims"))?;
     let claims: Claims = serde_json::from_slice(&payload_bytes)

@@ -42,7 +42,10 @@ fn fixture_with(rules: ValidationRules, key_issuer: Option<String>) -> Fixture {
     let jwks = authority.jwks(Some(&issuer)).to_string();
     let keys = KeySet::from_jwks(jwks.as_bytes(), "test").expect("jwks");
     let validator = Validator::new(rules, Arc::new(KeyStore::fixed(keys)), 1000);
-    Fixture { authority, validator }
+    Fixture {
+        authority,
+        validator,
+    }
 }
 
 fn fixture() -> Fixture {
@@ -92,7 +95,12 @@ fn b64(s: &str) -> String {
 }
 
 fn assembled(header: &Value, payload: &Value, signature: &[u8]) -> String {
-    format!("{}.{}.{}", b64(&header.to_string()), b64(&payload.to_string()), URL_SAFE_NO_PAD.encode(signature))
+    format!(
+        "{}.{}.{}",
+        b64(&header.to_string()),
+        b64(&payload.to_string()),
+        URL_SAFE_NO_PAD.encode(signature)
+    )
 }
 
 #[tokio::test]
@@ -107,9 +115,15 @@ async fn valid_v2_user_token_is_accepted_and_then_cached() {
     assert_eq!(p.version, TokenVersion::V2);
     assert_eq!(p.label.as_deref(), Some("bob@contoso.example"));
     // Group ids are normalised to lower case.
-    assert_eq!(p.groups, GroupsClaim::Listed(vec!["e0000000-0000-4000-8000-0000000000e1".into()]));
+    assert_eq!(
+        p.groups,
+        GroupsClaim::Listed(vec!["e0000000-0000-4000-8000-0000000000e1".into()])
+    );
     let again = f.validate(&token).await.expect("valid");
-    assert!(again.cache_hit, "second validation must come from the cache");
+    assert!(
+        again.cache_hit,
+        "second validation must come from the cache"
+    );
     assert_eq!(f.validator.cached_tokens(), 1);
 }
 
@@ -119,7 +133,10 @@ async fn valid_v1_token_with_app_id_uri_is_accepted() {
     let mut c = claims();
     c.insert("ver".into(), json!("1.0"));
     c.insert("aud".into(), json!(API_URI));
-    c.insert("iss".into(), json!(format!("https://sts.windows.net/{TID}/")));
+    c.insert(
+        "iss".into(),
+        json!(format!("https://sts.windows.net/{TID}/")),
+    );
     let v = f.validate(&f.token(&c)).await.expect("v1 token");
     assert_eq!(v.principal.version, TokenVersion::V1);
 }
@@ -130,11 +147,27 @@ async fn overage_claims_mark_the_groups_as_unresolved() {
     let mut c = claims();
     c.remove("groups");
     c.insert("_claim_names".into(), json!({"groups": "src1"}));
-    c.insert("_claim_sources".into(), json!({"src1": {"endpoint": "https://graph.windows.net/x/users/y/getMemberObjects"}}));
-    assert_eq!(f.validate(&f.token(&c)).await.expect("ok").principal.groups, GroupsClaim::Overage);
+    c.insert(
+        "_claim_sources".into(),
+        json!({"src1": {"endpoint": "https://graph.windows.net/x/users/y/getMemberObjects"}}),
+    );
+    assert_eq!(
+        f.validate(&f.token(&c)).await.expect("ok").principal.groups,
+        GroupsClaim::Overage
+    );
     let t = f.with("hasgroups", json!(true));
-    assert_eq!(f.validate(&t).await.expect("ok").principal.groups, GroupsClaim::Overage);
-    assert_eq!(f.validate(&f.without("groups")).await.expect("ok").principal.groups, GroupsClaim::Absent);
+    assert_eq!(
+        f.validate(&t).await.expect("ok").principal.groups,
+        GroupsClaim::Overage
+    );
+    assert_eq!(
+        f.validate(&f.without("groups"))
+            .await
+            .expect("ok")
+            .principal
+            .groups,
+        GroupsClaim::Absent
+    );
 }
 
 /// Attack: `alg: none` with an empty signature, in each capitalisation.
@@ -143,11 +176,23 @@ async fn attack_alg_none_is_rejected() {
     let f = fixture();
     for alg in ["none", "None", "NONE", "nOnE"] {
         let header = json!({"typ": "JWT", "alg": alg, "kid": f.authority.active_key().kid});
-        let unsigned = format!("{}.{}.", b64(&header.to_string()), b64(&Value::Object(claims()).to_string()));
-        assert_eq!(f.validate(&unsigned).await.unwrap_err(), TokenError::AlgorithmNotAllowed, "{alg}");
+        let unsigned = format!(
+            "{}.{}.",
+            b64(&header.to_string()),
+            b64(&Value::Object(claims()).to_string())
+        );
+        assert_eq!(
+            f.validate(&unsigned).await.unwrap_err(),
+            TokenError::AlgorithmNotAllowed,
+            "{alg}"
+        );
         // ... and with a signature attached anyway.
         let signed = f.sign(&header, &Value::Object(claims()).to_string());
-        assert_eq!(f.validate(&signed).await.unwrap_err(), TokenError::AlgorithmNotAllowed, "{alg}");
+        assert_eq!(
+            f.validate(&signed).await.unwrap_err(),
+            TokenError::AlgorithmNotAllowed,
+            "{alg}"
+        );
     }
 }
 
@@ -157,12 +202,22 @@ async fn attack_hs256_with_public_key_as_secret_is_rejected() {
     let f = fixture();
     let key = f.authority.active_key();
     let header = json!({"typ": "JWT", "alg": "HS256", "kid": key.kid});
-    let signed = format!("{}.{}", b64(&header.to_string()), b64(&Value::Object(claims()).to_string()));
-    for secret in [key.n.as_bytes().to_vec(), URL_SAFE_NO_PAD.decode(&key.n).expect("n")] {
+    let signed = format!(
+        "{}.{}",
+        b64(&header.to_string()),
+        b64(&Value::Object(claims()).to_string())
+    );
+    for secret in [
+        key.n.as_bytes().to_vec(),
+        URL_SAFE_NO_PAD.decode(&key.n).expect("n"),
+    ] {
         let hmac_key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &secret);
         let tag = aws_lc_rs::hmac::sign(&hmac_key, signed.as_bytes());
         let token = format!("{signed}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()));
-        assert_eq!(f.validate(&token).await.unwrap_err(), TokenError::AlgorithmNotAllowed);
+        assert_eq!(
+            f.validate(&token).await.unwrap_err(),
+            TokenError::AlgorithmNotAllowed
+        );
     }
 }
 
@@ -181,7 +236,10 @@ async fn attack_embedded_or_remote_keys_in_header_are_rejected() {
         let mut header = json!({"typ": "JWT", "alg": "RS256", "kid": attacker.kid});
         header[name] = value;
         let token = attacker.sign_jwt(&header, &Value::Object(claims()).to_string());
-        assert_eq!(f.validate(&token).await.unwrap_err(), TokenError::ForbiddenHeader(name));
+        assert_eq!(
+            f.validate(&token).await.unwrap_err(),
+            TokenError::ForbiddenHeader(name)
+        );
     }
 }
 
@@ -190,60 +248,128 @@ async fn attack_embedded_or_remote_keys_in_header_are_rejected() {
 #[tokio::test]
 async fn attack_hostile_or_unknown_kid_is_an_opaque_miss() {
     let f = fixture();
-    for kid in ["../../../../etc/passwd", "' OR '1'='1' --", "x\u{0}y", "unknown-kid", "%2e%2e%2f"] {
+    for kid in [
+        "../../../../etc/passwd",
+        "' OR '1'='1' --",
+        "x\u{0}y",
+        "unknown-kid",
+        "%2e%2e%2f",
+    ] {
         let header = json!({"typ": "JWT", "alg": "RS256", "kid": kid});
         let token = f.sign(&header, &Value::Object(claims()).to_string());
-        assert_eq!(f.validate(&token).await.unwrap_err(), TokenError::UnknownKeyId, "{kid:?}");
+        assert_eq!(
+            f.validate(&token).await.unwrap_err(),
+            TokenError::UnknownKeyId,
+            "{kid:?}"
+        );
     }
     let header = json!({"typ": "JWT", "alg": "RS256"});
     let token = f.sign(&header, &Value::Object(claims()).to_string());
-    assert_eq!(f.validate(&token).await.unwrap_err(), TokenError::MissingKeyId);
+    assert_eq!(
+        f.validate(&token).await.unwrap_err(),
+        TokenError::MissingKeyId
+    );
 }
 
 /// Attack: other algorithms (EC, PSS, HMAC family, lower-case) when only RS256 is configured.
 #[tokio::test]
 async fn attack_other_algorithms_are_rejected() {
     let f = fixture();
-    for alg in ["ES256", "ES384", "ES512", "PS256", "PS512", "RS384", "RS512", "HS512", "EdDSA", "rs256", ""] {
+    for alg in [
+        "ES256", "ES384", "ES512", "PS256", "PS512", "RS384", "RS512", "HS512", "EdDSA", "rs256",
+        "",
+    ] {
         let header = json!({"typ": "JWT", "alg": alg, "kid": f.authority.active_key().kid});
         let token = f.sign(&header, &Value::Object(claims()).to_string());
-        assert_eq!(f.validate(&token).await.unwrap_err(), TokenError::AlgorithmNotAllowed, "{alg}");
+        assert_eq!(
+            f.validate(&token).await.unwrap_err(),
+            TokenError::AlgorithmNotAllowed,
+            "{alg}"
+        );
     }
-    let token = f.sign(&json!({"typ": "JWT", "kid": "k"}), &Value::Object(claims()).to_string());
-    assert_eq!(f.validate(&token).await.unwrap_err(), TokenError::AlgorithmNotAllowed, "missing alg");
+    let token = f.sign(
+        &json!({"typ": "JWT", "kid": "k"}),
+        &Value::Object(claims()).to_string(),
+    );
+    assert_eq!(
+        f.validate(&token).await.unwrap_err(),
+        TokenError::AlgorithmNotAllowed,
+        "missing alg"
+    );
 }
 
 #[tokio::test]
 async fn attack_expired_token_is_rejected_beyond_the_leeway_only() {
     let f = fixture();
     let now = unix_now() as i64;
-    assert_eq!(f.validate(&f.with("exp", json!(now - 31))).await.unwrap_err(), TokenError::Expired);
-    assert_eq!(f.validate(&f.with("exp", json!(now - 100_000))).await.unwrap_err(), TokenError::Expired);
-    assert!(f.validate(&f.with("exp", json!(now - 5))).await.is_ok(), "within the 30 s leeway");
+    assert_eq!(
+        f.validate(&f.with("exp", json!(now - 31)))
+            .await
+            .unwrap_err(),
+        TokenError::Expired
+    );
+    assert_eq!(
+        f.validate(&f.with("exp", json!(now - 100_000)))
+            .await
+            .unwrap_err(),
+        TokenError::Expired
+    );
+    assert!(
+        f.validate(&f.with("exp", json!(now - 5))).await.is_ok(),
+        "within the 30 s leeway"
+    );
 }
 
 #[tokio::test]
 async fn attack_not_yet_valid_or_future_issued_token_is_rejected() {
     let f = fixture();
     let now = unix_now() as i64;
-    assert_eq!(f.validate(&f.with("nbf", json!(now + 120))).await.unwrap_err(), TokenError::NotYetValid);
-    assert_eq!(f.validate(&f.with("iat", json!(now + 120))).await.unwrap_err(), TokenError::IssuedInFuture);
-    assert!(f.validate(&f.with("nbf", json!(now + 10))).await.is_ok(), "within leeway");
+    assert_eq!(
+        f.validate(&f.with("nbf", json!(now + 120)))
+            .await
+            .unwrap_err(),
+        TokenError::NotYetValid
+    );
+    assert_eq!(
+        f.validate(&f.with("iat", json!(now + 120)))
+            .await
+            .unwrap_err(),
+        TokenError::IssuedInFuture
+    );
+    assert!(
+        f.validate(&f.with("nbf", json!(now + 10))).await.is_ok(),
+        "within leeway"
+    );
 }
 
 #[tokio::test]
 async fn attack_missing_exp_is_rejected() {
     let f = fixture();
-    assert_eq!(f.validate(&f.without("exp")).await.unwrap_err(), TokenError::MissingExpiry);
+    assert_eq!(
+        f.validate(&f.without("exp")).await.unwrap_err(),
+        TokenError::MissingExpiry
+    );
 }
 
 #[tokio::test]
 async fn attack_wrong_audience_is_rejected() {
     let f = fixture();
-    for aud in ["api://someone-else", "c0ffee00-1234-4abc-8def-0123456789ac", "", "API://MCP-GATEWAY"] {
-        assert_eq!(f.validate(&f.with("aud", json!(aud))).await.unwrap_err(), TokenError::WrongAudience, "{aud}");
+    for aud in [
+        "api://someone-else",
+        "c0ffee00-1234-4abc-8def-0123456789ac",
+        "",
+        "API://MCP-GATEWAY",
+    ] {
+        assert_eq!(
+            f.validate(&f.with("aud", json!(aud))).await.unwrap_err(),
+            TokenError::WrongAudience,
+            "{aud}"
+        );
     }
-    assert_eq!(f.validate(&f.without("aud")).await.unwrap_err(), TokenError::WrongAudience);
+    assert_eq!(
+        f.validate(&f.without("aud")).await.unwrap_err(),
+        TokenError::WrongAudience
+    );
 }
 
 /// Attack: a token issued for Microsoft Graph (it has a `nonce` header; only Graph can verify it).
@@ -254,11 +380,24 @@ async fn attack_graph_token_is_rejected_as_wrong_audience() {
     header["nonce"] = json!("abc123");
     let mut c = claims();
     c.insert("aud".into(), json!(GRAPH_AUDIENCE));
-    assert_eq!(f.validate(&f.sign(&header, &Value::Object(c.clone()).to_string())).await.unwrap_err(), TokenError::GraphToken);
+    assert_eq!(
+        f.validate(&f.sign(&header, &Value::Object(c.clone()).to_string()))
+            .await
+            .unwrap_err(),
+        TokenError::GraphToken
+    );
     c.insert("aud".into(), json!("https://graph.microsoft.com"));
-    assert_eq!(f.validate(&f.token(&c)).await.unwrap_err(), TokenError::GraphToken);
+    assert_eq!(
+        f.validate(&f.token(&c)).await.unwrap_err(),
+        TokenError::GraphToken
+    );
     // The nonce header alone marks a Graph token, even with our audience.
-    assert_eq!(f.validate(&f.sign(&header, &Value::Object(claims()).to_string())).await.unwrap_err(), TokenError::GraphToken);
+    assert_eq!(
+        f.validate(&f.sign(&header, &Value::Object(claims()).to_string()))
+            .await
+            .unwrap_err(),
+        TokenError::GraphToken
+    );
 }
 
 #[tokio::test]
@@ -271,7 +410,11 @@ async fn attack_wrong_issuer_is_rejected() {
         "https://login.example/common/v2.0",
         "https://login.example/{tenantid}/v2.0",
     ] {
-        assert_eq!(f.validate(&f.with("iss", json!(iss))).await.unwrap_err(), TokenError::WrongIssuer, "{iss}");
+        assert_eq!(
+            f.validate(&f.with("iss", json!(iss))).await.unwrap_err(),
+            TokenError::WrongIssuer,
+            "{iss}"
+        );
     }
 }
 
@@ -281,7 +424,10 @@ async fn attack_iss_tid_mismatch_is_rejected() {
     let f = fixture();
     let mut c = claims();
     c.insert("tid".into(), json!(OTHER_TID));
-    assert_eq!(f.validate(&f.token(&c)).await.unwrap_err(), TokenError::WrongIssuer);
+    assert_eq!(
+        f.validate(&f.token(&c)).await.unwrap_err(),
+        TokenError::WrongIssuer
+    );
 }
 
 #[tokio::test]
@@ -291,12 +437,19 @@ async fn attack_tenant_not_on_the_allow_list_is_rejected() {
     let mut c = claims();
     c.insert("tid".into(), json!(stranger));
     c.insert("iss".into(), json!(format!("{AUTHORITY}/{stranger}/v2.0")));
-    assert_eq!(f.validate(&f.token(&c)).await.unwrap_err(), TokenError::TenantNotAllowed);
+    assert_eq!(
+        f.validate(&f.token(&c)).await.unwrap_err(),
+        TokenError::TenantNotAllowed
+    );
     for tid in ["common", "not-a-guid", ""] {
         let mut c = claims();
         c.insert("tid".into(), json!(tid));
         c.insert("iss".into(), json!(format!("{AUTHORITY}/{tid}/v2.0")));
-        assert_eq!(f.validate(&f.token(&c)).await.unwrap_err(), TokenError::TenantNotAllowed, "{tid}");
+        assert_eq!(
+            f.validate(&f.token(&c)).await.unwrap_err(),
+            TokenError::TenantNotAllowed,
+            "{tid}"
+        );
     }
 }
 
@@ -304,7 +457,10 @@ async fn attack_tenant_not_on_the_allow_list_is_rejected() {
 #[tokio::test]
 async fn attack_key_issuer_mismatch_is_rejected() {
     let f = fixture_with(rules(), Some(format!("{AUTHORITY}/{OTHER_TID}/v2.0")));
-    assert_eq!(f.validate(&f.token(&claims())).await.unwrap_err(), TokenError::KeyIssuerMismatch);
+    assert_eq!(
+        f.validate(&f.token(&claims())).await.unwrap_err(),
+        TokenError::KeyIssuerMismatch
+    );
     // The same key does verify its own directory's tokens.
     let mut c = claims();
     c.insert("tid".into(), json!(OTHER_TID));
@@ -320,7 +476,10 @@ async fn attack_id_token_is_rejected() {
     c.remove("scp");
     c.insert("nonce".into(), json!("n-0S6_WzA2Mj"));
     c.insert("at_hash".into(), json!("77QmUPtjPfzWtF2AnpK9RQ"));
-    assert_eq!(f.validate(&f.token(&c)).await.unwrap_err(), TokenError::NotAccessToken);
+    assert_eq!(
+        f.validate(&f.token(&c)).await.unwrap_err(),
+        TokenError::NotAccessToken
+    );
 }
 
 #[tokio::test]
@@ -329,7 +488,10 @@ async fn attack_crit_header_is_rejected() {
     let mut header = f.header();
     header["crit"] = json!(["exp"]);
     let token = f.sign(&header, &Value::Object(claims()).to_string());
-    assert_eq!(f.validate(&token).await.unwrap_err(), TokenError::CriticalHeader);
+    assert_eq!(
+        f.validate(&token).await.unwrap_err(),
+        TokenError::CriticalHeader
+    );
 }
 
 /// Attack: a genuine token whose payload was edited (a claim changed) or whose signature was
@@ -341,15 +503,34 @@ async fn attack_tampered_payload_or_signature_is_rejected() {
     let parts: Vec<&str> = token.split('.').collect();
     let mut c = claims();
     c.insert("oid".into(), json!("00000000-0000-4000-8000-0000000a11ce"));
-    let tampered = format!("{}.{}.{}", parts[0], b64(&Value::Object(c).to_string()), parts[2]);
-    assert_eq!(f.validate(&tampered).await.unwrap_err(), TokenError::BadSignature);
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(&Value::Object(c).to_string()),
+        parts[2]
+    );
+    assert_eq!(
+        f.validate(&tampered).await.unwrap_err(),
+        TokenError::BadSignature
+    );
 
     let mut sig = URL_SAFE_NO_PAD.decode(parts[2]).expect("sig");
     sig[10] ^= 0x01;
     let flipped = format!("{}.{}.{}", parts[0], parts[1], URL_SAFE_NO_PAD.encode(&sig));
-    assert_eq!(f.validate(&flipped).await.unwrap_err(), TokenError::BadSignature);
-    let truncated = format!("{}.{}.{}", parts[0], parts[1], URL_SAFE_NO_PAD.encode(&sig[..100]));
-    assert_eq!(f.validate(&truncated).await.unwrap_err(), TokenError::BadSignature);
+    assert_eq!(
+        f.validate(&flipped).await.unwrap_err(),
+        TokenError::BadSignature
+    );
+    let truncated = format!(
+        "{}.{}.{}",
+        parts[0],
+        parts[1],
+        URL_SAFE_NO_PAD.encode(&sig[..100])
+    );
+    assert_eq!(
+        f.validate(&truncated).await.unwrap_err(),
+        TokenError::BadSignature
+    );
 }
 
 #[tokio::test]
@@ -358,15 +539,21 @@ async fn attack_bad_base64url_is_rejected() {
     let token = f.token(&claims());
     let parts: Vec<&str> = token.split('.').collect();
     for bad in [
-        format!("{}=.{}.{}", parts[0], parts[1], parts[2]),   // padding
-        format!("{}.{}+.{}", parts[0], parts[1], parts[2]),   // standard alphabet
+        format!("{}=.{}.{}", parts[0], parts[1], parts[2]), // padding
+        format!("{}.{}+.{}", parts[0], parts[1], parts[2]), // standard alphabet
         format!("{}.{}.{}/", parts[0], parts[1], parts[2]),
         format!("{}.{}.{}", parts[0], "!!!!", parts[2]),
-        format!("{}.{}", parts[0], parts[1]),                  // two segments
-        format!("{token}.extra"),                              // four segments
-        format!(".{}.{}", parts[1], parts[2]),                 // empty header
+        format!("{}.{}", parts[0], parts[1]),  // two segments
+        format!("{token}.extra"),              // four segments
+        format!(".{}.{}", parts[1], parts[2]), // empty header
     ] {
-        assert!(matches!(f.validate(&bad).await.unwrap_err(), TokenError::Malformed(_)), "{bad}");
+        assert!(
+            matches!(
+                f.validate(&bad).await.unwrap_err(),
+                TokenError::Malformed(_)
+            ),
+            "{bad}"
+        );
     }
     // A non-canonical final character (same bytes, different trailing bits) is refused too, so
     // each token has exactly one spelling (and one cache entry).
@@ -374,7 +561,13 @@ async fn attack_bad_base64url_is_rejected() {
     let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let idx = alphabet.find(last).expect("alphabet");
     let sibling = alphabet.chars().nth(idx ^ 1).expect("sibling");
-    let respelled = format!("{}.{}.{}{}", parts[0], parts[1], &parts[2][..parts[2].len() - 1], sibling);
+    let respelled = format!(
+        "{}.{}.{}{}",
+        parts[0],
+        parts[1],
+        &parts[2][..parts[2].len() - 1],
+        sibling
+    );
     assert!(f.validate(&respelled).await.is_err());
 }
 
@@ -383,12 +576,31 @@ async fn attack_non_object_json_is_rejected() {
     let f = fixture();
     let key = f.authority.active_key();
     let kid = key.kid.clone();
-    for payload in ["[]", "\"a string\"", "42", "null", "{\"a\":1} trailing", "[{\"aud\":\"x\"}]"] {
+    for payload in [
+        "[]",
+        "\"a string\"",
+        "42",
+        "null",
+        "{\"a\":1} trailing",
+        "[{\"aud\":\"x\"}]",
+    ] {
         let token = key.sign_jwt(&json!({"alg": "RS256", "kid": kid}), payload);
-        assert_eq!(f.validate(&token).await.unwrap_err(), TokenError::Malformed("claims are not a JSON object"), "{payload}");
+        assert_eq!(
+            f.validate(&token).await.unwrap_err(),
+            TokenError::Malformed("claims are not a JSON object"),
+            "{payload}"
+        );
     }
-    let header_array = format!("{}.{}.{}", b64("[\"RS256\"]"), b64(&Value::Object(claims()).to_string()), b64("sig"));
-    assert_eq!(f.validate(&header_array).await.unwrap_err(), TokenError::Malformed("header is not a JSON object"));
+    let header_array = format!(
+        "{}.{}.{}",
+        b64("[\"RS256\"]"),
+        b64(&Value::Object(claims()).to_string()),
+        b64("sig")
+    );
+    assert_eq!(
+        f.validate(&header_array).await.unwrap_err(),
+        TokenError::Malformed("header is not a JSON object")
+    );
 }
 
 #[tokio::test]
@@ -405,7 +617,11 @@ async fn attack_claims_of_the_wrong_type_are_rejected() {
         ("roles", json!("Admin")),
     ] {
         let token = f.with(claim, value.clone());
-        assert_eq!(f.validate(&token).await.unwrap_err(), TokenError::Malformed("claim of the wrong type"), "{claim}={value}");
+        assert_eq!(
+            f.validate(&token).await.unwrap_err(),
+            TokenError::Malformed("claim of the wrong type"),
+            "{claim}={value}"
+        );
     }
 }
 
@@ -416,20 +632,36 @@ async fn attack_duplicate_claim_or_header_names_are_rejected() {
     let body = Value::Object(claims()).to_string();
     let dup_aud = format!("{{\"aud\":\"api://someone-else\",{}", &body[1..]);
     let token = f.sign(&f.header(), &dup_aud);
-    assert_eq!(f.validate(&token).await.unwrap_err(), TokenError::DuplicateName("claims"));
+    assert_eq!(
+        f.validate(&token).await.unwrap_err(),
+        TokenError::DuplicateName("claims")
+    );
     // A repeated claim we do not even read is refused too.
     let dup_other = format!("{{\"xyz\":1,\"xyz\":2,{}", &body[1..]);
-    assert_eq!(f.validate(&f.sign(&f.header(), &dup_other)).await.unwrap_err(), TokenError::DuplicateName("claims"));
+    assert_eq!(
+        f.validate(&f.sign(&f.header(), &dup_other))
+            .await
+            .unwrap_err(),
+        TokenError::DuplicateName("claims")
+    );
     // Escaped spelling of the same name.
     let dup_escaped = format!("{{\"\\u0061ud\":\"x\",{}", &body[1..]);
-    assert_eq!(f.validate(&f.sign(&f.header(), &dup_escaped)).await.unwrap_err(), TokenError::DuplicateName("claims"));
+    assert_eq!(
+        f.validate(&f.sign(&f.header(), &dup_escaped))
+            .await
+            .unwrap_err(),
+        TokenError::DuplicateName("claims")
+    );
 
     let kid = f.authority.active_key().kid.clone();
     let header = format!("{{\"alg\":\"none\",\"alg\":\"RS256\",\"kid\":\"{kid}\"}}");
     let signed = format!("{}.{}", b64(&header), b64(&body));
     let sig = f.authority.active_key().sign(signed.as_bytes());
     let token = format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig));
-    assert_eq!(f.validate(&token).await.unwrap_err(), TokenError::DuplicateName("header"));
+    assert_eq!(
+        f.validate(&token).await.unwrap_err(),
+        TokenError::DuplicateName("header")
+    );
 }
 
 /// Attack: a huge token meant to cost decoding and hashing time; refused on length alone.
@@ -440,18 +672,36 @@ async fn attack_oversized_token_is_rejected_before_decoding() {
     assert_eq!(f.validate(&huge).await.unwrap_err(), TokenError::TooLarge);
     let mut c = claims();
     c.insert("pad".into(), json!("x".repeat(20_000)));
-    assert_eq!(f.validate(&f.token(&c)).await.unwrap_err(), TokenError::TooLarge);
+    assert_eq!(
+        f.validate(&f.token(&c)).await.unwrap_err(),
+        TokenError::TooLarge
+    );
 }
 
 /// Attack: two Authorization headers, or two tokens in one, hoping one gets checked and the
 /// other used.
 #[test]
 fn attack_two_authorization_headers_or_tokens_are_rejected() {
-    assert_eq!(bearer_token(&["Bearer a.b.c", "Bearer d.e.f"]), Err(TokenError::Multiple));
-    assert_eq!(bearer_token(&["Bearer a.b.c,Bearer d.e.f"]), Err(TokenError::Multiple));
-    assert_eq!(bearer_token(&["Bearer a.b.c, Bearer d.e.f"]), Err(TokenError::Multiple));
-    assert_eq!(bearer_token(&["Bearer a.b.c d.e.f"]), Err(TokenError::Multiple));
-    assert_eq!(bearer_token(&["Basic dXNlcjpwYXNz"]), Err(TokenError::NotBearer));
+    assert_eq!(
+        bearer_token(&["Bearer a.b.c", "Bearer d.e.f"]),
+        Err(TokenError::Multiple)
+    );
+    assert_eq!(
+        bearer_token(&["Bearer a.b.c,Bearer d.e.f"]),
+        Err(TokenError::Multiple)
+    );
+    assert_eq!(
+        bearer_token(&["Bearer a.b.c, Bearer d.e.f"]),
+        Err(TokenError::Multiple)
+    );
+    assert_eq!(
+        bearer_token(&["Bearer a.b.c d.e.f"]),
+        Err(TokenError::Multiple)
+    );
+    assert_eq!(
+        bearer_token(&["Basic dXNlcjpwYXNz"]),
+        Err(TokenError::NotBearer)
+    );
     assert_eq!(bearer_token(&["a.b.c"]), Err(TokenError::NotBearer));
     assert_eq!(bearer_token(&[]), Err(TokenError::Missing));
     assert_eq!(bearer_token(&["Bearer "]), Err(TokenError::Missing));
@@ -467,7 +717,10 @@ async fn app_only_token_is_refused_unless_allowed_and_needs_a_role() {
     app.remove("scp");
     app.insert("roles".into(), json!(["MCP.Invoke"]));
     app.insert("idtyp".into(), json!("app"));
-    assert_eq!(f.validate(&f.token(&app)).await.unwrap_err(), TokenError::AppTokenNotAllowed);
+    assert_eq!(
+        f.validate(&f.token(&app)).await.unwrap_err(),
+        TokenError::AppTokenNotAllowed
+    );
 
     let mut r = rules();
     r.allow_app_tokens = true;
@@ -475,17 +728,27 @@ async fn app_only_token_is_refused_unless_allowed_and_needs_a_role() {
     let v = f.validate(&f.token(&app)).await.expect("app token allowed");
     assert_eq!(v.principal.kind, PrincipalKind::App);
     app.insert("roles".into(), json!(["Something.Else"]));
-    assert_eq!(f.validate(&f.token(&app)).await.unwrap_err(), TokenError::MissingRole);
+    assert_eq!(
+        f.validate(&f.token(&app)).await.unwrap_err(),
+        TokenError::MissingRole
+    );
     assert!(TokenError::MissingRole.is_insufficient_scope());
 }
 
 #[tokio::test]
 async fn user_token_without_the_required_scope_is_insufficient_scope() {
     let f = fixture();
-    let err = f.validate(&f.with("scp", json!("User.Read openid"))).await.unwrap_err();
+    let err = f
+        .validate(&f.with("scp", json!("User.Read openid")))
+        .await
+        .unwrap_err();
     assert_eq!(err, TokenError::MissingScope);
     assert!(err.is_insufficient_scope());
-    assert!(f.validate(&f.with("scp", json!("openid mcp.access"))).await.is_ok());
+    assert!(
+        f.validate(&f.with("scp", json!("openid mcp.access")))
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -495,28 +758,46 @@ async fn token_version_outside_the_configured_set_is_rejected() {
     let f = fixture_with(r, None);
     let mut c = claims();
     c.insert("ver".into(), json!("1.0"));
-    c.insert("iss".into(), json!(format!("https://sts.windows.net/{TID}/")));
-    assert_eq!(f.validate(&f.token(&c)).await.unwrap_err(), TokenError::VersionNotAccepted);
-    assert_eq!(f.validate(&f.with("ver", json!("3.0"))).await.unwrap_err(), TokenError::VersionNotAccepted);
-    assert_eq!(f.validate(&f.without("ver")).await.unwrap_err(), TokenError::VersionNotAccepted);
+    c.insert(
+        "iss".into(),
+        json!(format!("https://sts.windows.net/{TID}/")),
+    );
+    assert_eq!(
+        f.validate(&f.token(&c)).await.unwrap_err(),
+        TokenError::VersionNotAccepted
+    );
+    assert_eq!(
+        f.validate(&f.with("ver", json!("3.0"))).await.unwrap_err(),
+        TokenError::VersionNotAccepted
+    );
+    assert_eq!(
+        f.validate(&f.without("ver")).await.unwrap_err(),
+        TokenError::VersionNotAccepted
+    );
 }
 
 #[tokio::test]
 async fn missing_or_malformed_oid_is_rejected() {
     let f = fixture();
-    assert_eq!(f.validate(&f.without("oid")).await.unwrap_err(), TokenError::MissingObjectId);
-    assert_eq!(f.validate(&f.with("oid", json!("bob"))).await.unwrap_err(), TokenError::MissingObjectId);
+    assert_eq!(
+        f.validate(&f.without("oid")).await.unwrap_err(),
+        TokenError::MissingObjectId
+    );
+    assert_eq!(
+        f.validate(&f.with("oid", json!("bob"))).await.unwrap_err(),
+        TokenError::MissingObjectId
+    );
 }
 
 #[test]
 fn a_key_under_2048_bits_never_verifies() {
     let small = SigningKey::generate_sized(aws_lc_rs::rsa::KeySize::Rsa2048);
     let key = Key::from_components("k", &small.n, &small.e, None).expect("2048 is fine");
-    assert!(key.verify(b"m", &small.sign(b"m")).is_ok());
+    assert!(key.verify(b"m", &small.sign(b"m")));
     // A 1024-bit modulus (built by hand) is refused at verify time by the algorithm's range.
     let n1024 = URL_SAFE_NO_PAD.encode([0xC3u8; 128]);
     if let Ok(k) = Key::from_components("weak", &n1024, "AQAB", None) {
-        assert!(k.verify(b"m", &[0u8; 128]).is_err());
+        assert!(!k.verify(b"m", &[0u8; 128]));
     }
 }
 
@@ -524,7 +805,13 @@ fn a_key_under_2048_bits_never_verifies() {
 fn guid_check_is_strict() {
     assert!(is_guid(TID));
     assert!(is_guid("3F8A4B2C-1D5E-4F6A-9B8C-7D6E5F4A3B2C"));
-    for bad in ["", "3f8a4b2c1d5e4f6a9b8c7d6e5f4a3b2c", "{3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2c}", "3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2g", "common"] {
+    for bad in [
+        "",
+        "3f8a4b2c1d5e4f6a9b8c7d6e5f4a3b2c",
+        "{3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2c}",
+        "3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2g",
+        "common",
+    ] {
         assert!(!is_guid(bad), "{bad}");
     }
 }
@@ -533,15 +820,34 @@ fn guid_check_is_strict() {
 fn reason_codes_are_unique() {
     use std::collections::HashSet;
     let all = [
-        TokenError::Missing, TokenError::Multiple, TokenError::NotBearer, TokenError::TooLarge,
-        TokenError::Malformed("x"), TokenError::DuplicateName("x"), TokenError::AlgorithmNotAllowed,
-        TokenError::ForbiddenHeader("x"), TokenError::CriticalHeader, TokenError::MissingKeyId,
-        TokenError::UnknownKeyId, TokenError::KeysUnavailable, TokenError::BadSignature,
-        TokenError::MissingExpiry, TokenError::Expired, TokenError::NotYetValid, TokenError::IssuedInFuture,
-        TokenError::VersionNotAccepted, TokenError::TenantNotAllowed, TokenError::WrongIssuer,
-        TokenError::KeyIssuerMismatch, TokenError::WrongAudience, TokenError::GraphToken,
-        TokenError::NotAccessToken, TokenError::AppTokenNotAllowed, TokenError::MissingObjectId,
-        TokenError::MissingScope, TokenError::MissingRole,
+        TokenError::Missing,
+        TokenError::Multiple,
+        TokenError::NotBearer,
+        TokenError::TooLarge,
+        TokenError::Malformed("x"),
+        TokenError::DuplicateName("x"),
+        TokenError::AlgorithmNotAllowed,
+        TokenError::ForbiddenHeader("x"),
+        TokenError::CriticalHeader,
+        TokenError::MissingKeyId,
+        TokenError::UnknownKeyId,
+        TokenError::KeysUnavailable,
+        TokenError::BadSignature,
+        TokenError::MissingExpiry,
+        TokenError::Expired,
+        TokenError::NotYetValid,
+        TokenError::IssuedInFuture,
+        TokenError::VersionNotAccepted,
+        TokenError::TenantNotAllowed,
+        TokenError::WrongIssuer,
+        TokenError::KeyIssuerMismatch,
+        TokenError::WrongAudience,
+        TokenError::GraphToken,
+        TokenError::NotAccessToken,
+        TokenError::AppTokenNotAllowed,
+        TokenError::MissingObjectId,
+        TokenError::MissingScope,
+        TokenError::MissingRole,
     ];
     let codes: HashSet<_> = all.iter().map(|e| e.code()).collect();
     assert_eq!(codes.len(), all.len());
@@ -551,8 +857,19 @@ fn reason_codes_are_unique() {
 fn assembled_helper_round_trips() {
     // Guards the helper used by other tests: a signature over the wrong bytes never verifies.
     let f = fixture();
-    let t = assembled(&f.header(), &Value::Object(claims()), &f.authority.active_key().sign(b"other"));
+    let t = assembled(
+        &f.header(),
+        &Value::Object(claims()),
+        &f.authority.active_key().sign(b"other"),
+    );
     let parsed = parse_jwt(&t).expect("parses");
-    let keys = f.validator.keys().keys_for(&parsed.header.kid).expect("key");
-    assert_eq!(f.validator.check(&parsed, &keys, unix_now()).unwrap_err(), TokenError::BadSignature);
+    let keys = f
+        .validator
+        .keys()
+        .keys_for(&parsed.header.kid)
+        .expect("key");
+    assert_eq!(
+        f.validator.check(&parsed, &keys, unix_now()).unwrap_err(),
+        TokenError::BadSignature
+    );
 }

@@ -70,7 +70,9 @@ fn attack_path_tricks_are_refused() {
 
 #[test]
 fn tools_call_yields_the_tool_name() {
-    let v = post(r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}"#);
+    let v = post(
+        r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}"#,
+    );
     let r = rpc(&v).expect("parses");
     assert_eq!(r.method.as_deref(), Some("tools/call"));
     assert_eq!(r.tool.as_deref(), Some("echo"));
@@ -79,8 +81,13 @@ fn tools_call_yields_the_tool_name() {
 
 #[test]
 fn resources_read_and_prompts_get_yield_their_names() {
-    let v = post(r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///etc/motd"}}"#);
-    assert_eq!(rpc(&v).expect("ok").uri.as_deref(), Some("file:///etc/motd"));
+    let v = post(
+        r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///etc/motd"}}"#,
+    );
+    assert_eq!(
+        rpc(&v).expect("ok").uri.as_deref(),
+        Some("file:///etc/motd")
+    );
     let v = post(r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"summary"}}"#);
     assert_eq!(rpc(&v).expect("ok").prompt.as_deref(), Some("summary"));
 }
@@ -88,7 +95,10 @@ fn resources_read_and_prompts_get_yield_their_names() {
 #[test]
 fn notifications_and_responses_are_accepted() {
     let v = post(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
-    assert_eq!(rpc(&v).expect("ok").method.as_deref(), Some("notifications/initialized"));
+    assert_eq!(
+        rpc(&v).expect("ok").method.as_deref(),
+        Some("notifications/initialized")
+    );
     let v = post(r#"{"jsonrpc":"2.0","id":"s-1","result":{}}"#);
     assert_eq!(rpc(&v).expect("ok").method, None);
     let v = post(r#"{"jsonrpc":"2.0","id":"s-1","error":{"code":1,"message":"no"}}"#);
@@ -97,12 +107,24 @@ fn notifications_and_responses_are_accepted() {
 
 #[test]
 fn get_and_delete_need_no_body() {
-    let v = HttpView { method: "GET", path: "/mcp/github", ..Default::default() };
+    let v = HttpView {
+        method: "GET",
+        path: "/mcp/github",
+        ..Default::default()
+    };
     assert_eq!(facts(&v).map(|f| f.call), Ok(Call::OpenStream));
-    let v = HttpView { method: "DELETE", path: "/mcp/github", ..Default::default() };
+    let v = HttpView {
+        method: "DELETE",
+        path: "/mcp/github",
+        ..Default::default()
+    };
     assert_eq!(facts(&v).map(|f| f.call), Ok(Call::EndSession));
     for m in ["PUT", "PATCH", "OPTIONS", "HEAD", "TRACE", ""] {
-        let v = HttpView { method: m, path: "/mcp/github", ..Default::default() };
+        let v = HttpView {
+            method: m,
+            path: "/mcp/github",
+            ..Default::default()
+        };
         assert_eq!(facts(&v), Err(FactsError::MethodNotAllowed), "{m}");
     }
 }
@@ -110,7 +132,9 @@ fn get_and_delete_need_no_body() {
 /// Attack: a batch, so that one message is checked and another executed.
 #[test]
 fn attack_batch_is_refused() {
-    let v = post(r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"delete_repository"}}]"#);
+    let v = post(
+        r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"delete_repository"}}]"#,
+    );
     assert_eq!(facts(&v), Err(FactsError::Batch));
     let v = post("  \n [ ]");
     assert_eq!(facts(&v), Err(FactsError::Batch));
@@ -127,9 +151,13 @@ fn attack_partial_body_is_refused() {
 /// Attack: the same member twice, so this parser sees one tool and a last-wins upstream another.
 #[test]
 fn attack_duplicate_members_are_refused() {
-    let v = post(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","name":"delete_repository"}}"#);
+    let v = post(
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","name":"delete_repository"}}"#,
+    );
     assert_eq!(facts(&v), Err(FactsError::InvalidParams));
-    let v = post(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"tools/call","params":{"name":"x"}}"#);
+    let v = post(
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"tools/call","params":{"name":"x"}}"#,
+    );
     assert_eq!(facts(&v), Err(FactsError::NotJsonRpc));
 }
 
@@ -140,17 +168,41 @@ fn malformed_bodies_are_refused_with_their_reason() {
         ("   ", FactsError::EmptyBody),
         ("hello", FactsError::InvalidJson),
         ("{", FactsError::InvalidJson),
-        (r#"{"jsonrpc":"2.0","id":1,"method":"ping"} {}"#, FactsError::InvalidJson),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping"} {}"#,
+            FactsError::InvalidJson,
+        ),
         ("\"str\"", FactsError::InvalidJson),
         (r#"{"id":1,"method":"ping"}"#, FactsError::NotJsonRpc),
-        (r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#, FactsError::NotJsonRpc),
+        (
+            r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#,
+            FactsError::NotJsonRpc,
+        ),
         (r#"{"jsonrpc":"2.0","id":1}"#, FactsError::NotJsonRpc),
-        (r#"{"jsonrpc":"2.0","id":1,"method":7}"#, FactsError::NotJsonRpc),
-        (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#, FactsError::InvalidParams),
-        (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":""}}"#, FactsError::InvalidParams),
-        (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":5}}"#, FactsError::InvalidParams),
-        (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["echo"]}"#, FactsError::InvalidParams),
-        (r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{}}"#, FactsError::InvalidParams),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":7}"#,
+            FactsError::NotJsonRpc,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#,
+            FactsError::InvalidParams,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":""}}"#,
+            FactsError::InvalidParams,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":5}}"#,
+            FactsError::InvalidParams,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["echo"]}"#,
+            FactsError::InvalidParams,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{}}"#,
+            FactsError::InvalidParams,
+        ),
     ] {
         assert_eq!(facts(&post(body)), Err(err), "{body}");
     }
@@ -159,29 +211,47 @@ fn malformed_bodies_are_refused_with_their_reason() {
 /// Attack: invalid UTF-8 and very deep nesting (a parser-exhaustion attempt).
 #[test]
 fn attack_invalid_utf8_and_deep_nesting_are_refused() {
-    let mut bytes = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"ec"#.to_vec();
+    let mut bytes =
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"ec"#.to_vec();
     bytes.extend_from_slice(&[0xff, 0xfe]);
     bytes.extend_from_slice(br#"ho"}}"#);
-    let v = HttpView { method: "POST", path: "/mcp/github", body: &bytes, ..Default::default() };
+    let v = HttpView {
+        method: "POST",
+        path: "/mcp/github",
+        body: &bytes,
+        ..Default::default()
+    };
     assert!(facts(&v).is_err());
-    let deep = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"echo","arguments":{}{}}}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+    let deep = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"echo","arguments":{}{}}}}}"#,
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
     assert_eq!(facts(&post(&deep)), Err(FactsError::TooDeep));
     // The limit is exact; brackets inside strings do not count.
     // Depth: the envelope, params and arguments objects, then n arrays.
     let nest = |n: usize| {
         let open = "[".repeat(n);
         let close = "]".repeat(n);
-        String::from(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"e","arguments":{"a":"#)
-            + &open + r#""[[[[\"]""# + &close + "}}}"
+        String::from(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"e","arguments":{"a":"#,
+        ) + &open
+            + r#""[[[[\"]""#
+            + &close
+            + "}}}"
     };
     assert!(facts(&post(&nest(MAX_JSON_DEPTH - 3))).is_ok());
-    assert_eq!(facts(&post(&nest(MAX_JSON_DEPTH - 2))), Err(FactsError::TooDeep));
+    assert_eq!(
+        facts(&post(&nest(MAX_JSON_DEPTH - 2))),
+        Err(FactsError::TooDeep)
+    );
 }
 
 /// Attack: `Mcp-Method`/`Mcp-Name` headers naming something other than the body.
 #[test]
 fn attack_mcp_headers_must_match_the_body() {
-    let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_repository"}}"#;
+    let body =
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_repository"}}"#;
     let mut v = post(body);
     v.mcp_method_header = Some("tools/call");
     v.mcp_name_header = Some("echo");

@@ -104,10 +104,10 @@ pub fn decide(snap: &Snapshot, who: &Subject<'_>, facts: &RequestFacts) -> Decis
         consider(snap.group_grants.get(group));
     }
     consider(snap.user_grants.get(who.oid));
-    if !snap.upn_grants.is_empty() {
-        if let Some(upn) = who.upn {
-            consider(snap.upn_grants.get(&upn.to_lowercase()));
-        }
+    if !snap.upn_grants.is_empty()
+        && let Some(upn) = who.upn
+    {
+        consider(snap.upn_grants.get(&upn.to_lowercase()));
     }
 
     let admin_origin = who

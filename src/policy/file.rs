@@ -17,7 +17,10 @@ use super::{PolicyDocument, PolicyHandle, Snapshot};
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a valid policy document: {reason}")]
     Parse { path: PathBuf, reason: String },
     #[error("{path}: {source}")]
@@ -95,10 +98,11 @@ impl FileSource {
             }
         };
         let stamp = (meta.modified().ok(), meta.len());
-        if let Some((m, l, _)) = seen {
-            if (*m, *l) == stamp && self.handle.is_loaded() {
-                return;
-            }
+        if let Some((m, l, _)) = seen
+            && (*m, *l) == stamp
+            && self.handle.is_loaded()
+        {
+            return;
         }
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,

@@ -79,17 +79,32 @@ fn groups(g: &[&str]) -> Vec<String> {
     g.iter().map(|s| s.to_string()).collect()
 }
 
-fn result(s: &Snapshot, subject: &Subject<'_>, f: &RequestFacts) -> Result<(String, AccessLevel), DenyReason> {
-    decide(s, subject, f).result.map(|a| (a.tenant.to_string(), a.level))
+fn result(
+    s: &Snapshot,
+    subject: &Subject<'_>,
+    f: &RequestFacts,
+) -> Result<(String, AccessLevel), DenyReason> {
+    decide(s, subject, f)
+        .result
+        .map(|a| (a.tenant.to_string(), a.level))
 }
 
 #[test]
 fn group_member_uses_a_server_of_their_tenant() {
     let s = snap();
     let g = groups(&[ENG]);
-    assert_eq!(result(&s, &who(BOB, &g), &facts("github", "initialize", None)), Ok(("engineering".into(), AccessLevel::Read)));
-    assert_eq!(result(&s, &who(BOB, &g), &facts("jira", "tools/list", None)), Ok(("engineering".into(), AccessLevel::Read)));
-    let stream = RequestFacts { server: "github".into(), call: Call::OpenStream };
+    assert_eq!(
+        result(&s, &who(BOB, &g), &facts("github", "initialize", None)),
+        Ok(("engineering".into(), AccessLevel::Read))
+    );
+    assert_eq!(
+        result(&s, &who(BOB, &g), &facts("jira", "tools/list", None)),
+        Ok(("engineering".into(), AccessLevel::Read))
+    );
+    let stream = RequestFacts {
+        server: "github".into(),
+        call: Call::OpenStream,
+    };
     assert!(decide(&s, &who(BOB, &g), &stream).result.is_ok());
 }
 
@@ -97,26 +112,52 @@ fn group_member_uses_a_server_of_their_tenant() {
 fn server_not_in_the_users_tenants_is_denied() {
     let s = snap();
     let g = groups(&[SALES]);
-    assert_eq!(result(&s, &who(BOB, &g), &facts("github", "initialize", None)), Err(DenyReason::ServerNotGranted));
+    assert_eq!(
+        result(&s, &who(BOB, &g), &facts("github", "initialize", None)),
+        Err(DenyReason::ServerNotGranted)
+    );
     assert!(result(&s, &who(BOB, &g), &facts("jira", "initialize", None)).is_ok());
 }
 
 #[test]
 fn no_grant_at_all_is_denied() {
     let s = snap();
-    assert_eq!(result(&s, &who(BOB, &[]), &facts("github", "initialize", None)), Err(DenyReason::NoGrant));
+    assert_eq!(
+        result(&s, &who(BOB, &[]), &facts("github", "initialize", None)),
+        Err(DenyReason::NoGrant)
+    );
     let unknown = groups(&["12345678-0000-4000-8000-000000000000"]);
-    assert_eq!(result(&s, &who(BOB, &unknown), &facts("github", "initialize", None)), Err(DenyReason::NoGrant));
+    assert_eq!(
+        result(
+            &s,
+            &who(BOB, &unknown),
+            &facts("github", "initialize", None)
+        ),
+        Err(DenyReason::NoGrant)
+    );
 }
 
 #[test]
 fn unknown_and_disabled_servers_are_denied_even_to_admins() {
     let s = snap();
     let admin = groups(&[ADMINS]);
-    assert_eq!(result(&s, &who(BOB, &admin), &facts("nope", "initialize", None)), Err(DenyReason::UnknownServer));
-    assert_eq!(result(&s, &who(BOB, &admin), &facts("legacy", "initialize", None)), Err(DenyReason::ServerDisabled));
+    assert_eq!(
+        result(&s, &who(BOB, &admin), &facts("nope", "initialize", None)),
+        Err(DenyReason::UnknownServer)
+    );
+    assert_eq!(
+        result(&s, &who(BOB, &admin), &facts("legacy", "initialize", None)),
+        Err(DenyReason::ServerDisabled)
+    );
     // The server's name is not its route key.
-    assert_eq!(result(&s, &who(BOB, &admin), &facts("gh-route", "initialize", None)), Err(DenyReason::UnknownServer));
+    assert_eq!(
+        result(
+            &s,
+            &who(BOB, &admin),
+            &facts("gh-route", "initialize", None)
+        ),
+        Err(DenyReason::UnknownServer)
+    );
     assert!(result(&s, &who(BOB, &admin), &facts("gh", "initialize", None)).is_ok());
 }
 
@@ -126,20 +167,35 @@ fn admins_use_every_enabled_server() {
     let admin = groups(&[ADMINS]);
     for server in ["github", "jira", "locked", "gh"] {
         let r = result(&s, &who(BOB, &admin), &facts(server, "initialize", None));
-        assert_eq!(r, Ok((decision::ADMIN_TENANT.into(), AccessLevel::Admin)), "{server}");
+        assert_eq!(
+            r,
+            Ok((decision::ADMIN_TENANT.into(), AccessLevel::Admin)),
+            "{server}"
+        );
     }
     // An admin user (by tid + oid).
     assert!(result(&s, &who(ROOT, &[]), &facts("jira", "initialize", None)).is_ok());
     // The same oid from another directory is not that admin.
-    let elsewhere = Subject { tid: OTHER_TID, oid: ROOT, upn: None, groups: &[] };
-    assert_eq!(result(&s, &elsewhere, &facts("jira", "initialize", None)), Err(DenyReason::NoGrant));
+    let elsewhere = Subject {
+        tid: OTHER_TID,
+        oid: ROOT,
+        upn: None,
+        groups: &[],
+    };
+    assert_eq!(
+        result(&s, &elsewhere, &facts("jira", "initialize", None)),
+        Err(DenyReason::NoGrant)
+    );
 }
 
 #[test]
 fn admins_with_a_tenant_grant_report_that_tenant() {
     let s = snap();
     let g = groups(&[ENG, ADMINS]);
-    assert_eq!(result(&s, &who(BOB, &g), &facts("jira", "initialize", None)), Ok(("engineering".into(), AccessLevel::Read)));
+    assert_eq!(
+        result(&s, &who(BOB, &g), &facts("jira", "initialize", None)),
+        Ok(("engineering".into(), AccessLevel::Read))
+    );
 }
 
 #[test]
@@ -150,7 +206,11 @@ fn global_tool_deny_applies_to_everyone_including_admins() {
     for g in [&admin, &eng] {
         let d = decide(&s, &who(BOB, g), &call("delete_repository"));
         assert_eq!(d.result.err(), Some(DenyReason::ToolDenied));
-        assert!(d.basis.iter().any(|b| b.contains("tool_rules[0]")), "{:?}", d.basis);
+        assert!(
+            d.basis.iter().any(|b| b.contains("tool_rules[0]")),
+            "{:?}",
+            d.basis
+        );
     }
 }
 
@@ -158,9 +218,15 @@ fn global_tool_deny_applies_to_everyone_including_admins() {
 fn tool_allow_rule_requires_its_access_level() {
     let s = snap();
     let eng = groups(&[ENG]); // read
-    assert_eq!(result(&s, &who(BOB, &eng), &call("merge_pr")), Err(DenyReason::AccessLevelTooLow));
+    assert_eq!(
+        result(&s, &who(BOB, &eng), &call("merge_pr")),
+        Err(DenyReason::AccessLevelTooLow)
+    );
     // Alice has engineering at write by a user grant.
-    assert_eq!(result(&s, &who(ALICE, &eng), &call("merge_pr")), Ok(("engineering".into(), AccessLevel::Write)));
+    assert_eq!(
+        result(&s, &who(ALICE, &eng), &call("merge_pr")),
+        Ok(("engineering".into(), AccessLevel::Write))
+    );
     // Tools no rule names follow the server default (allow).
     assert!(result(&s, &who(BOB, &eng), &call("list_issues")).is_ok());
 }
@@ -183,8 +249,14 @@ fn server_default_deny_allows_only_listed_tools() {
     let eng = groups(&[ENG]);
     let f = |tool: &str| facts("locked", "tools/call", Some(tool));
     assert!(result(&s, &who(BOB, &eng), &f("read_x")).is_ok());
-    assert_eq!(result(&s, &who(BOB, &eng), &f("read_xy")), Err(DenyReason::ToolNotAllowed));
-    assert_eq!(result(&s, &who(BOB, &eng), &f("write_x")), Err(DenyReason::ToolNotAllowed));
+    assert_eq!(
+        result(&s, &who(BOB, &eng), &f("read_xy")),
+        Err(DenyReason::ToolNotAllowed)
+    );
+    assert_eq!(
+        result(&s, &who(BOB, &eng), &f("write_x")),
+        Err(DenyReason::ToolNotAllowed)
+    );
     // Listing tools is not calling them.
     assert!(result(&s, &who(BOB, &eng), &facts("locked", "tools/list", None)).is_ok());
 }
@@ -193,7 +265,10 @@ fn server_default_deny_allows_only_listed_tools() {
 fn disabled_tenant_grants_nothing() {
     let s = snap();
     let ops = groups(&[OPS]);
-    assert_eq!(result(&s, &who(BOB, &ops), &facts("github", "initialize", None)), Err(DenyReason::NoGrant));
+    assert_eq!(
+        result(&s, &who(BOB, &ops), &facts("github", "initialize", None)),
+        Err(DenyReason::NoGrant)
+    );
 }
 
 #[test]
@@ -201,21 +276,43 @@ fn highest_level_tenant_is_chosen_then_name() {
     let s = snap();
     // Engineering (read) and sales (write) both have jira: sales wins on level.
     let both = groups(&[ENG, SALES]);
-    assert_eq!(result(&s, &who(BOB, &both), &facts("jira", "initialize", None)), Ok(("sales".into(), AccessLevel::Write)));
+    assert_eq!(
+        result(&s, &who(BOB, &both), &facts("jira", "initialize", None)),
+        Ok(("sales".into(), AccessLevel::Write))
+    );
     // Group read + user write on the same tenant: the higher level counts.
     let eng = groups(&[ENG]);
-    assert_eq!(result(&s, &who(ALICE, &eng), &facts("github", "initialize", None)), Ok(("engineering".into(), AccessLevel::Write)));
+    assert_eq!(
+        result(&s, &who(ALICE, &eng), &facts("github", "initialize", None)),
+        Ok(("engineering".into(), AccessLevel::Write))
+    );
 }
 
 #[test]
 fn user_grant_is_matched_on_tid_and_oid_not_on_labels() {
     let s = snap();
     assert!(result(&s, &who(ALICE, &[]), &facts("github", "initialize", None)).is_ok());
-    let wrong_dir = Subject { tid: OTHER_TID, oid: ALICE, upn: None, groups: &[] };
-    assert_eq!(result(&s, &wrong_dir, &facts("github", "initialize", None)), Err(DenyReason::NoGrant));
+    let wrong_dir = Subject {
+        tid: OTHER_TID,
+        oid: ALICE,
+        upn: None,
+        groups: &[],
+    };
+    assert_eq!(
+        result(&s, &wrong_dir, &facts("github", "initialize", None)),
+        Err(DenyReason::NoGrant)
+    );
     // Someone whose upn claim says alice is not alice.
-    let impostor = Subject { tid: TID, oid: BOB, upn: Some("alice@contoso.example"), groups: &[] };
-    assert_eq!(result(&s, &impostor, &facts("github", "initialize", None)), Err(DenyReason::NoGrant));
+    let impostor = Subject {
+        tid: TID,
+        oid: BOB,
+        upn: Some("alice@contoso.example"),
+        groups: &[],
+    };
+    assert_eq!(
+        result(&s, &impostor, &facts("github", "initialize", None)),
+        Err(DenyReason::NoGrant)
+    );
 }
 
 #[test]
@@ -225,8 +322,16 @@ fn upn_grants_need_the_explicit_setting() {
     let err = Snapshot::compile(&parsed, "t").unwrap_err();
     assert!(err.to_string().contains("allow_upn_grants"), "{err}");
     let s = snapshot_of(&format!("allow_upn_grants: true\n{doc}"));
-    let carol = Subject { tid: TID, oid: BOB, upn: Some("carol@contoso.EXAMPLE"), groups: &[] };
-    assert!(result(&s, &carol, &facts("s", "initialize", None)).is_ok(), "upn matched case-insensitively");
+    let carol = Subject {
+        tid: TID,
+        oid: BOB,
+        upn: Some("carol@contoso.EXAMPLE"),
+        groups: &[],
+    };
+    assert!(
+        result(&s, &carol, &facts("s", "initialize", None)).is_ok(),
+        "upn matched case-insensitively"
+    );
 }
 
 #[test]
@@ -235,8 +340,16 @@ fn basis_names_the_granting_rows() {
     let eng = groups(&[ENG]);
     let d = decide(&s, &who(ALICE, &eng), &call("merge_pr"));
     assert!(d.result.is_ok());
-    assert!(d.basis.iter().any(|b| b.starts_with("user_grants[0]")), "{:?}", d.basis);
-    assert!(d.basis.iter().any(|b| b.starts_with("tool_rules[1]")), "{:?}", d.basis);
+    assert!(
+        d.basis.iter().any(|b| b.starts_with("user_grants[0]")),
+        "{:?}",
+        d.basis
+    );
+    assert!(
+        d.basis.iter().any(|b| b.starts_with("tool_rules[1]")),
+        "{:?}",
+        d.basis
+    );
 }
 
 #[test]
@@ -280,8 +393,18 @@ tool_rules:
 #[test]
 fn unknown_fields_and_bad_levels_do_not_parse() {
     assert!(serde_yaml_ng::from_str::<PolicyDocument>("tenantz: []").is_err());
-    assert!(serde_yaml_ng::from_str::<PolicyDocument>("group_grants: [{group: x, tenant: t, access_level: root}]").is_err());
-    assert!(serde_yaml_ng::from_str::<PolicyDocument>("tool_rules: [{server: s, tool: t, effect: maybe}]").is_err());
+    assert!(
+        serde_yaml_ng::from_str::<PolicyDocument>(
+            "group_grants: [{group: x, tenant: t, access_level: root}]"
+        )
+        .is_err()
+    );
+    assert!(
+        serde_yaml_ng::from_str::<PolicyDocument>(
+            "tool_rules: [{server: s, tool: t, effect: maybe}]"
+        )
+        .is_err()
+    );
 }
 
 #[test]
@@ -317,7 +440,9 @@ fn handle_swaps_atomically() {
     h.install(snap());
     let v1 = h.load().expect("loaded").version.clone();
     let held = h.load().expect("loaded");
-    h.install(snapshot_of(&DOC.replace("access_level: read}", "access_level: write}")));
+    h.install(snapshot_of(
+        &DOC.replace("access_level: read}", "access_level: write}"),
+    ));
     assert_ne!(h.load().expect("loaded").version, v1);
     assert_eq!(held.version, v1, "a reader keeps the snapshot it loaded");
 }

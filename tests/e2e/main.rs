@@ -22,25 +22,45 @@ fn text_of(result: &rmcp::model::CallToolResult) -> String {
 async fn allowed_user_initializes_lists_tools_and_calls_one() {
     let env = TestEnv::start(Options::default()).await;
     let token = env.user_token(BOB, &[ENG_GROUP]);
-    let client = env.mcp_client("/mcp/github", &token, HashMap::new()).await.expect("initialize");
+    let client = env
+        .mcp_client("/mcp/github", &token, HashMap::new())
+        .await
+        .expect("initialize");
     let tools = client.list_tools(None).await.expect("tools/list");
     let names: Vec<_> = tools.tools.iter().map(|t| t.name.to_string()).collect();
     assert!(names.contains(&"echo".to_string()), "tools: {names:?}");
 
     let echoed = client
-        .call_tool(CallToolRequestParams::new("echo").with_arguments(json!({"text": "hello"}).as_object().cloned().unwrap_or_default()))
+        .call_tool(
+            CallToolRequestParams::new("echo").with_arguments(
+                json!({"text": "hello"})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+        )
         .await
         .expect("tools/call echo");
     assert_eq!(text_of(&echoed), "hello");
 
-    let who = client.call_tool(CallToolRequestParams::new("whoami")).await.expect("whoami");
+    let who = client
+        .call_tool(CallToolRequestParams::new("whoami"))
+        .await
+        .expect("whoami");
     let who: Value = serde_json::from_str(&text_of(&who)).expect("whoami JSON");
     assert_eq!(who["x-mcp-user-oid"], BOB);
     assert_eq!(who["x-mcp-tenant"], "engineering");
     assert_eq!(who["x-mcp-access-level"], "write");
     assert_eq!(who["x-mcp-directory"], TID);
-    assert_eq!(who["authorization-present"], "false", "the client's token must not reach the upstream");
-    assert!(who["x-mcp-decision-id"].as_str().is_some_and(|s| s.len() == 36));
+    assert_eq!(
+        who["authorization-present"], "false",
+        "the client's token must not reach the upstream"
+    );
+    assert!(
+        who["x-mcp-decision-id"]
+            .as_str()
+            .is_some_and(|s| s.len() == 36)
+    );
     client.cancel().await.ok();
 }
 
@@ -50,25 +70,56 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
     let env = TestEnv::start(Options::default()).await;
     let token = env.user_token(BOB, &[ENG_GROUP]);
     let mut spoof = HashMap::new();
-    spoof.insert(http::HeaderName::from_static("x-mcp-user-oid"), http::HeaderValue::from_static(ALICE));
-    spoof.insert(http::HeaderName::from_static("x-mcp-tenant"), http::HeaderValue::from_static("admin"));
-    spoof.insert(http::HeaderName::from_static("x-mcp-role"), http::HeaderValue::from_static("superuser"));
-    let client = env.mcp_client("/mcp/github", &token, spoof).await.expect("initialize");
-    let who = client.call_tool(CallToolRequestParams::new("whoami")).await.expect("whoami");
+    spoof.insert(
+        http::HeaderName::from_static("x-mcp-user-oid"),
+        http::HeaderValue::from_static(ALICE),
+    );
+    spoof.insert(
+        http::HeaderName::from_static("x-mcp-tenant"),
+        http::HeaderValue::from_static("admin"),
+    );
+    spoof.insert(
+        http::HeaderName::from_static("x-mcp-role"),
+        http::HeaderValue::from_static("superuser"),
+    );
+    let client = env
+        .mcp_client("/mcp/github", &token, spoof)
+        .await
+        .expect("initialize");
+    let who = client
+        .call_tool(CallToolRequestParams::new("whoami"))
+        .await
+        .expect("whoami");
     let who: Value = serde_json::from_str(&text_of(&who)).expect("whoami JSON");
     assert_eq!(who["x-mcp-user-oid"], BOB);
     assert_eq!(who["x-mcp-tenant"], "engineering");
-    assert!(who.get("x-mcp-role").is_none(), "unknown x-mcp-* header reached upstream: {who}");
+    assert!(
+        who.get("x-mcp-role").is_none(),
+        "unknown x-mcp-* header reached upstream: {who}"
+    );
     client.cancel().await.ok();
 
     let received = env.received.all();
-    let mcp: Vec<_> = received.iter().filter(|r| r.path.starts_with("/mcp/")).collect();
+    let mcp: Vec<_> = received
+        .iter()
+        .filter(|r| r.path.starts_with("/mcp/"))
+        .collect();
     assert!(mcp.len() >= 3, "upstream saw {} MCP requests", mcp.len());
     for r in mcp {
-        assert_eq!(r.headers.get("x-mcp-user-oid"), Some(&vec![BOB.to_string()]), "{r:?}");
-        assert_eq!(r.headers.get("x-mcp-tenant"), Some(&vec!["engineering".to_string()]));
+        assert_eq!(
+            r.headers.get("x-mcp-user-oid"),
+            Some(&vec![BOB.to_string()]),
+            "{r:?}"
+        );
+        assert_eq!(
+            r.headers.get("x-mcp-tenant"),
+            Some(&vec!["engineering".to_string()])
+        );
         assert!(!r.headers.contains_key("x-mcp-role"));
-        assert!(!r.headers.contains_key("authorization"), "token passed through: {r:?}");
+        assert!(
+            !r.headers.contains_key("authorization"),
+            "token passed through: {r:?}"
+        );
     }
 }
 
@@ -76,12 +127,23 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
 async fn user_of_another_tenant_gets_403() {
     let env = TestEnv::start(Options::default()).await;
     let carol = env.user_token(CAROL, &[SALES_GROUP]);
-    let r = env.post("/mcp/github", Some(&carol), &initialize_body(7), &[]).await;
+    let r = env
+        .post("/mcp/github", Some(&carol), &initialize_body(7), &[])
+        .await;
     assert_eq!(r.status, 403, "{r:?}");
     assert_eq!(r.reason(), "server_not_granted");
     let challenge = r.header("www-authenticate").expect("challenge");
-    assert!(challenge.starts_with("Bearer error=\"insufficient_scope\""), "{challenge}");
-    assert!(challenge.contains(&format!("resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp/github\"", env.envoy_url)), "{challenge}");
+    assert!(
+        challenge.starts_with("Bearer error=\"insufficient_scope\""),
+        "{challenge}"
+    );
+    assert!(
+        challenge.contains(&format!(
+            "resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp/github\"",
+            env.envoy_url
+        )),
+        "{challenge}"
+    );
     let body = r.json();
     assert_eq!(body["jsonrpc"], "2.0");
     assert_eq!(body["id"], 7);
@@ -92,15 +154,22 @@ async fn user_of_another_tenant_gets_403() {
     assert!(err.is_err(), "rmcp client must fail to initialize");
 
     // Her own tenant's server works.
-    let ok = env.post("/mcp/jira", Some(&carol), &initialize_body(8), &[]).await;
+    let ok = env
+        .post("/mcp/jira", Some(&carol), &initialize_body(8), &[])
+        .await;
     assert_eq!(ok.status, 200, "{ok:?}");
-    assert!(env.received.all().iter().all(|r| r.path != "/mcp/github"), "a denied request reached the upstream");
+    assert!(
+        env.received.all().iter().all(|r| r.path != "/mcp/github"),
+        "a denied request reached the upstream"
+    );
 }
 
 #[tokio::test]
 async fn missing_token_gets_401_with_resource_metadata() {
     let env = TestEnv::start(Options::default()).await;
-    let r = env.post("/mcp/github", None, &initialize_body(1), &[]).await;
+    let r = env
+        .post("/mcp/github", None, &initialize_body(1), &[])
+        .await;
     assert_eq!(r.status, 401);
     assert_eq!(r.reason(), "token_missing");
     assert_eq!(
@@ -112,19 +181,28 @@ async fn missing_token_gets_401_with_resource_metadata() {
     );
     assert_eq!(r.json()["error"]["code"], -32001);
     // Probing an unknown server without a token learns nothing but 401.
-    let probe = env.post("/mcp/no-such-server", None, &initialize_body(1), &[]).await;
+    let probe = env
+        .post("/mcp/no-such-server", None, &initialize_body(1), &[])
+        .await;
     assert_eq!(probe.status, 401);
 }
 
 #[tokio::test]
 async fn expired_and_forged_tokens_get_401_invalid_token() {
     let env = TestEnv::start(Options::default()).await;
-    let expired = env.mint(json!({"tid": TID, "oid": BOB, "aud": API_CLIENT_ID, "scp": SCOPE,
-        "groups": [ENG_GROUP], "expires_in": -120}));
-    let r = env.post("/mcp/github", Some(&expired), &initialize_body(1), &[]).await;
+    let expired = env.mint(
+        json!({"tid": TID, "oid": BOB, "aud": API_CLIENT_ID, "scp": SCOPE,
+        "groups": [ENG_GROUP], "expires_in": -120}),
+    );
+    let r = env
+        .post("/mcp/github", Some(&expired), &initialize_body(1), &[])
+        .await;
     assert_eq!((r.status, r.reason()), (401, "token_expired"));
     let challenge = r.header("www-authenticate").expect("challenge");
-    assert!(challenge.starts_with("Bearer error=\"invalid_token\""), "{challenge}");
+    assert!(
+        challenge.starts_with("Bearer error=\"invalid_token\""),
+        "{challenge}"
+    );
     assert!(challenge.contains("resource_metadata="), "{challenge}");
 
     // Attack: claims signed by a key the directory never published, under a published kid.
@@ -134,37 +212,73 @@ async fn expired_and_forged_tokens_get_401_invalid_token() {
     let header = json!({"typ": "JWT", "alg": "RS256", "kid": env.authority.active_key().kid});
     let payload_json = String::from_utf8(base64_decode(payload)).expect("utf8");
     let forged = forger.sign_jwt(&header, &payload_json);
-    let r = env.post("/mcp/github", Some(&forged), &initialize_body(1), &[]).await;
+    let r = env
+        .post("/mcp/github", Some(&forged), &initialize_body(1), &[])
+        .await;
     assert_eq!((r.status, r.reason()), (401, "token_signature_invalid"));
 
     // A kid nobody published.
-    let unknown = forger.sign_jwt(&json!({"typ": "JWT", "alg": "RS256", "kid": "not-a-real-kid"}), &payload_json);
-    let r = env.post("/mcp/github", Some(&unknown), &initialize_body(1), &[]).await;
+    let unknown = forger.sign_jwt(
+        &json!({"typ": "JWT", "alg": "RS256", "kid": "not-a-real-kid"}),
+        &payload_json,
+    );
+    let r = env
+        .post("/mcp/github", Some(&unknown), &initialize_body(1), &[])
+        .await;
     assert_eq!((r.status, r.reason()), (401, "token_kid_unknown"));
 }
 
 fn base64_decode(s: &str) -> Vec<u8> {
     use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).expect("base64url")
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .expect("base64url")
 }
 
 #[tokio::test]
 async fn denied_tool_is_refused_while_allowed_tool_works() {
     let env = TestEnv::start(Options::default()).await;
     let token = env.user_token(BOB, &[ENG_GROUP]);
-    let client = env.mcp_client("/mcp/github", &token, HashMap::new()).await.expect("initialize");
+    let client = env
+        .mcp_client("/mcp/github", &token, HashMap::new())
+        .await
+        .expect("initialize");
     let denied = client
-        .call_tool(CallToolRequestParams::new("delete_repository").with_arguments(json!({"name": "prod"}).as_object().cloned().unwrap_or_default()))
+        .call_tool(
+            CallToolRequestParams::new("delete_repository").with_arguments(
+                json!({"name": "prod"})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+        )
         .await;
-    assert!(denied.is_err(), "delete_repository must be refused: {denied:?}");
+    assert!(
+        denied.is_err(),
+        "delete_repository must be refused: {denied:?}"
+    );
     let ok = client
-        .call_tool(CallToolRequestParams::new("echo").with_arguments(json!({"text": "still fine"}).as_object().cloned().unwrap_or_default()))
+        .call_tool(
+            CallToolRequestParams::new("echo").with_arguments(
+                json!({"text": "still fine"})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+        )
         .await
         .expect("echo after a denial");
     assert_eq!(text_of(&ok), "still fine");
     client.cancel().await.ok();
 
-    let r = env.post("/mcp/github", Some(&token), &tool_call_body(5, "delete_repository"), &[]).await;
+    let r = env
+        .post(
+            "/mcp/github",
+            Some(&token),
+            &tool_call_body(5, "delete_repository"),
+            &[],
+        )
+        .await;
     assert_eq!((r.status, r.reason()), (403, "tool_denied"));
     assert_eq!(r.json()["id"], 5);
 }
@@ -173,24 +287,44 @@ async fn denied_tool_is_refused_while_allowed_tool_works() {
 async fn v1_tokens_with_app_id_uri_audience_are_accepted() {
     let env = TestEnv::start(Options::default()).await;
     let v1 = env.mint(json!({"tid": TID, "oid": BOB, "aud": API_URI, "ver": "1.0", "scp": SCOPE, "groups": [ENG_GROUP]}));
-    let r = env.post("/mcp/github", Some(&v1), &initialize_body(1), &[]).await;
+    let r = env
+        .post("/mcp/github", Some(&v1), &initialize_body(1), &[])
+        .await;
     assert_eq!(r.status, 200, "{r:?}");
 }
 
 #[tokio::test]
 async fn protected_resource_metadata_is_served_through_envoy() {
     let env = TestEnv::start(Options::default()).await;
-    let r = env.get("/.well-known/oauth-protected-resource/mcp/github").await;
+    let r = env
+        .get("/.well-known/oauth-protected-resource/mcp/github")
+        .await;
     assert_eq!(r.status, 200, "{r:?}");
     let doc = r.json();
     assert_eq!(doc["resource"], format!("{}/mcp/github", env.envoy_url));
-    assert_eq!(doc["authorization_servers"], json!([format!("{}/{TID}/v2.0", env.authority.base_url())]));
+    assert_eq!(
+        doc["authorization_servers"],
+        json!([format!("{}/{TID}/v2.0", env.authority.base_url())])
+    );
     assert_eq!(doc["bearer_methods_supported"], json!(["header"]));
-    assert_eq!(doc["scopes_supported"], json!([format!("{API_URI}/{SCOPE}")]));
+    assert_eq!(
+        doc["scopes_supported"],
+        json!([format!("{API_URI}/{SCOPE}")])
+    );
     let root = env.get("/.well-known/oauth-protected-resource").await;
     assert_eq!(root.json()["resource"], env.envoy_url);
-    assert_eq!(env.get("/.well-known/oauth-protected-resource/mcp/no-such").await.status, 404);
-    assert_eq!(env.get("/.well-known/oauth-protected-resource/mcp/legacy").await.status, 404);
+    assert_eq!(
+        env.get("/.well-known/oauth-protected-resource/mcp/no-such")
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        env.get("/.well-known/oauth-protected-resource/mcp/legacy")
+            .await
+            .status,
+        404
+    );
 }
 
 #[tokio::test]
@@ -203,7 +337,8 @@ async fn batch_truncated_and_mismatched_requests_are_refused() {
 
     // Attack: a body larger than Envoy buffers, so the check would see only its start.
     let big = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-        "params": {"name": "echo", "arguments": {"text": "x".repeat(300_000)}}}).to_string();
+        "params": {"name": "echo", "arguments": {"text": "x".repeat(300_000)}}})
+    .to_string();
     let r = env.post("/mcp/github", Some(&token), &big, &[]).await;
     assert_eq!((r.status, r.reason()), (413, "body_truncated"));
 
@@ -212,7 +347,12 @@ async fn batch_truncated_and_mismatched_requests_are_refused() {
 
     // Attack: headers name an allowed tool while the body calls a denied one.
     let r = env
-        .post("/mcp/github", Some(&token), &tool_call_body(2, "delete_repository"), &[("mcp-method", "tools/call"), ("mcp-name", "echo")])
+        .post(
+            "/mcp/github",
+            Some(&token),
+            &tool_call_body(2, "delete_repository"),
+            &[("mcp-method", "tools/call"), ("mcp-name", "echo")],
+        )
         .await;
     assert_eq!((r.status, r.reason()), (400, "header_mismatch"));
     assert_eq!(r.json()["error"]["code"], -32020);
@@ -227,9 +367,13 @@ async fn unix_socket_transport_works() {
     .await;
     assert!(env.authz.grpc.is_none());
     let token = env.user_token(BOB, &[ENG_GROUP]);
-    let r = env.post("/mcp/github", Some(&token), &initialize_body(1), &[]).await;
+    let r = env
+        .post("/mcp/github", Some(&token), &initialize_body(1), &[])
+        .await;
     assert_eq!(r.status, 200, "{r:?}");
-    let r = env.post("/mcp/github", None, &initialize_body(1), &[]).await;
+    let r = env
+        .post("/mcp/github", None, &initialize_body(1), &[])
+        .await;
     assert_eq!(r.status, 401);
 }
 
@@ -237,30 +381,61 @@ async fn unix_socket_transport_works() {
 async fn policy_reload_takes_effect_and_a_bad_file_keeps_the_old_policy() {
     let env = TestEnv::start(Options::default()).await;
     let carol = env.user_token(CAROL, &[SALES_GROUP]);
-    assert_eq!(env.post("/mcp/github", Some(&carol), &initialize_body(1), &[]).await.status, 403);
+    assert_eq!(
+        env.post("/mcp/github", Some(&carol), &initialize_body(1), &[])
+            .await
+            .status,
+        403
+    );
 
-    let granted = POLICY.replace("servers: [jira]\nservers:", "servers: [jira, github]\nservers:");
+    let granted = POLICY.replace(
+        "servers: [jira]\nservers:",
+        "servers: [jira, github]\nservers:",
+    );
     assert_ne!(granted, POLICY);
     env.write_policy(&granted);
     let started = std::time::Instant::now();
     loop {
-        let r = env.post("/mcp/github", Some(&carol), &initialize_body(1), &[]).await;
+        let r = env
+            .post("/mcp/github", Some(&carol), &initialize_body(1), &[])
+            .await;
         if r.status == 200 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "reload not seen: {r:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "reload not seen: {r:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     // A broken file: rejected, the last good policy keeps serving.
     env.write_policy("tenants: [this is: not valid");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(env.post("/mcp/github", Some(&carol), &initialize_body(1), &[]).await.status, 200);
+    assert_eq!(
+        env.post("/mcp/github", Some(&carol), &initialize_body(1), &[])
+            .await
+            .status,
+        200
+    );
     // A file that parses but names an unknown server: also rejected.
-    env.write_policy(&POLICY.replace("servers: [jira]\nservers:", "servers: [nonexistent]\nservers:"));
+    env.write_policy(&POLICY.replace(
+        "servers: [jira]\nservers:",
+        "servers: [nonexistent]\nservers:",
+    ));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(env.post("/mcp/github", Some(&carol), &initialize_body(1), &[]).await.status, 200);
-    let ready = env.http.get(format!("http://{}/readyz", env.authz.admin)).send().await.expect("readyz");
+    assert_eq!(
+        env.post("/mcp/github", Some(&carol), &initialize_body(1), &[])
+            .await
+            .status,
+        200
+    );
+    let ready = env
+        .http
+        .get(format!("http://{}/readyz", env.authz.admin))
+        .send()
+        .await
+        .expect("readyz");
     assert_eq!(ready.status(), 200);
 }
 
@@ -268,11 +443,18 @@ async fn policy_reload_takes_effect_and_a_bad_file_keeps_the_old_policy() {
 async fn rotated_signing_key_is_picked_up() {
     let env = TestEnv::start(Options::default()).await;
     let before = env.user_token(BOB, &[ENG_GROUP]);
-    assert_eq!(env.post("/mcp/github", Some(&before), &initialize_body(1), &[]).await.status, 200);
+    assert_eq!(
+        env.post("/mcp/github", Some(&before), &initialize_body(1), &[])
+            .await
+            .status,
+        200
+    );
     let new_kid = env.authority.rotate(false);
     let after = env.user_token(BOB, &[ENG_GROUP]);
     assert!(after.len() > 10 && new_kid.len() > 10);
-    let r = env.post("/mcp/github", Some(&after), &initialize_body(1), &[]).await;
+    let r = env
+        .post("/mcp/github", Some(&after), &initialize_body(1), &[])
+        .await;
     assert_eq!(r.status, 200, "token signed by the rotated-in key: {r:?}");
 }
 
@@ -280,12 +462,18 @@ async fn rotated_signing_key_is_picked_up() {
 async fn admins_use_every_enabled_server_but_not_disabled_ones() {
     let env = TestEnv::start(Options::default()).await;
     let admin = env.user_token("00000000-0000-4000-8000-00000000ad00", &[ADMIN_GROUP]);
-    let r = env.post("/mcp/github", Some(&admin), &initialize_body(1), &[]).await;
+    let r = env
+        .post("/mcp/github", Some(&admin), &initialize_body(1), &[])
+        .await;
     assert_eq!(r.status, 200, "{r:?}");
-    let r = env.post("/mcp/legacy", Some(&admin), &initialize_body(1), &[]).await;
+    let r = env
+        .post("/mcp/legacy", Some(&admin), &initialize_body(1), &[])
+        .await;
     assert_eq!((r.status, r.reason()), (403, "server_disabled"));
     // /mcp/other is routed by the catch-all; the policy does not know it.
-    let r = env.post("/mcp/other", Some(&admin), &initialize_body(1), &[]).await;
+    let r = env
+        .post("/mcp/other", Some(&admin), &initialize_body(1), &[])
+        .await;
     assert_eq!((r.status, r.reason()), (403, "unknown_server"));
 }
 
@@ -294,12 +482,23 @@ async fn admins_use_every_enabled_server_but_not_disabled_ones() {
 async fn authz_down_fails_closed() {
     let mut env = TestEnv::start(Options::default()).await;
     let token = env.user_token(BOB, &[ENG_GROUP]);
-    assert_eq!(env.post("/mcp/github", Some(&token), &initialize_body(1), &[]).await.status, 200);
+    assert_eq!(
+        env.post("/mcp/github", Some(&token), &initialize_body(1), &[])
+            .await
+            .status,
+        200
+    );
     let seen_before = env.received.all().len();
     env.stop_authz().await;
-    let r = env.post("/mcp/github", Some(&token), &initialize_body(2), &[]).await;
+    let r = env
+        .post("/mcp/github", Some(&token), &initialize_body(2), &[])
+        .await;
     assert_eq!(r.status, 503, "{r:?}");
-    assert_eq!(env.received.all().len(), seen_before, "a request reached the upstream without a check");
+    assert_eq!(
+        env.received.all().len(),
+        seen_before,
+        "a request reached the upstream without a check"
+    );
 }
 
 #[test]
@@ -331,7 +530,11 @@ fn envoy_template_validates_for_tcp_and_unix() {
         assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
     }
     // A missing variable is refused, not rendered as an empty string.
-    let out = std::process::Command::new(repo_path("envoy/render.sh")).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).output().expect("render");
+    let out = std::process::Command::new(repo_path("envoy/render.sh"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .output()
+        .expect("render");
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("AUTHZ_PORT is not set"));
 }

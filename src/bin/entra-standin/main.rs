@@ -9,7 +9,11 @@ use clap::Parser;
 use mcp_authz::standin::{Authority, Client};
 
 #[derive(Parser)]
-#[command(name = "entra-standin", version, about = "Stand-in Entra ID and Graph (development only)")]
+#[command(
+    name = "entra-standin",
+    version,
+    about = "Stand-in Entra ID and Graph (development only)"
+)]
 struct Args {
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -33,9 +37,20 @@ async fn main() -> std::process::ExitCode {
         };
         let roles = parts
             .next()
-            .map(|r| r.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect())
+            .map(|r| {
+                r.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
             .unwrap_or_default();
-        authority.register_client(id, Client { secret: secret.to_owned(), graph_roles: roles });
+        authority.register_client(
+            id,
+            Client {
+                secret: secret.to_owned(),
+                graph_roles: roles,
+            },
+        );
     }
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
