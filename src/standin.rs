@@ -62,6 +62,8 @@ pub struct Authority {
     directory: RwLock<HashMap<String, Vec<String>>>,
     clients: RwLock<HashMap<String, Client>>,
     faults: Mutex<GraphFaults>,
+    /// While set, discovery and JWKS answer 503 (an identity-provider outage).
+    pub oidc_down: std::sync::atomic::AtomicBool,
     pub graph_calls: AtomicU64,
     pub token_requests: AtomicU64,
     pub jwks_requests: AtomicU64,
@@ -129,6 +131,7 @@ impl Authority {
             directory: RwLock::new(HashMap::new()),
             clients: RwLock::new(HashMap::new()),
             faults: Mutex::new(GraphFaults::default()),
+            oidc_down: std::sync::atomic::AtomicBool::new(false),
             graph_calls: AtomicU64::new(0),
             token_requests: AtomicU64::new(0),
             jwks_requests: AtomicU64::new(0),
@@ -282,6 +285,22 @@ impl Authority {
         Ok(key.sign_jwt(&header, &Value::Object(claims).to_string()))
     }
 
+    /// Simulates an outage of discovery and JWKS (true) or ends it (false).
+    pub fn set_oidc_down(&self, down: bool) {
+        self.oidc_down.store(down, Ordering::Relaxed);
+    }
+
+    /// Whether `tenant` is served; errors with Entra's answer when not, or during an outage.
+    fn check_oidc(&self, tenant: &str) -> Result<(), Response> {
+        if self.oidc_down.load(Ordering::Relaxed) {
+            return Err((StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response());
+        }
+        if !self.known_tenant(tenant) {
+            return Err(unknown_tenant(tenant));
+        }
+        Ok(())
+    }
+
     fn known_tenant(&self, tenant: &str) -> bool {
         matches!(tenant, "common" | "organizations")
             || self.tenants.iter().any(|t| t.eq_ignore_ascii_case(tenant))
@@ -392,8 +411,8 @@ fn unknown_tenant(tenant: &str) -> Response {
 }
 
 async fn discovery_v2(State(a): State<Arc<Authority>>, Path(tenant): Path<String>) -> Response {
-    if !a.known_tenant(&tenant) {
-        return unknown_tenant(&tenant);
+    if let Err(resp) = a.check_oidc(&tenant) {
+        return resp;
     }
     let base = a.base_url();
     let issuer_tid = if a.tenants.iter().any(|t| t.eq_ignore_ascii_case(&tenant)) {
@@ -430,8 +449,8 @@ async fn discovery_v2(State(a): State<Arc<Authority>>, Path(tenant): Path<String
 }
 
 async fn discovery_v1(State(a): State<Arc<Authority>>, Path(tenant): Path<String>) -> Response {
-    if !a.known_tenant(&tenant) {
-        return unknown_tenant(&tenant);
+    if let Err(resp) = a.check_oidc(&tenant) {
+        return resp;
     }
     let base = a.base_url();
     let issuer_tid = if a.tenants.iter().any(|t| t.eq_ignore_ascii_case(&tenant)) {
@@ -465,8 +484,8 @@ async fn discovery_v1(State(a): State<Arc<Authority>>, Path(tenant): Path<String
 }
 
 async fn keys_v2(State(a): State<Arc<Authority>>, Path(tenant): Path<String>) -> Response {
-    if !a.known_tenant(&tenant) {
-        return unknown_tenant(&tenant);
+    if let Err(resp) = a.check_oidc(&tenant) {
+        return resp;
     }
     a.jwks_requests.fetch_add(1, Ordering::Relaxed);
     // The tenant-specific endpoint names that tenant; common/organizations the template.
@@ -479,8 +498,8 @@ async fn keys_v2(State(a): State<Arc<Authority>>, Path(tenant): Path<String>) ->
 }
 
 async fn keys_v1(State(a): State<Arc<Authority>>, Path(tenant): Path<String>) -> Response {
-    if !a.known_tenant(&tenant) {
-        return unknown_tenant(&tenant);
+    if let Err(resp) = a.check_oidc(&tenant) {
+        return resp;
     }
     a.jwks_requests.fetch_add(1, Ordering::Relaxed);
     Json(a.jwks(None)).into_response()

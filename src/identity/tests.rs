@@ -873,3 +873,188 @@ fn assembled_helper_round_trips() {
         TokenError::BadSignature
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Keys from a live (stand-in) directory: refetch on unknown kid, single flight, rate limit,
+// last good set kept.
+
+async fn served_directory() -> (std::sync::Arc<Authority>, String) {
+    let authority = Authority::new(vec![TID.into()]);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", l.local_addr().expect("addr"));
+    authority.set_base_url(&url);
+    tokio::spawn(authority.clone().serve(l, std::future::pending()));
+    (authority, url)
+}
+
+fn live_validator(
+    url: &str,
+    unknown_kid_interval: std::time::Duration,
+) -> (Arc<KeyStore>, Validator) {
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(2))
+        .build()
+        .expect("client");
+    let source = JwksSource::new(http, url, TID).expect("source");
+    let keys = Arc::new(KeyStore::new(source, unknown_kid_interval));
+    let mut r = rules();
+    r.authority = url.to_owned();
+    (keys.clone(), Validator::new(r, keys, 1000))
+}
+
+fn live_token(a: &Authority) -> String {
+    a.mint(
+        &serde_json::from_value(json!({"tid": TID, "oid": OID, "aud": API, "scp": "mcp.access"}))
+            .expect("req"),
+    )
+    .expect("mint")
+}
+
+#[tokio::test]
+async fn unknown_kid_refetch_is_single_flight_and_rate_limited() {
+    use std::sync::atomic::Ordering;
+    let (a, url) = served_directory().await;
+    let (keys, validator) = live_validator(&url, std::time::Duration::from_secs(1));
+    keys.refresh().await.expect("first load");
+    assert_eq!(a.jwks_requests.load(Ordering::Relaxed), 1);
+
+    a.rotate(false);
+    let fresh = live_token(&a);
+    let validator = Arc::new(validator);
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (v, t) = (validator.clone(), fresh.clone());
+        tasks.push(tokio::spawn(
+            async move { v.validate(&t).await.map(|_| ()) },
+        ));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("join"), Ok(()));
+    }
+    assert_eq!(
+        a.jwks_requests.load(Ordering::Relaxed),
+        2,
+        "50 concurrent unknown-kid requests, one fetch"
+    );
+
+    // Attack: a stream of tokens with made-up kids must not turn into a stream of fetches:
+    // none within the interval after the last one, then at most one per interval.
+    let forger = SigningKey::generate();
+    let made_up = |i: usize| {
+        forger.sign_jwt(
+            &json!({"alg": "RS256", "kid": format!("made-up-{i}")}),
+            &Value::Object(claims()).to_string(),
+        )
+    };
+    for i in 0..20 {
+        assert_eq!(
+            validator.validate(&made_up(i)).await.unwrap_err(),
+            TokenError::UnknownKeyId
+        );
+    }
+    assert_eq!(
+        a.jwks_requests.load(Ordering::Relaxed),
+        2,
+        "no refetch within the interval"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    for i in 20..40 {
+        assert_eq!(
+            validator.validate(&made_up(i)).await.unwrap_err(),
+            TokenError::UnknownKeyId
+        );
+    }
+    assert_eq!(
+        a.jwks_requests.load(Ordering::Relaxed),
+        3,
+        "one refetch per interval, however many unknown kids"
+    );
+}
+
+#[tokio::test]
+async fn failed_refresh_keeps_the_last_good_keys() {
+    let (a, url) = served_directory().await;
+    let (keys, validator) = live_validator(&url, std::time::Duration::from_millis(0));
+    keys.refresh().await.expect("first load");
+    let token = live_token(&a);
+    let before = keys.snapshot().kids();
+
+    a.set_oidc_down(true);
+    assert!(keys.refresh().await.is_err(), "the directory is down");
+    assert_eq!(keys.snapshot().kids(), before, "the last good keys stay");
+    assert!(
+        validator.validate(&token).await.is_ok(),
+        "and keep verifying"
+    );
+    assert_eq!(
+        keys.refresh_failures
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+
+    // A store that never loaded answers keys_unavailable (503), not a guess.
+    let (empty, _) = live_validator(&url, std::time::Duration::from_millis(0));
+    let v = Validator::new(rules(), empty, 10);
+    assert_eq!(
+        v.validate(&token).await.unwrap_err(),
+        TokenError::KeysUnavailable
+    );
+
+    a.set_oidc_down(false);
+    assert!(
+        keys.refresh().await.is_ok(),
+        "recovers when the directory is back"
+    );
+}
+
+#[tokio::test]
+async fn jwks_uri_on_another_origin_is_refused() {
+    // Discovery is fetched from the authority; a jwks_uri elsewhere would let whoever controls
+    // that document choose the keys.
+    let evil = axum::Router::new().route(
+        "/{tenant}/v2.0/.well-known/openid-configuration",
+        axum::routing::get(|| async {
+            axum::Json(json!({"jwks_uri": "http://attacker.invalid/keys"}))
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", l.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(l, evil).await });
+    let source = JwksSource::new(reqwest::Client::new(), &url, TID).expect("source");
+    assert!(matches!(
+        source.fetch().await,
+        Err(JwksError::ForeignJwksUri(_))
+    ));
+}
+
+#[tokio::test]
+async fn cache_is_bounded_and_never_outlives_the_token() {
+    let mut r = rules();
+    r.leeway = 0;
+    let f = fixture_with(r, None);
+    let small = Validator::new(rules(), f.validator.keys().clone(), 8);
+    for i in 0..50 {
+        let t = f.with("sub", json!(format!("s{i}")));
+        small.validate(&t).await.expect("valid");
+    }
+    assert!(
+        small.cached_tokens() <= 8,
+        "cache holds {}",
+        small.cached_tokens()
+    );
+
+    let now = unix_now() as i64;
+    let short = f.with("exp", json!(now + 2));
+    assert!(!f.validate(&short).await.expect("valid").cache_hit);
+    assert!(f.validate(&short).await.expect("valid").cache_hit);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(
+        f.validate(&short).await.unwrap_err(),
+        TokenError::Expired,
+        "an expired token is not served from the cache"
+    );
+}

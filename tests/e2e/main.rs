@@ -540,3 +540,99 @@ fn envoy_template_validates_for_tcp_and_unix() {
 }
 
 mod cli;
+
+/// Attack: two Authorization headers, hoping Envoy or the upstream uses a different one than
+/// the one checked. `encode_raw_headers` keeps them apart and both are refused.
+#[tokio::test]
+async fn two_authorization_headers_are_refused_through_envoy() {
+    let env = TestEnv::start(Options::default()).await;
+    let good = env.user_token(BOB, &[ENG_GROUP]);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.append(
+        "authorization",
+        format!("Bearer {good}").parse().expect("value"),
+    );
+    headers.append("authorization", "Bearer a.b.c".parse().expect("value"));
+    let r = env
+        .http
+        .post(format!("{}/mcp/github", env.envoy_url))
+        .header("content-type", "application/json")
+        .headers(headers)
+        .body(initialize_body(1))
+        .send()
+        .await
+        .expect("send");
+    let r = Reply::from(r).await;
+    assert_eq!((r.status, r.reason()), (401, "token_multiple"), "{r:?}");
+}
+
+#[tokio::test]
+async fn passthrough_server_keeps_the_token_others_drop_it() {
+    let policy = POLICY.replace(
+        "  - name: jira\n",
+        "  - name: jira\n    token_forwarding: passthrough\n",
+    );
+    assert_ne!(policy, POLICY);
+    let env = TestEnv::start(Options {
+        policy,
+        ..Options::default()
+    })
+    .await;
+    let token = env.user_token(BOB, &[ENG_GROUP]);
+    assert_eq!(
+        env.post("/mcp/jira", Some(&token), &initialize_body(1), &[])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        env.post("/mcp/github", Some(&token), &initialize_body(1), &[])
+            .await
+            .status,
+        200
+    );
+    let received = env.received.all();
+    let auth_of = |path: &str| {
+        received
+            .iter()
+            .find(|r| r.path == path)
+            .map(|r| r.headers.get("authorization").cloned())
+    };
+    assert_eq!(
+        auth_of("/mcp/jira"),
+        Some(Some(vec![format!("Bearer {token}")]))
+    );
+    assert_eq!(auth_of("/mcp/github"), Some(None));
+}
+
+#[tokio::test]
+async fn grpc_health_reports_serving_once_ready() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let env = TestEnv::start(Options::default()).await;
+    let addr = env.authz.grpc.expect("grpc");
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = HealthClient::new(channel);
+    for service in ["", "envoy.service.auth.v3.Authorization"] {
+        let mut status = 0;
+        for _ in 0..100 {
+            status = client
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .expect("health check")
+                .into_inner()
+                .status;
+            if status == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(status, 1, "SERVING for {service:?}");
+    }
+}
