@@ -290,15 +290,12 @@ impl Authority {
         self.oidc_down.store(down, Ordering::Relaxed);
     }
 
-    /// Whether `tenant` is served; errors with Entra's answer when not, or during an outage.
-    fn check_oidc(&self, tenant: &str) -> Result<(), Response> {
+    /// Entra's refusal when `tenant` is not served or during an outage; `None` when it is.
+    fn oidc_refusal(&self, tenant: &str) -> Option<Response> {
         if self.oidc_down.load(Ordering::Relaxed) {
-            return Err((StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response());
+            return Some((StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response());
         }
-        if !self.known_tenant(tenant) {
-            return Err(unknown_tenant(tenant));
-        }
-        Ok(())
+        (!self.known_tenant(tenant)).then(|| unknown_tenant(tenant))
     }
 
     fn known_tenant(&self, tenant: &str) -> bool {
@@ -411,7 +408,7 @@ fn unknown_tenant(tenant: &str) -> Response {
 }
 
 async fn discovery_v2(State(a): State<Arc<Authority>>, Path(tenant): Path<String>) -> Response {
-    if let Err(resp) = a.check_oidc(&tenant) {
+    if let Some(resp) = a.oidc_refusal(&tenant) {
         return resp;
     }
     let base = a.base_url();
@@ -449,7 +446,7 @@ async fn discovery_v2(State(a): State<Arc<Authority>>, Path(tenant): Path<String
 }
 
 async fn discovery_v1(State(a): State<Arc<Authority>>, Path(tenant): Path<String>) -> Response {
-    if let Err(resp) = a.check_oidc(&tenant) {
+    if let Some(resp) = a.oidc_refusal(&tenant) {
         return resp;
     }
     let base = a.base_url();
@@ -484,7 +481,7 @@ async fn discovery_v1(State(a): State<Arc<Authority>>, Path(tenant): Path<String
 }
 
 async fn keys_v2(State(a): State<Arc<Authority>>, Path(tenant): Path<String>) -> Response {
-    if let Err(resp) = a.check_oidc(&tenant) {
+    if let Some(resp) = a.oidc_refusal(&tenant) {
         return resp;
     }
     a.jwks_requests.fetch_add(1, Ordering::Relaxed);
@@ -498,7 +495,7 @@ async fn keys_v2(State(a): State<Arc<Authority>>, Path(tenant): Path<String>) ->
 }
 
 async fn keys_v1(State(a): State<Arc<Authority>>, Path(tenant): Path<String>) -> Response {
-    if let Err(resp) = a.check_oidc(&tenant) {
+    if let Some(resp) = a.oidc_refusal(&tenant) {
         return resp;
     }
     a.jwks_requests.fetch_add(1, Ordering::Relaxed);
