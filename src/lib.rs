@@ -10,8 +10,10 @@
 //! - [`policy`]: the compiled, immutable policy snapshot, the pure decision function, and the
 //!   file source with hot reload.
 //! - [`response`]: how a decision becomes headers, status codes and bodies (MCP/RFC 6750/9728).
+//! - [`audit`]: one event per decision through a bounded queue to PostgreSQL or JSON lines.
 //! - [`admin`]: HTTP listeners: health/readiness and RFC 9728 protected-resource metadata.
 //! - [`config`]: typed configuration from a file plus environment overrides.
+//! - [`cli`]: operator commands (migrate, policy export/import, explain).
 //! - [`app`]: wires the parts and runs the listeners until shutdown.
 //! - [`sample_server`]: a sample upstream MCP server (rmcp) for tests, demo and benchmarks.
 //! - [`standin`]: the stand-in Entra ID / Microsoft Graph used by tests and `make demo`.
@@ -19,6 +21,8 @@
 
 pub mod admin;
 pub mod app;
+pub mod audit;
+pub mod cli;
 pub mod config;
 pub mod groups;
 pub mod grpc;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use mcp_authz::cli;
 use mcp_authz::config::Config;
 
 /// Exit code for a configuration that does not load (sysexits EX_USAGE).
@@ -32,12 +33,68 @@ enum Command {
         #[arg(long, short, env = "MCP_AUTHZ_CONFIG")]
         config: PathBuf,
     },
+    /// Apply pending database migrations.
+    Migrate {
+        #[arg(long, short, env = "MCP_AUTHZ_CONFIG")]
+        config: PathBuf,
+    },
+    /// Export or import the PostgreSQL policy as a YAML document.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+    /// Print the decision for a user, server and tool, and the rows that made it.
+    Explain {
+        #[arg(long, short, env = "MCP_AUTHZ_CONFIG")]
+        config: PathBuf,
+        /// Object id (GUID), or a upn.
+        #[arg(long)]
+        user: String,
+        /// The user's directory; defaults to the first allowed one.
+        #[arg(long)]
+        tid: Option<String>,
+        /// A group the user is in; repeatable.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        tool: Option<String>,
+        /// JSON-RPC method; `tools/call` with --tool, else `initialize`.
+        #[arg(long)]
+        method: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyAction {
+    /// Database → YAML on stdout (or --output).
+    Export {
+        #[arg(long, short, env = "MCP_AUTHZ_CONFIG")]
+        config: PathBuf,
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// YAML → database in one transaction (idempotent); --dry-run shows the changes only.
+    Import {
+        file: PathBuf,
+        #[arg(long, short, env = "MCP_AUTHZ_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let path = match &cli.command {
-        Command::Serve { config } | Command::CheckConfig { config } => config.clone(),
+        Command::Serve { config }
+        | Command::CheckConfig { config }
+        | Command::Migrate { config }
+        | Command::Explain { config, .. }
+        | Command::Policy {
+            action: PolicyAction::Export { config, .. } | PolicyAction::Import { config, .. },
+        } => config.clone(),
     };
     let config = match Config::load(&path) {
         Ok(c) => c,
@@ -69,6 +126,61 @@ fn main() -> ExitCode {
             } else {
                 ExitCode::FAILURE
             }
+        }
+        Command::Migrate { .. } => {
+            report(runtime.block_on(cli::migrate(&config, &mut std::io::stdout())))
+        }
+        Command::Policy {
+            action: PolicyAction::Export { output, .. },
+        } => match output {
+            Some(file) => {
+                let mut buf = Vec::new();
+                let result = runtime
+                    .block_on(cli::export(&config, &mut buf))
+                    .and_then(|()| {
+                        std::fs::write(&file, buf)
+                            .map_err(|e| anyhow::anyhow!("write {}: {e}", file.display()))
+                    });
+                report(result)
+            }
+            None => report(runtime.block_on(cli::export(&config, &mut std::io::stdout()))),
+        },
+        Command::Policy {
+            action: PolicyAction::Import { file, dry_run, .. },
+        } => report(runtime.block_on(cli::import(&config, &file, dry_run, &mut std::io::stdout()))),
+        Command::Explain {
+            user,
+            tid,
+            groups,
+            server,
+            tool,
+            method,
+            ..
+        } => {
+            let q = cli::ExplainQuery {
+                user,
+                tid,
+                groups,
+                server,
+                tool,
+                method,
+            };
+            match runtime.block_on(cli::explain(&config, &q, &mut std::io::stdout())) {
+                Ok(true) => ExitCode::SUCCESS,
+                // A denial is an answer, not an error: exit 2 so scripts can tell them apart.
+                Ok(false) => ExitCode::from(2),
+                Err(e) => report(Err(e)),
+            }
+        }
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mcp-authz: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

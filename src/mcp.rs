@@ -35,6 +35,8 @@ pub struct HttpView<'a> {
     pub partial_body: bool,
     pub mcp_method_header: Option<&'a str>,
     pub mcp_name_header: Option<&'a str>,
+    /// W3C trace context, for the audit trail.
+    pub traceparent: Option<&'a str>,
 }
 
 impl HttpView<'_> {

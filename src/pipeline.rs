@@ -21,6 +21,8 @@ pub struct Authorizer {
     pub groups: GroupResolver,
     pub policy: Arc<PolicyHandle>,
     pub settings: ResponseSettings,
+    /// The audit trail; `None` when no sink is configured.
+    pub audit: Option<Arc<crate::audit::Auditor>>,
 }
 
 /// The result of one Check, with what the log line and audit need.
@@ -35,6 +37,8 @@ pub struct CheckOutcome {
     pub tool: Option<String>,
     pub tenant: Option<String>,
     pub oid: Option<String>,
+    pub directory_tid: Option<String>,
+    pub label: Option<String>,
     pub token_cache_hit: Option<bool>,
     pub policy_version: Option<String>,
 }
@@ -58,6 +62,23 @@ impl Authorizer {
         let decision_id = uuid::Uuid::now_v7().to_string();
         let outcome = self.decide(input, decision_id).await;
         let elapsed_us = started.elapsed().as_micros() as u64;
+        if let Some(audit) = &self.audit {
+            audit.record(crate::audit::AuditEvent {
+                at: crate::audit::now_seconds(),
+                decision_id: outcome.decision_id.clone(),
+                user_oid: outcome.oid.clone(),
+                upn: outcome.label.clone(),
+                directory_tid: outcome.directory_tid.clone(),
+                tenant: outcome.tenant.clone(),
+                server: outcome.server.clone(),
+                method: outcome.method.clone(),
+                tool: outcome.tool.clone(),
+                result: if outcome.allowed { "allow" } else { "deny" },
+                reason: outcome.reason,
+                policy_version: outcome.policy_version.clone(),
+                trace_id: crate::audit::trace_id(input.view.traceparent),
+            });
+        }
         if outcome.allowed {
             tracing::debug!(
                 decision_id = %outcome.decision_id, result = "allow", reason = outcome.reason,
@@ -96,6 +117,8 @@ impl Authorizer {
             tool: facts_ok.and_then(|f| f.call.tool().map(str::to_owned)),
             tenant: None,
             oid: None,
+            directory_tid: None,
+            label: None,
             token_cache_hit: None,
             policy_version: None,
         };
@@ -146,6 +169,8 @@ impl Authorizer {
         let principal = verified.principal;
         out.token_cache_hit = Some(verified.cache_hit);
         out.oid = Some(principal.oid.clone());
+        out.directory_tid = Some(principal.tid.clone());
+        out.label = principal.label.clone();
 
         let facts = match parsed.facts {
             Ok(f) => f,

@@ -4,6 +4,7 @@
 
 mod decision;
 mod file;
+pub mod postgres;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -136,6 +137,9 @@ pub struct ServerDoc {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupGrantDoc {
+    /// Database row id, when the document was read from PostgreSQL (for `explain`).
+    #[serde(skip)]
+    pub id: Option<i64>,
     pub group: String,
     pub tenant: String,
     pub access_level: AccessLevel,
@@ -144,6 +148,9 @@ pub struct GroupGrantDoc {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserGrantDoc {
+    /// Database row id, when the document was read from PostgreSQL (for `explain`).
+    #[serde(skip)]
+    pub id: Option<i64>,
     pub oid: Option<String>,
     pub tid: Option<String>,
     pub upn: Option<String>,
@@ -154,6 +161,9 @@ pub struct UserGrantDoc {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ToolRuleDoc {
+    /// Database row id, when the document was read from PostgreSQL (for `explain`).
+    #[serde(skip)]
+    pub id: Option<i64>,
     pub server: String,
     /// Applies to this tenant only; to every tenant (and admins) when absent.
     pub tenant: Option<String>,
@@ -247,6 +257,14 @@ fn valid_name(s: &str) -> bool {
         && s != ".."
 }
 
+/// `group_tenants id=17` for a database row, `group_grants[3]` for a file entry.
+fn row_label(at: &str, table: &str, id: Option<i64>) -> String {
+    match id {
+        Some(id) => format!("{table} id={id}"),
+        None => at.to_owned(),
+    }
+}
+
 fn valid_tool_pattern(s: &str) -> bool {
     !s.is_empty() && s.len() <= 256 && !s.chars().any(|c| c.is_control() || c.is_whitespace())
 }
@@ -328,7 +346,7 @@ impl Snapshot {
         let mut group_grants: HashMap<String, Vec<Grant>> = HashMap::new();
         let mut seen_group_pairs = HashSet::new();
         for (i, g) in doc.group_grants.iter().enumerate() {
-            let at = format!("group_grants[{i}]");
+            let at = row_label(&format!("group_grants[{i}]"), "group_tenants", g.id);
             if !is_guid(&g.group) {
                 problems.push(format!(
                     "{at}: group {:?} is not an Entra group object id (GUID)",
@@ -359,7 +377,7 @@ impl Snapshot {
         let mut user_grants: HashMap<String, Vec<Grant>> = HashMap::new();
         let mut upn_grants: HashMap<String, Vec<Grant>> = HashMap::new();
         for (i, u) in doc.user_grants.iter().enumerate() {
-            let at = format!("user_grants[{i}]");
+            let at = row_label(&format!("user_grants[{i}]"), "user_tenants", u.id);
             if let Some(tid) = &u.tid
                 && !is_guid(tid)
             {
@@ -438,7 +456,7 @@ impl Snapshot {
 
         let mut tool_rules: Vec<Vec<ToolRule>> = vec![Vec::new(); servers.len()];
         for (i, r) in doc.tool_rules.iter().enumerate() {
-            let at = format!("tool_rules[{i}]");
+            let at = row_label(&format!("tool_rules[{i}]"), "tool_rules", r.id);
             if !valid_tool_pattern(&r.tool) {
                 problems.push(format!("{at}: tool pattern {:?} must be non-empty, without spaces or control characters", r.tool));
             }
@@ -518,6 +536,30 @@ pub fn document_version(doc: &PolicyDocument) -> String {
     let canonical = serde_json::to_vec(doc).unwrap_or_default();
     let digest = Sha256::digest(&canonical);
     digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where the snapshot comes from.
+#[derive(Clone)]
+pub enum Source {
+    File(Arc<FileSource>),
+    Postgres(Arc<postgres::PostgresSource>),
+}
+
+impl Source {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Source::File(_) => "file",
+            Source::Postgres(_) => "postgres",
+        }
+    }
+    /// (snapshots installed, versions rejected)
+    pub fn counters(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match self {
+            Source::File(f) => (f.reloads.load(Relaxed), f.rejected.load(Relaxed)),
+            Source::Postgres(p) => (p.reloads.load(Relaxed), p.rejected.load(Relaxed)),
+        }
+    }
 }
 
 /// The current snapshot, swapped atomically by the policy source.

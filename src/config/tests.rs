@@ -64,7 +64,7 @@ fn relative_policy_path_is_relative_to_the_config_file() {
     let path = dir.path().join("config.yaml");
     std::fs::write(&path, BASE).expect("write");
     let c = Config::load_with_env(&path, env(&[])).expect("valid");
-    assert_eq!(c.policy.file, dir.path().join("policy.yaml"));
+    assert_eq!(c.policy.file, Some(dir.path().join("policy.yaml")));
 }
 
 #[test]
@@ -184,4 +184,48 @@ fn advertised_scopes_fall_back_to_required_scopes() {
     )
     .expect("ok");
     assert_eq!(c.advertised_scopes(), ["api://g/mcp.access"]);
+}
+
+#[test]
+fn database_and_audit_settings_are_checked_and_the_url_is_never_printed() {
+    let with_db = |extra: &[(&str, &str)]| {
+        let mut e = vec![("MCP_AUTHZ__DATABASE__URL", "postgres://mcp:hunter2@db/mcp")];
+        e.extend_from_slice(extra);
+        Config::parse(BASE, env(&e))
+    };
+    let c = with_db(&[
+        ("MCP_AUTHZ__POLICY__SOURCE", "postgres"),
+        ("MCP_AUTHZ__AUDIT__SINK", "postgres"),
+    ])
+    .expect("valid");
+    assert!(
+        !format!("{c:?}").contains("hunter2"),
+        "the database password leaked into Debug output"
+    );
+    assert_eq!(c.policy.source, PolicySourceKind::Postgres);
+    for (pairs, needle) in [
+        (
+            vec![("MCP_AUTHZ__POLICY__SOURCE", "postgres")],
+            "needs a database section",
+        ),
+        (
+            vec![("MCP_AUTHZ__AUDIT__SINK", "postgres")],
+            "needs a database section",
+        ),
+        (
+            vec![("MCP_AUTHZ__AUDIT__SINK", "jsonl")],
+            "needs audit.file",
+        ),
+        (
+            vec![("MCP_AUTHZ__POLICY__FILE", "~")],
+            "policy.file is required",
+        ),
+    ] {
+        let msg = invalid(BASE, &pairs);
+        assert!(msg.contains(needle), "{pairs:?}: {msg}");
+    }
+    let e = with_db(&[("MCP_AUTHZ__DATABASE__URL", "mysql://x")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("postgres:// URL"), "{e}");
 }

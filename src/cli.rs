@@ -1,0 +1,179 @@
+//! Operator commands: `migrate`, `policy export`, `policy import`, `explain`. Each writes its
+//! report to `out` and returns whether it succeeded; `main` maps that to the exit code.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::app::{MIGRATOR, migration_status, pool};
+use crate::config::{Config, PolicySourceKind};
+use crate::identity::is_guid;
+use crate::mcp::{Call, RequestFacts, RpcFacts};
+use crate::policy::{self, PolicyDocument, Snapshot, Subject};
+
+fn database(cfg: &Config) -> anyhow::Result<sqlx::PgPool> {
+    let db = cfg
+        .database
+        .as_ref()
+        .context("this command needs a database section (database.url) in the config")?;
+    pool(db)
+}
+
+/// `mcp-authz migrate`: applies pending migrations.
+pub async fn migrate(cfg: &Config, out: &mut impl Write) -> anyhow::Result<()> {
+    let pool = database(cfg)?;
+    let (_, pending) = migration_status(&pool)
+        .await
+        .context("database unreachable")?;
+    MIGRATOR.run(&pool).await.context("apply migrations")?;
+    writeln!(
+        out,
+        "applied {} migrations ({pending:?}); schema is current",
+        pending.len()
+    )?;
+    Ok(())
+}
+
+/// `mcp-authz policy export`: the database's policy as a YAML document.
+pub async fn export(cfg: &Config, out: &mut impl Write) -> anyhow::Result<()> {
+    let pool = database(cfg)?;
+    let (version, doc) = policy::postgres::read_document(&pool).await?;
+    let text = serde_yaml_ng::to_string(&doc).context("render YAML")?;
+    writeln!(
+        out,
+        "# exported from PostgreSQL, policy version db-{version}"
+    )?;
+    out.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// `mcp-authz policy import FILE [--dry-run]`: makes the database hold exactly the file, in one
+/// transaction, after the file compiles. Prints the changes.
+pub async fn import(
+    cfg: &Config,
+    file: &Path,
+    dry_run: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
+    let doc: PolicyDocument = serde_yaml_ng::from_str(&text)
+        .with_context(|| format!("{} is not a policy document", file.display()))?;
+    // Refuse what the server would refuse, before touching the database.
+    Snapshot::compile(&doc, &file.display().to_string())?;
+    let pool = database(cfg)?;
+    let changes = policy::postgres::import_document(&pool, &doc, dry_run).await?;
+    for c in &changes {
+        writeln!(out, "{c}")?;
+    }
+    let verb = if dry_run { "would change" } else { "changed" };
+    writeln!(
+        out,
+        "{verb} {} rows{}",
+        changes.len(),
+        if dry_run {
+            " (dry run: nothing written)"
+        } else {
+            ""
+        }
+    )?;
+    Ok(())
+}
+
+/// What `explain` asks about.
+pub struct ExplainQuery {
+    /// An object id (GUID), or a upn when the policy allows upn grants.
+    pub user: String,
+    pub tid: Option<String>,
+    pub groups: Vec<String>,
+    pub server: String,
+    pub tool: Option<String>,
+    pub method: Option<String>,
+}
+
+/// `mcp-authz explain`: the decision the server would make, and the rows behind it.
+pub async fn explain(cfg: &Config, q: &ExplainQuery, out: &mut impl Write) -> anyhow::Result<bool> {
+    let snapshot = match cfg.policy.source {
+        PolicySourceKind::Postgres => policy::postgres::load_snapshot(&database(cfg)?).await??,
+        PolicySourceKind::File => {
+            policy::load_file(cfg.policy.file.as_deref().context("policy.file")?)?
+        }
+    };
+    let tid = q
+        .tid
+        .clone()
+        .unwrap_or_else(|| cfg.entra.tenants[0].clone())
+        .to_ascii_lowercase();
+    let (oid, upn) = if is_guid(&q.user) {
+        (q.user.to_ascii_lowercase(), None)
+    } else {
+        // A upn names no object: only upn grants (if enabled) can match it.
+        (
+            "00000000-0000-0000-0000-000000000000".to_string(),
+            Some(q.user.as_str()),
+        )
+    };
+    let groups: Vec<String> = q.groups.iter().map(|g| g.to_ascii_lowercase()).collect();
+    let method = q.method.clone().unwrap_or_else(|| {
+        if q.tool.is_some() {
+            "tools/call".into()
+        } else {
+            "initialize".into()
+        }
+    });
+    let facts = RequestFacts {
+        server: q.server.clone(),
+        call: Call::Rpc(RpcFacts {
+            method: Some(method.clone()),
+            tool: q.tool.clone(),
+            uri: None,
+            prompt: None,
+        }),
+    };
+    let subject = Subject {
+        tid: &tid,
+        oid: &oid,
+        upn,
+        groups: &groups,
+    };
+    let decision = policy::decide(&snapshot, &subject, &facts);
+    writeln!(
+        out,
+        "policy:   {} version {}",
+        snapshot.source, snapshot.version
+    )?;
+    writeln!(
+        out,
+        "request:  user {} (tid {tid}), groups [{}], server {}, {method}{}",
+        q.user,
+        groups.join(", "),
+        q.server,
+        q.tool
+            .as_deref()
+            .map(|t| format!(" {t}"))
+            .unwrap_or_default()
+    )?;
+    let allowed = match &decision.result {
+        Ok(a) => {
+            writeln!(
+                out,
+                "decision: ALLOW as tenant {} with access level {}",
+                a.tenant, a.level
+            )?;
+            true
+        }
+        Err(reason) => {
+            writeln!(out, "decision: DENY ({})", reason.code())?;
+            false
+        }
+    };
+    if decision.basis.is_empty() {
+        writeln!(out, "rows:     none matched")?;
+    } else {
+        writeln!(out, "rows:")?;
+        for b in &decision.basis {
+            writeln!(out, "  {b}")?;
+        }
+    }
+    Ok(allowed)
+}
