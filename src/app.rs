@@ -97,6 +97,21 @@ impl Listeners {
     }
 }
 
+/// Small gRPC frames must not wait for Nagle's algorithm (40 ms with delayed ACKs).
+fn nodelay(
+    incoming: TcpListenerStream,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    incoming.map(|conn| {
+        if let Ok(stream) = &conn
+            && let Err(e) = stream.set_nodelay(true)
+        {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+        conn
+    })
+}
+
 /// The HTTP client for Entra: bounded connect and total time.
 pub fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
@@ -333,7 +348,10 @@ pub async fn run(
             tonic::transport::Server::builder()
                 .add_service(health)
                 .add_service(authz)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(l), stop.cancelled_owned())
+                .serve_with_incoming_shutdown(
+                    nodelay(TcpListenerStream::new(l)),
+                    stop.cancelled_owned(),
+                )
                 .await
                 .context("gRPC (TCP) server")
         });

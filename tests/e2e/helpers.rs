@@ -488,3 +488,220 @@ pub fn initialize_body(id: u64) -> String {
 pub fn tool_call_body(id: u64, tool: &str) -> String {
     json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": {}}}).to_string()
 }
+
+/// mcp-authz alone (no Envoy), from a config text; stops when dropped.
+pub struct Instance {
+    pub addrs: BoundAddrs,
+    shutdown: Option<oneshot::Sender<()>>,
+    app: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    pub http: reqwest::Client,
+}
+
+impl Instance {
+    pub async fn start(cfg_text: &str) -> Self {
+        Self::start_with(cfg_text, true).await
+    }
+
+    pub async fn start_with(cfg_text: &str, wait_ready: bool) -> Self {
+        init_logs();
+        let cfg = Config::parse(cfg_text, Vec::new()).expect("test config is valid");
+        let listeners = Listeners::bind(&cfg.listen).await.expect("bind");
+        let addrs = listeners.addrs();
+        let (tx, rx) = oneshot::channel::<()>();
+        let app = tokio::spawn(app::run(cfg, listeners, async move {
+            let _ = rx.await;
+        }));
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("client");
+        let me = Self {
+            addrs,
+            shutdown: Some(tx),
+            app: Some(app),
+            http,
+        };
+        if wait_ready {
+            wait_until("mcp-authz ready", Duration::from_secs(20), || me.is_ready()).await;
+        }
+        me
+    }
+
+    pub fn is_ready(&self) -> impl std::future::Future<Output = bool> + use<> {
+        let http = self.http.clone();
+        let url = format!("http://{}/readyz", self.addrs.admin);
+        async move { http.get(url).send().await.is_ok_and(|r| r.status() == 200) }
+    }
+
+    pub async fn readyz(&self) -> Value {
+        self.http
+            .get(format!("http://{}/readyz", self.addrs.admin))
+            .send()
+            .await
+            .expect("readyz")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    pub async fn status(&self) -> Value {
+        self.http
+            .get(format!("http://{}/status", self.addrs.admin))
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(app) = self.app.take() {
+            let r = tokio::time::timeout(Duration::from_secs(10), app).await;
+            assert!(
+                matches!(r, Ok(Ok(Ok(())))),
+                "mcp-authz did not stop cleanly: {r:?}"
+            );
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A config with the policy (and optionally the audit) in PostgreSQL.
+pub fn db_config_yaml(authority_url: &str, database_url: &str, audit: bool) -> String {
+    let audit = if audit {
+        "audit: {sink: postgres, queue_capacity: 10000, batch_size: 200}"
+    } else {
+        ""
+    };
+    format!(
+        r#"
+listen: {{grpc: "127.0.0.1:0", admin: "127.0.0.1:0", drain_seconds: 5}}
+entra:
+  authority: {authority_url}
+  allow_insecure_authority: true
+  tenants: ["{TID}"]
+  audiences: ["{API_CLIENT_ID}", "{API_URI}"]
+  required_scopes: ["{SCOPE}"]
+  http_timeout_ms: 2000
+policy: {{source: postgres, db_poll_interval_ms: 500}}
+database: {{url: "{database_url}", max_connections: 4, acquire_timeout_ms: 1000, statement_timeout_ms: 2000}}
+{audit}
+log: {{format: text}}
+"#
+    )
+}
+
+/// The stand-in Entra, in-process.
+pub async fn standin() -> (Arc<Authority>, String) {
+    let authority = Authority::new(vec![TID.to_owned()]);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", l.local_addr().expect("addr"));
+    authority.set_base_url(&url);
+    tokio::spawn(authority.clone().serve(l, std::future::pending()));
+    (authority, url)
+}
+
+pub fn mint_user(a: &Authority, oid: &str, groups: &[&str]) -> String {
+    let req: MintRequest = serde_json::from_value(json!({
+        "tid": TID, "oid": oid, "aud": API_CLIENT_ID, "scp": SCOPE, "groups": groups,
+    }))
+    .expect("mint request");
+    a.mint(&req).expect("mint")
+}
+
+/// What a direct gRPC Check answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckAnswer {
+    pub grpc_code: i32,
+    pub http_status: u16,
+    pub reason: String,
+}
+
+/// A gRPC ext_authz client, as Envoy would call it.
+pub struct Checker {
+    client: envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient<
+        tonic::transport::Channel,
+    >,
+}
+
+impl Checker {
+    pub async fn connect(addr: std::net::SocketAddr) -> Self {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        Self {
+            client: envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(channel),
+        }
+    }
+
+    pub async fn check(
+        &mut self,
+        token: Option<&str>,
+        server: &str,
+        body: &str,
+        traceparent: Option<&str>,
+    ) -> Result<CheckAnswer, tonic::Status> {
+        use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+        use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+        use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+        let mut headers = std::collections::HashMap::new();
+        if let Some(t) = token {
+            headers.insert("authorization".to_string(), format!("Bearer {t}"));
+        }
+        if let Some(tp) = traceparent {
+            headers.insert("traceparent".to_string(), tp.to_string());
+        }
+        let req = CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(Request {
+                    http: Some(HttpRequest {
+                        method: "POST".into(),
+                        path: format!("/mcp/{server}"),
+                        host: "gateway.test".into(),
+                        scheme: "https".into(),
+                        headers,
+                        raw_body: body.as_bytes().to_vec(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        };
+        let resp = self.client.check(req).await?.into_inner();
+        let grpc_code = resp.status.map(|s| s.code).unwrap_or(-1);
+        let (http_status, reason) = match resp.http_response {
+            Some(HttpResponse::DeniedResponse(d)) => (
+                d.status.map(|s| s.code as u16).unwrap_or(0),
+                d.headers
+                    .iter()
+                    .filter_map(|h| h.header.as_ref())
+                    .find(|h| h.key == "x-mcp-authz-reason")
+                    .map(|h| h.value.clone())
+                    .unwrap_or_default(),
+            ),
+            Some(HttpResponse::OkResponse(_)) => (200, "allowed".into()),
+            _ => (0, String::new()),
+        };
+        Ok(CheckAnswer {
+            grpc_code,
+            http_status,
+            reason,
+        })
+    }
+}

@@ -540,6 +540,8 @@ fn envoy_template_validates_for_tcp_and_unix() {
 }
 
 mod cli;
+mod db;
+mod pg;
 
 /// Attack: two Authorization headers, hoping Envoy or the upstream uses a different one than
 /// the one checked. `encode_raw_headers` keeps them apart and both are refused.

@@ -1,0 +1,615 @@
+//! PostgreSQL policy, live reload, outage, operator CLI and audit trail, on a real PostgreSQL.
+
+use std::time::{Duration, Instant};
+
+use mcp_authz::audit::{AuditEvent, Auditor, Sink};
+use mcp_authz::cli;
+use mcp_authz::config::Config;
+use mcp_authz::policy::PolicyDocument;
+
+use super::helpers::*;
+use super::pg::TestDb;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mcp-authz");
+
+fn doc(text: &str) -> PolicyDocument {
+    serde_yaml_ng::from_str(text).expect("policy yaml")
+}
+
+async fn import(db: &TestDb, text: &str, dry_run: bool) -> Vec<String> {
+    let changes = mcp_authz::policy::postgres::import_document(&db.pool, &doc(text), dry_run)
+        .await
+        .expect("import");
+    changes.iter().map(|c| c.to_string()).collect()
+}
+
+fn db_cfg(authority: &str, db: &TestDb) -> Config {
+    Config::parse(&db_config_yaml(authority, &db.url, false), Vec::new()).expect("config")
+}
+
+#[tokio::test]
+async fn constraints_make_bad_rows_impossible() {
+    let db = TestDb::create().await;
+    db.exec("INSERT INTO tenants (name) VALUES ('eng'); INSERT INTO mcp_servers (name, route_key) VALUES ('github', 'github')").await;
+    for (sql, needle) in [
+        (
+            "INSERT INTO group_tenants (entra_group_id, tenant, access_level) VALUES ('e0000000-0000-4000-8000-0000000000e1', 'eng', 'root')",
+            "check constraint",
+        ),
+        (
+            "INSERT INTO group_tenants (entra_group_id, tenant, access_level) VALUES ('engineers', 'eng', 'read')",
+            "invalid input syntax for type uuid",
+        ),
+        (
+            "INSERT INTO group_tenants (entra_group_id, tenant, access_level) VALUES ('e0000000-0000-4000-8000-0000000000e1', 'nope', 'read')",
+            "foreign key",
+        ),
+        (
+            "INSERT INTO tenant_servers (tenant, server) VALUES ('eng', 'gitlab')",
+            "foreign key",
+        ),
+        (
+            "INSERT INTO tool_rules (server, tool_pattern, effect) VALUES ('github', 'delete repo', 'deny')",
+            "check constraint",
+        ),
+        (
+            "INSERT INTO tool_rules (server, tool_pattern, effect) VALUES ('github', 'x', 'maybe')",
+            "check constraint",
+        ),
+        (
+            "INSERT INTO tenants (name) VALUES ('has space')",
+            "check constraint",
+        ),
+        (
+            "INSERT INTO mcp_servers (name, route_key, token_forwarding) VALUES ('s', 's', 'everything')",
+            "check constraint",
+        ),
+        (
+            "INSERT INTO user_tenants (tenant, access_level) VALUES ('eng', 'read')",
+            "check constraint",
+        ),
+        (
+            "INSERT INTO admins (kind, entra_id, directory_tid) VALUES ('group', 'a0000000-0000-4000-8000-00000000ad01', '3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2c')",
+            "check constraint",
+        ),
+        (
+            "INSERT INTO policy_version (singleton) VALUES (true)",
+            "duplicate key",
+        ),
+    ] {
+        let e = db.exec_err(sql).await;
+        assert!(e.contains(needle), "{sql}: {e}");
+    }
+    db.exec("INSERT INTO group_tenants (entra_group_id, tenant, access_level) VALUES ('E0000000-0000-4000-8000-0000000000E1', 'eng', 'read')").await;
+    let dup = db.exec_err("INSERT INTO group_tenants (entra_group_id, tenant, access_level) VALUES ('e0000000-0000-4000-8000-0000000000e1', 'eng', 'write')").await;
+    assert!(
+        dup.contains("duplicate key"),
+        "the same group granted the same tenant twice: {dup}"
+    );
+    // Every policy change bumps the version.
+    let v1: i64 = sqlx::query_scalar("SELECT version FROM policy_version")
+        .fetch_one(&db.pool)
+        .await
+        .expect("v");
+    db.exec("UPDATE tenants SET enabled = false").await;
+    let v2: i64 = sqlx::query_scalar("SELECT version FROM policy_version")
+        .fetch_one(&db.pool)
+        .await
+        .expect("v");
+    assert_eq!(v2, v1 + 1);
+}
+
+#[tokio::test]
+async fn import_is_transactional_idempotent_and_dry_run_writes_nothing() {
+    let db = TestDb::create().await;
+    let dry = import(&db, POLICY, true).await;
+    assert!(dry.len() > 10, "{dry:?}");
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    assert_eq!(count, 0, "dry run wrote rows");
+
+    let first = import(&db, POLICY, false).await;
+    assert_eq!(first, dry, "dry run shows exactly what the import does");
+    assert!(first.iter().any(|c| c == "+ group_tenants entra_group_id=e0000000-0000-4000-8000-0000000000e1 tenant=engineering access_level=write"), "{first:?}");
+    assert!(
+        import(&db, POLICY, false).await.is_empty(),
+        "a second import changes nothing"
+    );
+
+    // A change shows as the exact diff.
+    let edited = POLICY.replace(
+        "tenant: sales\n    access_level: read",
+        "tenant: sales\n    access_level: write",
+    );
+    let diff = import(&db, &edited, true).await;
+    assert_eq!(diff, vec!["~ group_tenants entra_group_id=50000000-0000-4000-8000-000000000051 tenant=sales access_level=write (was entra_group_id=50000000-0000-4000-8000-000000000051 tenant=sales access_level=read)".to_string()]);
+
+    // Export → import of the export is a no-op (round trip).
+    let (_, exported) = mcp_authz::policy::postgres::read_document(&db.pool)
+        .await
+        .expect("read");
+    let yaml = serde_yaml_ng::to_string(&exported).expect("yaml");
+    assert!(
+        import(&db, &yaml, true).await.is_empty(),
+        "export does not round-trip:\n{yaml}"
+    );
+
+    // A document that does not compile is refused before the database is touched.
+    let dir = tempfile::tempdir().expect("tmp");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "tenants: [{name: t, servers: [missing]}]").expect("write");
+    let (_, url) = standin().await;
+    let err = cli::import(&db_cfg(&url, &db), &bad, false, &mut Vec::new())
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("unknown server \"missing\""),
+        "{err:#}"
+    );
+    assert!(
+        import(&db, POLICY, true).await.is_empty(),
+        "the refused import changed the database"
+    );
+}
+
+// Multi-threaded: the test runs the binary with blocking calls while the stand-in serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_migrate_export_import_and_explain() {
+    let (_a, url) = standin().await;
+    let admin = match TestDb::admin_url() {
+        Some(u) => u,
+        None => {
+            let s = super::pg::PgServer::start();
+            let u = s.admin_url.clone();
+            std::mem::forget(s);
+            u
+        }
+    };
+    let db_url = TestDb::create_empty_on(&admin).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(&cfg, db_config_yaml(&url, &db_url, false)).expect("config");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).expect("policy");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, stdout, _) = run(&["check-config"]);
+    assert_eq!(code, Some(1));
+    assert!(stdout.contains("migrations pending"), "{stdout}");
+
+    let (code, stdout, stderr) = run(&["migrate"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("applied 1 migrations"), "{stdout}");
+    let (code, stdout, _) = run(&["migrate"]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("applied 0 migrations"), "{stdout}");
+
+    let (code, stdout, stderr) = run(&[
+        "policy",
+        "import",
+        policy.to_str().expect("path"),
+        "--dry-run",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("(dry run: nothing written)"), "{stdout}");
+    let (code, stdout, _) = run(&["policy", "import", policy.to_str().expect("path")]);
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.contains("+ tenants name=engineering enabled=true"),
+        "{stdout}"
+    );
+
+    let (code, stdout, _) = run(&["check-config"]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("migrations current"), "{stdout}");
+    assert!(stdout.contains("ok    policy postgres"), "{stdout}");
+
+    let (code, exported, _) = run(&["policy", "export"]);
+    assert_eq!(code, Some(0));
+    let reimport = dir.path().join("exported.yaml");
+    std::fs::write(&reimport, &exported).expect("write");
+    let (_, stdout, _) = run(&[
+        "policy",
+        "import",
+        reimport.to_str().expect("path"),
+        "--dry-run",
+    ]);
+    assert!(stdout.contains("would change 0 rows"), "{stdout}");
+
+    // explain: allowed through a user grant, the row named by its id.
+    let (code, stdout, _) = run(&[
+        "explain", "--user", ALICE, "--server", "github", "--tool", "echo",
+    ]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.contains("decision: ALLOW as tenant engineering with access level admin"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("user_tenants id="), "{stdout}");
+    // Denied tool: exit 2, the rule's row named.
+    let (code, stdout, _) = run(&[
+        "explain",
+        "--user",
+        BOB,
+        "--group",
+        ENG_GROUP,
+        "--server",
+        "github",
+        "--tool",
+        "delete_repository",
+    ]);
+    assert_eq!(code, Some(2), "{stdout}");
+    assert!(stdout.contains("decision: DENY (tool_denied)"), "{stdout}");
+    assert!(stdout.contains("tool_rules id="), "{stdout}");
+    let (code, stdout, _) = run(&[
+        "explain",
+        "--user",
+        CAROL,
+        "--group",
+        SALES_GROUP,
+        "--server",
+        "github",
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(stdout.contains("DENY (server_not_granted)"), "{stdout}");
+}
+
+/// A committed change takes effect on every replica within 1 s (p99); measured with two
+/// instances on one database.
+#[tokio::test]
+async fn live_reload_reaches_two_replicas_within_a_second() {
+    let db = TestDb::create().await;
+    import(&db, POLICY, false).await;
+    let (_a, url) = standin().await;
+    let cfg = db_config_yaml(&url, &db.url, false);
+    let replicas = [Instance::start(&cfg).await, Instance::start(&cfg).await];
+    let mut latencies = Vec::new();
+    for i in 0..30 {
+        let sql = format!(
+            "UPDATE tenants SET enabled = {} WHERE name = 'sales'",
+            i % 2 == 1
+        );
+        let committed = Instant::now();
+        db.exec(&sql).await;
+        let v: i64 = sqlx::query_scalar("SELECT version FROM policy_version")
+            .fetch_one(&db.pool)
+            .await
+            .expect("v");
+        let want = format!("db-{v}");
+        let mut pending = vec![0usize, 1];
+        while !pending.is_empty() {
+            assert!(
+                committed.elapsed() < Duration::from_secs(5),
+                "replicas never saw {want}"
+            );
+            let mut still = Vec::new();
+            for r in pending {
+                if replicas[r].readyz().await["policy_version"] != want {
+                    still.push(r);
+                }
+            }
+            pending = still;
+            if !pending.is_empty() {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        latencies.push(committed.elapsed());
+    }
+    latencies.sort();
+    let p50 = latencies[latencies.len() / 2];
+    let p99 = latencies[(latencies.len() * 99).div_ceil(100) - 1];
+    println!(
+        "policy reload latency on both replicas over {} changes: p50 {p50:?}, p99 {p99:?}, max {:?}",
+        latencies.len(),
+        latencies.last()
+    );
+    assert!(p99 < Duration::from_secs(1), "p99 {p99:?}");
+    for r in replicas {
+        r.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn rows_that_do_not_compile_are_reported_and_the_last_good_policy_serves() {
+    let db = TestDb::create().await;
+    import(&db, POLICY, false).await;
+    let (a, url) = standin().await;
+    let inst = Instance::start(&db_config_yaml(&url, &db.url, false)).await;
+    let good = inst.readyz().await["policy_version"].clone();
+    // A upn-only grant without allow_upn_grants: SQL accepts it, the compiler does not.
+    db.exec("INSERT INTO user_tenants (upn, tenant, access_level) VALUES ('eve@contoso.example', 'engineering', 'admin')").await;
+    wait_until("rejection counted", Duration::from_secs(5), || {
+        let s = inst.status();
+        async move { s.await["policy"]["rejected"] == 1 }
+    })
+    .await;
+    assert_eq!(
+        inst.readyz().await["policy_version"],
+        good,
+        "the last good snapshot keeps serving"
+    );
+    let mut checker = Checker::connect(inst.addrs.grpc.expect("grpc")).await;
+    let bob = mint_user(&a, BOB, &[ENG_GROUP]);
+    let r = checker
+        .check(Some(&bob), "github", &initialize_body(1), None)
+        .await
+        .expect("check");
+    assert_eq!(r.http_status, 200);
+
+    let mut out = Vec::new();
+    let ok =
+        mcp_authz::app::check_config(&db_cfg(&url, &db), std::path::Path::new("cfg"), &mut out)
+            .await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(!ok);
+    assert!(
+        out.contains("FAIL  policy") && out.contains("allow_upn_grants"),
+        "{out}"
+    );
+}
+
+/// PostgreSQL stopped and restarted under traffic: every decision stays right, none fails,
+/// and live reload resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_keeps_deciding_and_reload_resumes() {
+    let db = TestDb::create_private().await;
+    import(&db, POLICY, false).await;
+    let (a, url) = standin().await;
+    let inst = Instance::start(&db_config_yaml(&url, &db.url, false)).await;
+    let addr = inst.addrs.grpc.expect("grpc");
+    let bob = mint_user(&a, BOB, &[ENG_GROUP]);
+    let carol = mint_user(&a, CAROL, &[SALES_GROUP]);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let (stop, bob, carol) = (stop.clone(), bob.clone(), carol.clone());
+        tokio::spawn(async move {
+            let mut checker = Checker::connect(addr).await;
+            let (mut total, mut wrong, mut failed) = (0u32, 0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (token, want) in [(&bob, 200u16), (&carol, 403u16)] {
+                    total += 1;
+                    match checker
+                        .check(Some(token), "github", &initialize_body(1), None)
+                        .await
+                    {
+                        Ok(r) if r.http_status == want => {}
+                        Ok(_) => wrong += 1,
+                        Err(_) => failed += 1,
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (total, wrong, failed)
+        })
+    };
+    let server = db.server.as_ref().expect("private server");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        inst.is_ready().await,
+        "still ready while the database is down (a snapshot is loaded)"
+    );
+    server.resume();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (total, wrong, failed) = traffic.await.expect("traffic");
+    println!("outage: {total} checks, {wrong} wrong, {failed} failed");
+    assert!(total > 100, "too little traffic: {total}");
+    assert_eq!((wrong, failed), (0, 0));
+
+    // Live reload resumes after the restart.
+    let granted = Instant::now();
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("reconnect");
+    sqlx::query("INSERT INTO tenant_servers (tenant, server) VALUES ('sales', 'github')")
+        .execute(&pool)
+        .await
+        .expect("grant");
+    let mut checker = Checker::connect(addr).await;
+    loop {
+        let r = checker
+            .check(Some(&carol), "github", &initialize_body(1), None)
+            .await
+            .expect("check");
+        if r.http_status == 200 {
+            break;
+        }
+        assert!(
+            granted.elapsed() < Duration::from_secs(15),
+            "reload did not resume: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("reload after restart took {:?}", granted.elapsed());
+    assert!(
+        inst.status().await["policy"]["reloads"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_loaded_policy_means_not_ready() {
+    let db = TestDb::create_private().await;
+    import(&db, POLICY, false).await;
+    db.server.as_ref().expect("server").stop();
+    let (_a, url) = standin().await;
+    let inst = Instance::start_with(&db_config_yaml(&url, &db.url, false), false).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ready = inst.readyz().await;
+    assert_eq!(ready["policy_loaded"], false, "{ready}");
+    assert!(!inst.is_ready().await);
+    db.server.as_ref().expect("server").resume();
+    wait_until(
+        "ready after the database returns",
+        Duration::from_secs(20),
+        || inst.is_ready(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn audit_events_arrive_for_every_decision() {
+    let db = TestDb::create().await;
+    import(&db, POLICY, false).await;
+    let (a, url) = standin().await;
+    let inst = Instance::start(&db_config_yaml(&url, &db.url, true)).await;
+    let mut checker = Checker::connect(inst.addrs.grpc.expect("grpc")).await;
+    let bob = mint_user(&a, BOB, &[ENG_GROUP]);
+    let carol = mint_user(&a, CAROL, &[SALES_GROUP]);
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for i in 0..300 {
+        let (token, body) = match i % 3 {
+            0 => (Some(bob.as_str()), tool_call_body(i, "echo")),
+            1 => (Some(carol.as_str()), initialize_body(i)),
+            _ => (None, initialize_body(i)),
+        };
+        checker
+            .check(token, "github", &body, Some(traceparent))
+            .await
+            .expect("check");
+    }
+    wait_until("300 audit events", Duration::from_secs(10), || {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM audit_events")
+                .fetch_one(&pool)
+                .await
+                .unwrap_or(0)
+                == 300
+        }
+    })
+    .await;
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT result, reason, count(*) FROM audit_events GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("rows");
+    assert_eq!(
+        rows,
+        vec![
+            ("allow".to_string(), "allowed".to_string(), 100),
+            ("deny".to_string(), "server_not_granted".to_string(), 100),
+            ("deny".to_string(), "token_missing".to_string(), 100),
+        ]
+    );
+    type Row5 = (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
+    let (tool, oid, tenant, trace, version): Row5 = sqlx::query_as(
+        "SELECT tool, user_oid::text, tenant, trace_id, policy_version FROM audit_events WHERE result = 'allow' LIMIT 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("row");
+    assert_eq!(tool.as_deref(), Some("echo"));
+    assert_eq!(oid.as_deref(), Some(BOB));
+    assert_eq!(tenant.as_deref(), Some("engineering"));
+    assert_eq!(trace.as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+    assert!(version.is_some_and(|v| v.starts_with("db-")));
+    let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT decision_id) FROM audit_events")
+        .fetch_one(&db.pool)
+        .await
+        .expect("n");
+    assert_eq!(distinct, 300);
+    let status = inst.status().await;
+    assert_eq!(status["audit"]["written"], 300);
+    assert_eq!(status["audit"]["dropped_queue_full"], 0);
+}
+
+fn event(i: u64) -> AuditEvent {
+    AuditEvent {
+        at: mcp_authz::audit::now_seconds(),
+        decision_id: uuid::Uuid::now_v7().to_string(),
+        user_oid: Some(BOB.into()),
+        upn: None,
+        directory_tid: Some(TID.into()),
+        tenant: Some("engineering".into()),
+        server: Some("github".into()),
+        method: Some("tools/call".into()),
+        tool: Some(format!("t{i}")),
+        result: "allow",
+        reason: "allowed",
+        policy_version: None,
+        trace_id: None,
+    }
+}
+
+/// A full queue drops and counts, never blocks; every event is either written or counted as
+/// dropped, and the table holds exactly the written ones (no half batches).
+#[tokio::test]
+async fn audit_drops_are_counted_when_the_queue_is_full_or_the_database_down() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let db = TestDb::create().await;
+    let (auditor, writer) = Auditor::start(Sink::Postgres(db.pool.clone()), 16, 8);
+    let started = Instant::now();
+    for i in 0..5000 {
+        auditor.record(event(i));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "record() must not block"
+    );
+    let stats = auditor.stats.clone();
+    drop(auditor);
+    writer.await.expect("writer drains and ends");
+    let (written, dropped) = (stats.written.load(Relaxed), stats.dropped());
+    assert!(
+        stats.dropped_queue_full.load(Relaxed) > 0,
+        "5000 events into a queue of 16 must overflow"
+    );
+    assert_eq!(written + dropped, 5000);
+    let in_table: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events")
+        .fetch_one(&db.pool)
+        .await
+        .expect("n");
+    assert_eq!(in_table as u64, written);
+
+    // The database down: batches fail whole and are counted.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let dead = format!(
+        "postgres://postgres@{}/none",
+        closed.local_addr().expect("addr")
+    );
+    drop(closed);
+    let dead_pool = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(300))
+        .connect_lazy(&dead)
+        .expect("lazy pool");
+    let (auditor, writer) = Auditor::start(Sink::Postgres(dead_pool), 100, 10);
+    for i in 0..50 {
+        auditor.record(event(i));
+    }
+    let stats = auditor.stats.clone();
+    drop(auditor);
+    tokio::time::timeout(Duration::from_secs(30), writer)
+        .await
+        .expect("writer ends")
+        .expect("join");
+    assert_eq!(stats.written.load(Relaxed), 0);
+    assert_eq!(stats.dropped(), 50);
+    assert!(stats.dropped_sink_error.load(Relaxed) > 0);
+}
