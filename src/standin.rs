@@ -325,6 +325,17 @@ impl Authority {
             .with_state(self.clone())
     }
 
+    /// A directory with these tenants served on a free loopback port until the runtime ends;
+    /// returns it and its base URL. For tests and tools.
+    pub async fn spawn_local(tenants: Vec<String>) -> std::io::Result<(Arc<Self>, String)> {
+        let authority = Self::new(tenants);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        authority.set_base_url(&url);
+        tokio::spawn(authority.clone().serve(listener, std::future::pending()));
+        Ok((authority, url))
+    }
+
     /// Serves on `listener` until `shutdown` completes.
     pub async fn serve(
         self: Arc<Self>,

@@ -879,14 +879,9 @@ fn assembled_helper_round_trips() {
 // last good set kept.
 
 async fn served_directory() -> (std::sync::Arc<Authority>, String) {
-    let authority = Authority::new(vec![TID.into()]);
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+    Authority::spawn_local(vec![TID.into()])
         .await
-        .expect("bind");
-    let url = format!("http://{}", l.local_addr().expect("addr"));
-    authority.set_base_url(&url);
-    tokio::spawn(authority.clone().serve(l, std::future::pending()));
-    (authority, url)
+        .expect("serve")
 }
 
 fn live_validator(

@@ -4,18 +4,22 @@ use super::*;
 
 const TID: &str = "3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2c";
 
-async fn serve(a: &Arc<Authority>) -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+/// The stand-in on loopback with two registered applications.
+async fn served() -> (Arc<Authority>, String) {
+    let (a, url) = Authority::spawn_local(vec![TID.into()])
         .await
-        .expect("bind");
-    let url = format!("http://{}", l.local_addr().expect("addr"));
-    a.set_base_url(&url);
-    tokio::spawn(a.clone().serve(l, std::future::pending()));
-    url
+        .expect("serve");
+    register_apps(&a);
+    (a, url)
 }
 
 fn authority() -> Arc<Authority> {
     let a = Authority::new(vec![TID.into()]);
+    register_apps(&a);
+    a
+}
+
+fn register_apps(a: &Authority) {
     a.register_client(
         "app-1",
         Client {
@@ -30,7 +34,6 @@ fn authority() -> Arc<Authority> {
             graph_roles: vec![],
         },
     );
-    a
 }
 
 async fn graph_token(http: &reqwest::Client, url: &str, client: &str) -> String {
@@ -53,8 +56,7 @@ async fn graph_token(http: &reqwest::Client, url: &str, client: &str) -> String 
 
 #[tokio::test]
 async fn discovery_documents_and_keys() {
-    let a = authority();
-    let url = serve(&a).await;
+    let (_a, url) = served().await;
     let http = reqwest::Client::new();
     let v2: Value = http
         .get(format!("{url}/{TID}/v2.0/.well-known/openid-configuration"))
@@ -160,8 +162,7 @@ async fn rotation_adds_and_retires_keys() {
 
 #[tokio::test]
 async fn client_credentials_success_and_errors() {
-    let a = authority();
-    let url = serve(&a).await;
+    let (_a, url) = served().await;
     let http = reqwest::Client::new();
     let ok: Value = http
         .post(format!("{url}/{TID}/oauth2/v2.0/token"))
@@ -231,8 +232,7 @@ async fn client_credentials_success_and_errors() {
 
 #[tokio::test]
 async fn minted_overage_token_and_graph_paging() {
-    let a = authority();
-    let url = serve(&a).await;
+    let (a, url) = served().await;
     let http = reqwest::Client::new();
     let oid = "00000000-0000-4000-8000-000000000b0b";
     let groups: Vec<String> = (0..500)
@@ -295,8 +295,7 @@ async fn minted_overage_token_and_graph_paging() {
 
 #[tokio::test]
 async fn graph_errors_are_wire_exact() {
-    let a = authority();
-    let url = serve(&a).await;
+    let (a, url) = served().await;
     let http = reqwest::Client::new();
     let oid = "00000000-0000-4000-8000-000000000b0b";
     a.set_user_groups(oid, vec!["g".into()]);

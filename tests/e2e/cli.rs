@@ -4,22 +4,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mcp_authz::standin::Authority;
-
-use super::helpers::{POLICY, TID, config_yaml};
+use super::helpers::{POLICY, TID, config_yaml, standin};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mcp-authz");
-
-async fn standin() -> (std::sync::Arc<Authority>, String) {
-    let authority = Authority::new(vec![TID.to_owned()]);
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", l.local_addr().expect("addr"));
-    authority.set_base_url(&url);
-    tokio::spawn(authority.clone().serve(l, std::future::pending()));
-    (authority, url)
-}
 
 fn write_config(dir: &std::path::Path, authority_url: &str, policy: &str) -> std::path::PathBuf {
     let policy_path = dir.join("policy.yaml");

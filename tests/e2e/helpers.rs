@@ -95,8 +95,7 @@ pub struct TestEnv {
     pub envoy_url: String,
     pub policy_path: PathBuf,
     envoy: Option<Child>,
-    shutdown: Option<oneshot::Sender<()>>,
-    app: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    instance: Option<Instance>,
     pub http: reqwest::Client,
 }
 
@@ -188,24 +187,9 @@ impl TestEnv {
             opts.unix_socket.then_some(socket.as_path()),
             opts.unknown_kid_refresh_seconds,
         );
-        let cfg = Config::parse(&cfg_text, Vec::new()).expect("test config is valid");
-        let listeners = Listeners::bind(&cfg.listen).await.expect("bind authz");
-        let authz = listeners.addrs();
-        let (tx, rx) = oneshot::channel::<()>();
-        let app = tokio::spawn(app::run(cfg, listeners, async move {
-            let _ = rx.await;
-        }));
-
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .expect("http client");
-        wait_until("mcp-authz ready", Duration::from_secs(20), || {
-            let http = http.clone();
-            let url = format!("http://{}/readyz", authz.admin);
-            async move { http.get(url).send().await.is_ok_and(|r| r.status() == 200) }
-        })
-        .await;
+        let instance = Instance::start(&cfg_text).await;
+        let authz = instance.addrs.clone();
+        let http = instance.http.clone();
 
         let mut env = Self {
             dir,
@@ -215,8 +199,7 @@ impl TestEnv {
             envoy_url: String::new(),
             policy_path,
             envoy: None,
-            shutdown: Some(tx),
-            app: Some(app),
+            instance: Some(instance),
             http,
         };
         env.start_envoy(up_port, opts.unix_socket).await;
@@ -405,15 +388,8 @@ impl TestEnv {
 
     /// Stops mcp-authz gracefully and waits for it.
     pub async fn stop_authz(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(app) = self.app.take() {
-            let r = tokio::time::timeout(Duration::from_secs(10), app).await;
-            assert!(
-                matches!(r, Ok(Ok(Ok(())))),
-                "mcp-authz did not stop cleanly: {r:?}"
-            );
+        if let Some(instance) = self.instance.take() {
+            instance.stop().await;
         }
     }
 
@@ -422,14 +398,6 @@ impl TestEnv {
         let tmp = self.dir.path().join("policy.yaml.tmp");
         std::fs::write(&tmp, text).expect("write policy");
         std::fs::rename(&tmp, &self.policy_path).expect("rename policy");
-    }
-}
-
-impl Drop for TestEnv {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
     }
 }
 
@@ -604,14 +572,9 @@ log: {{format: text}}
 
 /// The stand-in Entra, in-process.
 pub async fn standin() -> (Arc<Authority>, String) {
-    let authority = Authority::new(vec![TID.to_owned()]);
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+    Authority::spawn_local(vec![TID.to_owned()])
         .await
-        .expect("bind");
-    let url = format!("http://{}", l.local_addr().expect("addr"));
-    authority.set_base_url(&url);
-    tokio::spawn(authority.clone().serve(l, std::future::pending()));
-    (authority, url)
+        .expect("stand-in")
 }
 
 pub fn mint_user(a: &Authority, oid: &str, groups: &[&str]) -> String {
