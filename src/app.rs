@@ -171,7 +171,12 @@ pub struct Parts {
     pub pool: Option<sqlx::PgPool>,
 }
 
-pub fn build(cfg: &Config, audit: Option<Arc<Auditor>>) -> anyhow::Result<Parts> {
+/// `pool` is the process's one database pool (see [`pool`]), when a database is configured.
+pub fn build(
+    cfg: &Config,
+    audit: Option<Arc<Auditor>>,
+    pool: Option<sqlx::PgPool>,
+) -> anyhow::Result<Parts> {
     let http = http_client(cfg.http_timeout())?;
     let discovery_tenant = cfg
         .entra
@@ -189,7 +194,6 @@ pub fn build(cfg: &Config, audit: Option<Arc<Auditor>>) -> anyhow::Result<Parts>
         keys.clone(),
         cfg.entra.token_cache_capacity,
     ));
-    let pool = cfg.database.as_ref().map(pool).transpose()?;
     let policy = Arc::new(PolicyHandle::default());
     let policy_source = match (cfg.policy.source, &pool, &cfg.policy.file) {
         (PolicySourceKind::Postgres, Some(pool), _) => {
@@ -246,12 +250,14 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // One pool for the process: policy source, audit and migrations share it.
+    let db_pool = cfg.database.as_ref().map(pool).transpose()?;
     let mut writers = Vec::new();
     let audit = match cfg.audit.sink {
         AuditSinkKind::None => None,
         kind => {
-            let sink = match (kind, &cfg.database, &cfg.audit.file) {
-                (AuditSinkKind::Postgres, Some(db), _) => Sink::Postgres(pool(db)?),
+            let sink = match (kind, &db_pool, &cfg.audit.file) {
+                (AuditSinkKind::Postgres, Some(p), _) => Sink::Postgres(p.clone()),
                 (AuditSinkKind::Jsonl, _, Some(file)) => Sink::JsonLines(file.clone()),
                 _ => anyhow::bail!("audit sink and its settings disagree"),
             };
@@ -261,7 +267,7 @@ pub async fn run(
             Some(auditor)
         }
     };
-    let parts = build(&cfg, audit.clone())?;
+    let parts = build(&cfg, audit.clone(), db_pool)?;
     if let (Some(pool), Some(db)) = (&parts.pool, &cfg.database)
         && db.migrate_on_start
     {
@@ -447,7 +453,12 @@ pub async fn check_config(
 ) -> bool {
     let mut ok = true;
     let _ = writeln!(out, "ok    config {} is valid", path.display());
-    let built = build(cfg, None);
+    let built = cfg
+        .database
+        .as_ref()
+        .map(pool)
+        .transpose()
+        .and_then(|p| build(cfg, None, p));
     if let Ok(parts) = &built
         && let Some(pool) = &parts.pool
     {

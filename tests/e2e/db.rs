@@ -158,15 +158,7 @@ async fn import_is_transactional_idempotent_and_dry_run_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_migrate_export_import_and_explain() {
     let (_a, url) = standin().await;
-    let admin = match TestDb::admin_url() {
-        Some(u) => u,
-        None => {
-            let s = super::pg::PgServer::start();
-            let u = s.admin_url.clone();
-            std::mem::forget(s);
-            u
-        }
-    };
+    let (admin, _server) = TestDb::admin();
     let db_url = TestDb::create_empty_on(&admin).await;
     let dir = tempfile::tempdir().expect("tmp");
     let cfg = dir.path().join("config.yaml");
@@ -612,4 +604,28 @@ async fn audit_drops_are_counted_when_the_queue_is_full_or_the_database_down() {
     assert_eq!(stats.written.load(Relaxed), 0);
     assert_eq!(stats.dropped(), 50);
     assert!(stats.dropped_sink_error.load(Relaxed) > 0);
+}
+
+#[tokio::test]
+async fn migrations_can_run_at_start() {
+    let (admin, _server) = TestDb::admin();
+    let url = TestDb::create_empty_on(&admin).await;
+    let (_a, idp) = standin().await;
+    let cfg = db_config_yaml(&idp, &url, true).replace(
+        "statement_timeout_ms: 2000}",
+        "statement_timeout_ms: 2000, migrate_on_start: true}",
+    );
+    assert!(cfg.contains("migrate_on_start: true"));
+    let inst = Instance::start(&cfg).await;
+    let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+    let (applied, pending) = mcp_authz::app::migration_status(&pool)
+        .await
+        .expect("status");
+    assert_eq!((applied.len(), pending.len()), (1, 0));
+    assert_eq!(
+        inst.readyz().await["policy_version"],
+        "db-1",
+        "an empty policy is a valid policy"
+    );
+    inst.stop().await;
 }

@@ -99,8 +99,15 @@ impl TestDb {
         }
     }
 
-    pub fn admin_url() -> Option<String> {
-        std::env::var("MCP_AUTHZ_TEST_DATABASE_URL").ok()
+    /// The shared server's admin URL, or a private server (kept alive by the returned guard).
+    pub fn admin() -> (String, Option<PgServer>) {
+        match std::env::var("MCP_AUTHZ_TEST_DATABASE_URL") {
+            Ok(url) => (url, None),
+            Err(_) => {
+                let server = PgServer::start();
+                (server.admin_url.clone(), Some(server))
+            }
+        }
     }
 
     pub async fn exec(&self, sql: &str) {
