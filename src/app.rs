@@ -216,9 +216,34 @@ pub fn build(
         path_prefix: cfg.mcp.path_prefix.clone(),
         scope: scopes.join(" "),
     };
+    let groups = match &cfg.graph {
+        None => GroupResolver::new(),
+        Some(g) => {
+            let http = http_client(Duration::from_millis(g.timeout_ms))?;
+            let client = Arc::new(crate::groups::graph::GraphClient::new(
+                http,
+                crate::groups::graph::GraphSettings {
+                    authority: cfg.entra.authority.clone(),
+                    base_url: g.base_url.clone(),
+                    client_id: g.client_id.clone(),
+                    client_secret: g.client_secret.expose().to_owned(),
+                    method: g.method,
+                    security_enabled_only: g.security_enabled_only,
+                    max_retries: g.max_retries,
+                    max_retry_wait: Duration::from_millis(g.max_retry_wait_ms),
+                },
+            ));
+            GroupResolver::with_graph(crate::groups::GraphResolver::new(
+                client,
+                Duration::from_secs(g.cache_ttl_seconds),
+                Duration::from_secs(g.max_stale_seconds),
+                g.cache_capacity,
+            ))
+        }
+    };
     let authorizer = Arc::new(Authorizer {
         validator,
-        groups: GroupResolver::new(),
+        groups,
         policy,
         settings: response.clone(),
         audit,
@@ -312,6 +337,11 @@ pub async fn run(
                 tasks.spawn(async move { source.run(stop.cancelled_owned()).await })
             }
         };
+    }
+
+    if let Some(client) = parts.authorizer.groups.graph().cloned() {
+        let stop = stop.clone();
+        tasks.spawn(async move { client.run_renewal(stop.cancelled_owned()).await });
     }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -515,7 +545,7 @@ pub async fn check_config(
             let _ = writeln!(out, "FAIL  policy: {e}");
         }
     }
-    match built {
+    match &built {
         Ok(parts) => {
             let url = parts.keys.discovery_url().unwrap_or_default().to_owned();
             match parts.keys.refresh().await {
@@ -537,6 +567,24 @@ pub async fn check_config(
         Err(e) => {
             ok = false;
             let _ = writeln!(out, "FAIL  {e:#}");
+        }
+    }
+    if let (Some(g), Ok(parts)) = (&cfg.graph, &built)
+        && let Some(client) = parts.authorizer.groups.graph()
+    {
+        let tid = &cfg.entra.tenants[0];
+        match client.probe(tid).await {
+            Ok(()) => {
+                let _ = writeln!(
+                    out,
+                    "ok    graph {}: app token for {tid} and a getMemberObjects call",
+                    g.base_url
+                );
+            }
+            Err(e) => {
+                ok = false;
+                let _ = writeln!(out, "FAIL  graph {}: {e}", g.base_url);
+            }
         }
     }
     let _ = writeln!(

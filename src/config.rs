@@ -45,6 +45,63 @@ pub struct Config {
     pub database: Option<DatabaseConfig>,
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Microsoft Graph, to resolve groups overage. Without it an overage token is refused.
+    pub graph: Option<GraphConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphConfig {
+    #[serde(default = "default_graph_base")]
+    pub base_url: String,
+    /// The app registration that calls Graph (application permission GroupMember.Read.All,
+    /// User.Read.All or Directory.Read.All, admin-consented).
+    pub client_id: String,
+    /// Usually `MCP_AUTHZ__GRAPH__CLIENT_SECRET` from a Kubernetes Secret.
+    pub client_secret: Secret,
+    #[serde(default)]
+    pub method: crate::groups::graph::GraphMethod,
+    #[serde(default = "yes")]
+    pub security_enabled_only: bool,
+    #[serde(default = "default_graph_ttl")]
+    pub cache_ttl_seconds: u64,
+    /// While Graph fails, cached groups up to this old are still used.
+    #[serde(default = "default_graph_stale")]
+    pub max_stale_seconds: u64,
+    #[serde(default = "default_graph_capacity")]
+    pub cache_capacity: u64,
+    #[serde(default = "default_graph_timeout")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_graph_retries")]
+    pub max_retries: u32,
+    /// A `Retry-After` longer than this fails the request now instead of waiting.
+    #[serde(default = "default_graph_retry_wait")]
+    pub max_retry_wait_ms: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_graph_base() -> String {
+    "https://graph.microsoft.com".into()
+}
+fn default_graph_ttl() -> u64 {
+    300
+}
+fn default_graph_stale() -> u64 {
+    3600
+}
+fn default_graph_capacity() -> u64 {
+    50_000
+}
+fn default_graph_timeout() -> u64 {
+    3000
+}
+fn default_graph_retries() -> u32 {
+    2
+}
+fn default_graph_retry_wait() -> u64 {
+    2000
 }
 
 /// A string that never appears in debug output or logs.
@@ -488,6 +545,27 @@ impl Config {
             if db.max_connections == 0 || db.acquire_timeout_ms == 0 || db.statement_timeout_ms == 0
             {
                 return bad("database: max_connections, acquire_timeout_ms and statement_timeout_ms must be positive".into());
+            }
+        }
+        if let Some(g) = &self.graph {
+            let u = url::Url::parse(&g.base_url)
+                .map_err(|err| ConfigError::Invalid(format!("graph.base_url: {err}")))?;
+            if !(u.scheme() == "https" || (u.scheme() == "http" && e.allow_insecure_authority))
+                || g.base_url.ends_with('/')
+            {
+                return bad("graph.base_url: https://host without a trailing '/'".into());
+            }
+            if g.client_id.is_empty() || g.client_secret.expose().is_empty() {
+                return bad("graph: client_id and client_secret are required".into());
+            }
+            if g.cache_ttl_seconds == 0 || g.max_stale_seconds < g.cache_ttl_seconds {
+                return bad(
+                    "graph: cache_ttl_seconds > 0 and max_stale_seconds >= cache_ttl_seconds"
+                        .into(),
+                );
+            }
+            if g.cache_capacity == 0 || g.timeout_ms == 0 || g.timeout_ms > 60_000 {
+                return bad("graph: cache_capacity > 0 and timeout_ms between 1 and 60000".into());
             }
         }
         if self.policy.db_poll_interval_ms < 100 {

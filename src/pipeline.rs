@@ -195,6 +195,11 @@ impl Authorizer {
                 deny(&mut out, Denial::Forbidden { code: e.code() });
                 return out;
             }
+            // Graph is down or throttling and nothing usable is cached: a transient refusal.
+            Err(e @ GroupsError::GraphUnavailable(_)) => {
+                deny(&mut out, Denial::Unavailable { code: e.code() });
+                return out;
+            }
         };
         let subject = Subject {
             tid: &principal.tid,

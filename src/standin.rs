@@ -64,6 +64,8 @@ pub struct Authority {
     faults: Mutex<GraphFaults>,
     /// While set, discovery and JWKS answer 503 (an identity-provider outage).
     pub oidc_down: std::sync::atomic::AtomicBool,
+    /// Largest page Graph returns, whatever `$top` asks (Graph may return fewer).
+    pub graph_page_size: std::sync::atomic::AtomicUsize,
     pub graph_calls: AtomicU64,
     pub token_requests: AtomicU64,
     pub jwks_requests: AtomicU64,
@@ -132,6 +134,7 @@ impl Authority {
             clients: RwLock::new(HashMap::new()),
             faults: Mutex::new(GraphFaults::default()),
             oidc_down: std::sync::atomic::AtomicBool::new(false),
+            graph_page_size: std::sync::atomic::AtomicUsize::new(999),
             graph_calls: AtomicU64::new(0),
             token_requests: AtomicU64::new(0),
             jwks_requests: AtomicU64::new(0),
@@ -577,7 +580,8 @@ async fn token_endpoint(
             ),
         );
     };
-    let roles = if resource == GRAPH_RESOURCE {
+    // The stand-in also serves Graph at its own base URL, which is then a Graph resource too.
+    let roles = if resource == GRAPH_RESOURCE || resource == a.base_url() {
         client.graph_roles.clone()
     } else {
         Vec::new()

@@ -105,10 +105,11 @@ async fn admit(a: &Authority, headers: &HeaderMap) -> Result<(), Response> {
         return Err(invalid());
     }
     let c = &parsed.claims;
+    let base = a.base_url();
     let aud_ok = matches!(
         c.aud.as_deref(),
         Some(GRAPH_RESOURCE) | Some(GRAPH_AUDIENCE)
-    );
+    ) || c.aud.as_deref() == Some(base.as_str());
     if !aud_ok || c.exp.is_none_or(|e| e <= unix_now()) {
         return Err(invalid());
     }
@@ -190,6 +191,7 @@ async fn transitive_member_of(
             );
         }
     };
+    let top = top.min(a.graph_page_size.load(Ordering::Relaxed).max(1));
     let start = match query.get("$skiptoken") {
         None => 0,
         Some(t) => match URL_SAFE_NO_PAD

@@ -593,7 +593,7 @@ pub struct CheckAnswer {
     pub reason: String,
 }
 
-/// A gRPC ext_authz client, as Envoy would call it.
+/// A gRPC ext_authz client, as Envoy would call it. Clones share the connection.
 pub struct Checker {
     client: envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient<
         tonic::transport::Channel,
@@ -601,6 +601,13 @@ pub struct Checker {
 }
 
 impl Checker {
+    /// Another handle on the same HTTP/2 connection.
+    pub fn clone_client(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+        }
+    }
+
     pub async fn connect(addr: std::net::SocketAddr) -> Self {
         let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
             .expect("uri")

@@ -541,6 +541,7 @@ fn envoy_template_validates_for_tcp_and_unix() {
 
 mod cli;
 mod db;
+mod graph;
 mod pg;
 
 /// Attack: two Authorization headers, hoping Envoy or the upstream uses a different one than

@@ -1,0 +1,435 @@
+//! Microsoft Graph: an app-only token by client credentials, and a user's transitive groups.
+//!
+//! - The app token is cached per directory and renewed before expiry (on use when it has under
+//!   five minutes left, and by a background loop with jitter); a failed renewal keeps the current
+//!   token while it is valid.
+//! - `getMemberObjects` (default) or `transitiveMemberOf/microsoft.graph.group` following
+//!   `@odata.nextLink` (only links on the configured Graph origin are followed).
+//! - 429: `Retry-After` (seconds, fractions allowed) is honoured up to `max_retry_wait`; without
+//!   it, exponential backoff with jitter. 5xx and connection failures retry the same way, up to
+//!   `max_retries`. After a failure the client fails fast until the backoff passes, so an outage
+//!   costs each request nothing but a cache lookup.
+//! - Graph's error text never leaves this module except as an operator log line.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+/// Largest Graph response we read.
+const MAX_BODY: usize = 8 * 1024 * 1024;
+/// Pages followed at most (999 ids a page: ~100,000 groups).
+const MAX_PAGES: usize = 100;
+/// Renew an app token when it has less than this left.
+const RENEW_BEFORE: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GraphError {
+    #[error("Graph throttled the request (429)")]
+    Throttled,
+    #[error("Graph answered {0}")]
+    Status(u16),
+    #[error(
+        "Graph denied the call (403 {0}): the app lacks GroupMember.Read.All, User.Read.All or Directory.Read.All"
+    )]
+    Forbidden(String),
+    #[error("Graph does not know the user (404)")]
+    UserNotFound,
+    #[error("Graph unreachable: {0}")]
+    Transport(&'static str),
+    #[error("Graph answer not understood: {0}")]
+    Protocol(String),
+    #[error("app token: {0}")]
+    Token(String),
+    #[error("Graph recently failed; not retrying before the backoff ends")]
+    BackingOff,
+}
+
+/// How groups are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum GraphMethod {
+    #[default]
+    GetMemberObjects,
+    TransitiveMemberOf,
+}
+
+#[derive(Debug, Clone)]
+pub struct GraphSettings {
+    pub authority: String,
+    pub base_url: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub method: GraphMethod,
+    pub security_enabled_only: bool,
+    pub max_retries: u32,
+    pub max_retry_wait: Duration,
+}
+
+#[derive(Clone)]
+struct AppToken {
+    value: String,
+    expires_at: Instant,
+}
+
+#[derive(Default)]
+pub struct GraphStats {
+    pub calls: AtomicU64,
+    pub throttled: AtomicU64,
+    pub failures: AtomicU64,
+    pub token_requests: AtomicU64,
+    pub token_failures: AtomicU64,
+}
+
+pub struct GraphClient {
+    http: reqwest::Client,
+    s: GraphSettings,
+    tokens: tokio::sync::Mutex<HashMap<String, AppToken>>,
+    backoff_until: Mutex<Option<Instant>>,
+    failures_in_row: AtomicU64,
+    pub stats: GraphStats,
+}
+
+fn jitter(d: Duration) -> Duration {
+    // ±20 %, so replicas do not retry in step.
+    let f = 0.8 + rand::random::<f64>() * 0.4;
+    d.mul_f64(f)
+}
+
+/// `Retry-After` in seconds (fractions allowed); the HTTP-date form is not used by Graph.
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    let secs: f64 = v.trim().parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
+}
+
+impl GraphClient {
+    pub fn new(http: reqwest::Client, s: GraphSettings) -> Self {
+        Self {
+            http,
+            s,
+            tokens: tokio::sync::Mutex::new(HashMap::new()),
+            backoff_until: Mutex::new(None),
+            failures_in_row: AtomicU64::new(0),
+            stats: GraphStats::default(),
+        }
+    }
+
+    fn backing_off(&self) -> bool {
+        self.backoff_until
+            .lock()
+            .map(|b| b.is_some_and(|t| Instant::now() < t))
+            .unwrap_or(false)
+    }
+
+    fn note_failure(&self, at_least: Duration) {
+        let n = self.failures_in_row.fetch_add(1, Ordering::Relaxed);
+        let exp = Duration::from_millis(200u64.saturating_mul(1 << n.min(6)));
+        let wait = jitter(exp).max(at_least).min(Duration::from_secs(60));
+        if let Ok(mut b) = self.backoff_until.lock() {
+            *b = Some(Instant::now() + wait);
+        }
+    }
+
+    fn note_success(&self) {
+        self.failures_in_row.store(0, Ordering::Relaxed);
+        if let Ok(mut b) = self.backoff_until.lock() {
+            *b = None;
+        }
+    }
+
+    /// An app-only Graph token for directory `tid`, from the cache when it has time left.
+    pub async fn app_token(&self, tid: &str) -> Result<String, GraphError> {
+        let mut tokens = self.tokens.lock().await;
+        let now = Instant::now();
+        if let Some(t) = tokens.get(tid) {
+            if t.expires_at > now + RENEW_BEFORE {
+                return Ok(t.value.clone());
+            }
+        }
+        match self.fetch_token(tid).await {
+            Ok(t) => {
+                let v = t.value.clone();
+                tokens.insert(tid.to_owned(), t);
+                Ok(v)
+            }
+            // A failed renewal keeps the current token while it is valid.
+            Err(e) => match tokens.get(tid).filter(|t| t.expires_at > now) {
+                Some(t) => {
+                    tracing::warn!(error = %e, "Graph app token renewal failed; using the current token until it expires");
+                    Ok(t.value.clone())
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    /// Renews tokens that are close to expiry, until `shutdown`.
+    pub async fn run_renewal(&self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(jitter(Duration::from_secs(30))) => {}
+                _ = &mut shutdown => return,
+            }
+            let due: Vec<String> = {
+                let tokens = self.tokens.lock().await;
+                tokens
+                    .iter()
+                    .filter(|(_, t)| t.expires_at < Instant::now() + RENEW_BEFORE * 2)
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            };
+            for tid in due {
+                match self.fetch_token(&tid).await {
+                    Ok(t) => {
+                        self.tokens.lock().await.insert(tid, t);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, %tid, "background Graph token renewal failed; will retry")
+                    }
+                }
+            }
+        }
+    }
+
+    async fn fetch_token(&self, tid: &str) -> Result<AppToken, GraphError> {
+        #[derive(Deserialize)]
+        struct TokenResponse {
+            access_token: String,
+            expires_in: u64,
+        }
+        #[derive(Deserialize)]
+        struct TokenError {
+            error: Option<String>,
+            error_codes: Option<Vec<u64>>,
+        }
+        self.stats.token_requests.fetch_add(1, Ordering::Relaxed);
+        let url = format!("{}/{tid}/oauth2/v2.0/token", self.s.authority);
+        let scope = format!("{}/.default", self.s.base_url);
+        let sent = self
+            .http
+            .post(&url)
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", self.s.client_id.as_str()),
+                ("client_secret", self.s.client_secret.as_str()),
+                ("scope", scope.as_str()),
+            ])
+            .send()
+            .await;
+        let fail = |e: GraphError| {
+            self.stats.token_failures.fetch_add(1, Ordering::Relaxed);
+            e
+        };
+        let resp = sent.map_err(|e| fail(GraphError::Token(transport(&e).into())))?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|_| fail(GraphError::Token("unreadable response".into())))?;
+        if !status.is_success() {
+            // error + AADSTS code are safe to log; the description may echo request data.
+            let detail = serde_json::from_slice::<TokenError>(&body)
+                .map(|e| {
+                    format!(
+                        "{} {:?}",
+                        e.error.unwrap_or_default(),
+                        e.error_codes.unwrap_or_default()
+                    )
+                })
+                .unwrap_or_default();
+            return Err(fail(GraphError::Token(format!(
+                "HTTP {} {detail}",
+                status.as_u16()
+            ))));
+        }
+        let t: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|_| fail(GraphError::Token("not a token response".into())))?;
+        Ok(AppToken {
+            value: t.access_token,
+            expires_at: Instant::now() + Duration::from_secs(t.expires_in),
+        })
+    }
+
+    /// The user's transitive group ids (lower-case).
+    pub async fn member_groups(&self, tid: &str, oid: &str) -> Result<Vec<String>, GraphError> {
+        if self.backing_off() {
+            return Err(GraphError::BackingOff);
+        }
+        let token = self.app_token(tid).await?;
+        let mut attempt = 0;
+        loop {
+            let result = match self.s.method {
+                GraphMethod::GetMemberObjects => self.get_member_objects(&token, oid).await,
+                GraphMethod::TransitiveMemberOf => self.transitive_member_of(&token, oid).await,
+            };
+            match result {
+                Ok(groups) => {
+                    self.note_success();
+                    return Ok(groups);
+                }
+                Err((e, retry_after)) => {
+                    let retriable = matches!(e, GraphError::Throttled | GraphError::Transport(_))
+                        || matches!(e, GraphError::Status(s) if s >= 500);
+                    if e == GraphError::Throttled {
+                        self.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let wait = retry_after.unwrap_or_else(|| {
+                        jitter(Duration::from_millis(200 * (1 << attempt.min(5))))
+                    });
+                    if !retriable || attempt >= self.s.max_retries || wait > self.s.max_retry_wait {
+                        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                        if retriable {
+                            self.note_failure(retry_after.unwrap_or_default());
+                        }
+                        return Err(e);
+                    }
+                    attempt += 1;
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<Vec<u8>, (GraphError, Option<Duration>)> {
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let mut resp = req
+            .send()
+            .await
+            .map_err(|e| (GraphError::Transport(transport(&e)), None))?;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| (GraphError::Transport(transport(&e)), None))?
+        {
+            if body.len() + chunk.len() > MAX_BODY {
+                return Err((GraphError::Protocol("response too large".into()), None));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        match status {
+            200..=299 => Ok(body),
+            429 => Err((GraphError::Throttled, retry_after)),
+            403 => {
+                #[derive(Deserialize)]
+                struct E {
+                    error: Inner,
+                }
+                #[derive(Deserialize)]
+                struct Inner {
+                    code: String,
+                }
+                let code = serde_json::from_slice::<E>(&body)
+                    .map(|e| e.error.code)
+                    .unwrap_or_default();
+                Err((GraphError::Forbidden(code), None))
+            }
+            404 => Err((GraphError::UserNotFound, None)),
+            s => Err((GraphError::Status(s), retry_after)),
+        }
+    }
+
+    async fn get_member_objects(
+        &self,
+        token: &str,
+        oid: &str,
+    ) -> Result<Vec<String>, (GraphError, Option<Duration>)> {
+        #[derive(Deserialize)]
+        struct Ids {
+            value: Vec<String>,
+        }
+        let url = format!("{}/v1.0/users/{oid}/getMemberObjects", self.s.base_url);
+        let body = self
+            .send(
+                self.http.post(url).bearer_auth(token).json(
+                    &serde_json::json!({"securityEnabledOnly": self.s.security_enabled_only}),
+                ),
+            )
+            .await?;
+        let ids: Ids = serde_json::from_slice(&body)
+            .map_err(|e| (GraphError::Protocol(e.to_string()), None))?;
+        Ok(ids
+            .value
+            .into_iter()
+            .map(|s| s.to_ascii_lowercase())
+            .collect())
+    }
+
+    async fn transitive_member_of(
+        &self,
+        token: &str,
+        oid: &str,
+    ) -> Result<Vec<String>, (GraphError, Option<Duration>)> {
+        #[derive(Deserialize)]
+        struct Page {
+            value: Vec<Obj>,
+            #[serde(rename = "@odata.nextLink")]
+            next: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Obj {
+            id: String,
+        }
+        let mut url = format!(
+            "{}/v1.0/users/{oid}/transitiveMemberOf/microsoft.graph.group?$select=id&$top=999",
+            self.s.base_url
+        );
+        let mut groups = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let body = self.send(self.http.get(&url).bearer_auth(token)).await?;
+            let page: Page = serde_json::from_slice(&body)
+                .map_err(|e| (GraphError::Protocol(e.to_string()), None))?;
+            groups.extend(page.value.into_iter().map(|o| o.id.to_ascii_lowercase()));
+            match page.next {
+                // Never send the app token anywhere but Graph.
+                Some(next) if next.starts_with(&format!("{}/", self.s.base_url)) => url = next,
+                Some(_) => {
+                    return Err((
+                        GraphError::Protocol("nextLink points outside Graph".into()),
+                        None,
+                    ));
+                }
+                None => return Ok(groups),
+            }
+        }
+        Err((
+            GraphError::Protocol(format!("more than {MAX_PAGES} pages")),
+            None,
+        ))
+    }
+
+    /// For `check-config`: a token, then one harmless call (the groups of a user that does not
+    /// exist: 404 means the permission is there, 403 that it is missing).
+    pub async fn probe(&self, tid: &str) -> Result<(), GraphError> {
+        let token = self.app_token(tid).await?;
+        match self
+            .get_member_objects(&token, "00000000-0000-0000-0000-000000000000")
+            .await
+        {
+            Ok(_) | Err((GraphError::UserNotFound, _)) => Ok(()),
+            Err((e, _)) => Err(e),
+        }
+    }
+}
+
+fn transport(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    }
+}

@@ -1,0 +1,329 @@
+//! Groups overage resolved through (the stand-in) Microsoft Graph.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use mcp_authz::standin::{Authority, Client, GraphFaults};
+use serde_json::json;
+
+use super::helpers::*;
+
+const APP: &str = "mcp-authz-graph";
+
+struct GraphEnv {
+    authority: Arc<Authority>,
+    inst: Instance,
+    _dir: tempfile::TempDir,
+}
+
+fn graph_section(url: &str, method: &str, ttl: u64, stale: u64) -> String {
+    format!(
+        "graph: {{base_url: \"{url}\", client_id: {APP}, client_secret: s3cret, method: {method}, cache_ttl_seconds: {ttl}, max_stale_seconds: {stale}, timeout_ms: 2000, max_retries: 2, max_retry_wait_ms: 2000}}\n"
+    )
+}
+
+async fn start(method: &str, ttl: u64, stale: u64, roles: &[&str]) -> GraphEnv {
+    let (authority, url) = standin().await;
+    authority.register_client(
+        APP,
+        Client {
+            secret: "s3cret".into(),
+            graph_roles: roles.iter().map(|r| r.to_string()).collect(),
+        },
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).expect("policy");
+    let cfg = config_yaml(&url, &policy, None, 300) + &graph_section(&url, method, ttl, stale);
+    let inst = Instance::start(&cfg).await;
+    GraphEnv {
+        authority,
+        inst,
+        _dir: dir,
+    }
+}
+
+impl GraphEnv {
+    /// A token with an overage: the groups are only in (stand-in) Graph.
+    fn overage_token(&self, oid: &str, groups: Vec<String>) -> String {
+        let req = json!({"tid": TID, "oid": oid, "aud": API_CLIENT_ID, "scp": SCOPE, "groups": groups, "overage": true});
+        self.authority
+            .mint(&serde_json::from_value(req).expect("req"))
+            .expect("mint")
+    }
+    fn calls(&self) -> u64 {
+        self.authority.graph_calls.load(Relaxed)
+    }
+    async fn checker(&self) -> Checker {
+        Checker::connect(self.inst.addrs.grpc.expect("grpc")).await
+    }
+}
+
+fn many_groups(n: usize, eng_at: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            if i == eng_at {
+                ENG_GROUP.to_string()
+            } else {
+                format!("00000000-0000-4000-8000-{i:012}")
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_group_on_a_later_page_authorizes_a_user_with_500_groups() {
+    let env = start("transitive_member_of", 300, 3600, &["GroupMember.Read.All"]).await;
+    env.authority.graph_page_size.store(100, Relaxed);
+    let token = env.overage_token(BOB, many_groups(500, 450));
+    let parsed = mcp_authz::identity::parse_jwt(&token).expect("jwt");
+    assert!(
+        parsed.claims.groups.is_none(),
+        "the token itself lists no groups"
+    );
+    let mut c = env.checker().await;
+    let r = c
+        .check(Some(&token), "github", &initialize_body(1), None)
+        .await
+        .expect("check");
+    assert_eq!(r.http_status, 200, "{r:?}");
+    assert_eq!(env.calls(), 5, "500 groups in pages of 100");
+    // Warm cache: no more Graph calls.
+    for _ in 0..20 {
+        assert_eq!(
+            c.check(Some(&token), "github", &initialize_body(1), None)
+                .await
+                .expect("check")
+                .http_status,
+            200
+        );
+    }
+    assert_eq!(env.calls(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_first_requests_make_one_graph_call() {
+    let env = start("get_member_objects", 300, 3600, &["GroupMember.Read.All"]).await;
+    env.authority.set_graph_faults(GraphFaults {
+        delay_ms: 300,
+        ..Default::default()
+    });
+    let token = env.overage_token(BOB, many_groups(250, 7));
+    let before = env.calls();
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let c = env.checker().await;
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut inner = Vec::new();
+            for _ in 0..100 {
+                let mut c2 = c.clone_client();
+                let t = token.clone();
+                inner.push(tokio::spawn(async move {
+                    c2.check(Some(&t), "github", &initialize_body(1), None)
+                        .await
+                }));
+            }
+            let mut ok = 0;
+            for h in inner {
+                if h.await.expect("join").expect("check").http_status == 200 {
+                    ok += 1;
+                }
+            }
+            ok
+        }));
+    }
+    let mut allowed = 0;
+    for t in tasks {
+        allowed += t.await.expect("join");
+    }
+    assert_eq!(allowed, 1000);
+    assert_eq!(
+        env.calls() - before,
+        1,
+        "concurrent misses for one user share one Graph call"
+    );
+}
+
+#[tokio::test]
+async fn tokens_that_list_their_groups_never_touch_graph() {
+    let env = start("get_member_objects", 300, 3600, &["GroupMember.Read.All"]).await;
+    let mut c = env.checker().await;
+    let token = mint_user(&env.authority, BOB, &[ENG_GROUP]);
+    for _ in 0..10 {
+        assert_eq!(
+            c.check(Some(&token), "github", &initialize_body(1), None)
+                .await
+                .expect("check")
+                .http_status,
+            200
+        );
+    }
+    assert_eq!(env.calls(), 0);
+    assert_eq!(
+        env.authority.token_requests.load(Relaxed),
+        0,
+        "not even an app token"
+    );
+}
+
+#[tokio::test]
+async fn throttling_honours_retry_after_and_a_long_one_denies_at_once() {
+    let env = start("get_member_objects", 300, 3600, &["GroupMember.Read.All"]).await;
+    let mut c = env.checker().await;
+    env.authority.set_graph_faults(GraphFaults {
+        throttle_next: 1,
+        retry_after: Some("0.4".into()),
+        ..Default::default()
+    });
+    let token = env.overage_token(BOB, vec![ENG_GROUP.into()]);
+    let t0 = Instant::now();
+    let r = c
+        .check(Some(&token), "github", &initialize_body(1), None)
+        .await
+        .expect("check");
+    assert_eq!(r.http_status, 200, "{r:?}");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(400),
+        "waited {:?}, Retry-After was 0.4 s",
+        t0.elapsed()
+    );
+    assert_eq!(env.calls(), 2);
+
+    // A Retry-After beyond max_retry_wait: no waiting, no guessing: 503 groups_unavailable.
+    env.authority.set_graph_faults(GraphFaults {
+        throttle_next: 100,
+        retry_after: Some("30".into()),
+        ..Default::default()
+    });
+    let other = env.overage_token(ALICE, vec![ENG_GROUP.into()]);
+    let t0 = Instant::now();
+    let r = c
+        .check(Some(&other), "github", &initialize_body(1), None)
+        .await
+        .expect("check");
+    assert_eq!(
+        (r.http_status, r.reason.as_str()),
+        (503, "groups_unavailable")
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        t0.elapsed()
+    );
+    // Meanwhile the cached user is unaffected.
+    assert_eq!(
+        c.check(Some(&token), "github", &initialize_body(1), None)
+            .await
+            .expect("check")
+            .http_status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn graph_outage_serves_stale_groups_within_the_bound_then_denies() {
+    let env = start("get_member_objects", 1, 3, &["GroupMember.Read.All"]).await;
+    let mut c = env.checker().await;
+    let token = env.overage_token(BOB, vec![ENG_GROUP.into()]);
+    let check = |c: &mut Checker| {
+        let t = token.clone();
+        let mut c = c.clone_client();
+        async move {
+            c.check(Some(&t), "github", &initialize_body(1), None)
+                .await
+                .expect("check")
+        }
+    };
+    assert_eq!(check(&mut c).await.http_status, 200);
+    let loaded = Instant::now();
+    env.authority.set_graph_faults(GraphFaults {
+        down: true,
+        ..Default::default()
+    });
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(
+        check(&mut c).await.http_status,
+        200,
+        "stale entry (older than the TTL, within the bound) serves"
+    );
+    while loaded.elapsed() < Duration::from_millis(3300) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = check(&mut c).await;
+    assert_eq!(
+        (r.http_status, r.reason.as_str()),
+        (503, "groups_unavailable"),
+        "beyond the bound: denied, never guessed"
+    );
+    // An attacker-relevant detail: Graph's error text is not in the answer.
+    env.authority.set_graph_faults(GraphFaults::default());
+    wait_until(
+        "recovery after Graph returns",
+        Duration::from_secs(20),
+        || {
+            let fut = check(&mut c);
+            async move { fut.await.http_status == 200 }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn check_config_names_the_missing_graph_permission() {
+    for (roles, want) in [
+        (vec!["GroupMember.Read.All"], "ok    graph"),
+        (vec![], "FAIL  graph"),
+    ] {
+        let (authority, url) = standin().await;
+        authority.register_client(
+            APP,
+            Client {
+                secret: "s3cret".into(),
+                graph_roles: roles.iter().map(|r| r.to_string()).collect(),
+            },
+        );
+        let dir = tempfile::tempdir().expect("tmp");
+        let policy = dir.path().join("policy.yaml");
+        std::fs::write(&policy, POLICY).expect("policy");
+        let text = config_yaml(&url, &policy, None, 300)
+            + &graph_section(&url, "get_member_objects", 300, 3600);
+        let cfg = mcp_authz::config::Config::parse(&text, Vec::new()).expect("config");
+        let mut out = Vec::new();
+        let ok = mcp_authz::app::check_config(&cfg, std::path::Path::new("c"), &mut out).await;
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.contains(want), "{out}");
+        assert_eq!(ok, roles.len() == 1, "{out}");
+        if roles.is_empty() {
+            assert!(
+                out.contains("Authorization_RequestDenied") && out.contains("GroupMember.Read.All"),
+                "{out}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn overage_without_graph_is_denied_not_guessed() {
+    let env = TestEnv::start(Options::default()).await;
+    let token = env.mint(json!({"tid": TID, "oid": BOB, "aud": API_CLIENT_ID, "scp": SCOPE, "groups": [ENG_GROUP], "overage": true}));
+    let r = env
+        .post("/mcp/github", Some(&token), &initialize_body(1), &[])
+        .await;
+    assert_eq!((r.status, r.reason()), (403, "groups_unavailable"));
+}
+
+#[test]
+fn retry_after_parsing() {
+    use mcp_authz::groups::graph::parse_retry_after;
+    assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
+    assert_eq!(parse_retry_after("0.5"), Some(Duration::from_millis(500)));
+    assert_eq!(
+        parse_retry_after(" 1.25 "),
+        Some(Duration::from_millis(1250))
+    );
+    assert_eq!(parse_retry_after("-1"), None);
+    assert_eq!(parse_retry_after("soon"), None);
+    assert_eq!(parse_retry_after("NaN"), None);
+}
