@@ -143,10 +143,10 @@ impl GraphClient {
     pub async fn app_token(&self, tid: &str) -> Result<String, GraphError> {
         let mut tokens = self.tokens.lock().await;
         let now = Instant::now();
-        if let Some(t) = tokens.get(tid) {
-            if t.expires_at > now + RENEW_BEFORE {
-                return Ok(t.value.clone());
-            }
+        if let Some(t) = tokens.get(tid)
+            && t.expires_at > now + RENEW_BEFORE
+        {
+            return Ok(t.value.clone());
         }
         match self.fetch_token(tid).await {
             Ok(t) => {
