@@ -241,9 +241,22 @@ pub fn build(
             ))
         }
     };
+    let obo = match &cfg.obo {
+        None => None,
+        Some(o) => Some(Arc::new(crate::obo::OboClient::new(
+            http_client(Duration::from_millis(o.timeout_ms))?,
+            crate::obo::OboSettings {
+                authority: cfg.entra.authority.clone(),
+                client_id: o.client_id.clone(),
+                client_secret: o.client_secret.expose().to_owned(),
+            },
+            o.cache_capacity,
+        ))),
+    };
     let authorizer = Arc::new(Authorizer {
         validator,
         groups,
+        obo,
         policy,
         settings: response.clone(),
         audit,

@@ -47,6 +47,24 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Microsoft Graph, to resolve groups overage. Without it an overage token is refused.
     pub graph: Option<GraphConfig>,
+    /// On-behalf-of exchange, for servers with `token_forwarding: obo`.
+    pub obo: Option<OboConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OboConfig {
+    /// The API's own app registration: the `aud` of the tokens clients send.
+    pub client_id: String,
+    pub client_secret: Secret,
+    #[serde(default = "default_obo_capacity")]
+    pub cache_capacity: u64,
+    #[serde(default = "default_graph_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_obo_capacity() -> u64 {
+    50_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -566,6 +584,17 @@ impl Config {
             }
             if g.cache_capacity == 0 || g.timeout_ms == 0 || g.timeout_ms > 60_000 {
                 return bad("graph: cache_capacity > 0 and timeout_ms between 1 and 60000".into());
+            }
+        }
+        if let Some(o) = &self.obo {
+            if o.client_id.is_empty() || o.client_secret.expose().is_empty() {
+                return bad("obo: client_id and client_secret are required".into());
+            }
+            if !self.entra.audiences.contains(&o.client_id) {
+                return bad("obo.client_id must be one of entra.audiences (the API whose tokens are exchanged)".into());
+            }
+            if o.cache_capacity == 0 || o.timeout_ms == 0 || o.timeout_ms > 60_000 {
+                return bad("obo: cache_capacity > 0 and timeout_ms between 1 and 60000".into());
             }
         }
         if self.policy.db_poll_interval_ms < 100 {

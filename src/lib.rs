@@ -6,6 +6,7 @@
 //! - [`pipeline`]: identity → groups → request facts → policy → response.
 //! - [`identity`]: Entra access-token validation (JWT parsing, JWKS keys, verified-token cache).
 //! - [`groups`]: the groups a principal is in (token claim; overage detection).
+//! - [`obo`]: on-behalf-of tokens for upstreams that need their own.
 //! - [`mcp`]: request facts (target server, JSON-RPC method, tool) from an HTTP request.
 //! - [`policy`]: the compiled, immutable policy snapshot, the pure decision function, and the
 //!   file source with hot reload.
@@ -28,6 +29,7 @@ pub mod groups;
 pub mod grpc;
 pub mod identity;
 pub mod mcp;
+pub mod obo;
 pub mod pipeline;
 pub mod policy;
 pub mod response;

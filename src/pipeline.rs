@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::groups::{GroupResolver, GroupsError};
-use crate::identity::{self, TokenError, Validator};
+use crate::identity::{self, Principal, PrincipalKind, TokenError, Validator};
 use crate::mcp::{self, HttpView};
+use crate::obo::OboError;
 use crate::policy::{self, PolicyHandle, Subject};
-use crate::response::{self, Denial, Identity, ResponseSettings, Verdict};
+use crate::response::{self, Denial, Identity, ResponseSettings, UpstreamAuth, Verdict};
 
 /// Everything a Check needs; shared by all requests.
 pub struct Authorizer {
@@ -23,6 +24,8 @@ pub struct Authorizer {
     pub settings: ResponseSettings,
     /// The audit trail; `None` when no sink is configured.
     pub audit: Option<Arc<crate::audit::Auditor>>,
+    /// On-behalf-of exchange, for servers with `token_forwarding: obo`.
+    pub obo: Option<Arc<crate::obo::OboClient>>,
 }
 
 /// The result of one Check, with what the log line and audit need.
@@ -53,6 +56,39 @@ pub struct CheckInput<'a> {
 }
 
 impl Authorizer {
+    /// The upstream's `authorization` for an `obo` server, or why there is none.
+    async fn on_behalf_of(
+        &self,
+        principal: &Principal,
+        allow: &policy::Allow,
+        token: &str,
+    ) -> Result<UpstreamAuth, Denial> {
+        if principal.kind != PrincipalKind::User {
+            return Err(Denial::Forbidden {
+                code: "obo_user_only",
+            });
+        }
+        let (Some(obo), Some(scope)) = (&self.obo, allow.server.obo_scope.as_deref()) else {
+            tracing::error!(server = %allow.server.name, "server wants on-behalf-of tokens but no obo section is configured");
+            return Err(Denial::Unavailable {
+                code: "obo_unavailable",
+            });
+        };
+        match obo
+            .token(&principal.tid, &principal.oid, scope, token)
+            .await
+        {
+            Ok(t) => Ok(UpstreamAuth::Replace(format!("Bearer {t}"))),
+            Err(OboError::InteractionRequired { claims }) => {
+                Err(Denial::ClaimsChallenge { claims })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, server = %allow.server.name, "on-behalf-of exchange failed");
+                Err(Denial::Unavailable { code: "obo_failed" })
+            }
+        }
+    }
+
     pub fn ready(&self) -> bool {
         self.policy.is_loaded() && self.validator.keys().is_loaded()
     }
@@ -210,6 +246,17 @@ impl Authorizer {
         let decision = policy::decide(&snapshot, &subject, &facts);
         match decision.result {
             Ok(allow) => {
+                let upstream_auth = match UpstreamAuth::for_forwarding(allow.token_forwarding) {
+                    Some(a) => a,
+                    None => match self.on_behalf_of(&principal, &allow, token).await {
+                        Ok(a) => a,
+                        Err(denial) => {
+                            out.tenant = Some(allow.tenant.to_string());
+                            deny(&mut out, denial);
+                            return out;
+                        }
+                    },
+                };
                 out.allowed = true;
                 out.reason = "allowed";
                 out.tenant = Some(allow.tenant.to_string());
@@ -222,7 +269,7 @@ impl Authorizer {
                         level: allow.level.as_str(),
                     },
                     &out.decision_id,
-                    allow.token_forwarding,
+                    upstream_auth,
                     input.header_names.iter().copied(),
                 );
             }

@@ -54,6 +54,8 @@ pub enum TokenForwarding {
     None,
     /// The client's token is kept, for upstreams that validate it themselves.
     Passthrough,
+    /// A token for the upstream obtained on behalf of the user (`obo_scope`).
+    Obo,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -132,6 +134,10 @@ pub struct ServerDoc {
     /// Whether a tool that no rule mentions may be called.
     #[serde(default)]
     pub tools_default: Effect,
+    /// For `token_forwarding: obo`: the scope requested for the upstream
+    /// (e.g. `api://github-mcp/.default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub obo_scope: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -194,6 +200,7 @@ pub struct Server {
     pub route_key: String,
     pub enabled: bool,
     pub token_forwarding: TokenForwarding,
+    pub obo_scope: Option<String>,
     pub tools_default: Effect,
     pub origin: Origin,
 }
@@ -293,6 +300,30 @@ impl Snapshot {
             if server_by_name.insert(&s.name, i).is_some() {
                 problems.push(format!("servers[{i}]: duplicate name {:?}", s.name));
             }
+            match (s.token_forwarding, &s.obo_scope) {
+                (TokenForwarding::Obo, None) => {
+                    problems.push(format!(
+                        "servers[{i}] {}: token_forwarding obo needs obo_scope",
+                        s.name
+                    ));
+                }
+                (TokenForwarding::Obo, Some(scope))
+                    if scope.is_empty()
+                        || scope.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+                {
+                    problems.push(format!(
+                        "servers[{i}] {}: obo_scope {scope:?} must be one scope",
+                        s.name
+                    ));
+                }
+                (TokenForwarding::None | TokenForwarding::Passthrough, Some(_)) => {
+                    problems.push(format!(
+                        "servers[{i}] {}: obo_scope is only for token_forwarding obo",
+                        s.name
+                    ));
+                }
+                _ => {}
+            }
             if server_by_route.insert(route_key.clone(), i).is_some() {
                 problems.push(format!("servers[{i}]: duplicate route_key {route_key:?}"));
             }
@@ -301,6 +332,7 @@ impl Snapshot {
                 route_key,
                 enabled: s.enabled,
                 token_forwarding: s.token_forwarding,
+                obo_scope: s.obo_scope.clone(),
                 tools_default: s.tools_default,
                 origin,
             }));

@@ -42,8 +42,11 @@ pub enum Verdict {
 }
 
 /// Why a request is refused, in the terms of the response it gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denial {
+    /// 401 with a claims challenge (`error="insufficient_claims"`): Entra needs the user to do
+    /// something (MFA, consent) before an on-behalf-of token is issued. `claims` is base64.
+    ClaimsChallenge { claims: Option<String> },
     /// 401. `token_sent` adds `error="invalid_token"`.
     Unauthenticated {
         code: &'static str,
@@ -60,6 +63,7 @@ pub enum Denial {
 impl Denial {
     pub fn code(&self) -> &'static str {
         match self {
+            Denial::ClaimsChallenge { .. } => "obo_interaction_required",
             Denial::Unauthenticated { code, .. }
             | Denial::Forbidden { code }
             | Denial::Unavailable { code } => code,
@@ -69,7 +73,7 @@ impl Denial {
 
     pub fn status(&self) -> u16 {
         match self {
-            Denial::Unauthenticated { .. } => 401,
+            Denial::Unauthenticated { .. } | Denial::ClaimsChallenge { .. } => 401,
             Denial::Forbidden { .. } => 403,
             Denial::BadRequest(e) => e.http_status(),
             Denial::Unavailable { .. } => 503,
@@ -84,6 +88,7 @@ impl Denial {
             Denial::Unauthenticated {
                 token_sent: true, ..
             } => "Invalid or expired access token",
+            Denial::ClaimsChallenge { .. } => "Additional sign-in required",
             Denial::Forbidden { .. } => "Access to this MCP server or tool is not granted",
             Denial::BadRequest(FactsError::BodyTruncated) => "Request body too large",
             Denial::BadRequest(FactsError::Batch) => "JSON-RPC batches are not supported",
@@ -98,7 +103,7 @@ impl Denial {
 
     fn rpc_code(&self) -> i64 {
         match self {
-            Denial::Unauthenticated { .. } => -32001,
+            Denial::Unauthenticated { .. } | Denial::ClaimsChallenge { .. } => -32001,
             Denial::Forbidden { .. } => -32003,
             Denial::BadRequest(e) => e.rpc_code(),
             Denial::Unavailable { .. } => -32002,
@@ -108,6 +113,7 @@ impl Denial {
     fn oauth_error(&self) -> &'static str {
         match self {
             Denial::Unauthenticated { .. } => "invalid_token",
+            Denial::ClaimsChallenge { .. } => "insufficient_claims",
             Denial::Forbidden { .. } => "insufficient_scope",
             Denial::BadRequest(_) => "invalid_request",
             Denial::Unavailable { .. } => "temporarily_unavailable",
@@ -177,6 +183,13 @@ fn challenge(
             }
         }
         Denial::Forbidden { .. } => params.push("error=\"insufficient_scope\"".into()),
+        Denial::ClaimsChallenge { claims } => {
+            params.push("error=\"insufficient_claims\"".into());
+            // Base64 (standard alphabet): nothing in it can break the quoted string.
+            if let Some(c) = claims {
+                params.push(format!("claims=\"{c}\""));
+            }
+        }
         _ => return None,
     }
     if let Some(url) = metadata_url {
@@ -200,11 +213,12 @@ pub fn deny(
     view: &HttpView<'_>,
     server: Option<&str>,
 ) -> Verdict {
+    let code = denial.code();
     let mut headers = vec![
         ("content-type", "application/json".to_string()),
         ("cache-control", "no-store".to_string()),
         (HEADER_DECISION_ID, decision_id.to_string()),
-        (HEADER_REASON, denial.code().to_string()),
+        (HEADER_REASON, code.to_string()),
     ];
     let metadata_url = resource_metadata_url(settings, view, server);
     if let Some(c) = challenge(&denial, settings, metadata_url.as_deref()) {
@@ -243,10 +257,32 @@ pub struct Identity<'a> {
     pub level: &'a str,
 }
 
+/// What the upstream gets in `authorization`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamAuth {
+    /// Removed: the default, and the MCP spec's rule.
+    Remove,
+    /// The client's header as sent (`token_forwarding: passthrough`).
+    Keep,
+    /// Replaced by this value (an on-behalf-of token).
+    Replace(String),
+}
+
+impl UpstreamAuth {
+    /// For the modes that need no exchange; `Obo` must be resolved to `Replace` by the caller.
+    pub fn for_forwarding(f: TokenForwarding) -> Option<Self> {
+        match f {
+            TokenForwarding::None => Some(UpstreamAuth::Remove),
+            TokenForwarding::Passthrough => Some(UpstreamAuth::Keep),
+            TokenForwarding::Obo => None,
+        }
+    }
+}
+
 pub fn allow<'h>(
     who: &Identity<'_>,
     decision_id: &str,
-    forwarding: TokenForwarding,
+    upstream_auth: UpstreamAuth,
     inbound_header_names: impl Iterator<Item = &'h str>,
 ) -> Verdict {
     let mut set = vec![
@@ -267,8 +303,10 @@ pub fn allow<'h>(
         .filter(|n| !set.iter().any(|(s, _)| s.eq_ignore_ascii_case(n)))
         .map(|n| n.to_ascii_lowercase())
         .collect();
-    if forwarding == TokenForwarding::None {
-        remove.push("authorization".into());
+    match upstream_auth {
+        UpstreamAuth::Remove => remove.push("authorization".into()),
+        UpstreamAuth::Keep => {}
+        UpstreamAuth::Replace(value) => set.push(("authorization", value)),
     }
     Verdict::Allow { set, remove }
 }

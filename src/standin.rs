@@ -64,6 +64,8 @@ pub struct Authority {
     faults: Mutex<GraphFaults>,
     /// While set, discovery and JWKS answer 503 (an identity-provider outage).
     pub oidc_down: std::sync::atomic::AtomicBool,
+    /// While set, on-behalf-of requests answer `interaction_required` with a claims challenge.
+    pub obo_interaction_required: std::sync::atomic::AtomicBool,
     /// Largest page Graph returns, whatever `$top` asks (Graph may return fewer).
     pub graph_page_size: std::sync::atomic::AtomicUsize,
     pub graph_calls: AtomicU64,
@@ -135,6 +137,7 @@ impl Authority {
             faults: Mutex::new(GraphFaults::default()),
             oidc_down: std::sync::atomic::AtomicBool::new(false),
             graph_page_size: std::sync::atomic::AtomicUsize::new(999),
+            obo_interaction_required: std::sync::atomic::AtomicBool::new(false),
             graph_calls: AtomicU64::new(0),
             token_requests: AtomicU64::new(0),
             jwks_requests: AtomicU64::new(0),
@@ -522,6 +525,118 @@ struct TokenForm {
     client_id: Option<String>,
     client_secret: Option<String>,
     scope: Option<String>,
+    assertion: Option<String>,
+    requested_token_use: Option<String>,
+}
+
+const OBO_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
+/// The on-behalf-of grant: the API (client) trades the user's token for one for `scope`.
+fn on_behalf_of(a: &Authority, tenant: &str, client_id: &str, form: &TokenForm) -> Response {
+    if form.requested_token_use.as_deref() != Some("on_behalf_of") {
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            900144,
+            "The request body must contain the following parameter: 'requested_token_use'.",
+        );
+    }
+    let bad_assertion =
+        |code: u32, text: &str| aad_error(StatusCode::BAD_REQUEST, "invalid_grant", code, text);
+    let Some(parsed) = form
+        .assertion
+        .as_deref()
+        .and_then(|t| crate::identity::parse_jwt(t).ok())
+    else {
+        return bad_assertion(50027, "JWT token is invalid or malformed.");
+    };
+    let verified = a.key(&parsed.header.kid).is_some_and(|k| {
+        crate::identity::Key::from_components(&k.kid, &k.n, &k.e, None)
+            .is_ok_and(|key| key.verify(parsed.signed_part(), &parsed.signature))
+    });
+    if !verified {
+        return bad_assertion(50013, "Assertion failed signature validation.");
+    }
+    let c = &parsed.claims;
+    if c.exp.is_none_or(|e| e <= unix_now()) {
+        return bad_assertion(500133, "Assertion is not within its valid time range.");
+    }
+    if c.aud.as_deref() != Some(client_id) {
+        return bad_assertion(
+            500131,
+            "Assertion audience does not match the Client app presenting the assertion.",
+        );
+    }
+    if c.scp.is_none() {
+        return bad_assertion(
+            50013,
+            "Assertion is not a user token: on-behalf-of needs a delegated token.",
+        );
+    }
+    if a.obo_interaction_required.load(Ordering::Relaxed) {
+        let now = time_string();
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({
+                "error": "interaction_required",
+                "error_description": format!("AADSTS50076: Due to a configuration change made by your administrator, or because you moved to a new location, you must use multi-factor authentication to access '{}'. Trace ID: {} Correlation ID: {} Timestamp: {now}", form.scope.as_deref().unwrap_or(""), uuid::Uuid::new_v4(), uuid::Uuid::new_v4()),
+                "error_codes": [50076],
+                "timestamp": now,
+                "trace_id": uuid::Uuid::new_v4().to_string(),
+                "correlation_id": uuid::Uuid::new_v4().to_string(),
+                "error_uri": format!("{}/error?code=50076", a.base_url()),
+                "suberror": "basic_action",
+                "claims": "{\"access_token\":{\"capolids\":{\"essential\":true,\"values\":[\"c1a7f6f4-2f7e-4c1a-9d4e-3b8f0c2a1d11\"]}}}",
+            })),
+        )
+            .into_response();
+    }
+    let scope = form.scope.clone().unwrap_or_default();
+    let (resource, scp) = match scope.rsplit_once('/') {
+        Some((r, ".default")) => (r.to_owned(), "access_as_user".to_owned()),
+        Some((r, s)) if !r.is_empty() && !s.is_empty() => (r.to_owned(), s.to_owned()),
+        _ => {
+            return aad_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                70011,
+                &format!(
+                    "The provided value for the input parameter 'scope' is not valid. The scope {scope} is not valid."
+                ),
+            );
+        }
+    };
+    let req = MintRequest {
+        tid: tenant.to_ascii_lowercase(),
+        oid: c.oid.clone().unwrap_or_default(),
+        aud: resource,
+        ver: "2.0".into(),
+        scp: Some(scp),
+        roles: Vec::new(),
+        groups: Vec::new(),
+        overage: false,
+        hasgroups: false,
+        upn: c.preferred_username.clone().or_else(|| c.upn.clone()),
+        name: c.name.clone(),
+        azp: Some(client_id.to_owned()),
+        expires_in: 3599,
+        nbf_offset: 0,
+        iat_offset: 0,
+        kid: None,
+        iss: None,
+        extra: serde_json::Map::new(),
+    };
+    match a.mint(&req) {
+        Ok(token) => Json(json!({
+            "token_type": "Bearer",
+            "scope": scope,
+            "expires_in": 3599,
+            "ext_expires_in": 3599,
+            "access_token": token,
+        }))
+        .into_response(),
+        Err(e) => aad_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", 50000, &e),
+    }
 }
 
 async fn token_endpoint(
@@ -533,8 +648,10 @@ async fn token_endpoint(
     if !a.tenants.iter().any(|t| t.eq_ignore_ascii_case(&tenant)) {
         return unknown_tenant(&tenant);
     }
+    let obo = form.grant_type.as_deref() == Some(OBO_GRANT);
     match form.grant_type.as_deref() {
         Some("client_credentials") => {}
+        Some(OBO_GRANT) => {}
         Some(other) => {
             return aad_error(
                 StatusCode::BAD_REQUEST,
@@ -552,7 +669,7 @@ async fn token_endpoint(
             );
         }
     }
-    let Some(client_id) = form.client_id else {
+    let Some(client_id) = form.client_id.clone() else {
         return aad_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
@@ -569,7 +686,10 @@ async fn token_endpoint(
             "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app.",
         );
     };
-    let scope = form.scope.unwrap_or_default();
+    if obo {
+        return on_behalf_of(&a, &tenant, &client_id, &form);
+    }
+    let scope = form.scope.clone().unwrap_or_default();
     let Some(resource) = scope.strip_suffix("/.default") else {
         return aad_error(
             StatusCode::BAD_REQUEST,

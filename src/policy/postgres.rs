@@ -64,6 +64,7 @@ const SERVERS: Table = Table {
         Col("enabled", "boolean"),
         Col("token_forwarding", "text"),
         Col("tools_default", "text"),
+        Col("obo_scope", "text"),
     ],
     has_id: false,
 };
@@ -257,6 +258,7 @@ fn rows_to_document(tables: &[Rows]) -> Result<PolicyDocument, DbError> {
             enabled: cell(v, 1).as_deref() == Some("true"),
             token_forwarding: parse_enum::<TokenForwarding>("mcp_servers", key, cell(v, 2))?,
             tools_default: parse_enum::<Effect>("mcp_servers", key, cell(v, 3))?,
+            obo_scope: cell(v, 4),
             name,
         });
     }
@@ -336,6 +338,7 @@ fn document_to_rows(doc: &PolicyDocument) -> Vec<Rows> {
                 boolean(s.enabled),
                 enum_text(&s.token_forwarding),
                 enum_text(&s.tools_default),
+                s.obo_scope.clone(),
             ],
         );
     }

@@ -446,3 +446,30 @@ fn handle_swaps_atomically() {
     assert_ne!(h.load().expect("loaded").version, v1);
     assert_eq!(held.version, v1, "a reader keeps the snapshot it loaded");
 }
+
+#[test]
+fn obo_needs_exactly_one_scope_and_only_with_obo() {
+    let compile = |servers: &str| {
+        let doc: PolicyDocument =
+            serde_yaml_ng::from_str(&format!("servers: [{servers}]")).expect("yaml");
+        Snapshot::compile(&doc, "t")
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    assert!(compile("{name: s, token_forwarding: obo, obo_scope: \"api://s/.default\"}").is_ok());
+    assert!(
+        compile("{name: s, token_forwarding: obo}")
+            .unwrap_err()
+            .contains("needs obo_scope")
+    );
+    assert!(
+        compile("{name: s, token_forwarding: obo, obo_scope: \"a b\"}")
+            .unwrap_err()
+            .contains("must be one scope")
+    );
+    assert!(
+        compile("{name: s, obo_scope: \"api://s/.default\"}")
+            .unwrap_err()
+            .contains("only for token_forwarding obo")
+    );
+}

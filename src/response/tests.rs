@@ -157,7 +157,7 @@ fn allow_sets_identity_and_strips_spoofed_and_token_headers() {
     let v = allow(
         &who,
         "d",
-        crate::policy::TokenForwarding::None,
+        UpstreamAuth::Remove,
         [
             "X-MCP-User-Oid",
             "x-mcp-role",
@@ -189,12 +189,7 @@ fn allow_sets_identity_and_strips_spoofed_and_token_headers() {
     );
     assert!(!remove.contains(&"content-type".to_string()));
 
-    let v = allow(
-        &who,
-        "d",
-        crate::policy::TokenForwarding::Passthrough,
-        std::iter::empty(),
-    );
+    let v = allow(&who, "d", UpstreamAuth::Keep, std::iter::empty());
     let Verdict::Allow { remove, .. } = v else {
         panic!("not allow")
     };
@@ -207,4 +202,56 @@ fn header_safe_encodes_everything_unprintable() {
     assert_eq!(header_safe("100%"), "100%25");
     assert_eq!(header_safe("\n"), "%0A");
     assert_eq!(header_safe("\u{7f}"), "%7F");
+}
+
+#[test]
+fn obo_replaces_the_token_and_claims_challenges_are_401() {
+    let who = Identity {
+        oid: "o",
+        tid: "t",
+        label: None,
+        tenant: "eng",
+        level: "read",
+    };
+    let v = allow(
+        &who,
+        "d",
+        UpstreamAuth::Replace("Bearer minted".into()),
+        ["authorization"].into_iter(),
+    );
+    let Verdict::Allow { set, remove } = v else {
+        panic!("not allow")
+    };
+    assert_eq!(
+        set.iter()
+            .find(|(k, _)| *k == "authorization")
+            .map(|(_, v)| v.as_str()),
+        Some("Bearer minted")
+    );
+    assert!(!remove.contains(&"authorization".to_string()));
+    assert_eq!(
+        UpstreamAuth::for_forwarding(crate::policy::TokenForwarding::Obo),
+        None,
+        "obo needs an exchange"
+    );
+
+    let v = deny(
+        Denial::ClaimsChallenge {
+            claims: Some("eyJhY2Nlc3NfdG9rZW4iOnt9fQ==".into()),
+        },
+        None,
+        "d",
+        &settings(),
+        &view(),
+        None,
+    );
+    let (status, h, _) = deny_headers(&v);
+    assert_eq!(*status, 401);
+    let c = header(h, "www-authenticate").expect("challenge");
+    assert!(
+        c.starts_with(
+            "Bearer error=\"insufficient_claims\", claims=\"eyJhY2Nlc3NfdG9rZW4iOnt9fQ==\""
+        ),
+        "{c}"
+    );
 }

@@ -185,7 +185,7 @@ async fn cli_migrate_export_import_and_explain() {
 
     let (code, stdout, stderr) = run(&["migrate"]);
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(stdout.contains("applied 1 migrations"), "{stdout}");
+    assert!(stdout.contains("applied 2 migrations"), "{stdout}");
     let (code, stdout, _) = run(&["migrate"]);
     assert_eq!(code, Some(0));
     assert!(stdout.contains("applied 0 migrations"), "{stdout}");
@@ -621,7 +621,7 @@ async fn migrations_can_run_at_start() {
     let (applied, pending) = mcp_authz::app::migration_status(&pool)
         .await
         .expect("status");
-    assert_eq!((applied.len(), pending.len()), (1, 0));
+    assert_eq!((applied.len(), pending.len()), (2, 0));
     assert_eq!(
         inst.readyz().await["policy_version"],
         "db-1",

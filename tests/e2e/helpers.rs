@@ -62,7 +62,12 @@ tool_rules:
     effect: deny
 "#;
 
+/// The API's client secret registered at the stand-in (for on-behalf-of).
+pub const API_SECRET: &str = "api-secret";
+
 pub struct Options {
+    /// Adds an `obo` section (the API's credentials) to the config.
+    pub obo: bool,
     pub unix_socket: bool,
     pub policy: String,
     pub unknown_kid_refresh_seconds: u64,
@@ -71,6 +76,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
+            obo: false,
             unix_socket: false,
             policy: POLICY.to_owned(),
             unknown_kid_refresh_seconds: 1,
@@ -181,12 +187,24 @@ impl TestEnv {
         let policy_path = dir.path().join("policy.yaml");
         std::fs::write(&policy_path, &opts.policy).expect("write policy");
         let socket = dir.path().join("authz.sock");
-        let cfg_text = config_yaml(
+        authority.register_client(
+            API_CLIENT_ID,
+            mcp_authz::standin::Client {
+                secret: API_SECRET.into(),
+                graph_roles: Vec::new(),
+            },
+        );
+        let mut cfg_text = config_yaml(
             &idp_url,
             &policy_path,
             opts.unix_socket.then_some(socket.as_path()),
             opts.unknown_kid_refresh_seconds,
         );
+        if opts.obo {
+            cfg_text.push_str(&format!(
+                "obo: {{client_id: \"{API_CLIENT_ID}\", client_secret: {API_SECRET}}}\n"
+            ));
+        }
         let instance = Instance::start(&cfg_text).await;
         let authz = instance.addrs.clone();
         let http = instance.http.clone();

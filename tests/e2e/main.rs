@@ -639,3 +639,110 @@ async fn grpc_health_reports_serving_once_ready() {
         assert_eq!(status, 1, "SERVING for {service:?}");
     }
 }
+
+/// An `obo` server receives a token Entra minted for it, never the client's; an
+/// `interaction_required` answer reaches the client as a 401 claims challenge.
+#[tokio::test]
+async fn obo_server_receives_a_token_minted_for_it() {
+    let policy = POLICY.replace(
+        "  - name: jira\n",
+        "  - name: jira\n    token_forwarding: obo\n    obo_scope: api://jira-mcp/.default\n",
+    );
+    assert_ne!(policy, POLICY);
+    let env = TestEnv::start(Options {
+        obo: true,
+        policy,
+        ..Options::default()
+    })
+    .await;
+    let token = env.user_token(BOB, &[ENG_GROUP]);
+    for id in 1..=3 {
+        let r = env
+            .post("/mcp/jira", Some(&token), &initialize_body(id), &[])
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let received = env.received.all();
+    let sent: Vec<&String> = received
+        .iter()
+        .filter(|r| r.path == "/mcp/jira")
+        .flat_map(|r| r.headers.get("authorization").into_iter().flatten())
+        .collect();
+    assert_eq!(
+        sent.len(),
+        3,
+        "every request to the obo server carries a token"
+    );
+    let upstream_token = sent[0].strip_prefix("Bearer ").expect("bearer");
+    assert_ne!(
+        upstream_token, token,
+        "the client's token must never reach the upstream"
+    );
+    let parsed = mcp_authz::identity::parse_jwt(upstream_token).expect("a JWT");
+    assert_eq!(
+        parsed.claims.aud.as_deref(),
+        Some("api://jira-mcp"),
+        "minted for the upstream"
+    );
+    assert_eq!(
+        parsed.claims.oid.as_deref(),
+        Some(BOB),
+        "on behalf of the user"
+    );
+    assert_eq!(parsed.claims.azp.as_deref(), Some(API_CLIENT_ID));
+    let key = env.authority.key(&parsed.header.kid).expect("stand-in key");
+    let verifier =
+        mcp_authz::identity::Key::from_components(&key.kid, &key.n, &key.e, None).expect("key");
+    assert!(
+        verifier.verify(parsed.signed_part(), &parsed.signature),
+        "signed by the directory"
+    );
+    assert!(
+        sent.iter().all(|s| **s == *sent[0]),
+        "cached per (user, scope)"
+    );
+    assert_eq!(
+        env.authority
+            .token_requests
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "one exchange for three requests"
+    );
+
+    env.authority
+        .obo_interaction_required
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let alice = env.user_token(ALICE, &[]);
+    let r = env
+        .post("/mcp/jira", Some(&alice), &initialize_body(9), &[])
+        .await;
+    assert_eq!(
+        (r.status, r.reason()),
+        (401, "obo_interaction_required"),
+        "{r:?}"
+    );
+    let challenge = r.header("www-authenticate").expect("challenge");
+    assert!(
+        challenge.starts_with("Bearer error=\"insufficient_claims\", claims=\""),
+        "{challenge}"
+    );
+    let claims_b64 = challenge
+        .split("claims=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("claims");
+    use base64::Engine;
+    let claims = base64::engine::general_purpose::STANDARD
+        .decode(claims_b64)
+        .expect("base64");
+    let claims: Value = serde_json::from_slice(&claims).expect("claims JSON");
+    assert!(
+        claims["access_token"]["capolids"]["essential"] == true,
+        "{claims}"
+    );
+    assert!(
+        !r.body.contains("AADSTS"),
+        "Entra's text must not reach the client: {}",
+        r.body
+    );
+}
