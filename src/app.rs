@@ -162,6 +162,33 @@ pub async fn migration_status(pool: &sqlx::PgPool) -> anyhow::Result<(Vec<i64>, 
     Ok((applied, pending))
 }
 
+fn graph_credential(
+    g: &crate::config::GraphConfig,
+) -> anyhow::Result<crate::groups::graph::Credential> {
+    use crate::groups::graph::{CertificateKey, Credential};
+    match (&g.client_secret, &g.client_certificate) {
+        (Some(secret), _) => Ok(Credential::Secret(secret.expose().to_owned())),
+        (None, Some(files)) => {
+            let key = std::fs::read_to_string(&files.key_file).with_context(|| {
+                format!(
+                    "graph.client_certificate.key_file {}",
+                    files.key_file.display()
+                )
+            })?;
+            let cert = std::fs::read_to_string(&files.cert_file).with_context(|| {
+                format!(
+                    "graph.client_certificate.cert_file {}",
+                    files.cert_file.display()
+                )
+            })?;
+            let loaded = CertificateKey::from_pem(&key, &cert)
+                .map_err(|e| anyhow::anyhow!("graph.client_certificate: {e}"))?;
+            Ok(Credential::Certificate(Arc::new(loaded)))
+        }
+        (None, None) => anyhow::bail!("graph: no credential (validated config expected)"),
+    }
+}
+
 /// The long-lived parts, built from configuration.
 pub struct Parts {
     pub authorizer: Arc<Authorizer>,
@@ -226,7 +253,7 @@ pub fn build(
                     authority: cfg.entra.authority.clone(),
                     base_url: g.base_url.clone(),
                     client_id: g.client_id.clone(),
-                    client_secret: g.client_secret.expose().to_owned(),
+                    credential: graph_credential(g)?,
                     method: g.method,
                     security_enabled_only: g.security_enabled_only,
                     max_retries: g.max_retries,

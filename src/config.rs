@@ -75,8 +75,12 @@ pub struct GraphConfig {
     /// The app registration that calls Graph (application permission GroupMember.Read.All,
     /// User.Read.All or Directory.Read.All, admin-consented).
     pub client_id: String,
-    /// Usually `MCP_AUTHZ__GRAPH__CLIENT_SECRET` from a Kubernetes Secret.
-    pub client_secret: Secret,
+    /// Usually `MCP_AUTHZ__GRAPH__CLIENT_SECRET` from a Kubernetes Secret. Exactly one of
+    /// `client_secret` and `client_certificate`.
+    pub client_secret: Option<Secret>,
+    /// A certificate credential (PEM files, e.g. a mounted Secret): a signed client assertion
+    /// instead of a secret.
+    pub client_certificate: Option<CertificateFiles>,
     #[serde(default)]
     pub method: crate::groups::graph::GraphMethod,
     #[serde(default = "yes")]
@@ -95,6 +99,13 @@ pub struct GraphConfig {
     /// A `Retry-After` longer than this fails the request now instead of waiting.
     #[serde(default = "default_graph_retry_wait")]
     pub max_retry_wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFiles {
+    pub key_file: PathBuf,
+    pub cert_file: PathBuf,
 }
 
 fn yes() -> bool {
@@ -573,8 +584,17 @@ impl Config {
             {
                 return bad("graph.base_url: https://host without a trailing '/'".into());
             }
-            if g.client_id.is_empty() || g.client_secret.expose().is_empty() {
-                return bad("graph: client_id and client_secret are required".into());
+            if g.client_id.is_empty() {
+                return bad("graph.client_id is required".into());
+            }
+            match (&g.client_secret, &g.client_certificate) {
+                (Some(secret), None) if !secret.expose().is_empty() => {}
+                (None, Some(_)) => {}
+                _ => {
+                    return bad(
+                        "graph: set exactly one of client_secret and client_certificate".into(),
+                    );
+                }
             }
             if g.cache_ttl_seconds == 0 || g.max_stale_seconds < g.cache_ttl_seconds {
                 return bad(

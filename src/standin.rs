@@ -31,11 +31,57 @@ pub const GRAPH_RESOURCE: &str = "https://graph.microsoft.com";
 const V1_ISSUER: &str = "https://sts.windows.net/{tenantid}/";
 
 /// A registered application that may use client credentials.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Client {
+    /// Empty: no secret credential.
     pub secret: String,
     /// Application permissions granted on Graph (`roles` of its Graph tokens).
     pub graph_roles: Vec<String>,
+    /// An uploaded certificate, for client assertions.
+    pub certificate: Option<ClientCertificate>,
+}
+
+/// A certificate credential: its SHA-1 thumbprint (`x5t`) and public key. Entra derives the key
+/// from the uploaded certificate; the stand-in, having no X.509 parser, is given both.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate {
+    pub x5t: String,
+    /// SubjectPublicKeyInfo DER.
+    pub public_key_der: Vec<u8>,
+}
+
+const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// Checks a client assertion (RFC 7523 as Entra profiles it): signed by the client's registered
+/// certificate named by `x5t`, `aud` the token endpoint, `iss` = `sub` = the client, in time.
+fn assertion_ok(client: &Client, client_id: &str, token_endpoint: &str, assertion: &str) -> bool {
+    use aws_lc_rs::signature::{RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
+    let Some(cert) = &client.certificate else {
+        return false;
+    };
+    let mut parts = assertion.split('.');
+    let (Some(h), Some(p), Some(sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let b64 =
+        |s: &str| base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, s).ok();
+    let (Some(header), Some(payload), Some(sig)) = (b64(h), b64(p), b64(sig)) else {
+        return false;
+    };
+    let header: Value = serde_json::from_slice(&header).unwrap_or_default();
+    let claims: Value = serde_json::from_slice(&payload).unwrap_or_default();
+    let key = UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, &cert.public_key_der);
+    let now = unix_now();
+    header["alg"] == "RS256"
+        && header["x5t"].as_str() == Some(cert.x5t.as_str())
+        && key.verify(format!("{h}.{p}").as_bytes(), &sig).is_ok()
+        && claims["aud"].as_str() == Some(token_endpoint)
+        && claims["iss"].as_str() == Some(client_id)
+        && claims["sub"].as_str() == Some(client_id)
+        && claims["exp"].as_u64().is_some_and(|e| e > now)
+        && claims["nbf"].as_u64().is_none_or(|n| n <= now + 300)
 }
 
 /// Faults the Graph stand-in injects, for tests of throttling and outage.
@@ -527,6 +573,8 @@ struct TokenForm {
     scope: Option<String>,
     assertion: Option<String>,
     requested_token_use: Option<String>,
+    client_assertion_type: Option<String>,
+    client_assertion: Option<String>,
 }
 
 const OBO_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -678,7 +726,19 @@ async fn token_endpoint(
         );
     };
     let client = read(&a.clients).get(&client_id).cloned();
-    let Some(client) = client.filter(|c| Some(&c.secret) == form.client_secret.as_ref()) else {
+    let endpoint = format!("{}/{tenant}/oauth2/v2.0/token", a.base_url());
+    let authenticated = |c: &Client| match (
+        &form.client_secret,
+        &form.client_assertion_type,
+        &form.client_assertion,
+    ) {
+        (Some(secret), None, None) => !c.secret.is_empty() && *secret == c.secret,
+        (None, Some(t), Some(assertion)) if t == CLIENT_ASSERTION_TYPE => {
+            assertion_ok(c, &client_id, &endpoint, assertion)
+        }
+        _ => false,
+    };
+    let Some(client) = client.filter(|c| authenticated(c)) else {
         return aad_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",

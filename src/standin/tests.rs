@@ -25,6 +25,7 @@ fn register_apps(a: &Authority) {
         Client {
             secret: "s3cret".into(),
             graph_roles: vec!["GroupMember.Read.All".into()],
+            certificate: None,
         },
     );
     a.register_client(
@@ -32,6 +33,7 @@ fn register_apps(a: &Authority) {
         Client {
             secret: "s3cret".into(),
             graph_roles: vec![],
+            certificate: None,
         },
     );
 }

@@ -30,6 +30,7 @@ async fn start(method: &str, ttl: u64, stale: u64, roles: &[&str]) -> GraphEnv {
         Client {
             secret: "s3cret".into(),
             graph_roles: roles.iter().map(|r| r.to_string()).collect(),
+            certificate: None,
         },
     );
     let dir = tempfile::tempdir().expect("tmp");
@@ -282,6 +283,7 @@ async fn check_config_names_the_missing_graph_permission() {
             Client {
                 secret: "s3cret".into(),
                 graph_roles: roles.iter().map(|r| r.to_string()).collect(),
+                certificate: None,
             },
         );
         let dir = tempfile::tempdir().expect("tmp");
@@ -326,4 +328,137 @@ fn retry_after_parsing() {
     assert_eq!(parse_retry_after("-1"), None);
     assert_eq!(parse_retry_after("soon"), None);
     assert_eq!(parse_retry_after("NaN"), None);
+}
+
+/// Client credentials with a certificate (a signed client assertion) instead of a secret. The
+/// key and certificate come from openssl, and so does the thumbprint the stand-in expects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_token_with_a_certificate_credential() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().expect("tmp");
+    let (key, cert, public) = (
+        dir.path().join("key.pem"),
+        dir.path().join("cert.pem"),
+        dir.path().join("pub.pem"),
+    );
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let p = |x: &std::path::Path| x.to_str().expect("path").to_owned();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &p(&key),
+        "-out",
+        &p(&cert),
+        "-days",
+        "1",
+        "-subj",
+        "/CN=mcp-authz-test",
+    ]);
+    openssl(&[
+        "x509",
+        "-in",
+        &p(&cert),
+        "-pubkey",
+        "-noout",
+        "-out",
+        &p(&public),
+    ]);
+    let fingerprint = openssl(&["x509", "-in", &p(&cert), "-noout", "-fingerprint", "-sha1"]);
+    let hex: String = fingerprint
+        .split('=')
+        .nth(1)
+        .expect("fingerprint")
+        .trim()
+        .replace(':', "");
+    let sha1: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect();
+    let x5t = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha1);
+    let spki_pem = std::fs::read_to_string(&public).expect("pub");
+    let spki_b64: String = spki_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let spki = base64::engine::general_purpose::STANDARD
+        .decode(spki_b64)
+        .expect("spki");
+
+    let (authority, url) = standin().await;
+    authority.register_client(
+        APP,
+        Client {
+            secret: String::new(),
+            graph_roles: vec!["GroupMember.Read.All".into()],
+            certificate: Some(mcp_authz::standin::ClientCertificate {
+                x5t,
+                public_key_der: spki,
+            }),
+        },
+    );
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).expect("policy");
+    let graph = format!(
+        "graph: {{base_url: \"{url}\", client_id: {APP}, client_certificate: {{key_file: {}, cert_file: {}}}}}\n",
+        p(&key),
+        p(&cert)
+    );
+    let cfg_text = config_yaml(&url, &policy, None, 300) + &graph;
+    let cfg = mcp_authz::config::Config::parse(&cfg_text, Vec::new()).expect("config");
+    let mut out = Vec::new();
+    assert!(
+        mcp_authz::app::check_config(&cfg, std::path::Path::new("c"), &mut out).await,
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+
+    let inst = Instance::start(&cfg_text).await;
+    let mut c = Checker::connect(inst.addrs.grpc.expect("grpc")).await;
+    let req = json!({"tid": TID, "oid": BOB, "aud": API_CLIENT_ID, "scp": SCOPE, "groups": [ENG_GROUP], "overage": true});
+    let token = authority
+        .mint(&serde_json::from_value(req).expect("req"))
+        .expect("mint");
+    let r = c
+        .check(Some(&token), "github", &initialize_body(1), None)
+        .await
+        .expect("check");
+    assert_eq!(r.http_status, 200, "{r:?}");
+    assert_eq!(
+        authority.graph_calls.load(Relaxed),
+        2,
+        "check-config's probe and the lookup"
+    );
+
+    // A secret is refused for this app: the certificate is its only credential.
+    let bad = cfg_text.replace(
+        &format!(
+            "client_certificate: {{key_file: {}, cert_file: {}}}",
+            p(&key),
+            p(&cert)
+        ),
+        "client_secret: guess",
+    );
+    let cfg = mcp_authz::config::Config::parse(&bad, Vec::new()).expect("config");
+    let mut out = Vec::new();
+    assert!(!mcp_authz::app::check_config(&cfg, std::path::Path::new("c"), &mut out).await);
+    assert!(
+        String::from_utf8_lossy(&out).contains("invalid_client"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
 }

@@ -192,6 +192,7 @@ impl TestEnv {
             mcp_authz::standin::Client {
                 secret: API_SECRET.into(),
                 graph_roles: Vec::new(),
+                certificate: None,
             },
         );
         let mut cfg_text = config_yaml(

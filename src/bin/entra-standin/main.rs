@@ -49,6 +49,7 @@ async fn main() -> std::process::ExitCode {
             Client {
                 secret: secret.to_owned(),
                 graph_roles: roles,
+                certificate: None,
             },
         );
     }
