@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 
-.PHONY: all build release test lint unit demo clean
+.PHONY: all build release test lint unit demo bench clean
 
 all: build
 
@@ -35,6 +35,11 @@ unit:
 demo: release
 	ENVOY_BIN="$$(tests/env/ensure-envoy.sh)"; export ENVOY_BIN; \
 	deploy/examples/demo.sh $(DEMO_ARGS)
+
+# Direct gRPC Check benchmark (a few minutes, loopback only); writes BENCHMARKS.md.
+bench: release
+	target/release/mcp-authz-bench --write BENCHMARKS.md
+	cat BENCHMARKS.md
 
 clean:
 	$(CARGO) clean
