@@ -23,7 +23,13 @@ fn graph_section(url: &str, method: &str, ttl: u64, stale: u64) -> String {
     )
 }
 
-async fn start(method: &str, ttl: u64, stale: u64, roles: &[&str]) -> GraphEnv {
+/// The stand-in with the Graph app registered (with `roles`), a policy file, and the config text.
+async fn setup(
+    method: &str,
+    ttl: u64,
+    stale: u64,
+    roles: &[&str],
+) -> (Arc<Authority>, tempfile::TempDir, String) {
     let (authority, url) = standin().await;
     authority.register_client(
         APP,
@@ -37,6 +43,11 @@ async fn start(method: &str, ttl: u64, stale: u64, roles: &[&str]) -> GraphEnv {
     let policy = dir.path().join("policy.yaml");
     std::fs::write(&policy, POLICY).expect("policy");
     let cfg = config_yaml(&url, &policy, None, 300) + &graph_section(&url, method, ttl, stale);
+    (authority, dir, cfg)
+}
+
+async fn start(method: &str, ttl: u64, stale: u64, roles: &[&str]) -> GraphEnv {
+    let (authority, dir, cfg) = setup(method, ttl, stale, roles).await;
     let inst = Instance::start(&cfg).await;
     GraphEnv {
         authority,
@@ -277,20 +288,7 @@ async fn check_config_names_the_missing_graph_permission() {
         (vec!["GroupMember.Read.All"], "ok    graph"),
         (vec![], "FAIL  graph"),
     ] {
-        let (authority, url) = standin().await;
-        authority.register_client(
-            APP,
-            Client {
-                secret: "s3cret".into(),
-                graph_roles: roles.iter().map(|r| r.to_string()).collect(),
-                certificate: None,
-            },
-        );
-        let dir = tempfile::tempdir().expect("tmp");
-        let policy = dir.path().join("policy.yaml");
-        std::fs::write(&policy, POLICY).expect("policy");
-        let text = config_yaml(&url, &policy, None, 300)
-            + &graph_section(&url, "get_member_objects", 300, 3600);
+        let (_authority, _dir, text) = setup("get_member_objects", 300, 3600, &roles).await;
         let cfg = mcp_authz::config::Config::parse(&text, Vec::new()).expect("config");
         let mut out = Vec::new();
         let ok = mcp_authz::app::check_config(&cfg, std::path::Path::new("c"), &mut out).await;
