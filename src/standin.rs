@@ -110,6 +110,10 @@ pub struct Authority {
     faults: Mutex<GraphFaults>,
     /// While set, discovery and JWKS answer 503 (an identity-provider outage).
     pub oidc_down: std::sync::atomic::AtomicBool,
+    /// Lifetime of app tokens from the token endpoint (`expires_in`), seconds.
+    pub app_token_lifetime: AtomicU64,
+    /// While set, the token endpoint answers 503 (an outage of token issuance).
+    pub token_endpoint_down: std::sync::atomic::AtomicBool,
     /// While set, on-behalf-of requests answer `interaction_required` with a claims challenge.
     pub obo_interaction_required: std::sync::atomic::AtomicBool,
     /// Largest page Graph returns, whatever `$top` asks (Graph may return fewer).
@@ -184,6 +188,8 @@ impl Authority {
             oidc_down: std::sync::atomic::AtomicBool::new(false),
             graph_page_size: std::sync::atomic::AtomicUsize::new(999),
             obo_interaction_required: std::sync::atomic::AtomicBool::new(false),
+            app_token_lifetime: AtomicU64::new(3599),
+            token_endpoint_down: std::sync::atomic::AtomicBool::new(false),
             graph_calls: AtomicU64::new(0),
             token_requests: AtomicU64::new(0),
             jwks_requests: AtomicU64::new(0),
@@ -693,6 +699,9 @@ async fn token_endpoint(
     Form(form): Form<TokenForm>,
 ) -> Response {
     a.token_requests.fetch_add(1, Ordering::Relaxed);
+    if a.token_endpoint_down.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response();
+    }
     if !a.tenants.iter().any(|t| t.eq_ignore_ascii_case(&tenant)) {
         return unknown_tenant(&tenant);
     }
@@ -766,6 +775,7 @@ async fn token_endpoint(
     } else {
         Vec::new()
     };
+    let lifetime = a.app_token_lifetime.load(Ordering::Relaxed);
     // Graph issues v1 app tokens; Entra adds `idtyp: app` when configured, as Graph's are.
     let req = MintRequest {
         tid: tenant.to_ascii_lowercase(),
@@ -780,7 +790,7 @@ async fn token_endpoint(
         upn: None,
         name: None,
         azp: Some(client_id),
-        expires_in: 3599,
+        expires_in: lifetime as i64,
         nbf_offset: 0,
         iat_offset: 0,
         kid: None,
@@ -790,8 +800,8 @@ async fn token_endpoint(
     match a.mint(&req) {
         Ok(token) => Json(json!({
             "token_type": "Bearer",
-            "expires_in": 3599,
-            "ext_expires_in": 3599,
+            "expires_in": lifetime,
+            "ext_expires_in": lifetime,
             "access_token": token,
         }))
         .into_response(),

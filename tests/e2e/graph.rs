@@ -460,3 +460,45 @@ async fn graph_token_with_a_certificate_credential() {
         String::from_utf8_lossy(&out)
     );
 }
+
+/// The app token is renewed ahead of expiry; when the token endpoint is down, the current token
+/// keeps being used while it is valid.
+#[tokio::test]
+async fn a_failed_token_renewal_keeps_the_current_token_while_valid() {
+    let (authority, _dir, cfg) =
+        setup("get_member_objects", 1, 3600, &["GroupMember.Read.All"]).await;
+    // 299 s: inside the five-minute renewal window from the start, so every use tries to renew.
+    authority.app_token_lifetime.store(299, Relaxed);
+    let inst = Instance::start(&cfg).await;
+    let mut c = Checker::connect(inst.addrs.grpc.expect("grpc")).await;
+    let req = json!({"tid": TID, "oid": BOB, "aud": API_CLIENT_ID, "scp": SCOPE, "groups": [ENG_GROUP], "overage": true});
+    let token = authority
+        .mint(&serde_json::from_value(req).expect("req"))
+        .expect("mint");
+    assert_eq!(
+        c.check(Some(&token), "github", &initialize_body(1), None)
+            .await
+            .expect("check")
+            .http_status,
+        200
+    );
+    assert_eq!(authority.token_requests.load(Relaxed), 1);
+
+    authority.token_endpoint_down.store(true, Relaxed);
+    tokio::time::sleep(Duration::from_millis(1100)).await; // the groups (TTL 1 s) need Graph again
+    let r = c
+        .check(Some(&token), "github", &initialize_body(2), None)
+        .await
+        .expect("check");
+    assert_eq!(r.http_status, 200, "{r:?}");
+    assert_eq!(
+        authority.token_requests.load(Relaxed),
+        2,
+        "a renewal was attempted"
+    );
+    assert_eq!(
+        authority.graph_calls.load(Relaxed),
+        2,
+        "and Graph was called with the current token"
+    );
+}
