@@ -502,3 +502,43 @@ async fn a_failed_token_renewal_keeps_the_current_token_while_valid() {
         "and Graph was called with the current token"
     );
 }
+
+/// Shutdown drains: a Check in flight (held by a slow Graph call) completes with its answer
+/// while the server stops accepting new work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_an_in_flight_check() {
+    let (authority, _dir, cfg) =
+        setup("get_member_objects", 300, 3600, &["GroupMember.Read.All"]).await;
+    let inst = Instance::start(&cfg).await;
+    let addr = inst.addrs.grpc.expect("grpc");
+    let mut c = Checker::connect(addr).await;
+    authority.set_graph_faults(GraphFaults {
+        delay_ms: 1000,
+        ..Default::default()
+    });
+    let req = json!({"tid": TID, "oid": BOB, "aud": API_CLIENT_ID, "scp": SCOPE, "groups": [ENG_GROUP], "overage": true});
+    let token = authority
+        .mint(&serde_json::from_value(req).expect("req"))
+        .expect("mint");
+    let in_flight = tokio::spawn(async move {
+        c.check(Some(&token), "github", &initialize_body(1), None)
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopped = Instant::now();
+    inst.stop().await; // returns once drained
+    let answer = in_flight
+        .await
+        .expect("join")
+        .expect("the in-flight Check was not cut off");
+    assert_eq!(answer.http_status, 200, "{answer:?}");
+    assert!(
+        stopped.elapsed() >= Duration::from_millis(600),
+        "stop returned before the Check finished: {:?}",
+        stopped.elapsed()
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no new connections after shutdown"
+    );
+}
