@@ -1,8 +1,8 @@
 //! Microsoft Graph: an app-only token by client credentials, and a user's transitive groups.
 //!
 //! - The app token is cached per directory and renewed before expiry (on use when it has under
-//!   five minutes left, and by a background loop with jitter); a failed renewal keeps the current
-//!   token while it is valid.
+//!   five minutes left, and by a background loop with jitter and backoff); a failed renewal keeps
+//!   the current token while it is valid, and use-time renewal then holds off ~30 s.
 //! - `getMemberObjects` (default) or `transitiveMemberOf/microsoft.graph.group` following
 //!   `@odata.nextLink` (only links on the configured Graph origin are followed).
 //! - 429: `Retry-After` (seconds, fractions allowed) is honoured up to `max_retry_wait`; without
@@ -174,7 +174,13 @@ pub struct GraphSettings {
 struct AppToken {
     value: String,
     expires_at: Instant,
+    /// After a failed renewal, use-time renewal waits until then (the current token serves).
+    retry_renewal_at: Option<Instant>,
 }
+
+/// How long use-time renewal waits after a failure, so an outage of the token endpoint is not
+/// met with one request per Graph lookup.
+const RENEWAL_HOLD_OFF: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 pub struct GraphStats {
@@ -246,7 +252,8 @@ impl GraphClient {
         let mut tokens = self.tokens.lock().await;
         let now = Instant::now();
         if let Some(t) = tokens.get(tid)
-            && t.expires_at > now + RENEW_BEFORE
+            && (t.expires_at > now + RENEW_BEFORE
+                || (t.expires_at > now && t.retry_renewal_at.is_some_and(|r| now < r)))
         {
             return Ok(t.value.clone());
         }
@@ -257,9 +264,10 @@ impl GraphClient {
                 Ok(v)
             }
             // A failed renewal keeps the current token while it is valid.
-            Err(e) => match tokens.get(tid).filter(|t| t.expires_at > now) {
+            Err(e) => match tokens.get_mut(tid).filter(|t| t.expires_at > now) {
                 Some(t) => {
                     tracing::warn!(error = %e, "Graph app token renewal failed; using the current token until it expires");
+                    t.retry_renewal_at = Some(now + jitter(RENEWAL_HOLD_OFF));
                     Ok(t.value.clone())
                 }
                 None => Err(e),
@@ -270,11 +278,16 @@ impl GraphClient {
     /// Renews tokens that are close to expiry, until `shutdown`.
     pub async fn run_renewal(&self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let base = Duration::from_secs(30);
+        let mut wait = base;
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(jitter(Duration::from_secs(30))) => {}
+                _ = tokio::time::sleep(jitter(wait)) => {}
                 _ = &mut shutdown => return,
             }
+            // Back off while renewals fail (30 s doubling to 4 min: still several tries inside
+            // the ten-minute window), back to 30 s after a success.
+            wait = base;
             let due: Vec<String> = {
                 let tokens = self.tokens.lock().await;
                 tokens
@@ -289,7 +302,8 @@ impl GraphClient {
                         self.tokens.lock().await.insert(tid, t);
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, %tid, "background Graph token renewal failed; will retry")
+                        wait = (wait * 2).min(Duration::from_secs(240));
+                        tracing::warn!(error = %e, %tid, retry_in_s = wait.as_secs(), "background Graph token renewal failed; will retry")
                     }
                 }
             }
@@ -360,6 +374,7 @@ impl GraphClient {
         Ok(AppToken {
             value: t.access_token,
             expires_at: Instant::now() + Duration::from_secs(t.expires_in),
+            retry_renewal_at: None,
         })
     }
 

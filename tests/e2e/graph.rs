@@ -501,6 +501,26 @@ async fn a_failed_token_renewal_keeps_the_current_token_while_valid() {
         2,
         "and Graph was called with the current token"
     );
+
+    // During the outage, further lookups do not each hit the token endpoint again.
+    for i in 0..5 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let r = c
+            .check(Some(&token), "github", &initialize_body(3 + i), None)
+            .await
+            .expect("check");
+        assert_eq!(r.http_status, 200);
+    }
+    assert_eq!(
+        authority.graph_calls.load(Relaxed),
+        7,
+        "each expired group entry was fetched again"
+    );
+    assert_eq!(
+        authority.token_requests.load(Relaxed),
+        2,
+        "renewal holds off after a failure"
+    );
 }
 
 /// Shutdown drains: a Check in flight (held by a slow Graph call) completes with its answer
