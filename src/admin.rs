@@ -30,10 +30,23 @@ pub fn admin_router(observed: Observed) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
+        .route("/metrics", get(metrics))
         .with_state(Arc::new(observed))
 }
 
-/// Counters for operators (Prometheus metrics come separately).
+/// Prometheus / OpenMetrics text.
+async fn metrics(State(o): State<Arc<Observed>>) -> Response {
+    (
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        o.authorizer.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Counters for operators as JSON (the same numbers as `/metrics`).
 async fn status(State(o): State<Arc<Observed>>) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
     let a = &o.authorizer;

@@ -284,6 +284,7 @@ pub fn build(
         validator,
         groups,
         obo,
+        metrics: Arc::new(crate::metrics::Metrics::new()),
         policy,
         settings: response.clone(),
         audit,
@@ -446,6 +447,14 @@ pub async fn run(
         });
     }
     {
+        parts
+            .authorizer
+            .metrics
+            .register_collector(Box::new(crate::metrics::StateCollector {
+                authorizer: parts.authorizer.clone(),
+                policy_source: parts.policy_source.clone(),
+                audit: audit.clone(),
+            }));
         let router = admin::admin_router(admin::Observed {
             authorizer: parts.authorizer.clone(),
             policy_source: parts.policy_source.clone(),

@@ -12,6 +12,7 @@
 //!   file source with hot reload.
 //! - [`response`]: how a decision becomes headers, status codes and bodies (MCP/RFC 6750/9728).
 //! - [`audit`]: one event per decision through a bounded queue to PostgreSQL or JSON lines.
+//! - [`metrics`]: Prometheus metrics on the admin listener.
 //! - [`admin`]: HTTP listeners: health/readiness and RFC 9728 protected-resource metadata.
 //! - [`config`]: typed configuration from a file plus environment overrides.
 //! - [`cli`]: operator commands (migrate, policy export/import, explain).
@@ -29,6 +30,7 @@ pub mod groups;
 pub mod grpc;
 pub mod identity;
 pub mod mcp;
+pub mod metrics;
 pub mod obo;
 pub mod pipeline;
 pub mod policy;

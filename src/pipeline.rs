@@ -26,6 +26,7 @@ pub struct Authorizer {
     pub audit: Option<Arc<crate::audit::Auditor>>,
     /// On-behalf-of exchange, for servers with `token_forwarding: obo`.
     pub obo: Option<Arc<crate::obo::OboClient>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The result of one Check, with what the log line and audit need.
@@ -97,7 +98,24 @@ impl Authorizer {
         let started = Instant::now();
         let decision_id = uuid::Uuid::now_v7().to_string();
         let outcome = self.decide(input, decision_id).await;
-        let elapsed_us = started.elapsed().as_micros() as u64;
+        let elapsed = started.elapsed();
+        let elapsed_us = elapsed.as_micros() as u64;
+        self.metrics.check_seconds.observe(elapsed.as_secs_f64());
+        self.metrics
+            .decisions
+            .get_or_create(&crate::metrics::DecisionLabels {
+                result: if outcome.allowed { "allow" } else { "deny" },
+                reason: outcome.reason,
+            })
+            .inc();
+        if let Some(hit) = outcome.token_cache_hit {
+            self.metrics
+                .token_cache
+                .get_or_create(&crate::metrics::CacheLabels {
+                    result: if hit { "hit" } else { "miss" },
+                })
+                .inc();
+        }
         if let Some(audit) = &self.audit {
             audit.record(crate::audit::AuditEvent {
                 at: crate::audit::now_seconds(),

@@ -562,3 +562,76 @@ async fn shutdown_drains_an_in_flight_check() {
         "no new connections after shutdown"
     );
 }
+
+/// `/metrics` reports decisions, latency, caches, Graph and policy with exact values for a known
+/// sequence of Checks.
+#[tokio::test]
+async fn prometheus_metrics_are_scraped_with_exact_values() {
+    let env = start("get_member_objects", 300, 3600, &["GroupMember.Read.All"]).await;
+    let mut c = env.checker().await;
+    let overage = env.overage_token(BOB, vec![ENG_GROUP.into()]);
+    let listed = mint_user(&env.authority, ALICE, &[ENG_GROUP]);
+    for token in [&overage, &overage, &overage, &listed] {
+        assert_eq!(
+            c.check(Some(token), "github", &initialize_body(1), None)
+                .await
+                .expect("check")
+                .http_status,
+            200
+        );
+    }
+    for _ in 0..2 {
+        c.check(None, "github", &initialize_body(1), None)
+            .await
+            .expect("check");
+    }
+    let resp = env
+        .inst
+        .http
+        .get(format!("http://{}/metrics", env.inst.addrs.admin))
+        .send()
+        .await
+        .expect("scrape");
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap_or("")
+            .starts_with("application/openmetrics-text")
+    );
+    let text = resp.text().await.expect("text");
+    for line in [
+        "mcp_authz_decisions_total{result=\"allow\",reason=\"allowed\"} 4",
+        "mcp_authz_decisions_total{result=\"deny\",reason=\"token_missing\"} 2",
+        "mcp_authz_check_duration_seconds_count 6",
+        "mcp_authz_token_cache_total{result=\"miss\"} 2",
+        "mcp_authz_token_cache_total{result=\"hit\"} 2",
+        "mcp_authz_groups_resolutions_total{source=\"graph\"} 1",
+        "mcp_authz_groups_resolutions_total{source=\"graph_cache\"} 2",
+        "mcp_authz_groups_resolutions_total{source=\"token\"} 1",
+        "mcp_authz_graph_calls_total 1",
+        "mcp_authz_graph_token_requests_total 1",
+        "mcp_authz_jwks_keys 1.0",
+        "mcp_authz_ready 1.0",
+        "mcp_authz_token_cache_entries 2.0",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("# TYPE mcp_authz_check_duration_seconds histogram"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("mcp_authz_policy_version{version=\"") && l.ends_with("} 1")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("mcp_authz_policy_reloads_total ")),
+        "{text}"
+    );
+    assert_eq!(text.lines().last(), Some("# EOF"));
+}

@@ -1,0 +1,299 @@
+//! Prometheus metrics (OpenMetrics text at `/metrics` on the admin listener), through the
+//! `prometheus-client` crate.
+//!
+//! Per-Check values (decisions by result and reason, Check latency, token-cache hits) are
+//! updated on the hot path. Everything the components already count (JWKS, Graph, groups,
+//! policy reloads, audit) is read at scrape time by a collector, so there is one source of
+//! truth for each number. Names: `mcp_authz_<what>[_<unit>][_total]`.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub result: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub result: &'static str,
+}
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub decisions: Family<DecisionLabels, Counter>,
+    pub check_seconds: Histogram,
+    pub token_cache: Family<CacheLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("mcp_authz");
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "decisions",
+            "Checks answered, by result and reason code",
+            decisions.clone(),
+        );
+        // 25 µs … ~0.4 s: a warm Check is tens of µs, a Graph miss tens of ms.
+        let check_seconds = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(25e-6, 2.0, 15),
+        );
+        registry.register_with_unit(
+            "check_duration",
+            "Time to decide one Check",
+            prometheus_client::registry::Unit::Seconds,
+            check_seconds.clone(),
+        );
+        let token_cache = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "token_cache",
+            "Verified-token cache lookups, by result",
+            token_cache.clone(),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            decisions,
+            check_seconds,
+            token_cache,
+        }
+    }
+
+    pub fn register_collector(&self, c: Box<dyn Collector>) {
+        if let Ok(mut r) = self.registry.lock() {
+            r.register_collector(c);
+        }
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Ok(r) = self.registry.lock() {
+            let _ = prometheus_client::encoding::text::encode(&mut out, &r);
+        }
+        out
+    }
+}
+
+/// Reads the components' own counters at scrape time.
+#[derive(Clone)]
+pub struct StateCollector {
+    pub authorizer: Arc<crate::pipeline::Authorizer>,
+    pub policy_source: crate::policy::Source,
+    pub audit: Option<Arc<crate::audit::Auditor>>,
+}
+
+impl std::fmt::Debug for StateCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateCollector")
+    }
+}
+
+fn counter(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: u64,
+) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(v);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: f64) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(v);
+    g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+fn labelled_counter(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    values: &[(&'static str, u64)],
+) -> Result<(), std::fmt::Error> {
+    use prometheus_client::metrics::TypedMetric;
+    let mut family = e.encode_descriptor(name, help, None, ConstCounter::<u64>::TYPE)?;
+    for (value, n) in values {
+        let labels = [(label, *value)];
+        ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+use prometheus_client::metrics::TypedMetric as _;
+
+impl Collector for StateCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let a = &self.authorizer;
+        let keys = a.validator.keys();
+        gauge(
+            &mut e,
+            "ready",
+            "1 when keys and policy are loaded",
+            if a.ready() { 1.0 } else { 0.0 },
+        )?;
+        gauge(
+            &mut e,
+            "jwks_keys",
+            "Signing keys currently loaded",
+            keys.snapshot().len() as f64,
+        )?;
+        counter(
+            &mut e,
+            "jwks_refreshes",
+            "Successful JWKS fetches",
+            keys.refreshes.load(Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "jwks_refresh_failures",
+            "Failed JWKS fetches (last good keys kept)",
+            keys.refresh_failures.load(Relaxed),
+        )?;
+        gauge(
+            &mut e,
+            "token_cache_entries",
+            "Verified tokens cached",
+            a.validator.cached_tokens() as f64,
+        )?;
+
+        let g = &a.groups.stats;
+        labelled_counter(
+            &mut e,
+            "groups_resolutions",
+            "How each Check's groups were found",
+            "source",
+            &[
+                ("token", g.token.load(Relaxed)),
+                ("graph_cache", g.cache_hits.load(Relaxed)),
+                ("graph", g.graph_lookups.load(Relaxed)),
+                ("stale", g.stale_served.load(Relaxed)),
+                ("unavailable", g.unavailable.load(Relaxed)),
+            ],
+        )?;
+        if let Some(client) = a.groups.graph() {
+            let s = &client.stats;
+            counter(
+                &mut e,
+                "graph_calls",
+                "HTTP calls to Microsoft Graph",
+                s.calls.load(Relaxed),
+            )?;
+            counter(
+                &mut e,
+                "graph_throttled",
+                "Graph answers 429",
+                s.throttled.load(Relaxed),
+            )?;
+            counter(
+                &mut e,
+                "graph_failures",
+                "Graph lookups that failed after retries",
+                s.failures.load(Relaxed),
+            )?;
+            counter(
+                &mut e,
+                "graph_token_requests",
+                "App-token requests for Graph",
+                s.token_requests.load(Relaxed),
+            )?;
+            counter(
+                &mut e,
+                "graph_token_failures",
+                "Failed app-token requests for Graph",
+                s.token_failures.load(Relaxed),
+            )?;
+        }
+        if let Some(obo) = &a.obo {
+            counter(
+                &mut e,
+                "obo_exchanges",
+                "On-behalf-of token exchanges",
+                obo.exchanges.load(Relaxed),
+            )?;
+            counter(
+                &mut e,
+                "obo_failures",
+                "Failed on-behalf-of exchanges",
+                obo.failures.load(Relaxed),
+            )?;
+        }
+
+        let (reloads, rejected) = self.policy_source.counters();
+        counter(
+            &mut e,
+            "policy_reloads",
+            "Policy snapshots installed",
+            reloads,
+        )?;
+        counter(
+            &mut e,
+            "policy_rejected",
+            "Policy versions rejected (last good kept)",
+            rejected,
+        )?;
+        let snapshot = a.policy.load();
+        let age = snapshot
+            .as_ref()
+            .and_then(|s| s.loaded_at.elapsed().ok())
+            .map(|d| d.as_secs_f64());
+        gauge(
+            &mut e,
+            "policy_snapshot_age_seconds",
+            "Seconds since the current policy was installed",
+            age.unwrap_or(-1.0),
+        )?;
+        if let Some(s) = &snapshot {
+            let mut family = e.encode_descriptor(
+                "policy_version",
+                "The current policy version (label)",
+                None,
+                ConstGauge::<i64>::TYPE,
+            )?;
+            let labels = [("version", s.version.as_str())];
+            ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
+        }
+
+        if let Some(audit) = &self.audit {
+            let st = &audit.stats;
+            counter(
+                &mut e,
+                "audit_events_written",
+                "Audit events written",
+                st.written.load(Relaxed),
+            )?;
+            labelled_counter(
+                &mut e,
+                "audit_events_dropped",
+                "Audit events dropped",
+                "cause",
+                &[
+                    ("queue_full", st.dropped_queue_full.load(Relaxed)),
+                    ("sink_error", st.dropped_sink_error.load(Relaxed)),
+                ],
+            )?;
+            gauge(
+                &mut e,
+                "audit_queue_depth",
+                "Audit events waiting to be written",
+                audit.queue_depth() as f64,
+            )?;
+        }
+        Ok(())
+    }
+}
