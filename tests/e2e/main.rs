@@ -746,3 +746,45 @@ async fn obo_server_receives_a_token_minted_for_it() {
         r.body
     );
 }
+
+/// Attack: path tricks meant to be checked as one server and routed to another. Each is
+/// normalised by Envoy before routing (and the check sees the normalised path) or refused; in
+/// no case does a user of jira's tenant reach github.
+#[tokio::test]
+async fn path_tricks_never_reach_another_server() {
+    let env = TestEnv::start(Options::default()).await;
+    let carol = env.user_token(CAROL, &[SALES_GROUP]); // sales: jira only
+    for path in [
+        "/mcp/jira/../github",
+        "/mcp/jira/%2e%2e/github",
+        "/mcp/jira/..%2fgithub",
+        "/mcp/jira%2f..%2fgithub",
+        "/mcp/%67ithub",
+        "/mcp/GITHUB",
+        "/mcp//github",
+        "/mcp/./github",
+        "/mcp/github;jira",
+        "/mcp/jira/../../mcp/github",
+    ] {
+        let r = env.post(path, Some(&carol), &initialize_body(1), &[]).await;
+        assert_ne!(r.status, 200, "{path} was allowed: {r:?}");
+        assert!(matches!(r.status, 400 | 403 | 404), "{path}: {r:?}");
+    }
+    let reached: Vec<_> = env.received.all().into_iter().map(|r| r.path).collect();
+    assert!(
+        reached.is_empty(),
+        "requests reached the upstream: {reached:?}"
+    );
+    // Her own server still works, also through a path that normalises to it.
+    assert_eq!(
+        env.post(
+            "/mcp/github/../jira",
+            Some(&carol),
+            &initialize_body(1),
+            &[]
+        )
+        .await
+        .status,
+        200
+    );
+}
