@@ -788,3 +788,61 @@ async fn path_tricks_never_reach_another_server() {
         200
     );
 }
+
+/// Hostile tokens and bodies through Envoy: each refused with its reason, none reaching the
+/// upstream.
+#[tokio::test]
+async fn hostile_tokens_and_bodies_are_refused_through_envoy() {
+    let env = TestEnv::start(Options::default()).await;
+    let good = env.user_token(BOB, &[ENG_GROUP]);
+    let huge = format!(
+        "{}.{}.{}",
+        "a".repeat(6000),
+        "b".repeat(6000),
+        "c".repeat(6000)
+    );
+    let foreign =
+        env.mint(json!({"tid": FOREIGN_TID, "oid": BOB, "aud": API_CLIENT_ID, "scp": SCOPE}));
+    let other_aud =
+        env.mint(json!({"tid": TID, "oid": BOB, "aud": "api://someone-else", "scp": SCOPE}));
+    let app_only = env.mint(json!({"tid": TID, "oid": BOB, "aud": API_CLIENT_ID, "roles": ["MCP.Invoke"], "extra": {"idtyp": "app"}}));
+    for (token, reason) in [
+        (huge.as_str(), "token_too_large"),
+        (foreign.as_str(), "token_tenant"),
+        (other_aud.as_str(), "token_audience"),
+        (app_only.as_str(), "token_app_not_allowed"),
+        ("not-a-jwt", "token_malformed"),
+    ] {
+        let r = env
+            .post("/mcp/github", Some(token), &initialize_body(1), &[])
+            .await;
+        assert_eq!((r.status, r.reason()), (401, reason), "{r:?}");
+    }
+    let deep = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"echo","arguments":{{"a":{}1{}}}}}}}"#,
+        "[".repeat(100),
+        "]".repeat(100)
+    );
+    let r = env.post("/mcp/github", Some(&good), &deep, &[]).await;
+    assert_eq!((r.status, r.reason()), (400, "json_too_deep"));
+    let mut invalid_utf8 =
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"ec"#.to_vec();
+    invalid_utf8.extend_from_slice(&[0xff, 0xfe]);
+    invalid_utf8.extend_from_slice(br#"ho"}}"#);
+    let r = Reply::from(
+        env.http
+            .post(format!("{}/mcp/github", env.envoy_url))
+            .header("authorization", format!("Bearer {good}"))
+            .header("content-type", "application/json")
+            .body(invalid_utf8)
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(
+        env.received.all().is_empty(),
+        "a hostile request reached the upstream"
+    );
+}
