@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::{TcpListener, UnixListener};
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
@@ -95,21 +95,6 @@ impl Listeners {
             metadata: self.metadata.as_ref().and_then(|l| l.local_addr().ok()),
         }
     }
-}
-
-/// Small gRPC frames must not wait for Nagle's algorithm (40 ms with delayed ACKs).
-fn nodelay(
-    incoming: TcpListenerStream,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    incoming.map(|conn| {
-        if let Ok(stream) = &conn
-            && let Err(e) = stream.set_nodelay(true)
-        {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-        conn
-    })
 }
 
 /// The HTTP client for Entra: bounded connect and total time.
@@ -426,7 +411,8 @@ pub async fn run(
                 .add_service(health)
                 .add_service(authz)
                 .serve_with_incoming_shutdown(
-                    nodelay(TcpListenerStream::new(l)),
+                    // Small gRPC frames must not wait for Nagle's algorithm (40 ms with delayed ACKs).
+                    tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true)),
                     stop.cancelled_owned(),
                 )
                 .await

@@ -11,6 +11,14 @@ use super::helpers::*;
 
 const APP: &str = "mcp-authz-graph";
 
+/// A token with an overage: the groups are only in (stand-in) Graph.
+fn overage_token(authority: &Authority, oid: &str, groups: Vec<String>) -> String {
+    let req = json!({"tid": TID, "oid": oid, "aud": API_CLIENT_ID, "scp": SCOPE, "groups": groups, "overage": true});
+    authority
+        .mint(&serde_json::from_value(req).expect("req"))
+        .expect("mint")
+}
+
 struct GraphEnv {
     authority: Arc<Authority>,
     inst: Instance,
@@ -59,10 +67,7 @@ async fn start(method: &str, ttl: u64, stale: u64, roles: &[&str]) -> GraphEnv {
 impl GraphEnv {
     /// A token with an overage: the groups are only in (stand-in) Graph.
     fn overage_token(&self, oid: &str, groups: Vec<String>) -> String {
-        let req = json!({"tid": TID, "oid": oid, "aud": API_CLIENT_ID, "scp": SCOPE, "groups": groups, "overage": true});
-        self.authority
-            .mint(&serde_json::from_value(req).expect("req"))
-            .expect("mint")
+        overage_token(&self.authority, oid, groups)
     }
     fn calls(&self) -> u64 {
         self.authority.graph_calls.load(Relaxed)
@@ -427,10 +432,7 @@ async fn graph_token_with_a_certificate_credential() {
 
     let inst = Instance::start(&cfg_text).await;
     let mut c = Checker::connect(inst.addrs.grpc.expect("grpc")).await;
-    let req = json!({"tid": TID, "oid": BOB, "aud": API_CLIENT_ID, "scp": SCOPE, "groups": [ENG_GROUP], "overage": true});
-    let token = authority
-        .mint(&serde_json::from_value(req).expect("req"))
-        .expect("mint");
+    let token = overage_token(&authority, BOB, vec![ENG_GROUP.into()]);
     let r = c
         .check(Some(&token), "github", &initialize_body(1), None)
         .await
@@ -471,10 +473,7 @@ async fn a_failed_token_renewal_keeps_the_current_token_while_valid() {
     authority.app_token_lifetime.store(299, Relaxed);
     let inst = Instance::start(&cfg).await;
     let mut c = Checker::connect(inst.addrs.grpc.expect("grpc")).await;
-    let req = json!({"tid": TID, "oid": BOB, "aud": API_CLIENT_ID, "scp": SCOPE, "groups": [ENG_GROUP], "overage": true});
-    let token = authority
-        .mint(&serde_json::from_value(req).expect("req"))
-        .expect("mint");
+    let token = overage_token(&authority, BOB, vec![ENG_GROUP.into()]);
     assert_eq!(
         c.check(Some(&token), "github", &initialize_body(1), None)
             .await
@@ -536,10 +535,7 @@ async fn shutdown_drains_an_in_flight_check() {
         delay_ms: 1000,
         ..Default::default()
     });
-    let req = json!({"tid": TID, "oid": BOB, "aud": API_CLIENT_ID, "scp": SCOPE, "groups": [ENG_GROUP], "overage": true});
-    let token = authority
-        .mint(&serde_json::from_value(req).expect("req"))
-        .expect("mint");
+    let token = overage_token(&authority, BOB, vec![ENG_GROUP.into()]);
     let in_flight = tokio::spawn(async move {
         c.check(Some(&token), "github", &initialize_body(1), None)
             .await
