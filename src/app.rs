@@ -265,14 +265,20 @@ pub fn build(
             o.cache_capacity,
         ))),
     };
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let limiter = Arc::new(crate::ratelimit::Limiter::new(
+        &cfg.rate_limit,
+        metrics.clone(),
+    )?);
     let authorizer = Arc::new(Authorizer {
         validator,
         groups,
         obo,
-        metrics: Arc::new(crate::metrics::Metrics::new()),
+        metrics,
         policy,
         settings: response.clone(),
         audit,
+        limiter: Some(limiter),
     });
     let metadata = MetadataSettings {
         authorization_servers: cfg
@@ -546,6 +552,27 @@ pub async fn check_config(
             Err(e) => {
                 ok = false;
                 let _ = writeln!(out, "FAIL  database: {e:#}");
+            }
+        }
+    }
+    if let Some(url) = &cfg.rate_limit.redis_url {
+        let result = match crate::ratelimit::RedisStore::new(url.expose(), &cfg.rate_limit) {
+            Ok(store) => store.ping().await,
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(()) => {
+                let _ = writeln!(
+                    out,
+                    "ok    redis reachable: rate limits shared by every replica"
+                );
+            }
+            Err(e) => {
+                ok = false;
+                let _ = writeln!(
+                    out,
+                    "FAIL  redis: {e} (mcp-authz would start and limit in process until it answers)"
+                );
             }
         }
     }

@@ -49,6 +49,54 @@ pub struct Config {
     pub graph: Option<GraphConfig>,
     /// On-behalf-of exchange, for servers with `token_forwarding: obo`.
     pub obo: Option<OboConfig>,
+    /// Where rate-limit state lives. The limits themselves are policy (`rate_limits`, tenants).
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// `redis://[:password@]host:6379/0` (or `rediss://` for TLS): one limit shared by every
+    /// replica. Without it each replica limits on its own.
+    pub redis_url: Option<Secret>,
+    /// Each Redis call's bound; past it the Check uses the in-process limiter.
+    #[serde(default = "default_redis_timeout")]
+    pub redis_timeout_ms: u64,
+    /// After a Redis failure, how long to stay in process before trying Redis again.
+    #[serde(default = "default_redis_retry")]
+    pub redis_retry_ms: u64,
+    /// Prefix of every Redis key; `{…}` keeps them in one Redis Cluster slot.
+    #[serde(default = "default_redis_prefix")]
+    pub key_prefix: String,
+    /// Buckets the in-process limiter keeps at most.
+    #[serde(default = "default_local_keys")]
+    pub local_max_keys: usize,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            redis_url: None,
+            redis_timeout_ms: default_redis_timeout(),
+            redis_retry_ms: default_redis_retry(),
+            key_prefix: default_redis_prefix(),
+            local_max_keys: default_local_keys(),
+        }
+    }
+}
+
+fn default_redis_timeout() -> u64 {
+    50
+}
+fn default_redis_retry() -> u64 {
+    1000
+}
+fn default_redis_prefix() -> String {
+    "mcp-authz:{rl}:".into()
+}
+fn default_local_keys() -> usize {
+    100_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -564,6 +612,38 @@ impl Config {
         }
         if self.audit.queue_capacity == 0 || self.audit.batch_size == 0 {
             return bad("audit.queue_capacity and audit.batch_size must be positive".into());
+        }
+        let rl = &self.rate_limit;
+        if let Some(url) = &rl.redis_url {
+            let u = url.expose();
+            if !(u.starts_with("redis://")
+                || u.starts_with("rediss://")
+                || u.starts_with("redis+unix://")
+                || u.starts_with("unix://"))
+            {
+                return bad(
+                    "rate_limit.redis_url must be a redis://, rediss:// or redis+unix:// URL"
+                        .into(),
+                );
+            }
+        }
+        if rl.redis_timeout_ms == 0 || rl.redis_timeout_ms > 10_000 {
+            return bad("rate_limit.redis_timeout_ms: between 1 and 10000".into());
+        }
+        if rl.redis_retry_ms == 0 {
+            return bad("rate_limit.redis_retry_ms must be positive".into());
+        }
+        if rl.local_max_keys < 16 {
+            return bad("rate_limit.local_max_keys: at least 16".into());
+        }
+        if rl.key_prefix.is_empty()
+            || rl.key_prefix.len() > 64
+            || rl
+                .key_prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return bad("rate_limit.key_prefix: 1 to 64 characters without spaces".into());
         }
         if let Some(db) = &self.database {
             if !db.url.expose().starts_with("postgres://")

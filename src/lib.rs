@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod obo;
 pub mod pipeline;
 pub mod policy;
+pub mod ratelimit;
 pub mod response;
 pub mod sample_server;
 pub mod standin;

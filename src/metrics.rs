@@ -28,11 +28,19 @@ pub struct CacheLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScopeLabels {
+    pub scope: &'static str,
+}
+
 pub struct Metrics {
     registry: Mutex<Registry>,
     pub decisions: Family<DecisionLabels, Counter>,
     pub check_seconds: Histogram,
     pub token_cache: Family<CacheLabels, Counter>,
+    pub rate_limited: Family<ScopeLabels, Counter>,
+    pub ratelimit_redis_errors: Counter,
+    pub ratelimit_redis_fallback: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl Default for Metrics {
@@ -66,11 +74,32 @@ impl Metrics {
             "Verified-token cache lookups, by result",
             token_cache.clone(),
         );
+        let rate_limited = Family::<ScopeLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate limit, by the limit that refused (user, tool, tenant, global)",
+            rate_limited.clone(),
+        );
+        let ratelimit_redis_errors = Counter::default();
+        registry.register(
+            "ratelimit_redis_errors",
+            "Rate-limit calls to Redis that failed or timed out",
+            ratelimit_redis_errors.clone(),
+        );
+        let ratelimit_redis_fallback = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register(
+            "ratelimit_redis_fallback",
+            "1 while Redis is failing and this replica limits in process",
+            ratelimit_redis_fallback.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             decisions,
             check_seconds,
             token_cache,
+            rate_limited,
+            ratelimit_redis_errors,
+            ratelimit_redis_fallback,
         }
     }
 
@@ -231,6 +260,21 @@ impl Collector for StateCollector {
                 "obo_failures",
                 "Failed on-behalf-of exchanges",
                 obo.failures.load(Relaxed),
+            )?;
+        }
+
+        if let Some(l) = &a.limiter {
+            gauge(
+                &mut e,
+                "ratelimit_local_buckets",
+                "Rate-limit buckets held in process",
+                l.local().len() as f64,
+            )?;
+            counter(
+                &mut e,
+                "ratelimit_local_evictions",
+                "In-process buckets forgotten because the store was full",
+                l.local().evictions(),
             )?;
         }
 

@@ -27,6 +27,8 @@ pub struct Authorizer {
     /// On-behalf-of exchange, for servers with `token_forwarding: obo`.
     pub obo: Option<Arc<crate::obo::OboClient>>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Rate limits; `None` switches them off whatever the policy says.
+    pub limiter: Option<Arc<crate::ratelimit::Limiter>>,
 }
 
 /// The result of one Check, with what the log line and audit need.
@@ -264,6 +266,20 @@ impl Authorizer {
         let decision = policy::decide(&snapshot, &subject, &facts);
         match decision.result {
             Ok(allow) => {
+                if let Some(limiter) = &self.limiter {
+                    let req = snapshot.rate_request(&allow, &principal.tid, &principal.oid, &facts);
+                    if !req.is_empty() {
+                        let o = limiter.check(&req).await;
+                        if !o.allowed {
+                            out.tenant = Some(allow.tenant.to_string());
+                            deny(
+                                &mut out,
+                                Denial::RateLimited(response::RateLimitInfo::from_outcome(&o)),
+                            );
+                            return out;
+                        }
+                    }
+                }
                 let upstream_auth = match UpstreamAuth::for_forwarding(allow.token_forwarding) {
                     Some(a) => a,
                     None => match self.on_behalf_of(&principal, &allow, token).await {

@@ -19,6 +19,7 @@ pub use decision::{Allow, Decision, DenyReason, Subject, decide};
 pub use file::{FileSource, load_file};
 
 use crate::identity::is_guid;
+use crate::ratelimit::{self, Bucket, Rate, Scope};
 
 /// Ordered access levels: `read < write < admin`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -88,6 +89,84 @@ pub struct PolicyDocument {
     /// `email` and `preferred_username` as mutable, so they are labels, not identities.
     #[serde(default)]
     pub allow_upn_grants: bool,
+    /// Requests per minute: the global budget, the per-user default, per-tool limits.
+    /// Per-tenant limits and fairness weights are on the tenants.
+    #[serde(default, skip_serializing_if = "RateLimitsDoc::is_default")]
+    pub rate_limits: RateLimitsDoc,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsDoc {
+    /// The gateway's budget per minute, shared between tenants by `fairness_weight` when it
+    /// runs out. None: no global budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_per_minute: Option<u32>,
+    #[serde(default = "default_burst", skip_serializing_if = "is_default_burst")]
+    pub global_burst_factor: f64,
+    /// Every user's limit per minute (per `tid`+`oid`, across servers). None: no user limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_per_minute: Option<u32>,
+    #[serde(default = "default_burst", skip_serializing_if = "is_default_burst")]
+    pub user_burst_factor: f64,
+    /// Stricter per-user limits on `tools/call` of matching tools.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolLimitDoc>,
+}
+
+impl Default for RateLimitsDoc {
+    fn default() -> Self {
+        RateLimitsDoc {
+            global_per_minute: None,
+            global_burst_factor: DEFAULT_BURST_FACTOR,
+            user_per_minute: None,
+            user_burst_factor: DEFAULT_BURST_FACTOR,
+            tools: Vec::new(),
+        }
+    }
+}
+
+impl RateLimitsDoc {
+    fn is_default(&self) -> bool {
+        *self == RateLimitsDoc::default()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolLimitDoc {
+    /// Database row id, when the document was read from PostgreSQL.
+    #[serde(skip)]
+    pub id: Option<i64>,
+    pub server: String,
+    /// Tool name glob, as in `tool_rules`.
+    pub tool: String,
+    /// Each user's calls per minute of the matching tools (each pattern its own bucket).
+    pub user_per_minute: u32,
+    #[serde(default = "default_burst", skip_serializing_if = "is_default_burst")]
+    pub burst_factor: f64,
+}
+
+/// How many times the per-minute rate may come at once, unless a row says otherwise.
+pub const DEFAULT_BURST_FACTOR: f64 = 1.5;
+
+fn default_burst() -> f64 {
+    DEFAULT_BURST_FACTOR
+}
+fn is_default_burst(f: &f64) -> bool {
+    *f == DEFAULT_BURST_FACTOR
+}
+fn one() -> u32 {
+    1
+}
+fn is_one(v: &u32) -> bool {
+    *v == 1
+}
+
+/// A burst factor is positive, at most 100, with at most two decimals (the database keeps
+/// `numeric(5,2)`).
+fn valid_burst(f: f64) -> bool {
+    f.is_finite() && f > 0.0 && f <= 100.0 && ((f * 100.0).round() - f * 100.0).abs() < 1e-6
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -119,6 +198,15 @@ pub struct TenantDoc {
     /// Servers this tenant may use.
     #[serde(default)]
     pub servers: Vec<String>,
+    /// The tenant's own cap, requests per minute for all its users together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_per_minute: Option<u32>,
+    /// Its share of `rate_limits.global_per_minute` when the budget runs out.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub fairness_weight: u32,
+    /// Burst of its cap and of its reserved share.
+    #[serde(default = "default_burst", skip_serializing_if = "is_default_burst")]
+    pub burst_factor: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -248,6 +336,19 @@ pub struct Snapshot {
     admin_groups: HashMap<String, Origin>,
     admin_users: HashMap<String, (Option<String>, Origin)>,
     tool_rules: Vec<Vec<ToolRule>>,
+    limits: Limits,
+}
+
+/// The compiled rate limits.
+#[derive(Debug, Default)]
+struct Limits {
+    any: bool,
+    global: Option<Rate>,
+    user: Option<Rate>,
+    /// By tenant name: its cap and its reserved share of the global budget.
+    tenants: HashMap<Arc<str>, (Option<Rate>, Option<Rate>)>,
+    /// By server name: (tool pattern, per-user rate).
+    tools: HashMap<Arc<str>, Vec<(String, Rate)>>,
 }
 
 /// Every problem found in a document, so an operator fixes them in one pass.
@@ -350,6 +451,24 @@ impl Snapshot {
             }
             if tenant_by_name.insert(&t.name, i).is_some() {
                 problems.push(format!("tenants[{i}]: duplicate name {:?}", t.name));
+            }
+            if t.rate_limit_per_minute == Some(0) {
+                problems.push(format!(
+                    "tenants[{i}] {}: rate_limit_per_minute must be positive",
+                    t.name
+                ));
+            }
+            if !(1..=1000).contains(&t.fairness_weight) {
+                problems.push(format!(
+                    "tenants[{i}] {}: fairness_weight must be 1..=1000",
+                    t.name
+                ));
+            }
+            if !valid_burst(t.burst_factor) {
+                problems.push(format!(
+                    "tenants[{i}] {}: burst_factor must be in (0, 100] with at most two decimals",
+                    t.name
+                ));
             }
             let mut set = HashSet::new();
             for s in &t.servers {
@@ -522,6 +641,8 @@ impl Snapshot {
             });
         }
 
+        let limits = compile_limits(doc, &server_by_name, &mut problems);
+
         if !problems.is_empty() {
             return Err(CompileError(problems));
         }
@@ -539,7 +660,77 @@ impl Snapshot {
             admin_groups,
             admin_users,
             tool_rules,
+            limits,
         })
+    }
+
+    /// The rate-limit buckets an allowed request is charged to (empty when no limit applies).
+    /// Keys name the verified identity, the policy tenant and the tool rule; never anything the
+    /// client chooses.
+    pub fn rate_request(
+        &self,
+        allow: &Allow,
+        tid: &str,
+        oid: &str,
+        facts: &crate::mcp::RequestFacts,
+    ) -> ratelimit::Request {
+        let l = &self.limits;
+        let mut req = ratelimit::Request::default();
+        if !l.any {
+            return req;
+        }
+        if let Some(rate) = l.user {
+            req.hard.push(Bucket {
+                key: format!("u:{tid}:{oid}"),
+                rate,
+                scope: Scope::User,
+            });
+        }
+        if let (Some(tool), Some(rules)) = (facts.call.tool(), l.tools.get(&allow.server.name)) {
+            for (pattern, rate) in rules {
+                if decision::glob_match(pattern, tool) {
+                    req.hard.push(Bucket {
+                        key: format!("t:{}:{pattern}:{tid}:{oid}", allow.server.name),
+                        rate: *rate,
+                        scope: Scope::Tool,
+                    });
+                }
+            }
+        }
+        let (cap, reserved) = l
+            .tenants
+            .get(&allow.tenant)
+            .copied()
+            .unwrap_or((None, None));
+        if let Some(rate) = cap {
+            req.hard.push(Bucket {
+                key: format!("c:{}", allow.tenant),
+                rate,
+                scope: Scope::Tenant,
+            });
+        }
+        if let Some(global) = l.global {
+            let global = Bucket {
+                key: "g".into(),
+                rate: global,
+                scope: Scope::Global,
+            };
+            match reserved {
+                Some(rate) => {
+                    req.fair = Some(ratelimit::Fair {
+                        reserved: Bucket {
+                            key: format!("r:{}", allow.tenant),
+                            rate,
+                            scope: Scope::Tenant,
+                        },
+                        global,
+                    })
+                }
+                // Admins without a tenant only borrow from the budget.
+                None => req.hard.push(global),
+            }
+        }
+        req
     }
 
     pub fn server_by_route(&self, route_key: &str) -> Option<&Arc<Server>> {
@@ -561,6 +752,99 @@ impl Snapshot {
             + self.user_grants.values().map(Vec::len).sum::<usize>()
             + self.upn_grants.values().map(Vec::len).sum::<usize>()
     }
+}
+
+fn compile_limits(
+    doc: &PolicyDocument,
+    server_by_name: &HashMap<&str, usize>,
+    problems: &mut Vec<String>,
+) -> Limits {
+    let rl = &doc.rate_limits;
+    let mut limits = Limits::default();
+    let per_minute = |v: Option<u32>, at: &str, problems: &mut Vec<String>| {
+        if v == Some(0) {
+            problems.push(format!("{at} must be positive"));
+        }
+        v.filter(|&n| n > 0)
+    };
+    for (f, at) in [
+        (rl.global_burst_factor, "rate_limits.global_burst_factor"),
+        (rl.user_burst_factor, "rate_limits.user_burst_factor"),
+    ] {
+        if !valid_burst(f) {
+            problems.push(format!(
+                "{at} must be in (0, 100] with at most two decimals"
+            ));
+        }
+    }
+    limits.global = per_minute(
+        rl.global_per_minute,
+        "rate_limits.global_per_minute",
+        problems,
+    )
+    .map(|n| Rate::new(n, rl.global_burst_factor));
+    limits.user = per_minute(rl.user_per_minute, "rate_limits.user_per_minute", problems)
+        .map(|n| Rate::new(n, rl.user_burst_factor));
+    let total_weight: u64 = doc
+        .tenants
+        .iter()
+        .filter(|t| t.enabled)
+        .map(|t| u64::from(t.fairness_weight))
+        .sum();
+    for t in &doc.tenants {
+        let cap = t
+            .rate_limit_per_minute
+            .filter(|&n| n > 0)
+            .map(|n| Rate::new(n, t.burst_factor));
+        let reserved = match (limits.global, total_weight) {
+            (Some(g), w) if w > 0 && t.enabled => {
+                let share = u64::from(g.per_minute) * u64::from(t.fairness_weight) / w;
+                Some(Rate::new(share.max(1) as u32, rl.global_burst_factor))
+            }
+            _ => None,
+        };
+        limits
+            .tenants
+            .insert(t.name.as_str().into(), (cap, reserved));
+    }
+    let mut seen = HashSet::new();
+    for (i, tl) in rl.tools.iter().enumerate() {
+        let at = row_label(&format!("rate_limits.tools[{i}]"), "tool_limits", tl.id);
+        if !server_by_name.contains_key(tl.server.as_str()) {
+            problems.push(format!("{at}: unknown server {:?}", tl.server));
+        }
+        if !valid_tool_pattern(&tl.tool) {
+            problems.push(format!(
+                "{at}: tool pattern {:?} must be non-empty, without spaces or control characters",
+                tl.tool
+            ));
+        }
+        if !seen.insert((tl.server.as_str(), tl.tool.as_str())) {
+            problems.push(format!("{at}: {} {} is limited twice", tl.server, tl.tool));
+        }
+        if tl.user_per_minute == 0 {
+            problems.push(format!("{at}: user_per_minute must be positive"));
+            continue;
+        }
+        if !valid_burst(tl.burst_factor) {
+            problems.push(format!(
+                "{at}: burst_factor must be in (0, 100] with at most two decimals"
+            ));
+        }
+        limits
+            .tools
+            .entry(tl.server.as_str().into())
+            .or_default()
+            .push((
+                tl.tool.clone(),
+                Rate::new(tl.user_per_minute, tl.burst_factor),
+            ));
+    }
+    limits.any = limits.global.is_some()
+        || limits.user.is_some()
+        || !limits.tools.is_empty()
+        || limits.tenants.values().any(|(cap, _)| cap.is_some());
+    limits
 }
 
 /// Content hash of a document (its canonical JSON), shown as the policy version.

@@ -58,6 +58,34 @@ pub enum Denial {
     BadRequest(FactsError),
     /// 503: a dependency we need for a safe answer is unavailable (fail closed).
     Unavailable { code: &'static str },
+    /// 429 with `Retry-After` and `RateLimit-*` (draft-ietf-httpapi-ratelimit-headers).
+    RateLimited(RateLimitInfo),
+}
+
+/// What a 429 tells the client about the limit that refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitInfo {
+    /// `user`, `tool`, `tenant` or `global`.
+    pub scope: &'static str,
+    /// Requests per minute.
+    pub limit: u32,
+    pub burst: u32,
+    /// Whole seconds, at least 1.
+    pub retry_after: u64,
+    pub reset: u64,
+}
+
+impl RateLimitInfo {
+    pub fn from_outcome(o: &crate::ratelimit::Outcome) -> Self {
+        let secs = |d: std::time::Duration| d.as_micros().div_ceil(1_000_000).max(1) as u64;
+        RateLimitInfo {
+            scope: o.scope.as_str(),
+            limit: o.rate.per_minute,
+            burst: o.rate.burst,
+            retry_after: secs(o.retry_after),
+            reset: secs(o.reset),
+        }
+    }
 }
 
 impl Denial {
@@ -68,6 +96,7 @@ impl Denial {
             | Denial::Forbidden { code }
             | Denial::Unavailable { code } => code,
             Denial::BadRequest(e) => e.code(),
+            Denial::RateLimited(_) => "rate_limited",
         }
     }
 
@@ -77,6 +106,7 @@ impl Denial {
             Denial::Forbidden { .. } => 403,
             Denial::BadRequest(e) => e.http_status(),
             Denial::Unavailable { .. } => 503,
+            Denial::RateLimited(_) => 429,
         }
     }
 
@@ -98,6 +128,7 @@ impl Denial {
             Denial::BadRequest(FactsError::MethodNotAllowed) => "Method not allowed",
             Denial::BadRequest(_) => "Invalid request",
             Denial::Unavailable { .. } => "Authorization temporarily unavailable",
+            Denial::RateLimited(_) => "Rate limit exceeded",
         }
     }
 
@@ -107,6 +138,7 @@ impl Denial {
             Denial::Forbidden { .. } => -32003,
             Denial::BadRequest(e) => e.rpc_code(),
             Denial::Unavailable { .. } => -32002,
+            Denial::RateLimited(_) => -32029,
         }
     }
 
@@ -117,6 +149,7 @@ impl Denial {
             Denial::Forbidden { .. } => "insufficient_scope",
             Denial::BadRequest(_) => "invalid_request",
             Denial::Unavailable { .. } => "temporarily_unavailable",
+            Denial::RateLimited(_) => "rate_limited",
         }
     }
 }
@@ -224,6 +257,19 @@ pub fn deny(
     if let Some(c) = challenge(&denial, settings, metadata_url.as_deref()) {
         headers.push(("www-authenticate", c));
     }
+    let mut data = json!({"reason": denial.code(), "decision_id": decision_id});
+    if let Denial::RateLimited(rl) = &denial {
+        headers.push(("retry-after", rl.retry_after.to_string()));
+        headers.push(("ratelimit-limit", rl.limit.to_string()));
+        headers.push(("ratelimit-remaining", "0".to_string()));
+        headers.push(("ratelimit-reset", rl.reset.to_string()));
+        headers.push((
+            "ratelimit-policy",
+            format!("{};w=60;burst={}", rl.limit, rl.burst),
+        ));
+        data["retry_after"] = json!(rl.retry_after);
+        data["limit"] = json!(rl.scope);
+    }
     let body = match rpc_id {
         Some(id) => json!({
             "jsonrpc": "2.0",
@@ -231,15 +277,19 @@ pub fn deny(
             "error": {
                 "code": denial.rpc_code(),
                 "message": denial.message(),
-                "data": {"reason": denial.code(), "decision_id": decision_id},
+                "data": data,
             }
         }),
-        None => json!({
-            "error": denial.oauth_error(),
-            "error_description": denial.message(),
-            "reason": denial.code(),
-            "decision_id": decision_id,
-        }),
+        None => {
+            let mut body = json!({
+                "error": denial.oauth_error(),
+                "error_description": denial.message(),
+            });
+            if let (Some(b), Some(d)) = (body.as_object_mut(), data.as_object()) {
+                b.extend(d.clone());
+            }
+            body
+        }
     };
     Verdict::Deny {
         status: denial.status(),

@@ -22,7 +22,7 @@ use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 
 use super::{
     AccessLevel, AdminsDoc, Effect, GroupGrantDoc, PolicyDocument, PolicyHandle, ServerDoc,
-    Snapshot, TenantDoc, TokenForwarding, ToolRuleDoc, UserGrantDoc, UserRef,
+    Snapshot, TenantDoc, TokenForwarding, ToolLimitDoc, ToolRuleDoc, UserGrantDoc, UserRef,
 };
 
 pub const CHANNEL: &str = "mcp_authz_policy";
@@ -53,7 +53,12 @@ struct Table {
 const TENANTS: Table = Table {
     name: "tenants",
     key: &[Col("name", "text")],
-    value: &[Col("enabled", "boolean")],
+    value: &[
+        Col("enabled", "boolean"),
+        Col("rate_limit_per_minute", "integer"),
+        Col("fairness_weight", "integer"),
+        Col("burst_factor", "numeric"),
+    ],
     has_id: false,
 };
 const SERVERS: Table = Table {
@@ -115,12 +120,27 @@ const ADMINS: Table = Table {
 const SETTINGS: Table = Table {
     name: "policy_settings",
     key: &[Col("singleton", "boolean")],
-    value: &[Col("allow_upn_grants", "boolean")],
+    value: &[
+        Col("allow_upn_grants", "boolean"),
+        Col("global_rate_limit_per_minute", "integer"),
+        Col("global_burst_factor", "numeric"),
+        Col("user_rate_limit_per_minute", "integer"),
+        Col("user_burst_factor", "numeric"),
+    ],
     has_id: false,
+};
+const TOOL_LIMITS: Table = Table {
+    name: "tool_limits",
+    key: &[Col("server", "text"), Col("tool_pattern", "text")],
+    value: &[
+        Col("user_per_minute", "integer"),
+        Col("burst_factor", "numeric"),
+    ],
+    has_id: true,
 };
 
 /// Parents before children: inserts in this order, deletes in reverse.
-const TABLES: [&Table; 8] = [
+const TABLES: [&Table; 9] = [
     &SETTINGS,
     &TENANTS,
     &SERVERS,
@@ -129,6 +149,7 @@ const TABLES: [&Table; 8] = [
     &USER_TENANTS,
     &TOOL_RULES,
     &ADMINS,
+    &TOOL_LIMITS,
 ];
 
 type Cells = Vec<Option<String>>;
@@ -209,6 +230,28 @@ fn parse_enum<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// A number column's text (`integer`, `numeric`).
+fn parse_num<T: std::str::FromStr>(
+    table: &'static str,
+    key: &Cells,
+    v: Option<String>,
+) -> Result<T, DbError> {
+    let v = v.unwrap_or_default();
+    v.parse().map_err(|_| DbError::Row {
+        table,
+        key: format!("{key:?}"),
+        reason: format!("unexpected number {v:?}"),
+    })
+}
+
+fn parse_opt<T: std::str::FromStr>(
+    table: &'static str,
+    key: &Cells,
+    v: Option<String>,
+) -> Result<Option<T>, DbError> {
+    v.map(|v| parse_num(table, key, Some(v))).transpose()
+}
+
 fn rows_to_document(tables: &[Rows]) -> Result<PolicyDocument, DbError> {
     let [
         settings,
@@ -219,6 +262,7 @@ fn rows_to_document(tables: &[Rows]) -> Result<PolicyDocument, DbError> {
         users,
         rules,
         admins,
+        tool_limits,
     ] = tables
     else {
         return Err(DbError::Row {
@@ -227,14 +271,24 @@ fn rows_to_document(tables: &[Rows]) -> Result<PolicyDocument, DbError> {
             reason: "table list".into(),
         });
     };
-    let mut doc = PolicyDocument {
-        allow_upn_grants: settings
-            .rows
-            .values()
-            .next()
-            .is_some_and(|(v, _)| cell(v, 0).as_deref() == Some("true")),
-        ..Default::default()
-    };
+    let mut doc = PolicyDocument::default();
+    if let Some((key, (v, _))) = settings.rows.iter().next() {
+        doc.allow_upn_grants = cell(v, 0).as_deref() == Some("true");
+        let rl = &mut doc.rate_limits;
+        rl.global_per_minute = parse_opt("policy_settings", key, cell(v, 1))?;
+        rl.global_burst_factor = parse_num("policy_settings", key, cell(v, 2))?;
+        rl.user_per_minute = parse_opt("policy_settings", key, cell(v, 3))?;
+        rl.user_burst_factor = parse_num("policy_settings", key, cell(v, 4))?;
+    }
+    for (key, (v, id)) in &tool_limits.rows {
+        doc.rate_limits.tools.push(ToolLimitDoc {
+            id: *id,
+            server: cell(key, 0).unwrap_or_default(),
+            tool: cell(key, 1).unwrap_or_default(),
+            user_per_minute: parse_num("tool_limits", key, cell(v, 0))?,
+            burst_factor: parse_num("tool_limits", key, cell(v, 1))?,
+        });
+    }
     let mut by_tenant: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for key in tenant_servers.rows.keys() {
         by_tenant
@@ -246,8 +300,11 @@ fn rows_to_document(tables: &[Rows]) -> Result<PolicyDocument, DbError> {
         let name = cell(key, 0).unwrap_or_default();
         doc.tenants.push(TenantDoc {
             servers: by_tenant.remove(&name).unwrap_or_default(),
-            name,
             enabled: cell(v, 0).as_deref() == Some("true"),
+            rate_limit_per_minute: parse_opt("tenants", key, cell(v, 1))?,
+            fairness_weight: parse_num("tenants", key, cell(v, 2))?,
+            burst_factor: parse_num("tenants", key, cell(v, 3))?,
+            name,
         });
     }
     for (key, (v, _)) in &servers.rows {
@@ -320,11 +377,39 @@ fn document_to_rows(doc: &PolicyDocument) -> Vec<Rows> {
     let some = |s: &str| Some(s.to_owned());
     let boolean = |b: bool| Some(b.to_string());
     let mut settings = Rows::default();
-    settings.put(vec![boolean(true)], vec![boolean(doc.allow_upn_grants)]);
+    let number = |n: Option<u32>| n.map(|n| n.to_string());
+    // numeric(5,2) prints two decimals.
+    let factor = |f: f64| Some(format!("{f:.2}"));
+    let rl = &doc.rate_limits;
+    settings.put(
+        vec![boolean(true)],
+        vec![
+            boolean(doc.allow_upn_grants),
+            number(rl.global_per_minute),
+            factor(rl.global_burst_factor),
+            number(rl.user_per_minute),
+            factor(rl.user_burst_factor),
+        ],
+    );
+    let mut tool_limits = Rows::default();
+    for tl in &rl.tools {
+        tool_limits.put(
+            vec![some(&tl.server), some(&tl.tool)],
+            vec![number(Some(tl.user_per_minute)), factor(tl.burst_factor)],
+        );
+    }
     let mut tenants = Rows::default();
     let mut tenant_servers = Rows::default();
     for t in &doc.tenants {
-        tenants.put(vec![some(&t.name)], vec![boolean(t.enabled)]);
+        tenants.put(
+            vec![some(&t.name)],
+            vec![
+                boolean(t.enabled),
+                number(t.rate_limit_per_minute),
+                number(Some(t.fairness_weight)),
+                factor(t.burst_factor),
+            ],
+        );
         for s in &t.servers {
             tenant_servers.put(vec![some(&t.name), some(s)], vec![]);
         }
@@ -394,6 +479,7 @@ fn document_to_rows(doc: &PolicyDocument) -> Vec<Rows> {
         users,
         rules,
         admins,
+        tool_limits,
     ]
 }
 

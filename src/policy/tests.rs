@@ -3,6 +3,7 @@
 use super::decision::glob_match;
 use super::*;
 use crate::mcp::{Call, RequestFacts, RpcFacts};
+use crate::ratelimit::Scope;
 
 const TID: &str = "3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2c";
 const OTHER_TID: &str = "9d1c2b3a-4e5f-4a6b-8c7d-0e1f2a3b4c5d";
@@ -472,4 +473,104 @@ fn obo_needs_exactly_one_scope_and_only_with_obo() {
             .unwrap_err()
             .contains("only for token_forwarding obo")
     );
+}
+
+const LIMITS: &str = r#"
+rate_limits:
+  global_per_minute: 1000
+  user_per_minute: 100
+  tools: [{server: github, tool: "merge_*", user_per_minute: 5}]
+"#;
+
+fn limited() -> Snapshot {
+    let doc = DOC.replace(
+        "  - {name: sales, servers: [jira]}\n",
+        "  - {name: sales, servers: [jira], rate_limit_per_minute: 50, fairness_weight: 3}\n",
+    );
+    snapshot_of(&format!("{doc}{LIMITS}"))
+}
+
+#[test]
+fn rate_limit_keys_are_the_verified_identity_tenant_and_tool_rule() {
+    let snap = limited();
+    let g = groups(&[ENG]);
+    let who = who(ALICE, &g);
+    let f = facts("github", "tools/call", Some("merge_pr"));
+    let allow = decide(&snap, &who, &f).result.expect("allowed");
+    let req = snap.rate_request(&allow, TID, ALICE, &f);
+    let keys: Vec<(&str, Scope, u32)> = req
+        .buckets()
+        .map(|b| (b.key.as_str(), b.scope, b.rate.per_minute))
+        .collect();
+    // Engineering has weight 1 of 1+3 (ops is disabled and does not count): 250 of 1000.
+    assert_eq!(
+        keys,
+        vec![
+            (format!("u:{TID}:{ALICE}").as_str(), Scope::User, 100),
+            (
+                format!("t:github:merge_*:{TID}:{ALICE}").as_str(),
+                Scope::Tool,
+                5
+            ),
+            ("r:engineering", Scope::Tenant, 250),
+            ("g", Scope::Global, 1000),
+        ]
+    );
+    // Sales has a cap of its own and three quarters of the budget.
+    let g = groups(&[SALES]);
+    let who = super::decision::Subject {
+        oid: BOB,
+        groups: &g,
+        ..who
+    };
+    let f = facts("jira", "tools/list", None);
+    let allow = decide(&snap, &who, &f).result.expect("allowed");
+    let req = snap.rate_request(&allow, TID, BOB, &f);
+    assert_eq!(req.hard[1].key, "c:sales");
+    assert_eq!(req.hard[1].rate.per_minute, 50);
+    assert_eq!(
+        req.fair.as_ref().map(|f| f.reserved.rate.per_minute),
+        Some(750)
+    );
+    // An admin without a tenant only borrows from the budget.
+    let who = super::decision::Subject {
+        oid: ROOT,
+        groups: &[],
+        ..who
+    };
+    let allow = decide(&snap, &who, &f).result.expect("admin");
+    let req = snap.rate_request(&allow, TID, ROOT, &f);
+    assert!(req.fair.is_none());
+    assert_eq!(req.hard.last().map(|b| b.scope), Some(Scope::Global));
+    // Without any limit in the policy there is nothing to check.
+    let g = groups(&[ENG]);
+    let who = super::decision::Subject {
+        oid: ALICE,
+        groups: &g,
+        ..who
+    };
+    let plain = snapshot_of(DOC);
+    let allow = decide(&plain, &who, &f).result.expect("allowed");
+    assert!(plain.rate_request(&allow, TID, ALICE, &f).is_empty());
+}
+
+#[test]
+fn bad_rate_limits_are_refused_with_every_problem() {
+    let doc = format!(
+        "{DOC}rate_limits:\n  global_per_minute: 0\n  user_burst_factor: 0.001\n  tools: [{{server: nope, tool: \"a b\", user_per_minute: 1}}]\n"
+    )
+    .replace("{name: sales, servers: [jira]}", "{name: sales, servers: [jira], fairness_weight: 0, burst_factor: -1}");
+    let doc: PolicyDocument = serde_yaml_ng::from_str(&doc).expect("yaml");
+    let err = Snapshot::compile(&doc, "test").expect_err("refused");
+    let text = err.to_string();
+    for want in [
+        "global_per_minute must be positive",
+        "user_burst_factor must be in (0, 100]",
+        "unknown server \"nope\"",
+        "tool pattern \"a b\"",
+        "fairness_weight must be 1..=1000",
+        "sales: burst_factor",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in {text}");
+    }
 }

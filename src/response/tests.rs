@@ -255,3 +255,50 @@ fn obo_replaces_the_token_and_claims_challenges_are_401() {
         "{c}"
     );
 }
+
+#[test]
+fn rate_limited_is_429_with_retry_after_and_ratelimit_headers_in_both_body_shapes() {
+    let info = RateLimitInfo {
+        scope: "tenant",
+        limit: 1200,
+        burst: 1800,
+        retry_after: 2,
+        reset: 2,
+    };
+    let v = deny(
+        Denial::RateLimited(info),
+        None,
+        "d1",
+        &settings(),
+        &view(),
+        None,
+    );
+    let (status, h, body) = deny_headers(&v);
+    assert_eq!(*status, 429);
+    assert_eq!(header(h, "retry-after"), Some("2"));
+    assert_eq!(header(h, "ratelimit-limit"), Some("1200"));
+    assert_eq!(header(h, "ratelimit-remaining"), Some("0"));
+    assert_eq!(header(h, "ratelimit-reset"), Some("2"));
+    assert_eq!(header(h, "ratelimit-policy"), Some("1200;w=60;burst=1800"));
+    assert!(header(h, "www-authenticate").is_none());
+    let b: serde_json::Value = serde_json::from_str(body).expect("json");
+    assert_eq!(b["error"], "rate_limited");
+    assert_eq!(b["reason"], "rate_limited");
+    assert_eq!(b["retry_after"], 2);
+    assert_eq!(b["limit"], "tenant");
+
+    let id = RawValue::from_string("\"req-7\"".into()).expect("id");
+    let v = deny(
+        Denial::RateLimited(info),
+        Some(&id),
+        "d1",
+        &settings(),
+        &view(),
+        None,
+    );
+    let (_, _, body) = deny_headers(&v);
+    let b: serde_json::Value = serde_json::from_str(body).expect("json");
+    assert_eq!(b["id"], "req-7");
+    assert_eq!(b["error"]["code"], -32029);
+    assert_eq!(b["error"]["data"]["reason"], "rate_limited");
+}

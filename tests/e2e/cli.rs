@@ -100,6 +100,31 @@ async fn check_config_reports_each_check() {
     assert!(stdout.contains("FAIL  discovery/JWKS"), "{stdout}");
     assert!(stdout.contains("config check FAILED"));
 
+    // Redis: reachable is reported; unreachable fails the check with the fallback stated.
+    let redis = super::redis_server::RedisServer::start();
+    let with_redis = run(
+        arg(&cfg.display().to_string()),
+        vec![("MCP_AUTHZ__RATE_LIMIT__REDIS_URL", redis.url())],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&with_redis.stdout);
+    assert!(with_redis.status.success(), "{stdout}");
+    assert!(stdout.contains("ok    redis reachable"), "{stdout}");
+    let port = redis.port;
+    drop(redis);
+    let no_redis = run(
+        arg(&cfg.display().to_string()),
+        vec![(
+            "MCP_AUTHZ__RATE_LIMIT__REDIS_URL",
+            format!("redis://:s3cret@127.0.0.1:{port}/0"),
+        )],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&no_redis.stdout);
+    assert_eq!(no_redis.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL  redis"), "{stdout}");
+    assert!(!stdout.contains("s3cret"), "the password leaked: {stdout}");
+
     // A policy that does not compile: exit 1, every problem listed.
     let dir2 = tempfile::tempdir().expect("tmp");
     let cfg2 = write_config(

@@ -71,6 +71,8 @@ pub struct Options {
     pub unix_socket: bool,
     pub policy: String,
     pub unknown_kid_refresh_seconds: u64,
+    /// Appended to the mcp-authz config (whole top-level sections).
+    pub extra_config: String,
 }
 
 impl Default for Options {
@@ -80,6 +82,7 @@ impl Default for Options {
             unix_socket: false,
             policy: POLICY.to_owned(),
             unknown_kid_refresh_seconds: 1,
+            extra_config: String::new(),
         }
     }
 }
@@ -206,6 +209,7 @@ impl TestEnv {
                 "obo: {{client_id: \"{API_CLIENT_ID}\", client_secret: {API_SECRET}}}\n"
             ));
         }
+        cfg_text.push_str(&opts.extra_config);
         let instance = Instance::start(&cfg_text).await;
         let authz = instance.addrs.clone();
         let http = instance.http.clone();

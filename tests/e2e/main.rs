@@ -543,6 +543,8 @@ mod cli;
 mod db;
 mod graph;
 mod pg;
+mod ratelimit;
+mod redis_server;
 
 /// Attack: two Authorization headers, hoping Envoy or the upstream uses a different one than
 /// the one checked. `encode_raw_headers` keeps them apart and both are refused.
