@@ -279,6 +279,11 @@ pub fn build(
         settings: response.clone(),
         audit,
         limiter: Some(limiter),
+        tracer: cfg
+            .traces
+            .endpoint
+            .is_some()
+            .then(|| opentelemetry::global::tracer(crate::telemetry::TRACER)),
     });
     let metadata = MetadataSettings {
         authorization_servers: cfg
@@ -307,6 +312,8 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Traces first, so the tracer the Checks use is the exporting one.
+    let traces = crate::telemetry::start_traces(&cfg.traces)?;
     // One pool for the process: policy source, audit and migrations share it.
     let db_pool = cfg.database.as_ref().map(pool).transpose()?;
     let mut writers = Vec::new();
@@ -509,6 +516,9 @@ pub async fn run(
     drop(audit);
     for w in writers {
         let _ = tokio::time::timeout(drain, w).await;
+    }
+    if let Some(t) = traces {
+        t.shutdown().await;
     }
     match failed {
         Some(e) => Err(e),

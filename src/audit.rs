@@ -122,7 +122,16 @@ async fn write_loop(
         }
         let n = batch.len() as u64;
         let result = match &sink {
-            Sink::Postgres(pool) => insert_batch(pool, &batch).await.map_err(|e| e.to_string()),
+            Sink::Postgres(pool) => crate::telemetry::in_root(
+                "audit write",
+                vec![
+                    opentelemetry::KeyValue::new("db.system.name", "postgresql"),
+                    opentelemetry::KeyValue::new("db.operation.batch.size", n as i64),
+                ],
+                insert_batch(pool, &batch),
+            )
+            .await
+            .map_err(|e| e.to_string()),
             Sink::JsonLines(path) => {
                 append_lines(&mut file, path, &batch).map_err(|e| e.to_string())
             }

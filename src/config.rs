@@ -52,6 +52,10 @@ pub struct Config {
     /// Where rate-limit state lives. The limits themselves are policy (`rate_limits`, tenants).
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
+    /// OpenTelemetry traces, from the standard `OTEL_*` environment variables (off unless an
+    /// OTLP endpoint or `OTEL_TRACES_EXPORTER=otlp` is set).
+    #[serde(skip)]
+    pub traces: crate::telemetry::TracesConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -499,15 +503,22 @@ impl Config {
         if tree.is_null() {
             tree = Value::Mapping(Default::default());
         }
-        let overrides: BTreeMap<String, String> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-            .collect();
+        let mut overrides: BTreeMap<String, String> = BTreeMap::new();
+        let mut otel: BTreeMap<String, String> = BTreeMap::new();
+        for (k, v) in env {
+            if k.starts_with(ENV_PREFIX) {
+                overrides.insert(k, v);
+            } else if k.starts_with("OTEL_") {
+                otel.insert(k, v);
+            }
+        }
         for (var, raw) in overrides {
             apply_override(&mut tree, &var, &raw)?;
         }
-        let config: Config =
+        let mut config: Config =
             serde_yaml_ng::from_value(tree).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        config.traces =
+            crate::telemetry::TracesConfig::from_env(&otel).map_err(ConfigError::Invalid)?;
         config.validate()?;
         Ok(config)
     }

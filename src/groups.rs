@@ -110,16 +110,20 @@ impl GroupResolver {
         self.graph.as_ref().map(|g| &g.client)
     }
 
-    /// The principal's group object ids (lower-case).
-    pub async fn groups<'a>(&self, principal: &'a Principal) -> Result<Groups<'a>, GroupsError> {
+    /// The principal's group object ids (lower-case), and where they came from (`token`,
+    /// `graph_cache`, `graph` or `stale`).
+    pub async fn groups<'a>(
+        &self,
+        principal: &'a Principal,
+    ) -> Result<(Groups<'a>, &'static str), GroupsError> {
         match &principal.groups {
             GroupsClaim::Listed(groups) => {
                 self.stats.token.fetch_add(1, Ordering::Relaxed);
-                Ok(Groups::Token(groups.as_slice()))
+                Ok((Groups::Token(groups.as_slice()), "token"))
             }
             GroupsClaim::Absent => {
                 self.stats.token.fetch_add(1, Ordering::Relaxed);
-                Ok(Groups::Token(&[]))
+                Ok((Groups::Token(&[]), "token"))
             }
             GroupsClaim::Overage => {
                 let Some(g) = &self.graph else {
@@ -128,7 +132,7 @@ impl GroupResolver {
                 let key = (principal.tid.clone(), principal.oid.clone());
                 if let Some(hit) = g.fresh.get(&key).await {
                     self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Groups::Graph(hit));
+                    return Ok((Groups::Graph(hit), "graph_cache"));
                 }
                 // One Graph call for all concurrent misses of this user.
                 let fetched = g
@@ -142,12 +146,12 @@ impl GroupResolver {
                     })
                     .await;
                 match fetched {
-                    Ok(groups) => Ok(Groups::Graph(groups)),
+                    Ok(groups) => Ok((Groups::Graph(groups), "graph")),
                     Err(e) => match g.stale.get(&key).await {
                         Some(old) => {
                             self.stats.stale_served.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(error = %e, oid = %key.1, "Graph unavailable; serving cached groups within the staleness bound");
-                            Ok(Groups::Graph(old))
+                            Ok((Groups::Graph(old), "stale"))
                         }
                         None => {
                             self.stats.unavailable.fetch_add(1, Ordering::Relaxed);

@@ -30,6 +30,7 @@ const PARTIAL_BODY_HEADER: &str = "x-envoy-auth-partial-body";
 
 const GRPC_OK: i32 = 0;
 const GRPC_PERMISSION_DENIED: i32 = 7;
+const GRPC_RESOURCE_EXHAUSTED: i32 = 8;
 const GRPC_UNAVAILABLE: i32 = 14;
 const GRPC_UNAUTHENTICATED: i32 = 16;
 
@@ -150,6 +151,14 @@ pub fn check_input<'a>(req: &'a CheckRequest, headers: &RequestHeaders<'a>) -> C
         },
         authorization: headers.get_all("authorization").collect(),
         header_names: headers.names().collect(),
+        trace: crate::pipeline::TraceHeaders {
+            traceparent: headers.get("traceparent"),
+            tracestate: headers.get("tracestate"),
+            b3: headers.get("b3"),
+            b3_trace_id: headers.get("x-b3-traceid"),
+            b3_span_id: headers.get("x-b3-spanid"),
+            b3_sampled: headers.get("x-b3-sampled"),
+        },
     }
 }
 
@@ -191,6 +200,7 @@ pub fn to_check_response(verdict: Verdict) -> CheckResponse {
                 code: match status {
                     401 => GRPC_UNAUTHENTICATED,
                     503 => GRPC_UNAVAILABLE,
+                    429 => GRPC_RESOURCE_EXHAUSTED,
                     _ => GRPC_PERMISSION_DENIED,
                 },
                 ..Default::default()

@@ -29,6 +29,8 @@ pub struct Authorizer {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Rate limits; `None` switches them off whatever the policy says.
     pub limiter: Option<Arc<crate::ratelimit::Limiter>>,
+    /// Set when traces are exported: every Check gets a span.
+    pub tracer: Option<opentelemetry::global::BoxedTracer>,
 }
 
 /// The result of one Check, with what the log line and audit need.
@@ -46,6 +48,8 @@ pub struct CheckOutcome {
     pub directory_tid: Option<String>,
     pub label: Option<String>,
     pub token_cache_hit: Option<bool>,
+    /// `token`, `graph_cache`, `graph` or `stale`.
+    pub groups_source: Option<&'static str>,
     pub policy_version: Option<String>,
 }
 
@@ -56,6 +60,18 @@ pub struct CheckInput<'a> {
     pub authorization: Vec<&'a str>,
     /// Names of all inbound headers (to strip spoofed `x-mcp-*`).
     pub header_names: Vec<&'a str>,
+    /// Trace context headers, to parent the Check's span.
+    pub trace: TraceHeaders<'a>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TraceHeaders<'a> {
+    pub traceparent: Option<&'a str>,
+    pub tracestate: Option<&'a str>,
+    pub b3: Option<&'a str>,
+    pub b3_trace_id: Option<&'a str>,
+    pub b3_span_id: Option<&'a str>,
+    pub b3_sampled: Option<&'a str>,
 }
 
 impl Authorizer {
@@ -99,7 +115,10 @@ impl Authorizer {
     pub async fn check(&self, input: &CheckInput<'_>) -> CheckOutcome {
         let started = Instant::now();
         let decision_id = uuid::Uuid::now_v7().to_string();
-        let outcome = self.decide(input, decision_id).await;
+        let outcome = match &self.tracer {
+            None => self.decide(input, decision_id).await,
+            Some(tracer) => self.decide_traced(tracer, input, decision_id).await,
+        };
         let elapsed = started.elapsed();
         let elapsed_us = elapsed.as_micros() as u64;
         self.metrics.check_seconds.observe(elapsed.as_secs_f64());
@@ -155,6 +174,77 @@ impl Authorizer {
         outcome
     }
 
+    /// `decide` inside a span that is a child of the caller's trace (Envoy's), so that the
+    /// JWKS, Graph and Redis calls it makes become its children.
+    async fn decide_traced(
+        &self,
+        tracer: &opentelemetry::global::BoxedTracer,
+        input: &CheckInput<'_>,
+        decision_id: String,
+    ) -> CheckOutcome {
+        use opentelemetry::KeyValue;
+        use opentelemetry::trace::{FutureExt as _, SpanKind, Status, TraceContextExt, Tracer};
+        let t = &input.trace;
+        let parent = crate::telemetry::parent_context(
+            t.traceparent,
+            t.tracestate,
+            t.b3,
+            (t.b3_trace_id, t.b3_span_id, t.b3_sampled),
+        );
+        let span = tracer
+            .span_builder("mcp-authz check")
+            .with_kind(SpanKind::Server)
+            .start_with_context(tracer, &parent);
+        let cx = parent.with_span(span);
+        let out = self
+            .decide(input, decision_id)
+            .with_context(cx.clone())
+            .await;
+        let span = cx.span();
+        let mut attrs = vec![
+            KeyValue::new(
+                "mcp_authz.decision",
+                if out.allowed { "allow" } else { "deny" },
+            ),
+            KeyValue::new("mcp_authz.reason", out.reason),
+            KeyValue::new("mcp_authz.decision_id", out.decision_id.clone()),
+        ];
+        let opt = |k: &'static str, v: &Option<String>| v.clone().map(|v| KeyValue::new(k, v));
+        attrs.extend(
+            [
+                opt("mcp_authz.tenant", &out.tenant),
+                opt("mcp_authz.server", &out.server),
+                opt("mcp.method.name", &out.method),
+                opt("gen_ai.tool.name", &out.tool),
+                opt("mcp_authz.policy_version", &out.policy_version),
+            ]
+            .into_iter()
+            .flatten(),
+        );
+        if let Some(hit) = out.token_cache_hit {
+            attrs.push(KeyValue::new("mcp_authz.token_cache_hit", hit));
+        }
+        if let Some(source) = out.groups_source {
+            attrs.push(KeyValue::new("mcp_authz.groups_source", source));
+            attrs.push(KeyValue::new(
+                "mcp_authz.groups_cache_hit",
+                matches!(source, "token" | "graph_cache"),
+            ));
+        }
+        if let Verdict::Deny { status, .. } = &out.verdict {
+            attrs.push(KeyValue::new(
+                "http.response.status_code",
+                i64::from(*status),
+            ));
+            if *status >= 500 {
+                span.set_status(Status::error(out.reason));
+            }
+        }
+        span.set_attributes(attrs);
+        span.end();
+        out
+    }
+
     async fn decide(&self, input: &CheckInput<'_>, decision_id: String) -> CheckOutcome {
         let view = &input.view;
         let parsed = mcp::parse(view, &self.settings.path_prefix);
@@ -176,6 +266,7 @@ impl Authorizer {
             directory_tid: None,
             label: None,
             token_cache_hit: None,
+            groups_source: None,
             policy_version: None,
         };
         let rpc_id = parsed.rpc_id;
@@ -246,7 +337,10 @@ impl Authorizer {
         };
         out.policy_version = Some(snapshot.version.clone());
         let groups = match self.groups.groups(&principal).await {
-            Ok(g) => g,
+            Ok((g, source)) => {
+                out.groups_source = Some(source);
+                g
+            }
             Err(e @ GroupsError::OverageUnresolved) => {
                 deny(&mut out, Denial::Forbidden { code: e.code() });
                 return out;

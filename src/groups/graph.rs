@@ -311,6 +311,18 @@ impl GraphClient {
     }
 
     async fn fetch_token(&self, tid: &str) -> Result<AppToken, GraphError> {
+        crate::telemetry::in_child(
+            "graph app token",
+            vec![opentelemetry::KeyValue::new(
+                "mcp_authz.directory",
+                tid.to_owned(),
+            )],
+            self.fetch_token_inner(tid),
+        )
+        .await
+    }
+
+    async fn fetch_token_inner(&self, tid: &str) -> Result<AppToken, GraphError> {
         #[derive(Deserialize)]
         struct TokenResponse {
             access_token: String,
@@ -380,6 +392,21 @@ impl GraphClient {
 
     /// The user's transitive group ids (lower-case).
     pub async fn member_groups(&self, tid: &str, oid: &str) -> Result<Vec<String>, GraphError> {
+        crate::telemetry::in_child(
+            "graph member groups",
+            vec![opentelemetry::KeyValue::new(
+                "mcp_authz.graph_method",
+                match self.s.method {
+                    GraphMethod::GetMemberObjects => "getMemberObjects",
+                    GraphMethod::TransitiveMemberOf => "transitiveMemberOf",
+                },
+            )],
+            self.member_groups_inner(tid, oid),
+        )
+        .await
+    }
+
+    async fn member_groups_inner(&self, tid: &str, oid: &str) -> Result<Vec<String>, GraphError> {
         if self.backing_off() {
             return Err(GraphError::BackingOff);
         }

@@ -199,7 +199,20 @@ impl JwksSource {
         })
     }
 
+    /// Discovery, then the JWKS (a `jwks fetch` span when a Check is waiting for it).
     pub async fn fetch(&self) -> Result<KeySet, JwksError> {
+        crate::telemetry::in_child(
+            "jwks fetch",
+            vec![opentelemetry::KeyValue::new(
+                "url.full",
+                self.discovery_url.clone(),
+            )],
+            self.fetch_inner(),
+        )
+        .await
+    }
+
+    async fn fetch_inner(&self) -> Result<KeySet, JwksError> {
         #[derive(Deserialize)]
         struct Discovery {
             jwks_uri: String,

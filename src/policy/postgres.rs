@@ -700,7 +700,12 @@ impl PostgresSource {
         if version == self.seen_version.load(Ordering::Acquire) && self.handle.is_loaded() {
             return Ok(());
         }
-        let (version, doc) = read_document(&self.pool).await?;
+        let (version, doc) = crate::telemetry::in_root(
+            "policy reload",
+            vec![opentelemetry::KeyValue::new("db.system.name", "postgresql")],
+            read_document(&self.pool),
+        )
+        .await?;
         self.seen_version.store(version, Ordering::Release);
         match Snapshot::compile(&doc, "postgres") {
             Ok(mut snapshot) => {

@@ -109,7 +109,17 @@ impl RedisStore {
                 return None;
             }
         }
-        Some(self.eval(req).await)
+        Some(
+            crate::telemetry::in_child(
+                "redis rate limit",
+                vec![
+                    opentelemetry::KeyValue::new("db.system.name", "redis"),
+                    opentelemetry::KeyValue::new("db.operation.name", "EVALSHA"),
+                ],
+                self.eval(req),
+            )
+            .await,
+        )
     }
 
     async fn eval(&self, req: &Request) -> Result<Outcome, String> {

@@ -9,10 +9,10 @@ use serde_json::json;
 
 use super::helpers::*;
 
-const APP: &str = "mcp-authz-graph";
+pub(super) const APP: &str = "mcp-authz-graph";
 
 /// A token with an overage: the groups are only in (stand-in) Graph.
-fn overage_token(authority: &Authority, oid: &str, groups: Vec<String>) -> String {
+pub(super) fn overage_token(authority: &Authority, oid: &str, groups: Vec<String>) -> String {
     let req = json!({"tid": TID, "oid": oid, "aud": API_CLIENT_ID, "scp": SCOPE, "groups": groups, "overage": true});
     authority
         .mint(&serde_json::from_value(req).expect("req"))
@@ -32,7 +32,7 @@ fn graph_section(url: &str, method: &str, ttl: u64, stale: u64) -> String {
 }
 
 /// The stand-in with the Graph app registered (with `roles`), a policy file, and the config text.
-async fn setup(
+pub(super) async fn setup(
     method: &str,
     ttl: u64,
     stale: u64,

@@ -494,8 +494,17 @@ impl Instance {
     }
 
     pub async fn start_with(cfg_text: &str, wait_ready: bool) -> Self {
+        Self::start_with_env(cfg_text, Vec::new(), wait_ready).await
+    }
+
+    /// With environment variables as the process would see them (`MCP_AUTHZ__*`, `OTEL_*`).
+    pub async fn start_with_env(
+        cfg_text: &str,
+        env: Vec<(String, String)>,
+        wait_ready: bool,
+    ) -> Self {
         init_logs();
-        let cfg = Config::parse(cfg_text, Vec::new()).expect("test config is valid");
+        let cfg = Config::parse(cfg_text, env).expect("test config is valid");
         let listeners = Listeners::bind(&cfg.listen).await.expect("bind");
         let addrs = listeners.addrs();
         let (tx, rx) = oneshot::channel::<()>();

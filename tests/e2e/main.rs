@@ -545,6 +545,7 @@ mod graph;
 mod pg;
 mod ratelimit;
 mod redis_server;
+mod traces;
 
 /// Attack: two Authorization headers, hoping Envoy or the upstream uses a different one than
 /// the one checked. `encode_raw_headers` keeps them apart and both are refused.
