@@ -223,6 +223,12 @@ impl Collector for StateCollector {
                 "HTTP calls to Microsoft Graph",
                 s.calls.load(Relaxed),
             )?;
+            s.latency.encode(e.encode_descriptor(
+                "graph_call_duration_seconds",
+                "Time per Graph HTTP call",
+                None,
+                s.latency.metric_type(),
+            )?)?;
             counter(
                 &mut e,
                 "graph_throttled",

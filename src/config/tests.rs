@@ -229,3 +229,12 @@ fn database_and_audit_settings_are_checked_and_the_url_is_never_printed() {
         .to_string();
     assert!(e.contains("postgres:// URL"), "{e}");
 }
+
+/// The shipped examples are valid: the config parses and validates, the policy compiles.
+#[test]
+fn shipped_examples_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples");
+    let cfg = Config::load_with_env(&dir.join("config.yaml"), Vec::new()).expect("config.yaml");
+    assert_eq!(cfg.rate_limit.redis_timeout_ms, 50);
+    crate::policy::load_file(&dir.join("policy.yaml")).expect("policy.yaml");
+}

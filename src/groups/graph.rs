@@ -182,13 +182,30 @@ struct AppToken {
 /// met with one request per Graph lookup.
 const RENEWAL_HOLD_OFF: Duration = Duration::from_secs(30);
 
-#[derive(Default)]
 pub struct GraphStats {
     pub calls: AtomicU64,
+    /// Seconds per Graph HTTP call (headers and body), whatever the answer.
+    pub latency: prometheus_client::metrics::histogram::Histogram,
     pub throttled: AtomicU64,
     pub failures: AtomicU64,
     pub token_requests: AtomicU64,
     pub token_failures: AtomicU64,
+}
+
+impl Default for GraphStats {
+    fn default() -> Self {
+        GraphStats {
+            calls: AtomicU64::new(0),
+            // 5 ms … ~10 s.
+            latency: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.005, 2.0, 12),
+            ),
+            throttled: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            token_requests: AtomicU64::new(0),
+            token_failures: AtomicU64::new(0),
+        }
+    }
 }
 
 pub struct GraphClient {
@@ -450,6 +467,16 @@ impl GraphClient {
         req: reqwest::RequestBuilder,
     ) -> Result<Vec<u8>, (GraphError, Option<Duration>)> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let result = self.send_timed(req).await;
+        self.stats.latency.observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn send_timed(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<Vec<u8>, (GraphError, Option<Duration>)> {
         let mut resp = req
             .send()
             .await

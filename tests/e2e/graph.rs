@@ -631,3 +631,84 @@ async fn prometheus_metrics_are_scraped_with_exact_values() {
     );
     assert_eq!(text.lines().last(), Some("# EOF"));
 }
+
+/// The Grafana dashboard in `deploy/grafana` queries only metrics mcp-authz exposes: every
+/// name in its expressions has samples in a scrape of an instance with every component on
+/// (Graph, on-behalf-of, audit, rate limits).
+#[tokio::test]
+async fn grafana_dashboard_queries_only_metrics_that_exist() {
+    let (authority, dir, mut cfg) =
+        setup("get_member_objects", 300, 3600, &["GroupMember.Read.All"]).await;
+    authority.register_client(
+        API_CLIENT_ID,
+        Client {
+            secret: API_SECRET.into(),
+            graph_roles: Vec::new(),
+            certificate: None,
+        },
+    );
+    std::fs::write(
+        dir.path().join("policy.yaml"),
+        format!("{POLICY}rate_limits: {{user_per_minute: 1, user_burst_factor: 1}}\n"),
+    )
+    .expect("policy");
+    cfg.push_str(&format!(
+        "obo: {{client_id: \"{API_CLIENT_ID}\", client_secret: {API_SECRET}}}\naudit: {{sink: jsonl, file: {}}}\n",
+        dir.path().join("audit.jsonl").display()
+    ));
+    let inst = Instance::start(&cfg).await;
+    let mut c = Checker::connect(inst.addrs.grpc.expect("grpc")).await;
+    let token = overage_token(&authority, BOB, vec![ENG_GROUP.into()]);
+    let first = c
+        .check(Some(&token), "github", &initialize_body(1), None)
+        .await
+        .expect("check");
+    let second = c
+        .check(Some(&token), "github", &initialize_body(2), None)
+        .await
+        .expect("check");
+    assert_eq!((first.http_status, second.http_status), (200, 429));
+    let text = inst
+        .http
+        .get(format!("http://{}/metrics", inst.addrs.admin))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    let sampled: std::collections::HashSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_path("deploy/grafana/mcp-authz-dashboard.json"))
+            .expect("dashboard"),
+    )
+    .expect("dashboard is JSON");
+    let mut queried = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("expr");
+            let mut rest = expr;
+            while let Some(i) = rest.find("mcp_authz_") {
+                let name: String = rest[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[i + name.len()..];
+                queried.push(name);
+            }
+        }
+    }
+    assert!(queried.len() > 20, "{queried:?}");
+    let missing: Vec<&String> = queried
+        .iter()
+        .filter(|n| !sampled.contains(n.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries metrics with no samples: {missing:?}\n{text}"
+    );
+}
