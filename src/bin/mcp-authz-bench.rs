@@ -324,7 +324,21 @@ graph: {{base_url: "{idp}", client_id: bench-graph, client_secret: s, cache_ttl_
     ));
     md.push_str("\nNot yet measured here: Envoy configurations, CPU per Check, fixed-load latency (issue 9).\n");
     match &args.write {
-        Some(p) => std::fs::write(p, md)?,
+        Some(p) => {
+            // Sections other runs own (`make fuzz`, `make soak`) are kept.
+            let old = std::fs::read_to_string(p).unwrap_or_default();
+            for (start, end) in [("<!-- fuzz:start -->", "<!-- fuzz:end -->")] {
+                if let (Some(a), Some(b)) = (old.find(start), old.find(end))
+                    && a < b
+                {
+                    let heading = old[..a].rfind("\n## ").map(|h| h + 1).unwrap_or(a);
+                    md.push('\n');
+                    md.push_str(&old[heading..b + end.len()]);
+                    md.push('\n');
+                }
+            }
+            std::fs::write(p, md)?
+        }
         None => print!("{md}"),
     }
     Ok(())

@@ -249,8 +249,10 @@ impl GraphClient {
     }
 
     fn note_failure(&self, at_least: Duration) {
+        // 0.2 s doubling to 3.2 s (±20 %), or longer when Graph asked for it: a recovered
+        // Graph serves new users again within ~4 s (measured in faults::graph_down_…).
         let n = self.failures_in_row.fetch_add(1, Ordering::Relaxed);
-        let exp = Duration::from_millis(200u64.saturating_mul(1 << n.min(6)));
+        let exp = Duration::from_millis(200u64.saturating_mul(1 << n.min(4)));
         let wait = jitter(exp).max(at_least).min(Duration::from_secs(60));
         if let Ok(mut b) = self.backoff_until.lock() {
             *b = Some(Instant::now() + wait);

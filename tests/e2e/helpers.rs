@@ -62,6 +62,9 @@ tool_rules:
     effect: deny
 "#;
 
+/// The Graph app of `Options { graph: true, .. }`.
+pub const GRAPH_APP: &str = "mcp-authz-graph";
+
 /// The API's client secret registered at the stand-in (for on-behalf-of).
 pub const API_SECRET: &str = "api-secret";
 
@@ -73,6 +76,9 @@ pub struct Options {
     pub unknown_kid_refresh_seconds: u64,
     /// Appended to the mcp-authz config (whole top-level sections).
     pub extra_config: String,
+    /// Adds a `graph` section (the stand-in's Graph, app `mcp-authz-graph` registered with
+    /// GroupMember.Read.All; fresh for 1 s, stale for an hour).
+    pub graph: bool,
 }
 
 impl Default for Options {
@@ -83,6 +89,7 @@ impl Default for Options {
             policy: POLICY.to_owned(),
             unknown_kid_refresh_seconds: 1,
             extra_config: String::new(),
+            graph: false,
         }
     }
 }
@@ -106,6 +113,8 @@ pub struct TestEnv {
     envoy: Option<Child>,
     instance: Option<Instance>,
     pub http: reqwest::Client,
+    /// The mcp-authz config text, to restart it the same way.
+    cfg_text: String,
 }
 
 pub fn envoy_bin() -> String {
@@ -209,6 +218,19 @@ impl TestEnv {
                 "obo: {{client_id: \"{API_CLIENT_ID}\", client_secret: {API_SECRET}}}\n"
             ));
         }
+        if opts.graph {
+            authority.register_client(
+                GRAPH_APP,
+                mcp_authz::standin::Client {
+                    secret: "s3cret".into(),
+                    graph_roles: vec!["GroupMember.Read.All".into()],
+                    certificate: None,
+                },
+            );
+            cfg_text.push_str(&format!(
+                "graph: {{base_url: \"{idp_url}\", client_id: {GRAPH_APP}, client_secret: s3cret, cache_ttl_seconds: 1, max_stale_seconds: 3600, timeout_ms: 1000, max_retries: 1, max_retry_wait_ms: 500}}\n"
+            ));
+        }
         cfg_text.push_str(&opts.extra_config);
         let instance = Instance::start(&cfg_text).await;
         let authz = instance.addrs.clone();
@@ -224,6 +246,7 @@ impl TestEnv {
             envoy: None,
             instance: Some(instance),
             http,
+            cfg_text: cfg_text.clone(),
         };
         env.start_envoy(up_port, opts.unix_socket).await;
         env
@@ -409,6 +432,20 @@ impl TestEnv {
             .await
     }
 
+    /// Kills mcp-authz (no drain: its task is aborted, its sockets close).
+    pub async fn kill_authz(&mut self) {
+        if let Some(instance) = self.instance.take() {
+            instance.kill().await;
+        }
+    }
+
+    /// Starts mcp-authz again with the same config (same unix socket: Envoy reconnects).
+    pub async fn restart_authz(&mut self) {
+        let instance = Instance::start(&self.cfg_text).await;
+        self.authz = instance.addrs.clone();
+        self.instance = Some(instance);
+    }
+
     /// Stops mcp-authz gracefully and waits for it.
     pub async fn stop_authz(&mut self) {
         if let Some(instance) = self.instance.take() {
@@ -553,6 +590,15 @@ impl Instance {
             .json()
             .await
             .expect("json")
+    }
+
+    /// Aborts the server without a drain, as a crash would.
+    pub async fn kill(mut self) {
+        self.shutdown = None;
+        if let Some(app) = self.app.take() {
+            app.abort();
+            let _ = app.await;
+        }
     }
 
     pub async fn stop(mut self) {

@@ -542,6 +542,7 @@ fn envoy_template_validates_for_tcp_and_unix() {
 mod cli;
 mod db;
 mod deploy;
+mod faults;
 mod graph;
 mod pg;
 mod ratelimit;
