@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 
-.PHONY: all build release test lint unit demo bench clean image manifests check-deploy
+.PHONY: all build release test lint unit demo bench clean image manifests check-deploy fuzz
 
 all: build
 
@@ -44,6 +44,12 @@ demo: release
 bench: release
 	target/release/mcp-authz-bench --write BENCHMARKS.md
 	cat BENCHMARKS.md
+
+# Each cargo-fuzz target for FUZZ_SECONDS (installs cargo-fuzz if missing); the figures go
+# into BENCHMARKS.md. A crash leaves its input in fuzz/artifacts/<target>/.
+FUZZ_SECONDS ?= 60
+fuzz:
+	tests/env/fuzz.sh $(FUZZ_SECONDS)
 
 # The container image: the release binary built here, copied into distroless (deploy/Dockerfile,
 # stage `prebuilt`). Needs docker or podman; IMAGE=registry/name:tag to name it.
