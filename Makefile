@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 
-.PHONY: all build release test lint unit demo bench clean image manifests check-deploy fuzz
+.PHONY: all build release test lint unit demo bench clean image manifests check-deploy fuzz soak
 
 all: build
 
@@ -44,6 +44,13 @@ demo: release
 bench: release
 	target/release/mcp-authz-bench --write BENCHMARKS.md
 	cat BENCHMARKS.md
+
+# A bounded soak: SOAK_TOKENS distinct valid tokens (every Check verifies a signature) against
+# the release mcp-authz process; fails if memory passes its bound, a Check errs or latency
+# drifts. A million tokens take about ten minutes on 2 cores. Figures go into BENCHMARKS.md.
+SOAK_TOKENS ?= 1000000
+soak: release
+	target/release/mcp-authz-soak --tokens $(SOAK_TOKENS) --write BENCHMARKS.md
 
 # Each cargo-fuzz target for FUZZ_SECONDS (installs cargo-fuzz if missing); the figures go
 # into BENCHMARKS.md. A crash leaves its input in fuzz/artifacts/<target>/.

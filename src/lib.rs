@@ -35,6 +35,7 @@ pub mod obo;
 pub mod pipeline;
 pub mod policy;
 pub mod ratelimit;
+pub mod report;
 pub mod response;
 pub mod sample_server;
 pub mod standin;

@@ -8,12 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
     Authorization, AuthorizationServer,
 };
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use envoy_types::pb::google::rpc::Status;
 use mcp_authz::app::{self, Listeners};
 use mcp_authz::config::Config;
@@ -69,26 +68,8 @@ impl Authorization for Noop {
 }
 
 fn request(token: &str) -> CheckRequest {
-    let mut headers = std::collections::HashMap::new();
-    headers.insert("authorization".to_string(), format!("Bearer {token}"));
     let body = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"search_code","arguments":{"q":"fn main"}}}"#;
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "POST".into(),
-                    path: "/mcp/github".into(),
-                    host: "gateway.bench".into(),
-                    scheme: "https".into(),
-                    headers,
-                    raw_body: body.as_bytes().to_vec(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
+    mcp_authz::grpc::http_check_request(Some(token), "/mcp/github", body.as_bytes())
 }
 
 struct Sample {
@@ -160,23 +141,6 @@ async fn load(
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    format!(
-        "{} cores, {cpu}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0)
-    )
 }
 
 #[tokio::main]
@@ -292,9 +256,9 @@ graph: {{base_url: "{idp}", client_id: bench-graph, client_secret: s, cache_ttl_
     md.push_str("# Benchmarks\n\n");
     md.push_str(&format!(
         "Written by `make bench` on {} (UTC, unix {}).\n\nMachine: {}. Command: `mcp-authz-bench --seconds {} --concurrency {} --users {} --rounds {}` ({} build).\n\n",
-        time_string(),
+        mcp_authz::report::utc_minute(),
         mcp_authz::identity::unix_now(),
-        machine(),
+        mcp_authz::report::machine(),
         args.seconds,
         args.concurrency,
         args.users,
@@ -327,13 +291,10 @@ graph: {{base_url: "{idp}", client_id: bench-graph, client_secret: s, cache_ttl_
         Some(p) => {
             // Sections other runs own (`make fuzz`, `make soak`) are kept.
             let old = std::fs::read_to_string(p).unwrap_or_default();
-            for (start, end) in [("<!-- fuzz:start -->", "<!-- fuzz:end -->")] {
-                if let (Some(a), Some(b)) = (old.find(start), old.find(end))
-                    && a < b
-                {
-                    let heading = old[..a].rfind("\n## ").map(|h| h + 1).unwrap_or(a);
+            for name in ["fuzz", "soak"] {
+                if let Some(section) = mcp_authz::report::section(&old, name) {
                     md.push('\n');
-                    md.push_str(&old[heading..b + end.len()]);
+                    md.push_str(section);
                     md.push('\n');
                 }
             }
@@ -348,12 +309,4 @@ fn tempfile_dir() -> std::io::Result<std::path::PathBuf> {
     let d = std::env::temp_dir().join(format!("mcp-authz-bench-{}", std::process::id()));
     std::fs::create_dir_all(&d)?;
     Ok(d)
-}
-
-fn time_string() -> String {
-    let out = std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M"])
-        .output();
-    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
 }

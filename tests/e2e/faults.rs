@@ -1,7 +1,6 @@
 //! Faults under traffic, through the real Envoy: a bounded load loop runs before, during and
 //! after each fault. For each: no request that must be refused is ever allowed, requests that
 //! should pass get either through or the stated degradation, and recovery is measured.
-//! (PostgreSQL stopped and restarted under load: `db::database_outage_keeps_deciding_and_reload_resumes`.)
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -364,4 +363,58 @@ async fn redis_killed_and_restarted_under_traffic() {
     log.report("Redis killed");
     eprintln!("shared limits resumed {took:?} after Redis restarted");
     assert_eq!(log.outcomes("during", "allowed user"), ["200 "]);
+}
+
+/// PostgreSQL (policy source) is stopped and restarted: decisions go on from the last snapshot
+/// (allowed stays allowed, refused stays refused); a policy change made after the restart is
+/// picked up, and the time until it is measured.
+#[tokio::test]
+async fn postgres_stopped_and_restarted_under_traffic() {
+    let db = super::pg::TestDb::create_private().await;
+    let doc: mcp_authz::policy::PolicyDocument = serde_yaml_ng::from_str(POLICY).expect("policy");
+    mcp_authz::policy::postgres::import_document(&db.pool, &doc, false)
+        .await
+        .expect("import");
+    let env = TestEnv::start(Options {
+        database_url: Some(db.url.clone()),
+        ..Default::default()
+    })
+    .await;
+    let mut cases = vec![Case {
+        name: "allowed user",
+        path: "/mcp/github",
+        token: Some(env.user_token(BOB, &[ENG_GROUP])),
+        must_deny: false,
+    }];
+    cases.extend(hostile_cases(&env));
+    let mut log = Log::default();
+    run_for(&env, &cases, "before", Duration::from_millis(300), &mut log).await;
+    let server = db.server.as_ref().expect("private server");
+    db.pool.close().await;
+    server.stop();
+    run_for(
+        &env,
+        &cases,
+        "during",
+        Duration::from_millis(1500),
+        &mut log,
+    )
+    .await;
+    server.resume();
+    // After the restart, sales is granted github: the "other tenant" user may pass once the
+    // change is loaded, and no sooner.
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("reconnect");
+    sqlx::query("INSERT INTO tenant_servers (tenant, server) VALUES ('sales', 'github')")
+        .execute(&pool)
+        .await
+        .expect("grant");
+    cases[1].must_deny = false;
+    let took = recovery(&env, &cases, 1, Duration::from_secs(15), &mut log).await;
+    log.report("PostgreSQL stopped");
+    eprintln!("a policy change after the restart took effect in {took:?}");
+    assert_eq!(log.outcomes("during", "allowed user"), ["200 "]);
+    assert_eq!(
+        log.outcomes("during", "other tenant"),
+        ["403 server_not_granted"]
+    );
 }

@@ -76,6 +76,8 @@ pub struct Options {
     pub unknown_kid_refresh_seconds: u64,
     /// Appended to the mcp-authz config (whole top-level sections).
     pub extra_config: String,
+    /// Policy (and audit) in this PostgreSQL database instead of the policy file.
+    pub database_url: Option<String>,
     /// Adds a `graph` section (the stand-in's Graph, app `mcp-authz-graph` registered with
     /// GroupMember.Read.All; fresh for 1 s, stale for an hour).
     pub graph: bool,
@@ -90,6 +92,7 @@ impl Default for Options {
             unknown_kid_refresh_seconds: 1,
             extra_config: String::new(),
             graph: false,
+            database_url: None,
         }
     }
 }
@@ -229,6 +232,16 @@ impl TestEnv {
             );
             cfg_text.push_str(&format!(
                 "graph: {{base_url: \"{idp_url}\", client_id: {GRAPH_APP}, client_secret: s3cret, cache_ttl_seconds: 1, max_stale_seconds: 3600, timeout_ms: 1000, max_retries: 1, max_retry_wait_ms: 500}}\n"
+            ));
+        }
+        if let Some(url) = &opts.database_url {
+            let file_policy = format!(
+                "policy:\n  file: {}\n  reload_interval_ms: 100\n",
+                policy_path.display()
+            );
+            cfg_text = cfg_text.replace(&file_policy, "");
+            cfg_text.push_str(&format!(
+                "policy: {{source: postgres, db_poll_interval_ms: 500}}\ndatabase: {{url: \"{url}\", max_connections: 4, acquire_timeout_ms: 1000, statement_timeout_ms: 2000}}\n"
             ));
         }
         cfg_text.push_str(&opts.extra_config);

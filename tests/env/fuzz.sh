@@ -16,7 +16,7 @@ targets=$(sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v mcp-authz-
 cargo fuzz build --fuzz-dir fuzz -O >&2
 rows=""
 for t in $targets; do
-  mkdir -p "fuzz/corpus/$t"
+  mkdir -p "fuzz/corpus/$t" "fuzz/seeds/$t"
   log=$(mktemp)
   if ! cargo fuzz run --fuzz-dir fuzz -O "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
       -max_total_time="$SECONDS_EACH" -print_final_stats=1 -timeout=5 -rss_limit_mb=2048 > "$log" 2>&1; then
