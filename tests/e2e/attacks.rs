@@ -318,3 +318,33 @@ async fn wrong_kinds_of_valid_tokens_are_refused_through_envoy() {
     }
     assert!(env.received.all().is_empty());
 }
+
+/// Two allowed directories; the JWKS (of the first) names its keys' issuer. A token of the
+/// second directory signed with such a key is refused: a key verifies only its own issuer.
+#[tokio::test]
+async fn a_key_of_one_directory_never_verifies_another_directorys_token_through_envoy() {
+    let env = TestEnv::start(Options {
+        env: vec![(
+            "MCP_AUTHZ__ENTRA__TENANTS".into(),
+            format!("[\"{TID}\", \"{FOREIGN_TID}\"]"),
+        )],
+        ..Default::default()
+    })
+    .await;
+    let other = env.mint(json!({"tid": FOREIGN_TID, "oid": BOB, "aud": API_CLIENT_ID, "scp": SCOPE, "groups": [ENG_GROUP]}));
+    let r = env
+        .post("/mcp/github", Some(&other), &initialize_body(1), &[])
+        .await;
+    assert_eq!(
+        (r.status, r.reason()),
+        (401, "token_key_issuer"),
+        "{}",
+        r.body
+    );
+    // The control: the first directory's token passes.
+    let own = env.user_token(BOB, &[ENG_GROUP]);
+    let r = env
+        .post("/mcp/github", Some(&own), &initialize_body(2), &[])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}

@@ -78,6 +78,8 @@ pub struct Options {
     pub extra_config: String,
     /// Policy (and audit) in this PostgreSQL database instead of the policy file.
     pub database_url: Option<String>,
+    /// Environment overrides (`MCP_AUTHZ__*`) for mcp-authz.
+    pub env: Vec<(String, String)>,
     /// Adds a `graph` section (the stand-in's Graph, app `mcp-authz-graph` registered with
     /// GroupMember.Read.All; fresh for 1 s, stale for an hour).
     pub graph: bool,
@@ -93,6 +95,7 @@ impl Default for Options {
             extra_config: String::new(),
             graph: false,
             database_url: None,
+            env: Vec::new(),
         }
     }
 }
@@ -245,7 +248,7 @@ impl TestEnv {
             ));
         }
         cfg_text.push_str(&opts.extra_config);
-        let instance = Instance::start(&cfg_text).await;
+        let instance = Instance::start_with_env(&cfg_text, opts.env.clone(), true).await;
         let authz = instance.addrs.clone();
         let http = instance.http.clone();
 
