@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 
-.PHONY: all build release test lint unit demo bench clean image manifests check-deploy fuzz soak
+.PHONY: all build release test lint unit demo bench clean image manifests check-deploy fuzz soak microbench
 
 all: build
 
@@ -44,6 +44,10 @@ demo: release
 bench: release
 	target/release/mcp-authz-bench --write BENCHMARKS.md
 	cat BENCHMARKS.md
+
+# Micro-benchmarks of the hot path (decision, request facts, token-cache hit); divan, release.
+microbench:
+	$(CARGO) bench --bench hot_path
 
 # A bounded soak: SOAK_TOKENS distinct valid tokens (every Check verifies a signature) against
 # the release mcp-authz process; fails if memory passes its bound, a Check errs or latency

@@ -1,0 +1,111 @@
+//! Micro-benchmarks of the Check's hot path (`make microbench`; divan): the decision function,
+//! the request-facts parser, and a token-cache hit. No network, no runtime.
+
+use std::sync::Arc;
+
+use divan::{Bencher, black_box};
+use mcp_authz::identity::{KeySet, KeyStore, ValidationRules, Validator};
+use mcp_authz::mcp::{self, HttpView};
+use mcp_authz::policy::{PolicyDocument, Snapshot, Subject, decide};
+use mcp_authz::standin::{Authority, MintRequest};
+
+const TID: &str = "3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2c";
+const API: &str = "c0ffee00-1234-4abc-8def-0123456789ab";
+const AUTHORITY: &str = "https://login.example";
+const BODY: &[u8] = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"merge_pull_request","arguments":{"repo":"x","number":1}}}"#;
+const POLICY: &str = r#"
+admins: {groups: ["a0000000-0000-4000-8000-00000000ad01"]}
+tenants:
+  - {name: engineering, servers: [github, jira]}
+  - {name: sales, servers: [jira]}
+servers: [{name: github}, {name: jira}]
+group_grants:
+  - {group: "e0000000-0000-4000-8000-0000000000e1", tenant: engineering, access_level: write}
+  - {group: "50000000-0000-4000-8000-000000000051", tenant: sales, access_level: read}
+tool_rules:
+  - {server: github, tool: "delete_*", effect: deny}
+  - {server: github, tool: "merge_*", effect: allow, min_access_level: write}
+"#;
+
+fn main() {
+    divan::main();
+}
+
+fn view() -> HttpView<'static> {
+    HttpView {
+        method: "POST",
+        path: "/mcp/github",
+        host: "gw.example",
+        scheme: "https",
+        route_server: Some("github"),
+        body: BODY,
+        partial_body: false,
+        mcp_method_header: None,
+        mcp_name_header: None,
+        traceparent: None,
+    }
+}
+
+/// The pure decision: server, tenants from 40 groups, tool rules.
+#[divan::bench]
+fn decide_tools_call(b: Bencher) {
+    let doc: PolicyDocument = serde_yaml_ng::from_str(POLICY).expect("policy");
+    let snap = Snapshot::compile(&doc, "bench").expect("compiles");
+    let facts = mcp::parse(&view(), "/mcp/").facts.expect("facts");
+    let mut groups: Vec<String> = (0..39)
+        .map(|i| format!("00000000-0000-4000-8000-{i:012}"))
+        .collect();
+    groups.push("e0000000-0000-4000-8000-0000000000e1".into());
+    let who = Subject {
+        tid: TID,
+        oid: "00000000-0000-4000-8000-000000000b0b",
+        upn: None,
+        groups: &groups,
+    };
+    b.bench_local(|| decide(black_box(&snap), black_box(&who), black_box(&facts)));
+}
+
+/// Request facts from a `tools/call` body (reads only method, id and params.name).
+#[divan::bench]
+fn parse_request_facts(b: Bencher) {
+    let v = view();
+    b.bench_local(|| mcp::parse(black_box(&v), "/mcp/"));
+}
+
+/// A token already verified: SHA-256 of the token and a cache lookup, no signature.
+#[divan::bench]
+fn token_cache_hit(b: Bencher) {
+    let authority = Authority::new(vec![TID.into()]);
+    authority.set_base_url(AUTHORITY);
+    let jwks = authority
+        .jwks(Some(&format!("{AUTHORITY}/{{tenantid}}/v2.0")))
+        .to_string();
+    let keys = KeySet::from_jwks(jwks.as_bytes(), "bench").expect("jwks");
+    let rules = ValidationRules {
+        authority: AUTHORITY.into(),
+        tenants: vec![TID.into()],
+        audiences: vec![API.into()],
+        accept_v1: true,
+        accept_v2: true,
+        v1_issuer: "https://sts.windows.net/{tenantid}/".into(),
+        required_scopes: vec!["mcp.access".into()],
+        required_roles: Vec::new(),
+        allow_app_tokens: false,
+        leeway: 30,
+        max_token_bytes: 16 * 1024,
+    };
+    let validator = Validator::new(rules, Arc::new(KeyStore::fixed(keys)), 1000);
+    let req: MintRequest = serde_json::from_value(serde_json::json!({
+        "tid": TID, "oid": "00000000-0000-4000-8000-000000000b0b", "aud": API,
+        "scp": "mcp.access", "groups": ["e0000000-0000-4000-8000-0000000000e1"],
+    }))
+    .expect("mint request");
+    let token = authority.mint(&req).expect("mint");
+    let first = futures::executor::block_on(validator.validate(&token)).expect("valid");
+    assert!(!first.cache_hit);
+    b.bench_local(|| {
+        let v = futures::executor::block_on(validator.validate(black_box(&token)));
+        assert!(v.as_ref().is_ok_and(|v| v.cache_hit));
+        v
+    });
+}
