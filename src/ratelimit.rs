@@ -133,6 +133,29 @@ pub struct Outcome {
     pub retry_after: Duration,
 }
 
+impl Outcome {
+    /// From the raw figures of a decision (microseconds, possibly out of range), as both the
+    /// in-process store and the Redis script produce them.
+    fn from_raw(
+        allowed: bool,
+        binding: usize,
+        bucket: &Bucket,
+        remaining: i64,
+        reset_us: i64,
+        retry_us: i64,
+    ) -> Self {
+        Outcome {
+            allowed,
+            binding,
+            scope: bucket.scope,
+            rate: bucket.rate,
+            remaining: remaining.clamp(0, i64::from(u32::MAX)) as u32,
+            reset: Duration::from_micros(reset_us.max(0) as u64),
+            retry_after: Duration::from_micros(retry_us.max(0) as u64),
+        }
+    }
+}
+
 /// The result of trying one bucket at `now`.
 #[derive(Debug, Clone, Copy)]
 struct Probe {
@@ -177,14 +200,8 @@ pub fn evaluate(req: &Request, tats: &[i64], now: i64) -> (Outcome, Vec<(usize, 
         .zip(tats.iter().chain(std::iter::repeat(&0)))
         .map(|(b, &t)| probe(t, now, b.rate))
         .collect();
-    let outcome = |allowed: bool, i: usize, p: &Probe| Outcome {
-        allowed,
-        binding: i,
-        scope: buckets[i].scope,
-        rate: buckets[i].rate,
-        remaining: p.remaining.clamp(0, i64::from(u32::MAX)) as u32,
-        reset: Duration::from_micros(p.reset_us.max(0) as u64),
-        retry_after: Duration::from_micros(p.retry_us.max(0) as u64),
+    let outcome = |allowed: bool, i: usize, p: &Probe| {
+        Outcome::from_raw(allowed, i, buckets[i], p.remaining, p.reset_us, p.retry_us)
     };
     let hard = req.hard.len();
     // A hard limit refuses: report the one that frees up last.
@@ -274,8 +291,9 @@ impl LocalStore {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let tats: Vec<i64> = req
-            .buckets()
+        let buckets: Vec<&Bucket> = req.buckets().collect();
+        let tats: Vec<i64> = buckets
+            .iter()
             .map(|b| map.get(&b.key).copied().unwrap_or(0))
             .collect();
         let (outcome, writes) = evaluate(req, &tats, now);
@@ -288,9 +306,8 @@ impl LocalStore {
                     .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
             }
         }
-        let keys: Vec<&Bucket> = req.buckets().collect();
         for (i, tat) in writes {
-            if let Some(b) = keys.get(i) {
+            if let Some(b) = buckets.get(i) {
                 match map.get_mut(&b.key) {
                     Some(v) => *v = tat,
                     None => {

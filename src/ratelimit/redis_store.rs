@@ -147,15 +147,14 @@ impl RedisStore {
         let Some(b) = usize::try_from(binding).ok().and_then(|i| buckets.get(i)) else {
             return Err(format!("redis: the script named bucket {binding}"));
         };
-        Ok(Outcome {
-            allowed: allowed == 1,
-            binding: binding as usize,
-            scope: b.scope,
-            rate: b.rate,
-            remaining: remaining.clamp(0, i64::from(u32::MAX)) as u32,
-            reset: Duration::from_micros(reset_us.max(0) as u64),
-            retry_after: Duration::from_micros(retry_us.max(0) as u64),
-        })
+        Ok(Outcome::from_raw(
+            allowed == 1,
+            binding as usize,
+            b,
+            remaining,
+            reset_us,
+            retry_us,
+        ))
     }
 }
 
