@@ -131,6 +131,18 @@ fn hostile_cases(env: &TestEnv) -> Vec<Case> {
     ]
 }
 
+/// An engineering user who may use github, then the hostile cases.
+fn allowed_and_hostile_cases(env: &TestEnv) -> Vec<Case> {
+    let mut cases = vec![Case {
+        name: "allowed user",
+        path: "/mcp/github",
+        token: Some(env.user_token(BOB, &[ENG_GROUP])),
+        must_deny: false,
+    }];
+    cases.extend(hostile_cases(env));
+    cases
+}
+
 /// mcp-authz crashes: Envoy answers 503 to everything (fail closed) until it is back on its
 /// unix socket.
 #[tokio::test]
@@ -140,13 +152,7 @@ async fn authz_killed_and_restarted_envoy_fails_closed() {
         ..Default::default()
     })
     .await;
-    let mut cases = vec![Case {
-        name: "allowed user",
-        path: "/mcp/github",
-        token: Some(env.user_token(BOB, &[ENG_GROUP])),
-        must_deny: false,
-    }];
-    cases.extend(hostile_cases(&env));
+    let cases = allowed_and_hostile_cases(&env);
     let mut log = Log::default();
     run_for(&env, &cases, "before", Duration::from_millis(300), &mut log).await;
     env.kill_authz().await;
@@ -322,24 +328,11 @@ async fn redis_killed_and_restarted_under_traffic() {
         ..Default::default()
     })
     .await;
-    let mut cases = vec![Case {
-        name: "allowed user",
-        path: "/mcp/github",
-        token: Some(env.user_token(BOB, &[ENG_GROUP])),
-        must_deny: false,
-    }];
-    cases.extend(hostile_cases(&env));
+    let cases = allowed_and_hostile_cases(&env);
     let fallback = || async {
-        let text = env
-            .http
-            .get(format!("http://{}/metrics", env.authz.admin))
-            .send()
+        scrape_metrics(&env.http, env.authz.admin)
             .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("text");
-        text.lines()
+            .lines()
             .find(|l| l.starts_with("mcp_authz_ratelimit_redis_fallback "))
             .map(|l| l.ends_with(" 1"))
             .unwrap_or(false)
@@ -380,13 +373,7 @@ async fn postgres_stopped_and_restarted_under_traffic() {
         ..Default::default()
     })
     .await;
-    let mut cases = vec![Case {
-        name: "allowed user",
-        path: "/mcp/github",
-        token: Some(env.user_token(BOB, &[ENG_GROUP])),
-        must_deny: false,
-    }];
-    cases.extend(hostile_cases(&env));
+    let mut cases = allowed_and_hostile_cases(&env);
     let mut log = Log::default();
     run_for(&env, &cases, "before", Duration::from_millis(300), &mut log).await;
     let server = db.server.as_ref().expect("private server");

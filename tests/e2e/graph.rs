@@ -668,15 +668,7 @@ async fn grafana_dashboard_queries_only_metrics_that_exist() {
         .await
         .expect("check");
     assert_eq!((first.http_status, second.http_status), (200, 429));
-    let text = inst
-        .http
-        .get(format!("http://{}/metrics", inst.addrs.admin))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("text");
+    let text = scrape_metrics(&inst.http, inst.addrs.admin).await;
     let sampled: std::collections::HashSet<&str> = text
         .lines()
         .filter(|l| !l.starts_with('#'))

@@ -507,6 +507,17 @@ impl Reply {
     }
 }
 
+/// The admin listener's `/metrics` text.
+pub async fn scrape_metrics(http: &reqwest::Client, admin: std::net::SocketAddr) -> String {
+    http.get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
 pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut f: F)
 where
     F: FnMut() -> Fut,
@@ -720,33 +731,19 @@ impl Checker {
         body: &str,
         traceparent: Option<&str>,
     ) -> Result<CheckAnswer, tonic::Status> {
-        use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
         use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-        use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
-        let mut headers = std::collections::HashMap::new();
-        if let Some(t) = token {
-            headers.insert("authorization".to_string(), format!("Bearer {t}"));
+        let mut req =
+            mcp_authz::grpc::http_check_request(token, &format!("/mcp/{server}"), body.as_bytes());
+        if let Some(tp) = traceparent
+            && let Some(http) = req
+                .attributes
+                .as_mut()
+                .and_then(|a| a.request.as_mut())
+                .and_then(|r| r.http.as_mut())
+        {
+            http.headers
+                .insert("traceparent".to_string(), tp.to_string());
         }
-        if let Some(tp) = traceparent {
-            headers.insert("traceparent".to_string(), tp.to_string());
-        }
-        let req = CheckRequest {
-            attributes: Some(AttributeContext {
-                request: Some(Request {
-                    http: Some(HttpRequest {
-                        method: "POST".into(),
-                        path: format!("/mcp/{server}"),
-                        host: "gateway.test".into(),
-                        scheme: "https".into(),
-                        headers,
-                        raw_body: body.as_bytes().to_vec(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-        };
         let resp = self.client.check(req).await?.into_inner();
         let grpc_code = resp.status.map(|s| s.code).unwrap_or(-1);
         let (http_status, reason) = match resp.http_response {
