@@ -125,42 +125,49 @@ impl GroupResolver {
                 self.stats.token.fetch_add(1, Ordering::Relaxed);
                 Ok((Groups::Token(&[]), "token"))
             }
-            GroupsClaim::Overage => {
-                let Some(g) = &self.graph else {
-                    return Err(GroupsError::OverageUnresolved);
-                };
-                let key = (principal.tid.clone(), principal.oid.clone());
-                if let Some(hit) = g.fresh.get(&key).await {
-                    self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok((Groups::Graph(hit), "graph_cache"));
+            // Boxed: the Graph path's future is large and rare; inline, every Check's future
+            // would carry (and move) its size.
+            GroupsClaim::Overage => Box::pin(self.overage_groups(principal)).await,
+        }
+    }
+
+    async fn overage_groups<'a>(
+        &self,
+        principal: &'a Principal,
+    ) -> Result<(Groups<'a>, &'static str), GroupsError> {
+        let Some(g) = &self.graph else {
+            return Err(GroupsError::OverageUnresolved);
+        };
+        let key = (principal.tid.clone(), principal.oid.clone());
+        if let Some(hit) = g.fresh.get(&key).await {
+            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok((Groups::Graph(hit), "graph_cache"));
+        }
+        // One Graph call for all concurrent misses of this user.
+        let fetched = g
+            .fresh
+            .try_get_with(key.clone(), async {
+                self.stats.graph_lookups.fetch_add(1, Ordering::Relaxed);
+                let groups: Arc<[String]> =
+                    g.client.member_groups(&key.0, &key.1).await?.into();
+                g.stale.insert(key.clone(), groups.clone()).await;
+                Ok::<_, GraphError>(groups)
+            })
+            .await;
+        match fetched {
+            Ok(groups) => Ok((Groups::Graph(groups), "graph")),
+            Err(e) => match g.stale.get(&key).await {
+                Some(old) => {
+                    self.stats.stale_served.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, oid = %key.1, "Graph unavailable; serving cached groups within the staleness bound");
+                    Ok((Groups::Graph(old), "stale"))
                 }
-                // One Graph call for all concurrent misses of this user.
-                let fetched = g
-                    .fresh
-                    .try_get_with(key.clone(), async {
-                        self.stats.graph_lookups.fetch_add(1, Ordering::Relaxed);
-                        let groups: Arc<[String]> =
-                            g.client.member_groups(&key.0, &key.1).await?.into();
-                        g.stale.insert(key.clone(), groups.clone()).await;
-                        Ok::<_, GraphError>(groups)
-                    })
-                    .await;
-                match fetched {
-                    Ok(groups) => Ok((Groups::Graph(groups), "graph")),
-                    Err(e) => match g.stale.get(&key).await {
-                        Some(old) => {
-                            self.stats.stale_served.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(error = %e, oid = %key.1, "Graph unavailable; serving cached groups within the staleness bound");
-                            Ok((Groups::Graph(old), "stale"))
-                        }
-                        None => {
-                            self.stats.unavailable.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(error = %e, oid = %key.1, "Graph unavailable and no cached groups; denying");
-                            Err(GroupsError::GraphUnavailable((*e).clone()))
-                        }
-                    },
+                None => {
+                    self.stats.unavailable.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, oid = %key.1, "Graph unavailable and no cached groups; denying");
+                    Err(GroupsError::GraphUnavailable((*e).clone()))
                 }
-            }
+            },
         }
     }
 }

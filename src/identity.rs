@@ -318,9 +318,8 @@ impl Validator {
         let key_set = match self.keys.keys_for(&parsed.header.kid) {
             Some(keys) => keys,
             None => {
-                self.keys
-                    .refresh_for_unknown_kid(&parsed.header.kid)
-                    .await?
+                // Boxed: rare, and its future is large.
+                Box::pin(self.keys.refresh_for_unknown_kid(&parsed.header.kid)).await?
             }
         };
         let principal = self.check(&parsed, &key_set, now)?;

@@ -7,7 +7,7 @@
 //! truth for each number. Names: `mcp_authz_<what>[_<unit>][_total]`.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -41,6 +41,11 @@ pub struct Metrics {
     pub rate_limited: Family<ScopeLabels, Counter>,
     pub ratelimit_redis_errors: Counter,
     pub ratelimit_redis_fallback: prometheus_client::metrics::gauge::Gauge,
+    /// The series every warm Check touches, resolved once on first use: a Family lookup takes
+    /// a read lock and hashes the labels, which two workers do on every Check otherwise.
+    allowed: OnceLock<Counter>,
+    cache_hit: OnceLock<Counter>,
+    cache_miss: OnceLock<Counter>,
 }
 
 impl Default for Metrics {
@@ -100,7 +105,35 @@ impl Metrics {
             rate_limited,
             ratelimit_redis_errors,
             ratelimit_redis_fallback,
+            allowed: OnceLock::new(),
+            cache_hit: OnceLock::new(),
+            cache_miss: OnceLock::new(),
         }
+    }
+
+    /// Counts one decision in `mcp_authz_decisions_total`.
+    pub fn decision(&self, allowed: bool, reason: &'static str) {
+        let labels = |result| DecisionLabels { result, reason };
+        if allowed && reason == "allowed" {
+            self.allowed
+                .get_or_init(|| self.decisions.get_or_create_owned(&labels("allow")))
+                .inc();
+        } else {
+            self.decisions
+                .get_or_create(&labels(if allowed { "allow" } else { "deny" }))
+                .inc();
+        }
+    }
+
+    /// Counts one verified-token cache lookup in `mcp_authz_token_cache_total`.
+    pub fn token_cache_lookup(&self, hit: bool) {
+        let (cell, result) = if hit {
+            (&self.cache_hit, "hit")
+        } else {
+            (&self.cache_miss, "miss")
+        };
+        cell.get_or_init(|| self.token_cache.get_or_create_owned(&CacheLabels { result }))
+            .inc();
     }
 
     pub fn register_collector(&self, c: Box<dyn Collector>) {

@@ -238,3 +238,22 @@ fn shipped_examples_are_valid() {
     assert_eq!(cfg.rate_limit.redis_timeout_ms, 50);
     crate::policy::load_file(&dir.join("policy.yaml")).expect("policy.yaml");
 }
+
+#[test]
+fn runtime_worker_threads_come_from_the_file_or_the_environment_and_are_bounded() {
+    let c = Config::parse(BASE, env(&[])).expect("valid");
+    assert_eq!(c.runtime.worker_threads, None, "default: one per CPU");
+    let c = Config::parse(
+        &format!("{BASE}\nruntime: {{worker_threads: 2}}\n"),
+        env(&[]),
+    )
+    .expect("valid");
+    assert_eq!(c.runtime.worker_threads, Some(2));
+    let c = Config::parse(BASE, env(&[("MCP_AUTHZ__RUNTIME__WORKER_THREADS", "1")]))
+        .expect("valid");
+    assert_eq!(c.runtime.worker_threads, Some(1));
+    let msg = invalid(BASE, &[("MCP_AUTHZ__RUNTIME__WORKER_THREADS", "0")]);
+    assert!(msg.contains("runtime.worker_threads"), "{msg}");
+    let msg = invalid(&format!("{BASE}\nruntime: {{threads: 2}}\n"), &[]);
+    assert!(msg.contains("threads"), "{msg}");
+}

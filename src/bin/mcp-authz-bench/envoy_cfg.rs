@@ -1,0 +1,100 @@
+//! The Envoy configurations of the benchmark. Every one is the product's own `envoy/envoy.yaml`
+//! rendered as a deployment would render it; the baselines differ from it only in the HTTP
+//! filter chain: none (no auth), or Envoy's in-process `jwt_authn` in place of ext_authz.
+
+use std::collections::HashMap;
+
+use anyhow::Context as _;
+use serde_yaml_ng::Value;
+
+pub enum Variant {
+    /// No authorization filter at all.
+    NoAuth,
+    /// `jwt_authn` with the JWKS inline; `cache` sets `jwt_cache_config.jwt_cache_size`.
+    JwtAuthn {
+        issuer: String,
+        audience: String,
+        jwks: String,
+        cache: Option<usize>,
+    },
+    /// The product config: ext_authz to mcp-authz over TCP or the unix socket.
+    ExtAuthz { unix: bool },
+}
+
+const EXT_AUTHZ: &str = "envoy.filters.http.ext_authz";
+
+/// `template` rendered with `vars` (plus `AUTHZ_CLUSTER`, from the variant), then changed
+/// as the variant says.
+pub fn render(
+    template: &str,
+    vars: &HashMap<String, String>,
+    variant: &Variant,
+) -> anyhow::Result<String> {
+    let mut vars = vars.clone();
+    let cluster = match variant {
+        Variant::ExtAuthz { unix: true } => "mcp_authz_uds",
+        _ => "mcp_authz_tcp",
+    };
+    vars.insert("AUTHZ_CLUSTER".into(), cluster.into());
+    let text = mcp_authz::cli::render_template(template, &vars)
+        .map_err(|names| anyhow::anyhow!("envoy template: not set: {}", names.join(", ")))?;
+    if let Variant::ExtAuthz { .. } = variant {
+        return Ok(text);
+    }
+    let mut doc: Value = serde_yaml_ng::from_str(&text).context("parse rendered envoy.yaml")?;
+    let filters = http_filters(&mut doc)?;
+    let at = filters
+        .iter()
+        .position(|f| f.get("name").and_then(Value::as_str) == Some(EXT_AUTHZ))
+        .ok_or_else(|| anyhow::anyhow!("envoy.yaml has no {EXT_AUTHZ} filter"))?;
+    match variant {
+        Variant::NoAuth => {
+            filters.remove(at);
+        }
+        Variant::JwtAuthn {
+            issuer,
+            audience,
+            jwks,
+            cache,
+        } => {
+            let mut provider = serde_json::json!({
+                "issuer": issuer,
+                "audiences": [audience],
+                "local_jwks": {"inline_string": jwks},
+                "forward": true,
+            });
+            if let Some(size) = cache {
+                provider["jwt_cache_config"] = serde_json::json!({"jwt_cache_size": size});
+            }
+            let filter = serde_json::json!({
+                "name": "envoy.filters.http.jwt_authn",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                    "providers": {"entra": provider},
+                    "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "entra"}}],
+                },
+            });
+            filters[at] = serde_yaml_ng::to_value(filter)?;
+        }
+        Variant::ExtAuthz { .. } => {}
+    }
+    Ok(serde_yaml_ng::to_string(&doc)?)
+}
+
+fn http_filters(doc: &mut Value) -> anyhow::Result<&mut Vec<Value>> {
+    doc.get_mut("static_resources")
+        .and_then(|v| v.get_mut("listeners"))
+        .and_then(|v| v.get_mut(0))
+        .and_then(|v| v.get_mut("filter_chains"))
+        .and_then(|v| v.get_mut(0))
+        .and_then(|v| v.get_mut("filters"))
+        .and_then(|v| v.get_mut(0))
+        .and_then(|v| v.get_mut("typed_config"))
+        .and_then(|v| v.get_mut("http_filters"))
+        .and_then(Value::as_sequence_mut)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "envoy.yaml: no static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters"
+            )
+        })
+}

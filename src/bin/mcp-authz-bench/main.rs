@@ -1,0 +1,844 @@
+//! `mcp-authz-bench` (run by `make bench`): the speed of an authorization hop, measured side by
+//! side in one run on loopback.
+//!
+//! Every component is its own process: a minimal HTTP upstream, the release `mcp-authz`, a
+//! no-op Check server of the same build, one Envoy per configuration (the same binary), and
+//! the load generators (wrk for HTTP, `grpc-load` for direct Checks). The rows are measured in
+//! interleaved rounds and the report quotes medians; CPU time of each server is read from
+//! /proc around every run.
+
+mod envoy_cfg;
+mod load;
+mod procs;
+mod report;
+mod servers;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use mcp_authz::standin::{Authority, MintRequest};
+use serde_json::json;
+
+use envoy_cfg::Variant;
+use load::{Mode, Sample, Wrk};
+use procs::{Proc, free_port, port_open, wait_for};
+
+pub const TID: &str = "3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2c";
+pub const API: &str = "c0ffee00-1234-4abc-8def-0123456789ab";
+const ENG_GROUP: &str = "e0000000-0000-4000-8000-0000000000e1";
+const POLICY: &str = r#"
+tenants: [{name: engineering, servers: [github]}]
+servers: [{name: github}]
+group_grants: [{group: "e0000000-0000-4000-8000-0000000000e1", tenant: engineering, access_level: write}]
+tool_rules:
+  - {server: github, tool: "delete_*", effect: deny}
+  - {server: github, tool: "search_*", effect: allow, min_access_level: read}
+"#;
+/// The request of every row but (f): an MCP `tools/list`.
+const LIST_BODY: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#;
+/// Row (f): a `tools/call` that a per-tool rule decides.
+const CALL_BODY: &str = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"search_code","arguments":{"query":"fn main language:rust","per_page":30,"page":1}}}"#;
+const DENIED_BODY: &str = r#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"delete_repo","arguments":{"repo":"x"}}}"#;
+const PATH: &str = "/mcp/github";
+
+#[derive(Parser)]
+#[command(about = "mcp-authz against Envoy's jwt_authn and a no-op Check server, in one run")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// (internal) The minimal HTTP upstream every Envoy row forwards to.
+    Upstream {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// (internal) A Check server that answers OK at once.
+    Noop {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+    },
+    /// (internal) Direct gRPC Check load; prints one MCPBENCH line.
+    GrpcLoad(load::GrpcLoadArgs),
+}
+
+#[derive(clap::Args, Clone)]
+pub struct RunArgs {
+    /// Seconds of each saturation and fixed-load run.
+    #[arg(long, default_value_t = 2)]
+    pub seconds: u64,
+    /// Seconds of each one-connection run.
+    #[arg(long, default_value_t = 2)]
+    pub latency_seconds: u64,
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Connections (wrk) or Checks in flight (gRPC) at saturation and fixed load.
+    #[arg(long, default_value_t = 32)]
+    pub connections: usize,
+    /// Distinct users in the warm token pool.
+    #[arg(long, default_value_t = 1000)]
+    pub users: usize,
+    /// mcp-authz's `runtime.worker_threads` (the sidecar overlay's setting), also given to the
+    /// no-op Check server so the two run the same runtime.
+    #[arg(long, default_value_t = 1)]
+    pub authz_workers: usize,
+    /// Envoy worker threads (--concurrency).
+    #[arg(long, default_value_t = 2)]
+    pub envoy_concurrency: usize,
+    #[arg(long, env = "ENVOY_BIN", default_value = "envoy")]
+    pub envoy: PathBuf,
+    #[arg(long, env = "WRK_BIN", default_value = "wrk")]
+    pub wrk: PathBuf,
+    #[arg(long, default_value = "envoy/envoy.yaml")]
+    pub envoy_template: PathBuf,
+    /// Measure only these rows (keys, comma-separated: a,b,b',c,d,e,f,g0,g,g-cold); for
+    /// investigating. The report needs every row.
+    #[arg(long, value_delimiter = ',')]
+    pub rows: Vec<String>,
+    /// Write the report into this Markdown file (other runs' sections are kept).
+    #[arg(long)]
+    pub write: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Cmd::Upstream { listen }) => servers::upstream(listen),
+        Some(Cmd::Noop { listen, workers }) => servers::noop(listen, workers),
+        Some(Cmd::GrpcLoad(a)) => load::grpc_load_main(a),
+        None => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(run(cli.run)),
+    }
+}
+
+/// Where a row's load goes.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Target {
+    /// Through the Envoy of this index (in `ENVOYS`).
+    Envoy(usize),
+    /// Direct gRPC to mcp-authz over TCP.
+    Authz,
+    /// Direct gRPC to the no-op Check server.
+    Noop,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+pub enum Tokens {
+    /// The pool of `users` tokens, each verified once before measuring.
+    Warm,
+    /// Never seen before: every request verifies a signature.
+    Cold,
+}
+
+pub struct Row {
+    pub key: &'static str,
+    pub label: &'static str,
+    pub target: Target,
+    pub tokens: Tokens,
+    pub body: &'static str,
+}
+
+/// The Envoys: (name, variant); variant built in `run`.
+const ENVOYS: [&str; 5] = [
+    "no auth",
+    "jwt_authn",
+    "jwt_authn cached",
+    "ext_authz tcp",
+    "ext_authz uds",
+];
+
+pub const ROWS: [Row; 10] = [
+    Row {
+        key: "a",
+        label: "Envoy, no auth",
+        target: Target::Envoy(0),
+        tokens: Tokens::Warm,
+        body: LIST_BODY,
+    },
+    Row {
+        key: "b",
+        label: "Envoy jwt_authn, default settings",
+        target: Target::Envoy(1),
+        tokens: Tokens::Warm,
+        body: LIST_BODY,
+    },
+    Row {
+        key: "b'",
+        label: "Envoy jwt_authn, jwt_cache_config sized to the pool",
+        target: Target::Envoy(2),
+        tokens: Tokens::Warm,
+        body: LIST_BODY,
+    },
+    Row {
+        key: "c",
+        label: "Envoy + mcp-authz, TCP, warm tokens",
+        target: Target::Envoy(3),
+        tokens: Tokens::Warm,
+        body: LIST_BODY,
+    },
+    Row {
+        key: "d",
+        label: "Envoy + mcp-authz, unix socket, warm tokens",
+        target: Target::Envoy(4),
+        tokens: Tokens::Warm,
+        body: LIST_BODY,
+    },
+    Row {
+        key: "e",
+        label: "Envoy + mcp-authz, TCP, every token new",
+        target: Target::Envoy(3),
+        tokens: Tokens::Cold,
+        body: LIST_BODY,
+    },
+    Row {
+        key: "f",
+        label: "Envoy + mcp-authz, TCP, tools/call + per-tool rule",
+        target: Target::Envoy(3),
+        tokens: Tokens::Warm,
+        body: CALL_BODY,
+    },
+    Row {
+        key: "g0",
+        label: "direct gRPC, no-op Check server",
+        target: Target::Noop,
+        tokens: Tokens::Warm,
+        body: CALL_BODY,
+    },
+    Row {
+        key: "g",
+        label: "direct gRPC, mcp-authz, warm tokens",
+        target: Target::Authz,
+        tokens: Tokens::Warm,
+        body: CALL_BODY,
+    },
+    Row {
+        key: "g-cold",
+        label: "direct gRPC, mcp-authz, every token new",
+        target: Target::Authz,
+        tokens: Tokens::Cold,
+        body: CALL_BODY,
+    },
+];
+
+/// The three ways each row is measured.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Phase {
+    Saturation,
+    Fixed,
+    OneConnection,
+}
+
+/// One run of one row.
+#[derive(Clone, Default)]
+pub struct Run {
+    pub sample: Sample,
+    /// CPU nanoseconds of mcp-authz during the run.
+    pub authz_cpu_ns: u64,
+    /// CPU nanoseconds of the Envoy under load (Envoy rows) or the no-op server (g0).
+    pub other_cpu_ns: u64,
+    /// The load generator's command line.
+    pub command: String,
+}
+
+impl Run {
+    /// CPU seconds per 10k requests.
+    pub fn per_10k(&self, ns: u64) -> f64 {
+        ns as f64 / 1e9 / self.sample.requests.max(1) as f64 * 1e4
+    }
+}
+
+fn mint_one(authority: &Authority, i: usize, users: usize, tag: &str) -> anyhow::Result<String> {
+    let req: MintRequest = serde_json::from_value(json!({
+        "tid": TID, "oid": format!("00000000-0000-4000-8000-{:012}", i % users),
+        "aud": API, "scp": "mcp.access", "groups": [ENG_GROUP],
+        "extra": {"uti": format!("{tag}-{i}")},
+    }))?;
+    authority
+        .mint(&req)
+        .map_err(|e| anyhow::anyhow!("mint: {e}"))
+}
+
+/// Tokens `from..from + count` (RSA signing on every core).
+fn mint(
+    authority: &Authority,
+    from: usize,
+    count: usize,
+    users: usize,
+    tag: &str,
+) -> anyhow::Result<Vec<String>> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let parts = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    (from + t..from + count)
+                        .step_by(threads)
+                        .map(|i| mint_one(authority, i, users, tag))
+                        .collect::<anyhow::Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("minting thread panicked"))?
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    Ok(parts.into_iter().flatten().collect())
+}
+
+fn write_tokens(path: &Path, tokens: &[String]) -> anyhow::Result<()> {
+    let mut text = String::with_capacity(tokens.iter().map(|t| t.len() + 1).sum());
+    for t in tokens {
+        text.push_str(t);
+        text.push('\n');
+    }
+    std::fs::write(path, text).with_context(|| format!("{}", path.display()))
+}
+
+/// A token whose signature is changed in the middle (a forgery every verifier must refuse).
+fn forged(token: &str) -> String {
+    let mut b = token.as_bytes().to_vec();
+    let at = b.len() - 20;
+    b[at] = if b[at] == b'A' { b'B' } else { b'A' };
+    String::from_utf8_lossy(&b).into_owned()
+}
+
+/// Microseconds of one RS256 verification with a key parsed once (what mcp-authz does on a
+/// token-cache miss), on one thread of this machine.
+fn rs256_verify_us(authority: &Authority, token: &str) -> anyhow::Result<f64> {
+    use base64::Engine as _;
+    let jwks = authority.jwks(None);
+    let k = &jwks["keys"][0];
+    let field = |n: &str| {
+        k[n].as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("JWKS key has no {n}"))
+    };
+    let key =
+        mcp_authz::identity::Key::from_components(&field("kid")?, &field("n")?, &field("e")?, None)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (message, sig) = token
+        .rsplit_once('.')
+        .ok_or_else(|| anyhow::anyhow!("token has no signature"))?;
+    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(sig)?;
+    anyhow::ensure!(
+        key.verify(message.as_bytes(), &sig),
+        "signature does not verify"
+    );
+    let (started, mut n) = (Instant::now(), 0u64);
+    while started.elapsed() < Duration::from_millis(700) {
+        for _ in 0..100 {
+            std::hint::black_box(key.verify(std::hint::black_box(message.as_bytes()), &sig));
+        }
+        n += 100;
+    }
+    Ok(started.elapsed().as_secs_f64() * 1e6 / n as f64)
+}
+
+struct Stage {
+    dir: PathBuf,
+    wrk: Wrk,
+    envoys: Vec<(Proc, u16)>,
+    authz: Proc,
+    authz_port: u16,
+    noop: Proc,
+    noop_port: u16,
+    _upstream: Proc,
+    warm_file: PathBuf,
+    bodies: HashMap<&'static str, PathBuf>,
+    authority: std::sync::Arc<Authority>,
+    users: usize,
+    /// Index of the next never-seen token to mint.
+    cold_next: usize,
+    seconds: u64,
+    latency_seconds: u64,
+    connections: usize,
+}
+
+impl Stage {
+    fn body_file(&self, body: &'static str) -> anyhow::Result<&PathBuf> {
+        self.bodies
+            .get(body)
+            .ok_or_else(|| anyhow::anyhow!("no body file"))
+    }
+
+    /// One run of `row` in `phase`; `cold_budget` tokens are taken from the cold pool for Cold rows.
+    async fn measure(
+        &mut self,
+        row: &Row,
+        phase: Phase,
+        fixed_rate: u64,
+        cold_budget: usize,
+    ) -> anyhow::Result<Run> {
+        let (seconds, mode) = match phase {
+            Phase::Saturation => (
+                self.seconds,
+                Mode::Saturation {
+                    connections: self.connections,
+                },
+            ),
+            Phase::Fixed => (
+                self.seconds,
+                Mode::Fixed {
+                    connections: self.connections,
+                    rate: fixed_rate,
+                },
+            ),
+            Phase::OneConnection => (self.latency_seconds, Mode::Saturation { connections: 1 }),
+        };
+        let tokens = match row.tokens {
+            Tokens::Warm => self.warm_file.clone(),
+            Tokens::Cold => {
+                // Minted just before the run (RSA signing is what bounds the pool), never reused.
+                let path = self.dir.join("tokens-cold-run.txt");
+                let fresh = mint(
+                    &self.authority,
+                    self.cold_next,
+                    cold_budget,
+                    self.users,
+                    "cold",
+                )?;
+                self.cold_next += cold_budget;
+                write_tokens(&path, &fresh)?;
+                path
+            }
+        };
+        let body = self.body_file(row.body)?.clone();
+        let other_pid = match row.target {
+            Target::Envoy(i) => Some(self.envoys[i].0.pid),
+            Target::Noop => Some(self.noop.pid),
+            Target::Authz => None,
+        };
+        let (authz0, other0) = (
+            self.authz.cpu_ns(),
+            other_pid.map(procs::cpu_ns).unwrap_or(0),
+        );
+        let (sample, command) = match row.target {
+            Target::Envoy(i) => {
+                let args = self
+                    .wrk
+                    .args(self.envoys[i].1, PATH, &tokens, &body, seconds, mode);
+                let command = format!("{} {}", self.wrk.bin.display(), args.join(" "));
+                (self.wrk.run(&args).await?, command)
+            }
+            Target::Authz | Target::Noop => {
+                let port = if row.target == Target::Noop {
+                    self.noop_port
+                } else {
+                    self.authz_port
+                };
+                let mut args = vec![
+                    "--target".to_string(),
+                    format!("127.0.0.1:{port}"),
+                    "--tokens".into(),
+                    tokens.display().to_string(),
+                    "--body".into(),
+                    body.display().to_string(),
+                    "--seconds".into(),
+                    seconds.to_string(),
+                    "--concurrency".into(),
+                    mode.connections().to_string(),
+                ];
+                if let Some(rate) = mode.rate() {
+                    args.extend(["--rate".to_string(), rate.to_string()]);
+                }
+                let command = format!("mcp-authz-bench grpc-load {}", args.join(" "));
+                (load::grpc_load(&args).await?, command)
+            }
+        };
+        let (authz1, other1) = (
+            self.authz.cpu_ns(),
+            other_pid.map(procs::cpu_ns).unwrap_or(0),
+        );
+        if row.tokens == Tokens::Cold {
+            let _ = std::fs::remove_file(&tokens);
+        }
+        self.authz.alive()?;
+        self.noop.alive()?;
+        for (e, _) in &mut self.envoys {
+            e.alive()?;
+        }
+        Ok(Run {
+            sample,
+            authz_cpu_ns: authz1.saturating_sub(authz0),
+            other_cpu_ns: other1.saturating_sub(other0),
+            command,
+        })
+    }
+}
+
+async fn expect_status(
+    http: &reqwest::Client,
+    port: u16,
+    token: Option<&str>,
+    body: &str,
+    want: u16,
+    what: &str,
+) -> anyhow::Result<()> {
+    let mut req = http
+        .post(format!("http://127.0.0.1:{port}{PATH}"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(body.to_owned());
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let got = req
+        .send()
+        .await
+        .with_context(|| what.to_string())?
+        .status()
+        .as_u16();
+    anyhow::ensure!(
+        got == want,
+        "sanity check failed: {what}: got {got}, want {want}"
+    );
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let dir = std::env::temp_dir().join(format!("mcp-authz-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = run_in(&args, &dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = result?;
+    eprintln!("bench: done in {:.0} s", started.elapsed().as_secs_f64());
+    match &args.write {
+        Some(p) => {
+            let old = std::fs::read_to_string(p).unwrap_or_default();
+            std::fs::write(p, report::merge(&report, &old))?;
+            eprintln!("bench: wrote {}", p.display());
+        }
+        None => print!("{report}"),
+    }
+    Ok(())
+}
+
+async fn run_in(args: &RunArgs, dir: &Path) -> anyhow::Result<String> {
+    let template = std::fs::read_to_string(&args.envoy_template)
+        .with_context(|| format!("read {}", args.envoy_template.display()))?;
+    let envoy_version = std::process::Command::new(&args.envoy)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("run {} --version (ENVOY_BIN)", args.envoy.display()))?;
+    let envoy_version = String::from_utf8_lossy(&envoy_version.stdout)
+        .split_whitespace()
+        .find(|w| w.contains('/') && w.chars().next().is_some_and(|c| c.is_ascii_hexdigit()))
+        .map(|w| w.split('/').nth(1).unwrap_or(w).to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    let wrk_ok = std::process::Command::new(&args.wrk).arg("-v").output();
+    anyhow::ensure!(
+        wrk_ok.is_ok(),
+        "no wrk at {} (WRK_BIN); `make bench` installs Debian's",
+        args.wrk.display()
+    );
+
+    let (authority, idp) = Authority::spawn_local(vec![TID.into()]).await?;
+    let (plain, paced) = load::write_wrk_scripts(dir)?;
+    let mut bodies = HashMap::new();
+    for (name, body) in [("list", LIST_BODY), ("call", CALL_BODY)] {
+        let p = dir.join(format!("body-{name}.json"));
+        std::fs::write(&p, body)?;
+        bodies.insert(body, p);
+    }
+    eprintln!("bench: minting {} warm tokens", args.users);
+    let warm = mint(&authority, 0, args.users, args.users, "warm")?;
+    let warm_file = dir.join("tokens-warm.txt");
+    write_tokens(&warm_file, &warm)?;
+    let exe = std::env::current_exe()?;
+
+    // The upstream and the no-op Check server.
+    let up_port = free_port()?;
+    let mut cmd = tokio::process::Command::new(&exe);
+    cmd.args(["upstream", "--listen", &format!("127.0.0.1:{up_port}")]);
+    let mut upstream = Proc::spawn("upstream", cmd, dir)?;
+    wait_for(&mut upstream, "port", || port_open(up_port)).await?;
+    let noop_port = free_port()?;
+    let mut cmd = tokio::process::Command::new(&exe);
+    cmd.args(["noop", "--listen", &format!("127.0.0.1:{noop_port}")])
+        .arg("--workers")
+        .arg(args.authz_workers.to_string());
+    let mut noop = Proc::spawn("noop", cmd, dir)?;
+    wait_for(&mut noop, "port", || port_open(noop_port)).await?;
+
+    // mcp-authz, release build, TCP and unix socket.
+    let (grpc, admin, metadata) = (free_port()?, free_port()?, free_port()?);
+    let socket = dir.join("authz.sock");
+    std::fs::write(dir.join("policy.yaml"), POLICY)?;
+    std::fs::write(
+        dir.join("config.yaml"),
+        format!(
+            r#"
+listen: {{grpc: "127.0.0.1:{grpc}", grpc_unix: "{}", admin: "127.0.0.1:{admin}", metadata: "127.0.0.1:{metadata}"}}
+entra: {{authority: "{idp}", allow_insecure_authority: true, tenants: ["{TID}"], audiences: ["{API}"], required_scopes: [mcp.access]}}
+policy: {{file: policy.yaml}}
+log: {{level: warn}}
+runtime: {{worker_threads: {}}}
+"#,
+            socket.display(),
+            args.authz_workers
+        ),
+    )?;
+    let authz_bin = exe.with_file_name("mcp-authz");
+    let mut cmd = tokio::process::Command::new(&authz_bin);
+    cmd.args(["serve", "--config"]).arg(dir.join("config.yaml"));
+    let mut authz = Proc::spawn("mcp-authz", cmd, dir)?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    wait_for(&mut authz, "/readyz", || {
+        let http = http.clone();
+        async move {
+            http.get(format!("http://127.0.0.1:{admin}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        }
+    })
+    .await?;
+
+    // One Envoy per configuration, the same binary.
+    let mut vars: HashMap<String, String> = [
+        ("ENVOY_LISTEN_ADDRESS", "127.0.0.1".to_string()),
+        ("AUTHZ_HOST", "127.0.0.1".into()),
+        ("AUTHZ_PORT", grpc.to_string()),
+        ("AUTHZ_SOCKET", socket.display().to_string()),
+        ("METADATA_HOST", "127.0.0.1".into()),
+        ("METADATA_PORT", metadata.to_string()),
+        ("UPSTREAM_HOST", "127.0.0.1".into()),
+        ("UPSTREAM_PORT", up_port.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let jwks = authority.jwks(None).to_string();
+    let jwt = |cache| Variant::JwtAuthn {
+        issuer: authority.v2_issuer(TID),
+        audience: API.into(),
+        jwks: jwks.clone(),
+        cache,
+    };
+    let variants = [
+        Variant::NoAuth,
+        jwt(None),
+        jwt(Some(args.users)),
+        Variant::ExtAuthz { unix: false },
+        Variant::ExtAuthz { unix: true },
+    ];
+    let mut envoys = Vec::new();
+    let mut configs = Vec::new();
+    for (i, variant) in variants.iter().enumerate() {
+        let (listen, eadmin) = (free_port()?, free_port()?);
+        vars.insert("ENVOY_LISTEN_PORT".into(), listen.to_string());
+        vars.insert("ENVOY_ADMIN_PORT".into(), eadmin.to_string());
+        let cfg = envoy_cfg::render(&template, &vars, variant)?;
+        let path = dir.join(format!("envoy-{i}.yaml"));
+        std::fs::write(&path, &cfg)?;
+        configs.push(cfg);
+        let mut cmd = tokio::process::Command::new(&args.envoy);
+        cmd.arg("-c")
+            .arg(&path)
+            .args(["--disable-hot-restart", "-l", "warning", "--concurrency"])
+            .arg(args.envoy_concurrency.to_string());
+        let mut p = Proc::spawn(&format!("envoy-{i}"), cmd, dir)?;
+        wait_for(&mut p, "listener", || port_open(listen)).await?;
+        envoys.push((p, listen));
+    }
+
+    // Each configuration does what its row says before it is timed: a benchmark of a filter
+    // that lets everything through would be worthless.
+    let token = warm[0].as_str();
+    let bad = forged(token);
+    for (i, (_, port)) in envoys.iter().enumerate() {
+        let name = ENVOYS[i];
+        expect_status(
+            &http,
+            *port,
+            Some(token),
+            LIST_BODY,
+            200,
+            &format!("{name}: valid token"),
+        )
+        .await?;
+        let (none, forged_status) = if i == 0 { (200, 200) } else { (401, 401) };
+        expect_status(
+            &http,
+            *port,
+            None,
+            LIST_BODY,
+            none,
+            &format!("{name}: no token"),
+        )
+        .await?;
+        expect_status(
+            &http,
+            *port,
+            Some(&bad),
+            LIST_BODY,
+            forged_status,
+            &format!("{name}: forged signature"),
+        )
+        .await?;
+        if i >= 3 {
+            expect_status(
+                &http,
+                *port,
+                Some(token),
+                CALL_BODY,
+                200,
+                &format!("{name}: allowed tool"),
+            )
+            .await?;
+            expect_status(
+                &http,
+                *port,
+                Some(token),
+                DENIED_BODY,
+                403,
+                &format!("{name}: denied tool"),
+            )
+            .await?;
+        }
+    }
+    eprintln!("bench: sanity checks passed (valid 200, missing/forged 401, denied tool 403)");
+
+    let mut stage = Stage {
+        dir: dir.to_path_buf(),
+        wrk: Wrk {
+            bin: args.wrk.clone(),
+            plain,
+            paced,
+        },
+        envoys,
+        authz,
+        authz_port: grpc,
+        noop,
+        noop_port,
+        _upstream: upstream,
+        warm_file,
+        bodies,
+        authority: authority.clone(),
+        users: args.users,
+        cold_next: 0,
+        seconds: args.seconds,
+        latency_seconds: args.latency_seconds,
+        connections: args.connections,
+    };
+
+    // Warm-up: every warm token verified once by mcp-authz (both listeners share the cache),
+    // every Envoy's connections open.
+    stage.seconds = 1;
+    for row in ROWS.iter().filter(|r| r.tokens == Tokens::Warm) {
+        stage.measure(row, Phase::Saturation, 0, 0).await?;
+    }
+
+    // Calibration: the fixed load is half of (b)'s saturation; the cold pool is sized from the
+    // cold rows' own rates.
+    stage.seconds = 2;
+    let b = stage.measure(&ROWS[1], Phase::Saturation, 0, 0).await?;
+    let fixed_rate = ((b.sample.rate() / 2.0 / 100.0).round() as u64 * 100).max(100);
+    eprintln!(
+        "bench: jwt_authn saturates at {:.0} req/s; fixed load {fixed_rate} req/s",
+        b.sample.rate()
+    );
+    // A cold row is never faster than its warm twin: (e) than (c), (g-cold) than (g). Their
+    // first runs get as many tokens as the warm twin's rate would use; later runs 1.3× the
+    // cold row's own last rate.
+    stage.seconds = 1;
+    stage.latency_seconds = 1;
+    let mut rate_seen: HashMap<(usize, Phase), f64> = HashMap::new();
+    for (row, phase) in [
+        (3, Phase::Saturation),
+        (3, Phase::OneConnection),
+        (8, Phase::Saturation),
+    ] {
+        let r = stage.measure(&ROWS[row], phase, 0, 0).await?;
+        let cold = if row == 3 { 5 } else { 9 };
+        rate_seen.insert((cold, phase), r.sample.rate());
+    }
+    (stage.seconds, stage.latency_seconds) = (args.seconds, args.latency_seconds);
+    let phases = [Phase::Saturation, Phase::Fixed, Phase::OneConnection];
+    let plan = |row: usize, phase: Phase| {
+        (args.rows.is_empty() || args.rows.iter().any(|k| k == ROWS[row].key))
+            && (matches!(ROWS[row].target, Target::Envoy(_)) || phase != Phase::OneConnection)
+    };
+
+    // The measured rounds: each phase runs every row in turn, so drift hits all rows alike.
+    let mut runs: HashMap<(usize, Phase), Vec<Run>> = HashMap::new();
+    for round in 0..args.rounds {
+        for phase in phases {
+            for (i, row) in ROWS.iter().enumerate() {
+                if !plan(i, phase) {
+                    continue;
+                }
+                let n = if row.tokens == Tokens::Cold {
+                    let (rate, secs) = match phase {
+                        Phase::Fixed => (fixed_rate as f64, args.seconds),
+                        Phase::Saturation => (
+                            rate_seen.get(&(i, phase)).copied().unwrap_or(50_000.0),
+                            args.seconds,
+                        ),
+                        Phase::OneConnection => (
+                            rate_seen.get(&(i, phase)).copied().unwrap_or(10_000.0),
+                            args.latency_seconds,
+                        ),
+                    };
+                    (rate * 1.3 * secs as f64) as usize + 2 * args.connections + 200
+                } else {
+                    0
+                };
+                let r = stage.measure(row, phase, fixed_rate, n).await?;
+                anyhow::ensure!(
+                    row.tokens == Tokens::Warm || r.sample.wrapped == 0,
+                    "row {} ran out of never-seen tokens ({n}): {:?}",
+                    row.key,
+                    r.sample
+                );
+                if row.tokens == Tokens::Cold && phase != Phase::Fixed {
+                    rate_seen.insert((i, phase), r.sample.rate());
+                }
+                eprintln!(
+                    "round {} {:?} {:>6} {:>8.0} req/s p50 {:>5} µs p99 {:>6} µs p99.9 {:>6} µs errors {} authz {:.2} s/10k",
+                    round + 1,
+                    phase,
+                    row.key,
+                    r.sample.rate(),
+                    r.sample.p50,
+                    r.sample.p99,
+                    r.sample.p999,
+                    r.sample.errors,
+                    r.per_10k(r.authz_cpu_ns),
+                );
+                runs.entry((i, phase)).or_default().push(r);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let verify_us = rs256_verify_us(&authority, token)?;
+    Ok(report::render(&report::Input {
+        args,
+        runs: &runs,
+        fixed_rate,
+        verify_us,
+        envoy_version: &envoy_version,
+        envoy_configs: &configs,
+    }))
+}

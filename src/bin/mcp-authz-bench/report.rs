@@ -1,0 +1,331 @@
+//! The Markdown report of `make bench`: medians of the rounds, the targets of issue 9 next to
+//! the figures, and the commands.
+
+use std::collections::HashMap;
+
+use crate::{Phase, ROWS, Run, RunArgs, Target};
+
+pub struct Input<'a> {
+    pub args: &'a RunArgs,
+    pub runs: &'a HashMap<(usize, Phase), Vec<Run>>,
+    pub fixed_rate: u64,
+    pub verify_us: f64,
+    pub envoy_version: &'a str,
+    pub envoy_configs: &'a [String],
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Medians of one row in one phase.
+#[derive(Default, Clone, Copy)]
+pub struct Med {
+    pub rate: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+    /// CPU seconds per 10k requests: mcp-authz, and Envoy or the no-op server.
+    pub authz: f64,
+    pub other: f64,
+    pub errors: u64,
+    pub wrapped: u64,
+}
+
+fn med(runs: &[Run]) -> Med {
+    let m = |f: &dyn Fn(&Run) -> f64| median(runs.iter().map(f).collect());
+    Med {
+        rate: m(&|r| r.sample.rate()),
+        p50: m(&|r| r.sample.p50 as f64),
+        p99: m(&|r| r.sample.p99 as f64),
+        p999: m(&|r| r.sample.p999 as f64),
+        authz: m(&|r| r.per_10k(r.authz_cpu_ns)),
+        other: m(&|r| r.per_10k(r.other_cpu_ns)),
+        errors: runs.iter().map(|r| r.sample.errors).sum(),
+        wrapped: runs.iter().map(|r| r.sample.wrapped).sum(),
+    }
+}
+
+fn ms(us: f64) -> String {
+    format!("{:.2}", us / 1000.0)
+}
+
+pub fn render(i: &Input) -> String {
+    let get = |key: &str, phase: Phase| -> (Med, Vec<f64>) {
+        let idx = ROWS.iter().position(|r| r.key == key).unwrap_or(0);
+        let runs = i.runs.get(&(idx, phase)).map(Vec::as_slice).unwrap_or(&[]);
+        (med(runs), runs.iter().map(|r| r.sample.rate()).collect())
+    };
+    let sat = |k: &str| get(k, Phase::Saturation).0;
+    let fix = |k: &str| get(k, Phase::Fixed).0;
+    let one = |k: &str| get(k, Phase::OneConnection).0;
+    let a = i.args;
+    let mut md = String::new();
+    md.push_str("# Benchmarks\n\n");
+    md.push_str(&format!(
+        "Written by `make bench` on {} UTC. Machine: {}. Envoy {} (the same binary for every row), wrk {} (Debian), release build of this commit.\n\n",
+        mcp_authz::report::utc_minute(),
+        mcp_authz::report::machine(),
+        i.envoy_version,
+        "4.1.0",
+    ));
+    md.push_str(&format!(
+        "Command: `make bench`, which runs `mcp-authz-bench --rounds {} --seconds {} --latency-seconds {} --connections {} --users {} --envoy-concurrency {} --authz-workers {} --write BENCHMARKS.md`. \
+Every figure is the median of {} interleaved rounds (each phase runs every row in turn, then the next round); the machine is shared and noisy (±25 % run to run), so compare rows of one run.\n\n",
+        a.rounds, a.seconds, a.latency_seconds, a.connections, a.users, a.envoy_concurrency, a.authz_workers, a.rounds
+    ));
+    md.push_str(&format!(
+        "Every piece is its own process on the same {} cores: the upstream (a one-thread HTTP responder), \
+mcp-authz (release, TCP and unix-socket listeners, `runtime.worker_threads: {}` as the sidecar overlay sets it), the no-op Check server (same tonic build, allocator and thread count), one Envoy per configuration (`--concurrency {}`), \
+and the load generator (wrk `-t1` through Envoy; `mcp-authz-bench grpc-load`, one thread, for direct Checks). \
+Each request is `POST /mcp/github` with an MCP JSON-RPC body and a bearer token from a pool of {} users; rows (e) and (g-cold) use a token never seen before on every request. \
+Before timing, each configuration must answer 200 to a valid token, 401 to a missing or forged one (except (a)), and 403 to a denied tool (mcp-authz rows).\n\n",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        a.authz_workers,
+        a.envoy_concurrency,
+        a.users
+    ));
+
+    md.push_str("## Through Envoy\n\n");
+    md.push_str(&format!(
+        "Saturation: {} connections, closed loop, {} s. Fixed load: {} req/s (about half of (b)'s saturation), paced by the wrk script, {} connections, {} s. One connection: closed loop, {} s. \
+CPU: seconds on CPU (all threads, from /proc) per 10,000 requests.\n\n",
+        a.connections, a.seconds, i.fixed_rate, a.connections, a.seconds, a.latency_seconds
+    ));
+    md.push_str("| row | configuration | req/s at saturation | rounds | vs (b) | vs (b') | fixed load p50 / p99 / p99.9 ms | one connection p50 / p99 ms | mcp-authz CPU s/10k | Envoy CPU s/10k | errors |\n");
+    md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    let (b, b2) = (sat("b").rate, sat("b'").rate);
+    for row in ROWS.iter().filter(|r| matches!(r.target, Target::Envoy(_))) {
+        let (s, rounds) = get(row.key, Phase::Saturation);
+        let (f, o) = (fix(row.key), one(row.key));
+        let authz = if matches!(row.target, Target::Envoy(i) if i >= 3) {
+            format!("{:.2}", s.authz)
+        } else {
+            "—".into()
+        };
+        let errors = s.errors + f.errors + o.errors;
+        md.push_str(&format!(
+            "| {} | {} | **{:.0}** | {} | {:.2}× | {:.2}× | {} / {} / {} | {} / {} | {} | {:.2} | {}{} |\n",
+            row.key,
+            row.label,
+            s.rate,
+            rounds.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", "),
+            s.rate / b,
+            s.rate / b2,
+            ms(f.p50),
+            ms(f.p99),
+            ms(f.p999),
+            ms(o.p50),
+            ms(o.p99),
+            authz,
+            s.other,
+            errors,
+            if s.wrapped + f.wrapped + o.wrapped > 0 && row.tokens == crate::Tokens::Cold {
+                " (token pool reused!)"
+            } else {
+                ""
+            }
+        ));
+    }
+
+    md.push_str("\n## Direct gRPC Check (no Envoy)\n\n");
+    md.push_str(&format!(
+        "`grpc-load`: {} Checks in flight over 2 HTTP/2 connections, {} s; fixed load {} Checks/s. Each Check is a `tools/call` with its JSON-RPC body and a per-tool rule. CPU is the server's.\n\n",
+        a.connections, a.seconds, i.fixed_rate
+    ));
+    md.push_str("| row | configuration | Checks/s at saturation | rounds | vs no-op | fixed load p50 / p99 / p99.9 ms | server CPU s/10k | vs no-op | errors |\n");
+    md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    let g0 = sat("g0");
+    for row in ROWS
+        .iter()
+        .filter(|r| !matches!(r.target, Target::Envoy(_)))
+    {
+        let (s, rounds) = get(row.key, Phase::Saturation);
+        let f = fix(row.key);
+        let cpu = if row.target == Target::Noop {
+            s.other
+        } else {
+            s.authz
+        };
+        md.push_str(&format!(
+            "| {} | {} | **{:.0}** | {} | {:.2}× | {} / {} / {} | {:.2} | {:.2}× | {}{} |\n",
+            row.key,
+            row.label,
+            s.rate,
+            rounds
+                .iter()
+                .map(|r| format!("{r:.0}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            s.rate / g0.rate,
+            ms(f.p50),
+            ms(f.p99),
+            ms(f.p999),
+            cpu,
+            cpu / g0.other,
+            s.errors + f.errors,
+            if s.wrapped + f.wrapped > 0 && row.tokens == crate::Tokens::Cold {
+                " (token pool reused!)"
+            } else {
+                ""
+            }
+        ));
+    }
+    md.push_str(&format!(
+        "\nOne RS256 verification (2048-bit key parsed once, aws-lc-rs, one thread): **{:.1} µs**.\n",
+        i.verify_us
+    ));
+
+    // The targets of issue 9.
+    let (c, d, e, f) = (sat("c"), sat("d"), sat("e"), sat("f"));
+    let (a1, c1, f1) = (one("a"), one("c"), one("f"));
+    let (bf, cf, ff) = (fix("b"), fix("c"), fix("f"));
+    let (g, gc) = (sat("g"), sat("g-cold"));
+    let noop_us = g0.other * 100.0; // s/10k → µs per Check
+    let cold_us = gc.authz * 100.0;
+    let mut targets: Vec<(String, String, bool)> = vec![
+        (
+            "(c) ≥ 0.8 × (b) req/s".into(),
+            format!("{:.0} / {:.0} = {:.2}×", c.rate, b, c.rate / b),
+            c.rate >= 0.8 * b,
+        ),
+        (
+            "(c) ≥ 0.55 × (b') req/s".into(),
+            format!("{:.0} / {:.0} = {:.2}×", c.rate, b2, c.rate / b2),
+            c.rate >= 0.55 * b2,
+        ),
+        (
+            "one connection: (c) adds ≤ 0.25 ms p50 over (a)".into(),
+            format!(
+                "{} − {} = {} ms",
+                ms(c1.p50),
+                ms(a1.p50),
+                ms(c1.p50 - a1.p50)
+            ),
+            c1.p50 - a1.p50 <= 250.0,
+        ),
+        (
+            "one connection: (c) adds ≤ 0.4 ms p99 over (a)".into(),
+            format!(
+                "{} − {} = {} ms",
+                ms(c1.p99),
+                ms(a1.p99),
+                ms(c1.p99 - a1.p99)
+            ),
+            c1.p99 - a1.p99 <= 400.0,
+        ),
+        (
+            format!(
+                "fixed load ({} req/s): p99 (c) ≤ p99 (b) + 0.5 ms",
+                i.fixed_rate
+            ),
+            format!("{} vs {} + 0.50 ms", ms(cf.p99), ms(bf.p99)),
+            cf.p99 <= bf.p99 + 500.0,
+        ),
+        (
+            "(d) unix socket ≥ (c) TCP req/s".into(),
+            format!("{:.0} / {:.0} = {:.2}×", d.rate, c.rate, d.rate / c.rate),
+            d.rate >= c.rate,
+        ),
+        (
+            "(g) warm ≥ 0.7 × no-op Checks/s".into(),
+            format!("{:.0} / {:.0} = {:.2}×", g.rate, g0.rate, g.rate / g0.rate),
+            g.rate >= 0.7 * g0.rate,
+        ),
+        (
+            "(g) CPU per warm Check ≤ 1.3 × no-op".into(),
+            format!(
+                "{:.1} µs / {:.1} µs = {:.2}×",
+                g.authz * 100.0,
+                noop_us,
+                g.authz / g0.other
+            ),
+            g.authz <= 1.3 * g0.other,
+        ),
+        (
+            "(e) CPU per new-token Check ≤ 1.25 × (RS256 verify + no-op Check)".into(),
+            format!(
+                "direct: {:.1} µs vs 1.25 × ({:.1} + {:.1}) = {:.1} µs; through Envoy (e): {:.1} µs",
+                cold_us,
+                i.verify_us,
+                noop_us,
+                1.25 * (i.verify_us + noop_us),
+                e.authz * 100.0
+            ),
+            cold_us <= 1.25 * (i.verify_us + noop_us),
+        ),
+        (
+            "(f) ≤ 1.1 × (c) latency (p50, one connection and fixed load)".into(),
+            format!(
+                "one connection {} vs {} ms ({:.2}×); fixed {} vs {} ms ({:.2}×)",
+                ms(f1.p50),
+                ms(c1.p50),
+                f1.p50 / c1.p50,
+                ms(ff.p50),
+                ms(cf.p50),
+                ff.p50 / cf.p50
+            ),
+            f1.p50 <= 1.1 * c1.p50 && ff.p50 <= 1.1 * cf.p50,
+        ),
+    ];
+    let _ = f;
+    md.push_str(
+        "\n## Targets (issue 9)\n\n| target | measured (medians) | met |\n| --- | --- | --- |\n",
+    );
+    for (t, m, ok) in targets.drain(..) {
+        md.push_str(&format!(
+            "| {t} | {m} | {} |\n",
+            if ok { "yes" } else { "**no**" }
+        ));
+    }
+    md.push_str("\n<!-- analysis:start -->\n<!-- analysis:end -->\n");
+
+    md.push_str("\n## How each row is configured\n\n");
+    md.push_str("- (c)–(f): `envoy/envoy.yaml` exactly as shipped, rendered with `AUTHZ_CLUSTER=mcp_authz_tcp` or `mcp_authz_uds`.\n");
+    md.push_str("- (a): the same file without the ext_authz filter. (b), (b'): the same file with Envoy's `jwt_authn` in place of ext_authz: one provider (issuer, audience, `local_jwks` inline, `forward: true`), required on every route; (b') adds `jwt_cache_config: {jwt_cache_size: ");
+    md.push_str(&format!("{}}}`.\n", a.users));
+    md.push_str("- mcp-authz: a file policy with one tenant, one server, a group grant and two tool rules (`delete_*` denied, `search_*` allowed from `read`); traces, rate limits and audit off (their costs are flag checks when off).\n");
+    md.push_str(&format!(
+        "- Load commands (paths are the run's temp dir), one of each kind:\n  - `{}`\n  - `{}`\n  - `{}`\n",
+        sample_command(i, "c", Phase::Saturation),
+        sample_command(i, "c", Phase::Fixed),
+        sample_command(i, "g", Phase::Saturation)
+    ));
+    let _ = i.envoy_configs;
+    md
+}
+
+fn sample_command(i: &Input, key: &str, phase: Phase) -> String {
+    let idx = ROWS.iter().position(|r| r.key == key).unwrap_or(0);
+    i.runs
+        .get(&(idx, phase))
+        .and_then(|v| v.first())
+        .map(|r| r.command.clone())
+        .unwrap_or_default()
+}
+
+/// The new report, keeping the sections other runs own (`make fuzz`, `make soak`) and the
+/// analysis written by hand from the old file.
+pub fn merge(report: &str, old: &str) -> String {
+    let mut out = report.to_string();
+    if let (Some(start), Some(end)) = (
+        old.find("<!-- analysis:start -->"),
+        old.find("<!-- analysis:end -->"),
+    ) && start < end
+    {
+        let kept = &old[start..end + "<!-- analysis:end -->".len()];
+        out = out.replace("<!-- analysis:start -->\n<!-- analysis:end -->", kept);
+    }
+    for name in ["fuzz", "soak"] {
+        if let Some(section) = mcp_authz::report::section(old, name) {
+            out.push('\n');
+            out.push_str(section);
+            out.push('\n');
+        }
+    }
+    out
+}
