@@ -40,10 +40,14 @@ demo: release
 	ENVOY_BIN="$$(tests/env/ensure-envoy.sh)"; export ENVOY_BIN; \
 	deploy/examples/demo.sh $(DEMO_ARGS)
 
-# Direct gRPC Check benchmark (a few minutes, loopback only); writes BENCHMARKS.md.
+# Envoy + mcp-authz against Envoy alone, Envoy's jwt_authn and a no-op Check server, in one run
+# (about 5 minutes, loopback only; installs wrk and Envoy when missing); writes BENCHMARKS.md.
+# BENCH_ARGS passes options to mcp-authz-bench (e.g. BENCH_ARGS="--rounds 5").
 bench: release
-	target/release/mcp-authz-bench --write BENCHMARKS.md
-	cat BENCHMARKS.md
+	ENVOY_BIN="$$(tests/env/ensure-envoy.sh)"; export ENVOY_BIN; \
+	WRK_BIN="$$(tests/env/ensure-wrk.sh)"; export WRK_BIN; \
+	target/release/mcp-authz-bench $(BENCH_ARGS) --write BENCHMARKS.md
+	sed -n '/^# Benchmarks/,/^## How each row/p' BENCHMARKS.md
 
 # Micro-benchmarks of the hot path (decision, request facts, token-cache hit); divan, release.
 microbench:

@@ -148,8 +148,7 @@ impl GroupResolver {
             .fresh
             .try_get_with(key.clone(), async {
                 self.stats.graph_lookups.fetch_add(1, Ordering::Relaxed);
-                let groups: Arc<[String]> =
-                    g.client.member_groups(&key.0, &key.1).await?.into();
+                let groups: Arc<[String]> = g.client.member_groups(&key.0, &key.1).await?.into();
                 g.stale.insert(key.clone(), groups.clone()).await;
                 Ok::<_, GraphError>(groups)
             })

@@ -205,7 +205,9 @@ pub fn bearer_token<'a>(values: &[&'a str]) -> Result<&'a str, TokenError> {
     if token.is_empty() {
         return Err(TokenError::Missing);
     }
-    if token.contains([',', ' ']) {
+    // memchr2, not `contains([',', ' '])`: the generic char-set search was ~2 % of a warm
+    // Check's CPU over a 1–2 KB token.
+    if memchr::memchr2(b',', b' ', token.as_bytes()).is_some() {
         return Err(TokenError::Multiple);
     }
     Ok(token)
@@ -279,6 +281,9 @@ impl Validator {
     pub fn new(rules: ValidationRules, keys: Arc<KeyStore>, cache_capacity: u64) -> Self {
         let cache = Cache::builder()
             .max_capacity(cache_capacity)
+            // Sized up front: growing the table rehashed it under load (~4 % of a new-token
+            // Check's CPU while the cache filled).
+            .initial_capacity(cache_capacity.min(1 << 17) as usize)
             .expire_after(ExpireAtTokenExp)
             .build();
         Self { rules, keys, cache }

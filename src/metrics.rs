@@ -132,8 +132,11 @@ impl Metrics {
         } else {
             (&self.cache_miss, "miss")
         };
-        cell.get_or_init(|| self.token_cache.get_or_create_owned(&CacheLabels { result }))
-            .inc();
+        cell.get_or_init(|| {
+            self.token_cache
+                .get_or_create_owned(&CacheLabels { result })
+        })
+        .inc();
     }
 
     pub fn register_collector(&self, c: Box<dyn Collector>) {

@@ -249,8 +249,8 @@ fn runtime_worker_threads_come_from_the_file_or_the_environment_and_are_bounded(
     )
     .expect("valid");
     assert_eq!(c.runtime.worker_threads, Some(2));
-    let c = Config::parse(BASE, env(&[("MCP_AUTHZ__RUNTIME__WORKER_THREADS", "1")]))
-        .expect("valid");
+    let c =
+        Config::parse(BASE, env(&[("MCP_AUTHZ__RUNTIME__WORKER_THREADS", "1")])).expect("valid");
     assert_eq!(c.runtime.worker_threads, Some(1));
     let msg = invalid(BASE, &[("MCP_AUTHZ__RUNTIME__WORKER_THREADS", "0")]);
     assert!(msg.contains("runtime.worker_threads"), "{msg}");

@@ -98,3 +98,95 @@ fn http_filters(doc: &mut Value) -> anyhow::Result<&mut Vec<Value>> {
             )
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars() -> HashMap<String, String> {
+        [
+            "ENVOY_ADMIN_PORT",
+            "ENVOY_LISTEN_PORT",
+            "AUTHZ_PORT",
+            "METADATA_PORT",
+            "UPSTREAM_PORT",
+        ]
+        .iter()
+        .map(|k| (k.to_string(), "1".to_string()))
+        .chain(
+            [
+                "ENVOY_LISTEN_ADDRESS",
+                "AUTHZ_HOST",
+                "METADATA_HOST",
+                "UPSTREAM_HOST",
+            ]
+            .iter()
+            .map(|k| (k.to_string(), "127.0.0.1".to_string())),
+        )
+        .chain([("AUTHZ_SOCKET".to_string(), "/tmp/x.sock".to_string())])
+        .collect()
+    }
+
+    fn filters(text: &str) -> Vec<Value> {
+        let mut doc: Value = serde_yaml_ng::from_str(text).expect("yaml");
+        http_filters(&mut doc).expect("filters").clone()
+    }
+
+    fn names(text: &str) -> Vec<String> {
+        filters(text)
+            .iter()
+            .filter_map(|f| f.get("name").and_then(Value::as_str).map(str::to_owned))
+            .collect()
+    }
+
+    fn template() -> String {
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/envoy/envoy.yaml"))
+            .expect("envoy/envoy.yaml")
+    }
+
+    /// The baselines differ from the shipped config only in the filter chain; the mcp-authz
+    /// rows are the shipped config itself, with the cluster the row names.
+    #[test]
+    fn each_row_gets_the_filter_chain_it_claims() {
+        let t = template();
+        let tcp = render(&t, &vars(), &Variant::ExtAuthz { unix: false }).expect("tcp");
+        assert_eq!(names(&tcp), [EXT_AUTHZ, "envoy.filters.http.router"]);
+        assert!(tcp.contains("cluster_name: mcp_authz_tcp"));
+        let uds = render(&t, &vars(), &Variant::ExtAuthz { unix: true }).expect("uds");
+        assert!(uds.contains("cluster_name: mcp_authz_uds"));
+        let none = render(&t, &vars(), &Variant::NoAuth).expect("no auth");
+        assert_eq!(names(&none), ["envoy.filters.http.router"]);
+        for cache in [None, Some(1000)] {
+            let jwt = render(
+                &t,
+                &vars(),
+                &Variant::JwtAuthn {
+                    issuer: "https://issuer/v2.0".into(),
+                    audience: "api".into(),
+                    jwks: r#"{"keys":[]}"#.into(),
+                    cache,
+                },
+            )
+            .expect("jwt_authn");
+            assert_eq!(
+                names(&jwt),
+                ["envoy.filters.http.jwt_authn", "envoy.filters.http.router"]
+            );
+            let f = filters(&jwt);
+            let provider = &f[0]["typed_config"]["providers"]["entra"];
+            assert_eq!(provider["issuer"].as_str(), Some("https://issuer/v2.0"));
+            assert_eq!(
+                provider["jwt_cache_config"]["jwt_cache_size"].as_u64(),
+                cache.map(|c| c as u64)
+            );
+        }
+    }
+
+    #[test]
+    fn an_unset_placeholder_is_refused() {
+        let mut v = vars();
+        v.remove("UPSTREAM_PORT");
+        let err = render(&template(), &v, &Variant::NoAuth).expect_err("must refuse");
+        assert!(err.to_string().contains("UPSTREAM_PORT"), "{err}");
+    }
+}

@@ -329,3 +329,22 @@ pub fn merge(report: &str, old: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::merge;
+
+    /// A new run replaces the figures but keeps the hand-written analysis and the sections
+    /// that `make fuzz` and `make soak` own.
+    #[test]
+    fn merge_keeps_the_analysis_and_the_other_runs_sections() {
+        let old = "# Benchmarks\n\nold figures\n\n<!-- analysis:start -->\nwhy it is so\n<!-- analysis:end -->\n\n## Fuzzing\n\n<!-- fuzz:start -->\nfuzz table\n<!-- fuzz:end -->\n\n## Soak\n\n<!-- soak:start -->\nsoak table\n<!-- soak:end -->\n";
+        let new = "# Benchmarks\n\nnew figures\n\n<!-- analysis:start -->\n<!-- analysis:end -->\n";
+        let out = merge(new, old);
+        assert!(out.contains("new figures") && !out.contains("old figures"));
+        assert!(out.contains("why it is so"));
+        assert!(out.contains("## Fuzzing\n\n<!-- fuzz:start -->\nfuzz table"));
+        assert!(out.contains("## Soak\n\n<!-- soak:start -->\nsoak table"));
+        assert_eq!(merge(new, ""), new);
+    }
+}
