@@ -232,6 +232,12 @@ pub const ROWS: [Row; 10] = [
     },
 ];
 
+fn row_index(key: &str) -> anyhow::Result<usize> {
+    ROWS.iter()
+        .position(|r| r.key == key)
+        .ok_or_else(|| anyhow::anyhow!("no row {key}"))
+}
+
 /// The three ways each row is measured.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum Phase {
@@ -315,7 +321,7 @@ fn write_tokens(path: &Path, tokens: &[String]) -> anyhow::Result<()> {
 /// A token whose signature is changed in the middle (a forgery every verifier must refuse).
 fn forged(token: &str) -> String {
     let mut b = token.as_bytes().to_vec();
-    let at = b.len() - 20;
+    let at = b.len().saturating_sub(20);
     b[at] = if b[at] == b'A' { b'B' } else { b'A' };
     String::from_utf8_lossy(&b).into_owned()
 }
@@ -533,6 +539,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn run_in(args: &RunArgs, dir: &Path) -> anyhow::Result<String> {
+    for key in &args.rows {
+        row_index(key).map_err(|_| {
+            anyhow::anyhow!(
+                "--rows: no row {key:?}; rows are {}",
+                ROWS.iter().map(|r| r.key).collect::<Vec<_>>().join(",")
+            )
+        })?;
+    }
+    anyhow::ensure!(
+        args.rows.is_empty() || args.write.is_none(),
+        "--rows measures a subset for investigating; the report (--write) needs every row"
+    );
     let template = std::fs::read_to_string(&args.envoy_template)
         .with_context(|| format!("read {}", args.envoy_template.display()))?;
     let envoy_version = std::process::Command::new(&args.envoy)
@@ -753,7 +771,9 @@ runtime: {{worker_threads: {}}}
     // Calibration: the fixed load is half of (b)'s saturation; the cold pool is sized from the
     // cold rows' own rates.
     stage.seconds = 2;
-    let b = stage.measure(&ROWS[1], Phase::Saturation, 0, 0).await?;
+    let b = stage
+        .measure(&ROWS[row_index("b")?], Phase::Saturation, 0, 0)
+        .await?;
     let fixed_rate = ((b.sample.rate() / 2.0 / 100.0).round() as u64 * 100).max(100);
     eprintln!(
         "bench: jwt_authn saturates at {:.0} req/s; fixed load {fixed_rate} req/s",
@@ -765,14 +785,13 @@ runtime: {{worker_threads: {}}}
     stage.seconds = 1;
     stage.latency_seconds = 1;
     let mut rate_seen: HashMap<(usize, Phase), f64> = HashMap::new();
-    for (row, phase) in [
-        (3, Phase::Saturation),
-        (3, Phase::OneConnection),
-        (8, Phase::Saturation),
+    for (warm, cold, phase) in [
+        ("c", "e", Phase::Saturation),
+        ("c", "e", Phase::OneConnection),
+        ("g", "g-cold", Phase::Saturation),
     ] {
-        let r = stage.measure(&ROWS[row], phase, 0, 0).await?;
-        let cold = if row == 3 { 5 } else { 9 };
-        rate_seen.insert((cold, phase), r.sample.rate());
+        let r = stage.measure(&ROWS[row_index(warm)?], phase, 0, 0).await?;
+        rate_seen.insert((row_index(cold)?, phase), r.sample.rate());
     }
     (stage.seconds, stage.latency_seconds) = (args.seconds, args.latency_seconds);
     let phases = [Phase::Saturation, Phase::Fixed, Phase::OneConnection];
