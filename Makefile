@@ -41,7 +41,8 @@ demo: release
 	deploy/examples/demo.sh $(DEMO_ARGS)
 
 # Envoy + mcp-authz against Envoy alone, Envoy's jwt_authn and a no-op Check server, in one run
-# (about 5 minutes, loopback only; installs wrk and Envoy when missing); writes BENCHMARKS.md.
+# (about 5 minutes after the release build, loopback only; installs wrk and Envoy when missing);
+# writes BENCHMARKS.md.
 # BENCH_ARGS passes options to mcp-authz-bench (e.g. BENCH_ARGS="--rounds 5").
 bench: release
 	ENVOY_BIN="$$(tests/env/ensure-envoy.sh)"; export ENVOY_BIN; \
