@@ -43,6 +43,8 @@ pub mod telemetry;
 
 /// mimalloc for every binary of the crate (mcp-authz, and the benchmark's no-op server, so the
 /// comparison stays fair): glibc's malloc took ~12 % of a warm Check's CPU, much of it in arena
-/// locks shared by the worker threads.
+/// locks shared by the worker threads. Off (feature `mimalloc`) for the fuzz targets, so that
+/// AddressSanitizer sees every allocation.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
