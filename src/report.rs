@@ -1,5 +1,20 @@
-//! Shared by `make bench` and `make soak`: the machine line and the date of a report, and the
-//! marked blocks of BENCHMARKS.md that each run owns.
+//! Shared by `make bench` and `make soak`: the machine line and the date of a report, the
+//! marked blocks of BENCHMARKS.md that each run owns, and small helpers of both load drivers.
+
+/// A free loopback TCP port (bound, then released for a child process to bind).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The `p` quantile (0–1) of `sorted` latencies; 0 when there are none.
+pub fn percentile<T: Copy + Into<u64>>(sorted: &[T], p: f64) -> u64 {
+    match sorted.len() {
+        0 => 0,
+        n => sorted[((n as f64 * p) as usize).min(n - 1)].into(),
+    }
+}
 
 /// `2 cores, Intel(R) Xeon(R) …`
 pub fn machine() -> String {

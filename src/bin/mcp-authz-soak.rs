@@ -46,12 +46,6 @@ struct Args {
     write: Option<std::path::PathBuf>,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 fn rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -95,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("mcp-authz-soak-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("policy.yaml"), POLICY)?;
+    let free_port = mcp_authz::report::free_port;
     let (grpc, admin) = (free_port()?, free_port()?);
     std::fs::write(
         dir.join("config.yaml"),
@@ -236,11 +231,7 @@ log: {{level: warn}}
                 .map(|mut l| std::mem::take(&mut *l))
                 .unwrap_or_default();
             lat.sort_unstable();
-            let pct = |p: f64| {
-                lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-                    .copied()
-                    .unwrap_or(0)
-            };
+            let pct = |p: f64| mcp_authz::report::percentile(&lat, p);
             let e = errors.load(Ordering::Relaxed);
             let row = Row {
                 checks: n,

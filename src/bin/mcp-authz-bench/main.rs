@@ -25,7 +25,8 @@ use serde_json::json;
 
 use envoy_cfg::Variant;
 use load::{Mode, Sample, Wrk};
-use procs::{Proc, free_port, port_open, wait_for};
+use mcp_authz::report::free_port;
+use procs::{Proc, port_open, wait_for};
 
 pub const TID: &str = "3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2c";
 pub const API: &str = "c0ffee00-1234-4abc-8def-0123456789ab";
@@ -150,7 +151,7 @@ pub struct Row {
     pub body: &'static str,
 }
 
-/// The Envoys: (name, variant); variant built in `run`.
+/// The Envoys, by index in `Target::Envoy`; `run_in` builds their configs in this order.
 const ENVOYS: [&str; 5] = [
     "no auth",
     "jwt_authn",
@@ -232,7 +233,17 @@ pub const ROWS: [Row; 10] = [
     },
 ];
 
-fn row_index(key: &str) -> anyhow::Result<usize> {
+/// Envoys from this index on call mcp-authz (ext_authz over TCP, then the unix socket).
+const FIRST_AUTHZ_ENVOY: usize = 3;
+
+impl Row {
+    /// True for the rows whose Envoy asks mcp-authz.
+    pub fn through_authz(&self) -> bool {
+        matches!(self.target, Target::Envoy(i) if i >= FIRST_AUTHZ_ENVOY)
+    }
+}
+
+pub fn row_index(key: &str) -> anyhow::Result<usize> {
     ROWS.iter()
         .position(|r| r.key == key)
         .ok_or_else(|| anyhow::anyhow!("no row {key}"))
@@ -329,29 +340,20 @@ fn forged(token: &str) -> String {
 /// Microseconds of one RS256 verification with a key parsed once (what mcp-authz does on a
 /// token-cache miss), on one thread of this machine.
 fn rs256_verify_us(authority: &Authority, token: &str) -> anyhow::Result<f64> {
-    use base64::Engine as _;
-    let jwks = authority.jwks(None);
-    let k = &jwks["keys"][0];
-    let field = |n: &str| {
-        k[n].as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| anyhow::anyhow!("JWKS key has no {n}"))
-    };
-    let key =
-        mcp_authz::identity::Key::from_components(&field("kid")?, &field("n")?, &field("e")?, None)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (message, sig) = token
-        .rsplit_once('.')
-        .ok_or_else(|| anyhow::anyhow!("token has no signature"))?;
-    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(sig)?;
-    anyhow::ensure!(
-        key.verify(message.as_bytes(), &sig),
-        "signature does not verify"
-    );
+    use mcp_authz::identity::{KeySet, KeyStore, parse_jwt};
+    let jwks = serde_json::to_vec(&authority.jwks(None))?;
+    let keys = KeyStore::fixed(KeySet::from_jwks(&jwks, "stand-in")?);
+    let jwt = parse_jwt(token).map_err(|e| anyhow::anyhow!("bench token: {e:?}"))?;
+    let key = keys
+        .keys_for(&jwt.header.kid)
+        .and_then(|k| k.first().cloned())
+        .ok_or_else(|| anyhow::anyhow!("no key {} in the stand-in's JWKS", jwt.header.kid))?;
+    let (message, sig) = (jwt.signed_part(), jwt.signature.as_slice());
+    anyhow::ensure!(key.verify(message, sig), "signature does not verify");
     let (started, mut n) = (Instant::now(), 0u64);
     while started.elapsed() < Duration::from_millis(700) {
         for _ in 0..100 {
-            std::hint::black_box(key.verify(std::hint::black_box(message.as_bytes()), &sig));
+            std::hint::black_box(key.verify(std::hint::black_box(message), sig));
         }
         n += 100;
     }
@@ -562,12 +564,21 @@ async fn run_in(args: &RunArgs, dir: &Path) -> anyhow::Result<String> {
         .find(|w| w.contains('/') && w.chars().next().is_some_and(|c| c.is_ascii_hexdigit()))
         .map(|w| w.split('/').nth(1).unwrap_or(w).to_owned())
         .unwrap_or_else(|| "unknown".into());
-    let wrk_ok = std::process::Command::new(&args.wrk).arg("-v").output();
-    anyhow::ensure!(
-        wrk_ok.is_ok(),
-        "no wrk at {} (WRK_BIN); `make bench` installs Debian's",
-        args.wrk.display()
-    );
+    // `wrk -v` prints "wrk debian/4.1.0-3+b2 [epoll] …".
+    let wrk_version = std::process::Command::new(&args.wrk)
+        .arg("-v")
+        .output()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "no wrk at {} (WRK_BIN; `make bench` installs Debian's): {e}",
+                args.wrk.display()
+            )
+        })?;
+    let wrk_version = String::from_utf8_lossy(&wrk_version.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("unknown")
+        .to_owned();
 
     let (authority, idp) = Authority::spawn_local(vec![TID.into()]).await?;
     let (plain, paced) = load::write_wrk_scripts(dir)?;
@@ -662,7 +673,6 @@ runtime: {{worker_threads: {}}}
         Variant::ExtAuthz { unix: true },
     ];
     let mut envoys = Vec::new();
-    let mut configs = Vec::new();
     for (i, variant) in variants.iter().enumerate() {
         let (listen, eadmin) = (free_port()?, free_port()?);
         vars.insert("ENVOY_LISTEN_PORT".into(), listen.to_string());
@@ -670,7 +680,6 @@ runtime: {{worker_threads: {}}}
         let cfg = envoy_cfg::render(&template, &vars, variant)?;
         let path = dir.join(format!("envoy-{i}.yaml"));
         std::fs::write(&path, &cfg)?;
-        configs.push(cfg);
         let mut cmd = tokio::process::Command::new(&args.envoy);
         cmd.arg("-c")
             .arg(&path)
@@ -715,7 +724,7 @@ runtime: {{worker_threads: {}}}
             &format!("{name}: forged signature"),
         )
         .await?;
-        if i >= 3 {
+        if i >= FIRST_AUTHZ_ENVOY {
             expect_status(
                 &http,
                 *port,
@@ -858,6 +867,6 @@ runtime: {{worker_threads: {}}}
         fixed_rate,
         verify_us,
         envoy_version: &envoy_version,
-        envoy_configs: &configs,
+        wrk_version: &wrk_version,
     }))
 }

@@ -69,12 +69,6 @@ pub fn cpu_ns(pid: u32) -> u64 {
         .sum()
 }
 
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// Waits until `probe` succeeds, the process dies, or 30 s pass.
 pub async fn wait_for<F, Fut>(proc: &mut Proc, what: &str, mut probe: F) -> anyhow::Result<()>
 where

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::{Phase, ROWS, Run, RunArgs, Target};
+use crate::{Phase, ROWS, Run, RunArgs, Target, row_index};
 
 pub struct Input<'a> {
     pub args: &'a RunArgs,
@@ -11,7 +11,7 @@ pub struct Input<'a> {
     pub fixed_rate: u64,
     pub verify_us: f64,
     pub envoy_version: &'a str,
-    pub envoy_configs: &'a [String],
+    pub wrk_version: &'a str,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -33,7 +33,6 @@ pub struct Med {
     pub authz: f64,
     pub other: f64,
     pub errors: u64,
-    pub wrapped: u64,
 }
 
 fn med(runs: &[Run]) -> Med {
@@ -46,8 +45,16 @@ fn med(runs: &[Run]) -> Med {
         authz: m(&|r| r.per_10k(r.authz_cpu_ns)),
         other: m(&|r| r.per_10k(r.other_cpu_ns)),
         errors: runs.iter().map(|r| r.sample.errors).sum(),
-        wrapped: runs.iter().map(|r| r.sample.wrapped).sum(),
     }
+}
+
+/// Each round's rate, as `12363, 12681, 12098`.
+fn list(rates: &[f64]) -> String {
+    rates
+        .iter()
+        .map(|r| format!("{r:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn ms(us: f64) -> String {
@@ -56,8 +63,11 @@ fn ms(us: f64) -> String {
 
 pub fn render(i: &Input) -> String {
     let get = |key: &str, phase: Phase| -> (Med, Vec<f64>) {
-        let idx = ROWS.iter().position(|r| r.key == key).unwrap_or(0);
-        let runs = i.runs.get(&(idx, phase)).map(Vec::as_slice).unwrap_or(&[]);
+        let runs = row_index(key)
+            .ok()
+            .and_then(|idx| i.runs.get(&(idx, phase)))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         (med(runs), runs.iter().map(|r| r.sample.rate()).collect())
     };
     let sat = |k: &str| get(k, Phase::Saturation).0;
@@ -67,11 +77,11 @@ pub fn render(i: &Input) -> String {
     let mut md = String::new();
     md.push_str("# Benchmarks\n\n");
     md.push_str(&format!(
-        "Written by `make bench` on {} UTC. Machine: {}. Envoy {} (the same binary for every row), wrk {} (Debian), release build of this commit.\n\n",
+        "Written by `make bench` on {} UTC. Machine: {}. Envoy {} (the same binary for every row), wrk {}, release build of this commit.\n\n",
         mcp_authz::report::utc_minute(),
         mcp_authz::report::machine(),
         i.envoy_version,
-        "4.1.0",
+        i.wrk_version,
     ));
     md.push_str(&format!(
         "Command: `make bench`, which runs `mcp-authz-bench --rounds {} --seconds {} --latency-seconds {} --connections {} --users {} --envoy-concurrency {} --authz-workers {} --write BENCHMARKS.md`. \
@@ -102,18 +112,18 @@ CPU: seconds on CPU (all threads, from /proc) per 10,000 requests.\n\n",
     for row in ROWS.iter().filter(|r| matches!(r.target, Target::Envoy(_))) {
         let (s, rounds) = get(row.key, Phase::Saturation);
         let (f, o) = (fix(row.key), one(row.key));
-        let authz = if matches!(row.target, Target::Envoy(i) if i >= 3) {
+        let authz = if row.through_authz() {
             format!("{:.2}", s.authz)
         } else {
             "—".into()
         };
         let errors = s.errors + f.errors + o.errors;
         md.push_str(&format!(
-            "| {} | {} | **{:.0}** | {} | {:.2}× | {:.2}× | {} / {} / {} | {} / {} | {} | {:.2} | {}{} |\n",
+            "| {} | {} | **{:.0}** | {} | {:.2}× | {:.2}× | {} / {} / {} | {} / {} | {} | {:.2} | {} |\n",
             row.key,
             row.label,
             s.rate,
-            rounds.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", "),
+            list(&rounds),
             s.rate / b,
             s.rate / b2,
             ms(f.p50),
@@ -124,11 +134,6 @@ CPU: seconds on CPU (all threads, from /proc) per 10,000 requests.\n\n",
             authz,
             s.other,
             errors,
-            if s.wrapped + f.wrapped + o.wrapped > 0 && row.tokens == crate::Tokens::Cold {
-                " (token pool reused!)"
-            } else {
-                ""
-            }
         ));
     }
 
@@ -152,15 +157,11 @@ CPU: seconds on CPU (all threads, from /proc) per 10,000 requests.\n\n",
             s.authz
         };
         md.push_str(&format!(
-            "| {} | {} | **{:.0}** | {} | {:.2}× | {} / {} / {} | {:.2} | {:.2}× | {}{} |\n",
+            "| {} | {} | **{:.0}** | {} | {:.2}× | {} / {} / {} | {:.2} | {:.2}× | {} |\n",
             row.key,
             row.label,
             s.rate,
-            rounds
-                .iter()
-                .map(|r| format!("{r:.0}"))
-                .collect::<Vec<_>>()
-                .join(", "),
+            list(&rounds),
             s.rate / g0.rate,
             ms(f.p50),
             ms(f.p99),
@@ -168,11 +169,6 @@ CPU: seconds on CPU (all threads, from /proc) per 10,000 requests.\n\n",
             cpu,
             cpu / g0.other,
             s.errors + f.errors,
-            if s.wrapped + f.wrapped > 0 && row.tokens == crate::Tokens::Cold {
-                " (token pool reused!)"
-            } else {
-                ""
-            }
         ));
     }
     md.push_str(&format!(
@@ -181,7 +177,7 @@ CPU: seconds on CPU (all threads, from /proc) per 10,000 requests.\n\n",
     ));
 
     // The targets of issue 9.
-    let (c, d, e, f) = (sat("c"), sat("d"), sat("e"), sat("f"));
+    let (c, d, e) = (sat("c"), sat("d"), sat("e"));
     let (a1, c1, f1) = (one("a"), one("c"), one("f"));
     let (bf, cf, ff) = (fix("b"), fix("c"), fix("f"));
     let (g, gc) = (sat("g"), sat("g-cold"));
@@ -272,7 +268,6 @@ CPU: seconds on CPU (all threads, from /proc) per 10,000 requests.\n\n",
             f1.p50 <= 1.1 * c1.p50 && ff.p50 <= 1.1 * cf.p50,
         ),
     ];
-    let _ = f;
     md.push_str(
         "\n## Targets (issue 9)\n\n| target | measured (medians) | met |\n| --- | --- | --- |\n",
     );
@@ -295,14 +290,13 @@ CPU: seconds on CPU (all threads, from /proc) per 10,000 requests.\n\n",
         sample_command(i, "c", Phase::Fixed),
         sample_command(i, "g", Phase::Saturation)
     ));
-    let _ = i.envoy_configs;
     md
 }
 
 fn sample_command(i: &Input, key: &str, phase: Phase) -> String {
-    let idx = ROWS.iter().position(|r| r.key == key).unwrap_or(0);
-    i.runs
-        .get(&(idx, phase))
+    row_index(key)
+        .ok()
+        .and_then(|idx| i.runs.get(&(idx, phase)))
         .and_then(|v| v.first())
         .map(|r| r.command.clone())
         .unwrap_or_default()
