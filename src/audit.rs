@@ -2,9 +2,16 @@
 //!
 //! A Check never waits for the audit: `record` is a non-blocking `try_send`. When the queue is
 //! full the event is dropped and counted. The writer takes up to `batch_size` events at a time
-//! and writes each batch with one INSERT (so a batch is written whole or not at all); a batch
-//! the sink refuses (database down) is dropped and counted, and the writer backs off. Counters:
-//! `recorded`, `written`, `dropped_queue_full`, `dropped_sink_error`, shown on `/status`.
+//! and writes each batch with one INSERT. A batch the database cannot reach (connection, pool,
+//! timeout) is dropped and counted, and the writer backs off; a batch the database refuses for
+//! its content is written again row by row, so one bad event costs only itself
+//! (`dropped_rejected`). Counters: `recorded`, `written`, `dropped_queue_full`,
+//! `dropped_sink_error`, `dropped_rejected`, shown on `/status`.
+//!
+//! Input cannot erase the trail: every text field is cleaned when the event is made (NUL, which
+//! PostgreSQL `text` cannot hold, and other control characters become U+FFFD) and bounded, to
+//! [`MAX_FIELD_CHARS`], or to [`MAX_ANONYMOUS_FIELD_CHARS`] for what an unauthenticated request
+//! sent (`authenticated: false`).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,12 +23,35 @@ use serde::Serialize;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
+/// Longest text kept of a field (characters); what is cut ends in `…`.
+pub const MAX_FIELD_CHARS: usize = 256;
+/// Longest text kept of a field an unauthenticated request chose (method, tool, server).
+pub const MAX_ANONYMOUS_FIELD_CHARS: usize = 64;
+
+/// `s` as an audit field: control characters (NUL first of all) replaced by U+FFFD, and at
+/// most `max` characters, the last of a cut one being `…`.
+pub fn clean_text(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max * 4));
+    let mut chars = s.chars();
+    for c in chars.by_ref().take(max) {
+        out.push(if c.is_control() { '\u{fffd}' } else { c });
+    }
+    if chars.next().is_some() {
+        out.pop();
+        out.push('…');
+    }
+    out
+}
+
 /// One decision.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditEvent {
     /// Seconds since the epoch, with fractions.
     pub at: f64,
     pub decision_id: String,
+    /// False when no valid token came with the request: its method, tool and server are what
+    /// an anonymous client sent.
+    pub authenticated: bool,
     pub user_oid: Option<String>,
     pub upn: Option<String>,
     pub directory_tid: Option<String>,
@@ -55,12 +85,15 @@ pub struct AuditStats {
     pub written: AtomicU64,
     pub dropped_queue_full: AtomicU64,
     pub dropped_sink_error: AtomicU64,
+    /// Events the database refused for their content, each on its own.
+    pub dropped_rejected: AtomicU64,
 }
 
 impl AuditStats {
     pub fn dropped(&self) -> u64 {
         self.dropped_queue_full.load(Ordering::Relaxed)
             + self.dropped_sink_error.load(Ordering::Relaxed)
+            + self.dropped_rejected.load(Ordering::Relaxed)
     }
 }
 
@@ -128,17 +161,17 @@ async fn write_loop(
                     opentelemetry::KeyValue::new("db.system.name", "postgresql"),
                     opentelemetry::KeyValue::new("db.operation.batch.size", n as i64),
                 ],
-                insert_batch(pool, &batch),
+                write_postgres(pool, &batch, &stats),
             )
             .await
             .map_err(|e| e.to_string()),
-            Sink::JsonLines(path) => {
-                append_lines(&mut file, path, &batch).map_err(|e| e.to_string())
-            }
+            Sink::JsonLines(path) => append_lines(&mut file, path, &batch)
+                .map(|()| n)
+                .map_err(|e| e.to_string()),
         };
         match result {
-            Ok(()) => {
-                stats.written.fetch_add(n, Ordering::Relaxed);
+            Ok(written) => {
+                stats.written.fetch_add(written, Ordering::Relaxed);
                 backoff = Duration::from_millis(100);
             }
             Err(e) => {
@@ -152,6 +185,39 @@ async fn write_loop(
     }
 }
 
+/// The batch in one statement; when the database refuses its content, each row on its own, so
+/// that one bad event costs only itself. Returns how many rows were written; an error means the
+/// database could not be reached and nothing of the batch was written.
+async fn write_postgres(
+    pool: &PgPool,
+    batch: &[AuditEvent],
+    stats: &AuditStats,
+) -> Result<u64, sqlx::Error> {
+    match insert_batch(pool, batch).await {
+        Ok(()) => Ok(batch.len() as u64),
+        Err(sqlx::Error::Database(e)) => {
+            tracing::warn!(error = %e, events = batch.len(), "audit batch refused; writing its rows one by one");
+            let mut written = 0;
+            for event in batch {
+                match insert_batch(pool, std::slice::from_ref(event)).await {
+                    Ok(()) => written += 1,
+                    Err(sqlx::Error::Database(e)) => {
+                        stats.dropped_rejected.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %e, decision_id = %event.decision_id, "audit event refused by the database; dropped");
+                    }
+                    // The database went away mid-batch: the rest is the caller's to count.
+                    Err(e) => {
+                        stats.written.fetch_add(written, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(written)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// One statement per batch: all rows or none.
 async fn insert_batch(pool: &PgPool, batch: &[AuditEvent]) -> Result<(), sqlx::Error> {
     macro_rules! col {
@@ -160,10 +226,10 @@ async fn insert_batch(pool: &PgPool, batch: &[AuditEvent]) -> Result<(), sqlx::E
         };
     }
     sqlx::query(
-        "INSERT INTO audit_events (at, decision_id, user_oid, upn, directory_tid, tenant, server, method, tool, result, reason, policy_version, trace_id)
-         SELECT to_timestamp(at), decision_id::uuid, user_oid::uuid, upn, directory_tid::uuid, tenant, server, method, tool, result, reason, policy_version, trace_id
-         FROM UNNEST($1::float8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])
-           AS t(at, decision_id, user_oid, upn, directory_tid, tenant, server, method, tool, result, reason, policy_version, trace_id)",
+        "INSERT INTO audit_events (at, decision_id, user_oid, upn, directory_tid, tenant, server, method, tool, result, reason, policy_version, trace_id, authenticated)
+         SELECT to_timestamp(at), decision_id::uuid, user_oid::uuid, upn, directory_tid::uuid, tenant, server, method, tool, result, reason, policy_version, trace_id, authenticated
+         FROM UNNEST($1::float8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::bool[])
+           AS t(at, decision_id, user_oid, upn, directory_tid, tenant, server, method, tool, result, reason, policy_version, trace_id, authenticated)",
     )
     .bind(col!(|e| e.at))
     .bind(col!(|e| e.decision_id.clone()))
@@ -178,6 +244,7 @@ async fn insert_batch(pool: &PgPool, batch: &[AuditEvent]) -> Result<(), sqlx::E
     .bind(col!(|e| e.reason.to_owned()))
     .bind(col!(|e| e.policy_version.clone()))
     .bind(col!(|e| e.trace_id.clone()))
+    .bind(col!(|e| e.authenticated))
     .execute(pool)
     .await?;
     Ok(())
@@ -216,4 +283,23 @@ pub fn trace_id(traceparent: Option<&str>) -> Option<String> {
         && id.bytes().all(|b| b.is_ascii_hexdigit())
         && id != "00000000000000000000000000000000")
         .then(|| id.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clean_text;
+
+    #[test]
+    fn clean_text_replaces_control_characters_and_bounds_length() {
+        assert_eq!(clean_text("tools/call", 64), "tools/call");
+        assert_eq!(clean_text("\0", 64), "\u{fffd}");
+        assert_eq!(
+            clean_text("a\u{0}b\nc\u{7f}d", 64),
+            "a\u{fffd}b\u{fffd}c\u{fffd}d"
+        );
+        assert_eq!(clean_text("abcdef", 4), "abc…");
+        assert_eq!(clean_text("abcd", 4), "abcd");
+        assert_eq!(clean_text("ééééé", 3), "éé…");
+        assert_eq!(clean_text("", 4), "");
+    }
 }

@@ -1,8 +1,16 @@
 //! Typed configuration: a YAML file, then environment overrides, then validation.
 //!
-//! Overrides: `MCP_AUTHZ__SECTION__KEY=value` sets `section.key`. The value is read as YAML, so
-//! `MCP_AUTHZ__ENTRA__TENANTS='[a, b]'` sets a list and `MCP_AUTHZ__ENTRA__LEEWAY_SECONDS=30` a
-//! number. Unknown keys are errors, in the file and in the environment alike.
+//! Overrides: `MCP_AUTHZ__SECTION__KEY=value` sets `section.key`. A value is data, not YAML:
+//! where the key is text (a path, a URL, a secret) it is taken verbatim (`#`, `@`, `123456` and
+//! all); only where the key is a number, a flag or a list is the value read as YAML, so
+//! `MCP_AUTHZ__ENTRA__LEEWAY_SECONDS=30` is a number and `MCP_AUTHZ__ENTRA__TENANTS='[a, b]'` a
+//! list. An empty value unsets the key (its default applies). Unknown keys are errors, in the
+//! file and in the environment alike.
+//!
+//! Secrets (`client_secret`, `database.url`, `ratelimit.redis_url`) are a string, or
+//! `{file: /path}` to read it from a file such as a mounted Kubernetes Secret (one trailing
+//! newline dropped): `MCP_AUTHZ__GRAPH__CLIENT_SECRET__FILE=/var/run/secrets/graph/secret`.
+//! A secret never appears in debug output, logs or error messages.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -197,10 +205,45 @@ fn default_graph_retry_wait() -> u64 {
     2000
 }
 
-/// A string that never appears in debug output or logs.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
+/// A string that never appears in debug output or logs: given inline, or `{file: /path}`.
+#[derive(Clone)]
 pub struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct FromFile {
+            file: PathBuf,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Inline(String),
+            File(FromFile),
+        }
+        match Form::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("a secret is a string or {file: /path/to/secret}")
+        })? {
+            Form::Inline(s) => Ok(Secret(s)),
+            Form::File(FromFile { file }) => {
+                let mut text = std::fs::read_to_string(&file).map_err(|e| {
+                    serde::de::Error::custom(format!(
+                        "cannot read secret file {}: {e}",
+                        file.display()
+                    ))
+                })?;
+                if text.ends_with('\n') {
+                    text.pop();
+                    if text.ends_with('\r') {
+                        text.pop();
+                    }
+                }
+                Ok(Secret(text))
+            }
+        }
+    }
+}
 
 impl Secret {
     pub fn expose(&self) -> &str {
@@ -378,9 +421,16 @@ pub struct McpConfig {
     /// first path segment after this prefix.
     #[serde(default = "default_path_prefix")]
     pub path_prefix: String,
-    /// The public URL clients use (e.g. `https://mcp.example.com`). When unset, the scheme and
-    /// host of each request are used to build resource-metadata URLs.
+    /// The public URL clients use (e.g. `https://mcp.example.com`): resource metadata and
+    /// every `WWW-Authenticate` challenge name it. Required, unless
+    /// `allow_host_derived_urls` is set.
     pub public_base_url: Option<String>,
+    /// Development only: without `public_base_url`, build those URLs from each request's
+    /// `Host` and `X-Forwarded-Proto`. A client chooses both headers, so this lets it name the
+    /// metadata (and so the authorization server) its own client is sent to; such answers are
+    /// marked `no-store` so that no shared cache keeps them.
+    #[serde(default)]
+    pub allow_host_derived_urls: bool,
     #[serde(default = "default_resource_name")]
     pub resource_name: String,
     pub resource_documentation: Option<String>,
@@ -411,6 +461,7 @@ impl Default for McpConfig {
         Self {
             path_prefix: default_path_prefix(),
             public_base_url: None,
+            allow_host_derived_urls: false,
             resource_name: default_resource_name(),
             resource_documentation: None,
             advertised_scopes: Vec::new(),
@@ -524,11 +575,18 @@ impl Config {
                 otel.insert(k, v);
             }
         }
+        let mut applied = Vec::with_capacity(overrides.len());
         for (var, raw) in overrides {
-            apply_override(&mut tree, &var, &raw)?;
+            let path = override_path(&var)?;
+            let value = if raw.is_empty() {
+                Value::Null
+            } else {
+                Value::String(raw.clone())
+            };
+            set_at(&mut tree, &path, value, &var)?;
+            applied.push((var, path.join("."), raw));
         }
-        let mut config: Config =
-            serde_yaml_ng::from_value(tree).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut config = deserialize_with_overrides(tree, &applied)?;
         config.traces =
             crate::telemetry::TracesConfig::from_env(&otel).map_err(ConfigError::Invalid)?;
         config.validate()?;
@@ -737,6 +795,9 @@ impl Config {
         if !p.starts_with('/') || !p.ends_with('/') || p.len() < 2 {
             return bad("mcp.path_prefix must start and end with '/', e.g. /mcp/".into());
         }
+        if self.mcp.public_base_url.is_none() && !self.mcp.allow_host_derived_urls {
+            return bad("mcp.public_base_url is required (the URL clients use, e.g. https://mcp.example.com): metadata and 401 challenges are never built from a client-chosen Host; for local development only, set mcp.allow_host_derived_urls: true".into());
+        }
         if let Some(base) = &self.mcp.public_base_url {
             let u = url::Url::parse(base)
                 .map_err(|err| ConfigError::Invalid(format!("mcp.public_base_url: {err}")))?;
@@ -765,19 +826,56 @@ impl Config {
     }
 }
 
-fn apply_override(tree: &mut Value, var: &str, raw: &str) -> Result<(), ConfigError> {
-    let err = |reason: &str| ConfigError::Env {
+fn env_error(var: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Env {
         var: var.to_owned(),
-        reason: reason.to_owned(),
-    };
+        reason: reason.into(),
+    }
+}
+
+/// `MCP_AUTHZ__ENTRA__LEEWAY_SECONDS` → `["entra", "leeway_seconds"]`.
+fn override_path(var: &str) -> Result<Vec<String>, ConfigError> {
     let path: Vec<String> = var[ENV_PREFIX.len()..]
         .split("__")
         .map(|s| s.to_ascii_lowercase())
         .collect();
     if path.iter().any(|s| s.is_empty()) {
-        return Err(err("empty path segment (use KEY__SUBKEY)"));
+        return Err(env_error(var, "empty path segment (use KEY__SUBKEY)"));
     }
-    let value: Value = serde_yaml_ng::from_str(raw).map_err(|e| err(&format!("not YAML: {e}")))?;
+    Ok(path)
+}
+
+/// The config from the tree, where every override was set as a string. Where a key wants
+/// something else (a number, a flag, a list), serde names the path of the type error; that
+/// override, and only it, is read as YAML and the tree tried again. Each override is retyped
+/// at most once, so this ends.
+fn deserialize_with_overrides(
+    mut tree: Value,
+    applied: &[(String, String, String)],
+) -> Result<Config, ConfigError> {
+    let mut retyped = std::collections::HashSet::new();
+    loop {
+        let err = match serde_path_to_error::deserialize::<_, Config>(tree.clone()) {
+            Ok(config) => return Ok(config),
+            Err(err) => err,
+        };
+        let at = err.path().to_string();
+        let Some((var, dotted, raw)) = applied.iter().find(|(_, p, _)| *p == at) else {
+            return Err(ConfigError::Invalid(format!("{at}: {}", err.inner())));
+        };
+        let wants_other_type = err.inner().to_string().starts_with("invalid type: string");
+        if !wants_other_type || !retyped.insert(var.as_str()) {
+            return Err(env_error(var, err.inner().to_string()));
+        }
+        let value: Value = serde_yaml_ng::from_str(raw)
+            .map_err(|e| env_error(var, format!("not a value of {dotted}'s type: {e}")))?;
+        let path: Vec<String> = dotted.split('.').map(str::to_owned).collect();
+        set_at(&mut tree, &path, value, var)?;
+    }
+}
+
+fn set_at(tree: &mut Value, path: &[String], value: Value, var: &str) -> Result<(), ConfigError> {
+    let err = |reason: &str| env_error(var, reason);
     let mut node = tree;
     for (i, key) in path.iter().enumerate() {
         if node.is_null() {

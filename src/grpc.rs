@@ -18,7 +18,7 @@ use envoy_types::pb::envoy::service::auth::v3::{
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::rpc::Status;
 
-use crate::mcp::HttpView;
+use crate::mcp::{HeaderField, HttpView};
 use crate::pipeline::{Authorizer, CheckInput};
 use crate::response::Verdict;
 
@@ -106,6 +106,16 @@ impl<'a> RequestHeaders<'a> {
         self.get_all(name).next()
     }
 
+    /// A header that may appear once: absent, its value, or `Repeated`.
+    pub fn single(&self, name: &str) -> HeaderField<'a> {
+        let mut values = self.get_all(name);
+        match (values.next(), values.next()) {
+            (None, _) => HeaderField::Absent,
+            (Some(v), None) => HeaderField::One(v),
+            (Some(_), Some(_)) => HeaderField::Repeated,
+        }
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &'a str> + '_ {
         self.pairs.iter().map(|(k, _)| *k)
     }
@@ -145,6 +155,8 @@ pub fn check_input<'a>(req: &'a CheckRequest, headers: &RequestHeaders<'a>) -> C
             partial_body: headers
                 .get(PARTIAL_BODY_HEADER)
                 .is_some_and(|v| v.eq_ignore_ascii_case("true")),
+            content_type: headers.single("content-type"),
+            content_encoding: headers.single("content-encoding"),
             mcp_method_header: headers.get("mcp-method"),
             mcp_name_header: headers.get("mcp-name"),
             traceparent: headers.get("traceparent"),
@@ -226,6 +238,7 @@ pub fn http_check_request(token: Option<&str>, path: &str, body: &[u8]) -> Check
     use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
     use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
     let mut headers = std::collections::HashMap::new();
+    headers.insert("content-type".to_string(), "application/json".to_string());
     if let Some(t) = token {
         headers.insert("authorization".to_string(), format!("Bearer {t}"));
     }

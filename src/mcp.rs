@@ -4,6 +4,12 @@
 //! - The server is the route's `mcp_server` context extension, else the first path segment
 //!   after the configured prefix. A segment is `[A-Za-z0-9._-]+`, not `.`/`..`, with no
 //!   percent-encoding: anything else is `bad_path`, never guessed at.
+//! - POST is read only as the upstream will read it: `Content-Type` must be `application/json`
+//!   with no parameter but `charset=utf-8`, and `Content-Encoding` absent or `identity`, each
+//!   sent at most once; anything else is `unsupported_media_type` / `unsupported_content_encoding`
+//!   (415), before the body is looked at. An upstream honouring another charset (the TypeScript
+//!   SDK's Express helper decodes `charset=utf-7`) or inflating a content coding would read other
+//!   bytes than the ones authorized here.
 //! - POST carries exactly one JSON-RPC message (MCP 2025-06-18 removed batching): an array is
 //!   `batch_not_supported`, non-JSON `invalid_json`, a body Envoy cut at its buffer limit
 //!   (`x-envoy-auth-partial-body: true`) `body_truncated`, which is never authorized as if whole.
@@ -33,10 +39,22 @@ pub struct HttpView<'a> {
     pub route_server: Option<&'a str>,
     pub body: &'a [u8],
     pub partial_body: bool,
+    pub content_type: HeaderField<'a>,
+    pub content_encoding: HeaderField<'a>,
     pub mcp_method_header: Option<&'a str>,
     pub mcp_name_header: Option<&'a str>,
     /// W3C trace context, for the audit trail.
     pub traceparent: Option<&'a str>,
+}
+
+/// A request header that may appear at most once.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderField<'a> {
+    #[default]
+    Absent,
+    One(&'a str),
+    /// Sent more than once: upstreams disagree on which one counts, so it is never read.
+    Repeated,
 }
 
 impl HttpView<'_> {
@@ -121,6 +139,10 @@ pub enum FactsError {
     InvalidParams,
     #[error("Mcp-Method or Mcp-Name header disagrees with the body")]
     HeaderMismatch,
+    #[error("Content-Type is not application/json (charset utf-8 at most)")]
+    UnsupportedMediaType,
+    #[error("Content-Encoding other than identity")]
+    UnsupportedEncoding,
 }
 
 impl FactsError {
@@ -137,6 +159,8 @@ impl FactsError {
             FactsError::TooDeep => "json_too_deep",
             FactsError::InvalidParams => "invalid_params",
             FactsError::HeaderMismatch => "header_mismatch",
+            FactsError::UnsupportedMediaType => "unsupported_media_type",
+            FactsError::UnsupportedEncoding => "unsupported_content_encoding",
         }
     }
 
@@ -145,6 +169,7 @@ impl FactsError {
             FactsError::NoServer => 404,
             FactsError::MethodNotAllowed => 405,
             FactsError::BodyTruncated => 413,
+            FactsError::UnsupportedMediaType | FactsError::UnsupportedEncoding => 415,
             _ => 400,
         }
     }
@@ -238,6 +263,15 @@ fn parse_rpc<'a>(
     req: &HttpView<'a>,
     id_out: &mut Option<&'a RawValue>,
 ) -> Result<RpcFacts, FactsError> {
+    // A POST is answered in JSON-RPC: with the request's id once the body yields one, before
+    // that (media type, truncation, parse errors) with id null (JSON-RPC 2.0, section 5).
+    *id_out = null_id();
+    if !is_plain_json(req.content_type) {
+        return Err(FactsError::UnsupportedMediaType);
+    }
+    if !is_identity_coding(req.content_encoding) {
+        return Err(FactsError::UnsupportedEncoding);
+    }
     if req.partial_body {
         return Err(FactsError::BodyTruncated);
     }
@@ -260,7 +294,9 @@ fn parse_rpc<'a>(
             FactsError::NotJsonRpc
         }
     })?;
-    *id_out = env.id;
+    if env.id.is_some() {
+        *id_out = env.id;
+    }
     if env.jsonrpc.as_deref() != Some("2.0") {
         return Err(FactsError::NotJsonRpc);
     }
@@ -330,6 +366,54 @@ fn parse_rpc<'a>(
         return Err(FactsError::HeaderMismatch);
     }
     Ok(facts)
+}
+
+/// The JSON-RPC id `null`, borrowed from a static text.
+fn null_id() -> Option<&'static RawValue> {
+    serde_json::from_str("null").ok()
+}
+
+/// `application/json`, optionally with `charset=utf-8` (quoted or not): RFC 9110 makes type,
+/// subtype, parameter name and this charset value case-insensitive and allows whitespace around
+/// `;`, nothing else. Any other parameter, a repeated charset, or a second header is refused:
+/// an upstream may honour it.
+fn is_plain_json(content_type: HeaderField<'_>) -> bool {
+    let HeaderField::One(value) = content_type else {
+        return false;
+    };
+    let ows = [' ', '\t'];
+    let mut parts = value.split(';');
+    let essence = parts.next().unwrap_or_default().trim_matches(ows);
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return false;
+    }
+    let mut charset_seen = false;
+    for param in parts {
+        let Some((name, value)) = param.trim_matches(ows).split_once('=') else {
+            return false;
+        };
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value);
+        if charset_seen
+            || !name.eq_ignore_ascii_case("charset")
+            || !value.eq_ignore_ascii_case("utf-8")
+        {
+            return false;
+        }
+        charset_seen = true;
+    }
+    true
+}
+
+/// No `Content-Encoding`, or exactly `identity`: the body is the bytes on the wire.
+fn is_identity_coding(content_encoding: HeaderField<'_>) -> bool {
+    match content_encoding {
+        HeaderField::Absent => true,
+        HeaderField::One(v) => v.trim_matches([' ', '\t']).eq_ignore_ascii_case("identity"),
+        HeaderField::Repeated => false,
+    }
 }
 
 /// Deepest nesting of objects and arrays a body may have.

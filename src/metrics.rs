@@ -371,6 +371,7 @@ impl Collector for StateCollector {
                 &[
                     ("queue_full", st.dropped_queue_full.load(Relaxed)),
                     ("sink_error", st.dropped_sink_error.load(Relaxed)),
+                    ("rejected", st.dropped_rejected.load(Relaxed)),
                 ],
             )?;
             gauge(

@@ -127,19 +127,29 @@ impl Authorizer {
             self.metrics.token_cache_lookup(hit);
         }
         if let Some(audit) = &self.audit {
+            use crate::audit::{MAX_ANONYMOUS_FIELD_CHARS, MAX_FIELD_CHARS, clean_text};
+            // What the client chose is cleaned and bounded, tighter without a valid token.
+            let authenticated = outcome.oid.is_some();
+            let max = if authenticated {
+                MAX_FIELD_CHARS
+            } else {
+                MAX_ANONYMOUS_FIELD_CHARS
+            };
+            let text = |v: &Option<String>, max| v.as_deref().map(|s| clean_text(s, max));
             audit.record(crate::audit::AuditEvent {
                 at: crate::audit::now_seconds(),
                 decision_id: outcome.decision_id.clone(),
+                authenticated,
                 user_oid: outcome.oid.clone(),
-                upn: outcome.label.clone(),
+                upn: text(&outcome.label, MAX_FIELD_CHARS),
                 directory_tid: outcome.directory_tid.clone(),
-                tenant: outcome.tenant.clone(),
-                server: outcome.server.clone(),
-                method: outcome.method.clone(),
-                tool: outcome.tool.clone(),
+                tenant: text(&outcome.tenant, MAX_FIELD_CHARS),
+                server: text(&outcome.server, max),
+                method: text(&outcome.method, max),
+                tool: text(&outcome.tool, max),
                 result: if outcome.allowed { "allow" } else { "deny" },
                 reason: outcome.reason,
-                policy_version: outcome.policy_version.clone(),
+                policy_version: text(&outcome.policy_version, MAX_FIELD_CHARS),
                 trace_id: crate::audit::trace_id(input.view.traceparent),
             });
         }
@@ -289,7 +299,7 @@ impl Authorizer {
             Ok(v) => v,
             Err(e) => {
                 let denial = if e.is_insufficient_scope() {
-                    Denial::Forbidden { code: e.code() }
+                    Denial::InsufficientScope { code: e.code() }
                 } else if e == TokenError::KeysUnavailable {
                     Denial::Unavailable { code: e.code() }
                 } else {
@@ -423,6 +433,7 @@ listen: {{grpc: "127.0.0.1:0", admin: "127.0.0.1:0"}}
 entra: {{authority: "http://127.0.0.1:9", allow_insecure_authority: true, tenants: ["3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2c"], audiences: [api://x]}}
 policy: {{file: "{}"}}
 graph: {{base_url: "http://127.0.0.1:9", client_id: c, client_secret: s}}
+mcp: {{public_base_url: "https://gw.example"}}
 "#,
                 policy.display()
             ),

@@ -4,7 +4,10 @@
 //!
 //! - 401: `WWW-Authenticate: Bearer resource_metadata="…", scope="…"` and, when a token was
 //!   sent, `error="invalid_token"` (RFC 6750, MCP authorization spec).
-//! - 403: `Bearer error="insufficient_scope", scope="…", resource_metadata="…"`.
+//! - 403 for a token without the scope or role the gateway requires: `Bearer
+//!   error="insufficient_scope", scope="…", resource_metadata="…"`, which MCP clients answer by
+//!   authorizing again with that scope. A policy denial (tenant, server, tool, level) is a plain
+//!   403 with no challenge: no scope would change it, and a step-up prompt would loop.
 //! - Bodies are JSON-RPC errors (echoing the request id) when the request was JSON-RPC, else a
 //!   JSON object with `error`, `error_description`, `reason`, `decision_id`.
 
@@ -52,7 +55,10 @@ pub enum Denial {
         code: &'static str,
         token_sent: bool,
     },
-    /// 403, `insufficient_scope`: a valid identity without the permission.
+    /// 403, `insufficient_scope`: a valid token without the scope or role the gateway requires;
+    /// signing in again with that scope changes the answer.
+    InsufficientScope { code: &'static str },
+    /// 403 without a challenge: the policy refuses this identity; no token would change it.
     Forbidden { code: &'static str },
     /// 400/404/405/413 from the request's shape.
     BadRequest(FactsError),
@@ -94,6 +100,7 @@ impl Denial {
             Denial::ClaimsChallenge { .. } => "obo_interaction_required",
             Denial::Unauthenticated { code, .. }
             | Denial::Forbidden { code }
+            | Denial::InsufficientScope { code }
             | Denial::Unavailable { code } => code,
             Denial::BadRequest(e) => e.code(),
             Denial::RateLimited(_) => "rate_limited",
@@ -103,7 +110,7 @@ impl Denial {
     pub fn status(&self) -> u16 {
         match self {
             Denial::Unauthenticated { .. } | Denial::ClaimsChallenge { .. } => 401,
-            Denial::Forbidden { .. } => 403,
+            Denial::Forbidden { .. } | Denial::InsufficientScope { .. } => 403,
             Denial::BadRequest(e) => e.http_status(),
             Denial::Unavailable { .. } => 503,
             Denial::RateLimited(_) => 429,
@@ -120,12 +127,19 @@ impl Denial {
             } => "Invalid or expired access token",
             Denial::ClaimsChallenge { .. } => "Additional sign-in required",
             Denial::Forbidden { .. } => "Access to this MCP server or tool is not granted",
+            Denial::InsufficientScope { .. } => "The access token lacks a required scope",
             Denial::BadRequest(FactsError::BodyTruncated) => "Request body too large",
             Denial::BadRequest(FactsError::Batch) => "JSON-RPC batches are not supported",
             Denial::BadRequest(FactsError::InvalidJson) => "Parse error",
             Denial::BadRequest(FactsError::HeaderMismatch) => "Header mismatch",
             Denial::BadRequest(FactsError::NoServer) => "Not found",
             Denial::BadRequest(FactsError::MethodNotAllowed) => "Method not allowed",
+            Denial::BadRequest(FactsError::UnsupportedMediaType) => {
+                "Unsupported Media Type: Content-Type must be application/json"
+            }
+            Denial::BadRequest(FactsError::UnsupportedEncoding) => {
+                "Unsupported Media Type: Content-Encoding must be identity"
+            }
             Denial::BadRequest(_) => "Invalid request",
             Denial::Unavailable { .. } => "Authorization temporarily unavailable",
             Denial::RateLimited(_) => "Rate limit exceeded",
@@ -135,7 +149,7 @@ impl Denial {
     fn rpc_code(&self) -> i64 {
         match self {
             Denial::Unauthenticated { .. } | Denial::ClaimsChallenge { .. } => -32001,
-            Denial::Forbidden { .. } => -32003,
+            Denial::Forbidden { .. } | Denial::InsufficientScope { .. } => -32003,
             Denial::BadRequest(e) => e.rpc_code(),
             Denial::Unavailable { .. } => -32002,
             Denial::RateLimited(_) => -32029,
@@ -146,7 +160,8 @@ impl Denial {
         match self {
             Denial::Unauthenticated { .. } => "invalid_token",
             Denial::ClaimsChallenge { .. } => "insufficient_claims",
-            Denial::Forbidden { .. } => "insufficient_scope",
+            Denial::Forbidden { .. } => "access_denied",
+            Denial::InsufficientScope { .. } => "insufficient_scope",
             Denial::BadRequest(_) => "invalid_request",
             Denial::Unavailable { .. } => "temporarily_unavailable",
             Denial::RateLimited(_) => "rate_limited",
@@ -215,7 +230,7 @@ fn challenge(
                 params.push(format!("error_description=\"{}\"", denial.message()));
             }
         }
-        Denial::Forbidden { .. } => params.push("error=\"insufficient_scope\"".into()),
+        Denial::InsufficientScope { .. } => params.push("error=\"insufficient_scope\"".into()),
         Denial::ClaimsChallenge { claims } => {
             params.push("error=\"insufficient_claims\"".into());
             // Base64 (standard alphabet): nothing in it can break the quoted string.

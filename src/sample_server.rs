@@ -2,7 +2,9 @@
 //!
 //! Tools: `echo`, `whoami` (the identity headers the gateway set), `delete_repository` (a
 //! "dangerous" tool that the sample policy denies). Every request's headers are recorded and
-//! served at `GET /_received`, so tests can prove what reached the upstream (and what did not).
+//! served at `GET /_received`, so tests can prove what reached the upstream (and what did not);
+//! `GET /_log` answers the same requests and the tools that ran, in the shape the Python and
+//! TypeScript peers of the conformance matrix use (`{"received": [...], "executed": [...]}`).
 //! `GET /plain` answers 200 with no MCP at all, as a minimal upstream for benchmarks.
 
 use std::collections::BTreeMap;
@@ -37,12 +39,14 @@ pub struct DeleteArgs {
 #[derive(Clone)]
 pub struct SampleServer {
     tool_router: ToolRouter<Self>,
+    log: ReceivedLog,
 }
 
-impl Default for SampleServer {
-    fn default() -> Self {
+impl SampleServer {
+    pub fn new(log: ReceivedLog) -> Self {
         Self {
             tool_router: Self::tool_router(),
+            log,
         }
     }
 }
@@ -51,11 +55,13 @@ impl Default for SampleServer {
 impl SampleServer {
     #[tool(description = "Echo the text back")]
     fn echo(&self, Parameters(EchoArgs { text }): Parameters<EchoArgs>) -> String {
+        self.log.executed("echo");
         text
     }
 
     #[tool(description = "The identity headers the gateway set for this request")]
     fn whoami(&self, Extension(parts): Extension<http::request::Parts>) -> String {
+        self.log.executed("whoami");
         let mut seen = BTreeMap::new();
         for (name, value) in &parts.headers {
             if name.as_str().starts_with("x-mcp-") {
@@ -74,6 +80,7 @@ impl SampleServer {
 
     #[tool(description = "Delete a repository (dangerous; the sample policy denies it)")]
     fn delete_repository(&self, Parameters(DeleteArgs { name }): Parameters<DeleteArgs>) -> String {
+        self.log.executed("delete_repository");
         format!("deleted {name}")
     }
 }
@@ -94,12 +101,30 @@ pub struct Received {
     pub headers: BTreeMap<String, Vec<String>>,
 }
 
+/// What reached the upstream: every request's headers, and the name of every tool that ran.
 #[derive(Clone, Default)]
-pub struct ReceivedLog(Arc<Mutex<Vec<Received>>>);
+pub struct ReceivedLog {
+    requests: Arc<Mutex<Vec<Received>>>,
+    tools: Arc<Mutex<Vec<String>>>,
+}
 
 impl ReceivedLog {
     pub fn all(&self) -> Vec<Received> {
-        self.0.lock().map(|v| v.clone()).unwrap_or_default()
+        self.requests.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// The tools that ran, in order.
+    pub fn tools_run(&self) -> Vec<String> {
+        self.tools.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    fn executed(&self, tool: &str) {
+        if let Ok(mut v) = self.tools.lock() {
+            if v.len() >= LOG_CAPACITY {
+                v.remove(0);
+            }
+            v.push(tool.to_owned());
+        }
     }
 }
 
@@ -116,7 +141,7 @@ async fn record(State(log): State<ReceivedLog>, request: Request, next: Next) ->
         path: request.uri().path().to_owned(),
         headers,
     };
-    if let Ok(mut v) = log.0.lock() {
+    if let Ok(mut v) = log.requests.lock() {
         if v.len() >= LOG_CAPACITY {
             v.remove(0);
         }
@@ -132,8 +157,13 @@ pub fn router(names: &[String], log: ReceivedLog) -> Router {
         let config = StreamableHttpServerConfig::default()
             .disable_allowed_hosts()
             .with_sse_keep_alive(None);
+        let for_tools = log.clone();
         let service: StreamableHttpService<SampleServer, LocalSessionManager> =
-            StreamableHttpService::new(|| Ok(SampleServer::default()), Default::default(), config);
+            StreamableHttpService::new(
+                move || Ok(SampleServer::new(for_tools.clone())),
+                Default::default(),
+                config,
+            );
         app = app.nest_service(&format!("/mcp/{name}"), service);
     }
     let received = {
@@ -143,7 +173,18 @@ pub fn router(names: &[String], log: ReceivedLog) -> Router {
             async move { axum::Json(log.all()).into_response() }
         })
     };
+    let both = {
+        let log = log.clone();
+        get(move || {
+            let log = log.clone();
+            async move {
+                axum::Json(serde_json::json!({"received": log.all(), "executed": log.tools_run()}))
+                    .into_response()
+            }
+        })
+    };
     app.layer(middleware::from_fn_with_state(log.clone(), record))
         .route("/_received", received)
+        .route("/_log", both)
         .route("/plain", get(|| async { "ok" }))
 }

@@ -59,6 +59,7 @@ export MCP_AUTHZ__ENTRA__ALLOW_INSECURE_AUTHORITY=true
 export MCP_AUTHZ__LISTEN__GRPC="127.0.0.1:$AUTHZ_PORT"
 export MCP_AUTHZ__LISTEN__ADMIN="127.0.0.1:$ADMIN_PORT"
 export MCP_AUTHZ__LISTEN__METADATA="127.0.0.1:$METADATA_PORT"
+export MCP_AUTHZ__MCP__PUBLIC_BASE_URL="http://127.0.0.1:$DEMO_PORT"
 export MCP_AUTHZ__LOG__FORMAT=text
 "$BIN/mcp-authz" check-config --config deploy/examples/config.yaml | sed 's/^/check-config: /'
 "$BIN/mcp-authz" serve --config deploy/examples/config.yaml 2> "$STATE/mcp-authz.log" &
@@ -67,7 +68,7 @@ wait_http "http://127.0.0.1:$ADMIN_PORT/readyz" mcp-authz
 
 ENVOY_ADMIN_PORT=$ENVOY_ADMIN_PORT ENVOY_LISTEN_ADDRESS=127.0.0.1 ENVOY_LISTEN_PORT=$DEMO_PORT \
 AUTHZ_CLUSTER=mcp_authz_tcp AUTHZ_HOST=127.0.0.1 AUTHZ_PORT=$AUTHZ_PORT AUTHZ_SOCKET=$STATE/unused.sock \
-METADATA_HOST=127.0.0.1 METADATA_PORT=$METADATA_PORT \
+METADATA_HOST=127.0.0.1 METADATA_PORT=$METADATA_PORT PUBLIC_BASE_URL="http://127.0.0.1:$DEMO_PORT" \
 UPSTREAM_HOST=127.0.0.1 UPSTREAM_PORT=${UPSTREAM##*:} \
   envoy/render.sh > "$STATE/envoy.yaml"
 "$ENVOY_BIN" -c "$STATE/envoy.yaml" --disable-hot-restart --concurrency 2 -l warning 2> "$STATE/envoy.log" &

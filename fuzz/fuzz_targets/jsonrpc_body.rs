@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mcp_authz::mcp::{self, HttpView};
+use mcp_authz::mcp::{self, HeaderField, HttpView};
 
 fuzz_target!(|data: &[u8]| {
     for (method_header, partial) in [(None, false), (Some("tools/call"), false), (None, true)] {
@@ -16,6 +16,8 @@ fuzz_target!(|data: &[u8]| {
             route_server: None,
             body: data,
             partial_body: partial,
+            content_type: HeaderField::One("application/json"),
+            content_encoding: HeaderField::Absent,
             mcp_method_header: method_header,
             mcp_name_header: method_header.map(|_| "echo"),
             traceparent: None,

@@ -98,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
 listen: {{grpc: "127.0.0.1:{grpc}", admin: "127.0.0.1:{admin}"}}
 entra: {{authority: "{idp}", allow_insecure_authority: true, tenants: ["{TID}"], audiences: ["{API}"], required_scopes: [mcp.access], token_cache_capacity: {}}}
 policy: {{file: policy.yaml}}
+mcp: {{public_base_url: "https://mcp.soak.example"}}
 log: {{level: warn}}
 "#,
             args.token_cache

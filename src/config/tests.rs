@@ -8,6 +8,7 @@ entra:
   tenants: ["3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2c"]
   audiences: ["c0ffee00-1234-4abc-8def-0123456789ab"]
 policy: {file: policy.yaml}
+mcp: {public_base_url: "https://mcp.example.com"}
 "#;
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -119,7 +120,7 @@ fn each_invalid_setting_is_named() {
             "public_base_url",
         ),
         (
-            vec![("MCP_AUTHZ__LISTEN__GRPC", "~")],
+            vec![("MCP_AUTHZ__LISTEN__GRPC", "")],
             "set grpc, grpc_unix, or both",
         ),
         (
@@ -217,7 +218,7 @@ fn database_and_audit_settings_are_checked_and_the_url_is_never_printed() {
             "needs audit.file",
         ),
         (
-            vec![("MCP_AUTHZ__POLICY__FILE", "~")],
+            vec![("MCP_AUTHZ__POLICY__FILE", "")],
             "policy.file is required",
         ),
     ] {
@@ -256,4 +257,106 @@ fn runtime_worker_threads_come_from_the_file_or_the_environment_and_are_bounded(
     assert!(msg.contains("runtime.worker_threads"), "{msg}");
     let msg = invalid(&format!("{BASE}\nruntime: {{threads: 2}}\n"), &[]);
     assert!(msg.contains("threads"), "{msg}");
+}
+
+/// Outside review: override values were parsed as YAML, so a path was cut at `#`, a secret of
+/// digits was refused and one starting with `@` failed. Text keys take the value verbatim.
+#[test]
+fn override_values_are_data_not_yaml() {
+    let graph = "graph: {client_id: app}\n";
+    for secret in [
+        "123456",
+        "@secret",
+        "a #b",
+        "'quoted'",
+        "[not, a, list]",
+        "~",
+        "true",
+    ] {
+        let c = Config::parse(
+            &format!("{BASE}{graph}"),
+            env(&[
+                ("MCP_AUTHZ__GRAPH__CLIENT_SECRET", secret),
+                ("MCP_AUTHZ__POLICY__FILE", "/x/policy.yaml #1"),
+            ]),
+        )
+        .unwrap_or_else(|e| panic!("{secret}: {e}"));
+        let got = c.graph.as_ref().and_then(|g| g.client_secret.as_ref());
+        assert_eq!(got.map(Secret::expose), Some(secret));
+        assert_eq!(
+            c.policy.file.as_deref(),
+            Some(std::path::Path::new("/x/policy.yaml #1"))
+        );
+    }
+    // Numbers, flags and lists are still read as such; an empty value unsets a key.
+    let c = Config::parse(
+        BASE,
+        env(&[
+            ("MCP_AUTHZ__ENTRA__LEEWAY_SECONDS", "7"),
+            ("MCP_AUTHZ__ENTRA__ALLOW_APP_TOKENS", "false"),
+            ("MCP_AUTHZ__ENTRA__AUDIENCES", "[a, b]"),
+            ("MCP_AUTHZ__MCP__RESOURCE_DOCUMENTATION", ""),
+        ]),
+    )
+    .expect("valid");
+    assert_eq!(c.entra.leeway_seconds, 7);
+    assert_eq!(c.entra.audiences, ["a", "b"]);
+    assert_eq!(c.mcp.resource_documentation, None);
+    let msg = invalid(BASE, &[("MCP_AUTHZ__ENTRA__LEEWAY_SECONDS", "soon")]);
+    assert!(
+        msg.contains("MCP_AUTHZ__ENTRA__LEEWAY_SECONDS") && msg.contains("expected u64"),
+        "{msg}"
+    );
+}
+
+/// Secrets from mounted files (`{file: …}`, or `…__FILE` in the environment): read once, one
+/// trailing newline dropped, never printed; a missing file is named, its content never.
+#[test]
+fn secrets_can_be_read_from_files_and_are_never_printed() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("secret");
+    std::fs::write(&path, "s3cr3t-from-file\n").expect("write");
+    let graph = "graph: {client_id: app}\n";
+    let c = Config::parse(
+        &format!("{BASE}{graph}"),
+        env(&[(
+            "MCP_AUTHZ__GRAPH__CLIENT_SECRET__FILE",
+            path.to_str().expect("utf-8 path"),
+        )]),
+    )
+    .expect("valid");
+    let secret = c.graph.as_ref().and_then(|g| g.client_secret.as_ref());
+    assert_eq!(secret.map(Secret::expose), Some("s3cr3t-from-file"));
+    assert!(!format!("{c:?}").contains("s3cr3t"));
+    let inline = format!(
+        "{BASE}graph: {{client_id: app, client_secret: {{file: \"{}\"}}}}\n",
+        path.display()
+    );
+    let c = Config::parse(&inline, env(&[])).expect("valid");
+    let secret = c.graph.as_ref().and_then(|g| g.client_secret.as_ref());
+    assert_eq!(secret.map(Secret::expose), Some("s3cr3t-from-file"));
+    let msg = invalid(
+        &format!("{BASE}{graph}"),
+        &[(
+            "MCP_AUTHZ__GRAPH__CLIENT_SECRET__FILE",
+            "/nonexistent/secret",
+        )],
+    );
+    assert!(msg.contains("/nonexistent/secret"), "{msg}");
+}
+
+/// Outside review: without a configured base URL, metadata and 401 challenges were built from
+/// the client's Host, so a client could point another client's sign-in at a server of its
+/// choosing (and a shared cache could keep that answer). The URL is required; the Host-derived
+/// form needs an explicit development setting.
+#[test]
+fn public_base_url_is_required_unless_host_derived_urls_are_allowed() {
+    let without = BASE.replace("mcp: {public_base_url: \"https://mcp.example.com\"}\n", "");
+    assert!(invalid(&without, &[]).contains("mcp.public_base_url is required"));
+    let c = Config::parse(
+        &without,
+        env(&[("MCP_AUTHZ__MCP__ALLOW_HOST_DERIVED_URLS", "true")]),
+    )
+    .expect("allowed for development");
+    assert_eq!(c.mcp.public_base_url, None);
 }

@@ -7,6 +7,7 @@ fn post(body: &str) -> HttpView<'_> {
         method: "POST",
         path: "/mcp/github",
         body: body.as_bytes(),
+        content_type: HeaderField::One("application/json"),
         ..Default::default()
     }
 }
@@ -219,6 +220,7 @@ fn attack_invalid_utf8_and_deep_nesting_are_refused() {
         method: "POST",
         path: "/mcp/github",
         body: &bytes,
+        content_type: HeaderField::One("application/json"),
         ..Default::default()
     };
     assert!(facts(&v).is_err());
@@ -281,4 +283,110 @@ fn error_codes_and_statuses() {
     assert_eq!(FactsError::Batch.http_status(), 400);
     assert_eq!(FactsError::HeaderMismatch.rpc_code(), -32020);
     assert_eq!(FactsError::InvalidJson.rpc_code(), -32700);
+}
+
+fn with_headers<'a>(
+    body: &'a str,
+    content_type: HeaderField<'a>,
+    content_encoding: HeaderField<'a>,
+) -> HttpView<'a> {
+    HttpView {
+        content_type,
+        content_encoding,
+        ..post(body)
+    }
+}
+
+const DENIED_AS_UTF7: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"+AGQ-elete_repository","arguments":{}}}"#;
+
+/// Attack: a body whose tool name reads as harmless UTF-8 but as `delete_repository` in the
+/// charset the request names (the TypeScript SDK's Express helper decodes `charset=utf-7`), or a
+/// body the upstream inflates first. The Check must never read other bytes than the upstream.
+#[test]
+fn attack_another_charset_or_content_coding_is_refused_before_the_body_is_read() {
+    use HeaderField::{Absent, One, Repeated};
+    for ct in [
+        One("application/json; charset=utf-7"),
+        One("application/json;charset=UTF-16"),
+        One("application/json; charset=utf-8; charset=utf-7"),
+        One("application/json; charset=utf-8, application/json; charset=utf-7"),
+        One("application/json; boundary=x"),
+        One("application/json;"),
+        One("application/json; charset = utf-8"),
+        One("text/plain"),
+        One("application/json-seq"),
+        One("application/vnd.api+json"),
+        One(""),
+        Absent,
+        Repeated,
+    ] {
+        let v = with_headers(DENIED_AS_UTF7, ct, Absent);
+        assert_eq!(facts(&v), Err(FactsError::UnsupportedMediaType), "{ct:?}");
+    }
+    for ce in [
+        One("gzip"),
+        One("deflate"),
+        One("br"),
+        One("identity, gzip"),
+        One(""),
+        Repeated,
+    ] {
+        let v = with_headers(DENIED_AS_UTF7, One("application/json"), ce);
+        assert_eq!(facts(&v), Err(FactsError::UnsupportedEncoding), "{ce:?}");
+    }
+    let e = FactsError::UnsupportedMediaType;
+    assert_eq!((e.http_status(), e.code()), (415, "unsupported_media_type"));
+    let e = FactsError::UnsupportedEncoding;
+    assert_eq!(
+        (e.http_status(), e.code()),
+        (415, "unsupported_content_encoding")
+    );
+}
+
+#[test]
+fn plain_json_in_its_equivalent_spellings_is_read() {
+    use HeaderField::{Absent, One};
+    for ct in [
+        "application/json",
+        "Application/JSON",
+        "application/json; charset=utf-8",
+        "application/json;charset=UTF-8",
+        "application/json ;\tcharset=\"utf-8\"",
+    ] {
+        for ce in [Absent, One("identity"), One("IDENTITY")] {
+            let v = with_headers(DENIED_AS_UTF7, One(ct), ce);
+            assert_eq!(
+                rpc(&v).map(|r| r.tool),
+                Ok(Some("+AGQ-elete_repository".into())),
+                "{ct} / {ce:?}"
+            );
+        }
+    }
+}
+
+/// GET and DELETE carry no body: their content headers are not read.
+#[test]
+fn content_headers_do_not_matter_without_a_body() {
+    for method in ["GET", "DELETE"] {
+        let v = HttpView {
+            method,
+            path: "/mcp/github",
+            content_type: HeaderField::One("text/plain; charset=utf-7"),
+            content_encoding: HeaderField::One("gzip"),
+            ..Default::default()
+        };
+        assert!(facts(&v).is_ok(), "{method}");
+    }
+}
+
+/// A refused media type still answers in JSON-RPC (id null: the body was not read).
+#[test]
+fn a_refused_media_type_answers_with_a_null_jsonrpc_id() {
+    let v = with_headers(
+        DENIED_AS_UTF7,
+        HeaderField::One("application/json; charset=utf-7"),
+        HeaderField::Absent,
+    );
+    let parsed = parse(&v, "/mcp/");
+    assert_eq!(parsed.rpc_id.map(RawValue::get), Some("null"));
 }

@@ -88,11 +88,12 @@ fn invalid_token_challenge_and_jsonrpc_body() {
     assert_eq!(b["error"]["message"], "Invalid or expired access token");
 }
 
+/// A missing scope is `insufficient_scope` (a client re-authorizes with the scope named).
 #[test]
-fn forbidden_is_insufficient_scope() {
+fn a_missing_scope_is_insufficient_scope() {
     let v = deny(
-        Denial::Forbidden {
-            code: "tool_denied",
+        Denial::InsufficientScope {
+            code: "token_scope",
         },
         None,
         "d",
@@ -102,11 +103,35 @@ fn forbidden_is_insufficient_scope() {
     );
     let (status, h, _) = deny_headers(&v);
     assert_eq!(*status, 403);
-    assert!(
-        header(h, "www-authenticate")
-            .expect("c")
-            .starts_with("Bearer error=\"insufficient_scope\"")
-    );
+    let c = header(h, "www-authenticate").expect("challenge");
+    assert!(c.starts_with("Bearer error=\"insufficient_scope\""), "{c}");
+    assert!(c.contains("scope=\"api://g/mcp.access\""), "{c}");
+}
+
+/// Outside review: a policy denial answered `insufficient_scope`, which MCP clients treat as a
+/// step-up prompt: they authorize again and again for a tool no scope will grant. A policy
+/// denial is a plain 403 with no challenge.
+#[test]
+fn a_policy_denial_carries_no_challenge() {
+    for code in [
+        "tool_denied",
+        "server_not_granted",
+        "groups_overage_unresolved",
+    ] {
+        let v = deny(
+            Denial::Forbidden { code },
+            None,
+            "d",
+            &settings(),
+            &view(),
+            None,
+        );
+        let (status, h, body) = deny_headers(&v);
+        assert_eq!(*status, 403);
+        assert_eq!(header(h, "www-authenticate"), None, "{code}");
+        let b: serde_json::Value = serde_json::from_str(body).expect("json");
+        assert_eq!(b["error"], "access_denied");
+    }
 }
 
 #[test]

@@ -348,3 +348,96 @@ async fn a_key_of_one_directory_never_verifies_another_directorys_token_through_
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
 }
+
+/// Outside review: a policy denial answered `WWW-Authenticate: Bearer error="insufficient_scope"`,
+/// which MCP clients (the Python SDK among them) treat as a step-up prompt: they run a second
+/// authorization, get a token with the same scope, and are refused again, in a loop. Through
+/// Envoy: a policy denial has no challenge; only a token lacking the scope gets one.
+#[tokio::test]
+async fn policy_denials_never_prompt_a_step_up() {
+    let env = TestEnv::start(Options::default()).await;
+    let bob = env.user_token(BOB, &[ENG_GROUP]);
+    let carol = env.user_token(CAROL, &[SALES_GROUP]);
+    for (token, body, reason) in [
+        (&bob, tool_call_body(1, "delete_repository"), "tool_denied"),
+        (&carol, initialize_body(1), "server_not_granted"),
+    ] {
+        let r = env.post("/mcp/github", Some(token), &body, &[]).await;
+        assert_eq!((r.status, r.reason()), (403, reason), "{r:?}");
+        assert_eq!(r.header("www-authenticate"), None, "{reason}: {r:?}");
+    }
+    let no_scope = env.mint(json!({"tid": TID, "oid": BOB, "aud": API_CLIENT_ID, "scp": "User.Read", "groups": [ENG_GROUP]}));
+    let r = env
+        .post("/mcp/github", Some(&no_scope), &initialize_body(1), &[])
+        .await;
+    assert_eq!((r.status, r.reason()), (403, "token_scope_missing"));
+    let c = r.header("www-authenticate").unwrap_or_default();
+    assert!(c.starts_with("Bearer error=\"insufficient_scope\""), "{c}");
+    assert!(c.contains(&format!("scope=\"{API_URI}/{SCOPE}\"")), "{c}");
+}
+
+/// Attack: a client sets `Host: evil.example`, so that the 401 challenge and the resource
+/// metadata (which name the authorization server a client signs in at) point at its server,
+/// and a shared cache keeps that answer for everyone. With `mcp.public_base_url` (required)
+/// they name the configured URL whatever the Host; the Host-derived development mode marks its
+/// answers no-store.
+#[tokio::test]
+async fn challenges_and_metadata_never_follow_a_client_chosen_host() {
+    let env = TestEnv::start(Options::default()).await;
+    let r = env
+        .post(
+            "/mcp/github",
+            None,
+            &initialize_body(1),
+            &[("host", "evil.example")],
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    let c = r.header("www-authenticate").unwrap_or_default();
+    assert!(
+        c.contains(&format!(
+            "resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp/github\"",
+            env.envoy_url
+        )),
+        "{c}"
+    );
+    assert!(!c.contains("evil"), "{c}");
+    let meta = Reply::from(
+        env.http
+            .get(format!(
+                "{}/.well-known/oauth-protected-resource/mcp/github",
+                env.envoy_url
+            ))
+            .header("host", "evil.example")
+            .header("x-forwarded-proto", "https")
+            .send()
+            .await
+            .expect("metadata"),
+    )
+    .await;
+    assert_eq!(meta.status, 200, "{meta:?}");
+    assert_eq!(
+        meta.json()["resource"],
+        format!("{}/mcp/github", env.envoy_url)
+    );
+    assert_eq!(meta.header("cache-control"), Some("public, max-age=300"));
+
+    // Development mode: derived from the Host, and never kept by a shared cache.
+    let dev = TestEnv::start(Options {
+        env: vec![
+            ("MCP_AUTHZ__MCP__PUBLIC_BASE_URL".into(), String::new()),
+            (
+                "MCP_AUTHZ__MCP__ALLOW_HOST_DERIVED_URLS".into(),
+                "true".into(),
+            ),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let meta = dev
+        .get("/.well-known/oauth-protected-resource/mcp/github")
+        .await;
+    assert_eq!(meta.status, 200, "{meta:?}");
+    assert_eq!(meta.header("cache-control"), Some("no-store"));
+    assert_eq!(meta.header("vary"), Some("host, x-forwarded-proto"));
+}

@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::helpers::{POLICY, TID, config_yaml, standin};
+use super::helpers::{POLICY, TID, config_yaml, free_port, standin};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mcp-authz");
 
@@ -208,13 +208,6 @@ async fn serve_becomes_ready_and_stops_on_sigterm() {
         lines.iter().any(|l| l.contains("shutdown requested")),
         "{lines:?}"
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// `make demo` runs this script; its `--check` mode asserts the sample requests' answers.

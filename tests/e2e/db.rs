@@ -538,6 +538,7 @@ fn event(i: u64) -> AuditEvent {
     AuditEvent {
         at: mcp_authz::audit::now_seconds(),
         decision_id: uuid::Uuid::now_v7().to_string(),
+        authenticated: true,
         user_oid: Some(BOB.into()),
         upn: None,
         directory_tid: Some(TID.into()),
@@ -691,4 +692,136 @@ async fn rate_limits_round_trip_through_the_database() {
     ] {
         db.exec_err(bad).await;
     }
+}
+
+/// Attack (outside review): a JSON-RPC `method` of "\u0000" sent without a token made the
+/// batch INSERT fail (PostgreSQL text cannot hold NUL) and dropped the whole batch, legitimate
+/// events with it: ~50 such requests a second erased 833 of 881 events. Through Envoy, hostile
+/// and legitimate requests interleaved: every legitimate event is stored, the hostile ones are
+/// stored cleaned, bounded and marked unauthenticated.
+#[tokio::test]
+async fn hostile_fields_cannot_erase_the_audit_trail() {
+    let db = TestDb::create().await;
+    import(&db, POLICY, false).await;
+    let env = TestEnv::start(Options {
+        database_url: Some(db.url.clone()),
+        extra_config: "audit: {sink: postgres, queue_capacity: 10000, batch_size: 50}\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let token = env.user_token(BOB, &[ENG_GROUP]);
+    let sid = env.open_session("/mcp/github", &token).await;
+    let session = [("mcp-session-id", sid.as_str())];
+    let nul = r#"{"jsonrpc":"2.0","id":1,"method":"\u0000"}"#.to_string();
+    let long = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{}\u0000x"}}}}"#,
+        "t".repeat(10_000)
+    );
+    for i in 0..60u64 {
+        let r = env
+            .post(
+                "/mcp/github",
+                Some(&token),
+                &tool_call_body(i, "echo"),
+                &session,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let hostile = if i % 2 == 0 { &nul } else { &long };
+        let r = env.post("/mcp/github", None, hostile, &[]).await;
+        assert_eq!(r.status, 401, "{r:?}");
+        // The same NUL from an authenticated client.
+        let r = env
+            .post(
+                "/mcp/github",
+                Some(&token),
+                &tool_call_body(i, "ech\u{0}o"),
+                &session,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    // 180, and the session's initialize and notifications/initialized.
+    wait_until("182 audit events", Duration::from_secs(15), || {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM audit_events")
+                .fetch_one(&pool)
+                .await
+                .unwrap_or(0)
+                == 182
+        }
+    })
+    .await;
+    type Row = (bool, String, Option<String>, Option<String>, i64);
+    let mut rows: Vec<Row> = sqlx::query_as(
+        "SELECT authenticated, reason, method, tool, count(*) FROM audit_events WHERE method NOT LIKE '%initialize%' GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("rows");
+    rows.sort();
+    let cut = format!("{}…", "t".repeat(63));
+    let mut expected: Vec<Row> = vec![
+        (
+            false,
+            "token_missing".into(),
+            Some("tools/call".into()),
+            Some(cut),
+            30,
+        ),
+        (
+            false,
+            "token_missing".into(),
+            Some("\u{fffd}".into()),
+            None,
+            30,
+        ),
+        (
+            true,
+            "allowed".into(),
+            Some("tools/call".into()),
+            Some("echo".into()),
+            60,
+        ),
+        (
+            true,
+            "allowed".into(),
+            Some("tools/call".into()),
+            Some("ech\u{fffd}o".into()),
+            60,
+        ),
+    ];
+    expected.sort();
+    assert_eq!(rows, expected);
+    let status = env.status().await;
+    assert_eq!(status["audit"]["dropped_sink_error"], 0, "{status}");
+    assert_eq!(status["audit"]["dropped_rejected"], 0, "{status}");
+}
+
+/// One event the database refuses (here a decision id that is not a UUID, which no request can
+/// produce) costs only itself: the rest of its batch is written row by row.
+#[tokio::test]
+async fn a_refused_event_costs_only_itself() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let db = TestDb::create().await;
+    let (auditor, writer) = Auditor::start(Sink::Postgres(db.pool.clone()), 100, 10);
+    for i in 0..30 {
+        let mut e = event(i);
+        if i % 10 == 3 {
+            e.decision_id = "not-a-uuid".into();
+        }
+        auditor.record(e);
+    }
+    let stats = auditor.stats.clone();
+    drop(auditor);
+    writer.await.expect("writer drains and ends");
+    assert_eq!(stats.written.load(Relaxed), 27);
+    assert_eq!(stats.dropped_rejected.load(Relaxed), 3);
+    assert_eq!(stats.dropped_sink_error.load(Relaxed), 0);
+    let in_table: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events")
+        .fetch_one(&db.pool)
+        .await
+        .expect("n");
+    assert_eq!(in_table, 27);
 }

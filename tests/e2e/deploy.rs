@@ -75,6 +75,7 @@ fn k8s_envoy_env(cluster: &str) -> Vec<(&'static str, String)> {
         ("AUTHZ_SOCKET", "/run/mcp-authz/authz.sock".into()),
         ("METADATA_HOST", "127.0.0.1".into()),
         ("METADATA_PORT", "9003".into()),
+        ("PUBLIC_BASE_URL", "https://mcp.example.com".into()),
         ("UPSTREAM_HOST", "mcp-servers".into()),
         ("UPSTREAM_PORT", "80".into()),
     ]

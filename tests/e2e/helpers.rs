@@ -62,6 +62,9 @@ tool_rules:
     effect: deny
 "#;
 
+/// `mcp.public_base_url` of a test config without Envoy (a TestEnv puts Envoy's URL there).
+pub const TEST_PUBLIC_BASE_URL: &str = "https://mcp.example.test";
+
 /// The Graph app of `Options { graph: true, .. }`.
 pub const GRAPH_APP: &str = "mcp-authz-graph";
 
@@ -83,6 +86,100 @@ pub struct Options {
     /// Adds a `graph` section (the stand-in's Graph, app `mcp-authz-graph` registered with
     /// GroupMember.Read.All; fresh for 1 s, stale for an hour).
     pub graph: bool,
+    /// The MCP server behind Envoy.
+    pub upstream: Upstream,
+}
+
+/// An upstream MCP server of one of the three official SDKs (the conformance matrix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Upstream {
+    /// The sample server (rmcp), in-process.
+    #[default]
+    Rmcp,
+    /// `tests/peers/python/server.py`: the Python SDK (PyPI `mcp`) on its own Starlette app.
+    Python,
+    /// `tests/peers/typescript/server.mjs node-http`: the TypeScript SDK's transport on node:http.
+    TypeScriptNodeHttp,
+    /// `tests/peers/typescript/server.mjs express`: the TypeScript SDK's Express helper.
+    TypeScriptExpress,
+}
+
+impl Upstream {
+    pub const ALL: [Upstream; 4] = [
+        Upstream::Rmcp,
+        Upstream::Python,
+        Upstream::TypeScriptNodeHttp,
+        Upstream::TypeScriptExpress,
+    ];
+
+    /// Starts an out-of-process peer; `None` for the in-process rmcp server.
+    async fn spawn(self, dir: &Path) -> Option<(Child, u16)> {
+        let (program, args): (String, Vec<String>) = match self {
+            Upstream::Rmcp => return None,
+            Upstream::Python => (
+                peers_python(),
+                vec![
+                    repo_path("tests/peers/python/server.py")
+                        .display()
+                        .to_string(),
+                ],
+            ),
+            Upstream::TypeScriptNodeHttp | Upstream::TypeScriptExpress => {
+                let script = repo_path("tests/peers/typescript/server.mjs");
+                assert!(
+                    repo_path("tests/peers/typescript/node_modules").is_dir(),
+                    "the TypeScript MCP SDK is not installed: run tests/env/ensure-peers.sh (make test does)"
+                );
+                let mode = if self == Upstream::TypeScriptExpress {
+                    "express"
+                } else {
+                    "node-http"
+                };
+                (
+                    "node".into(),
+                    vec![script.display().to_string(), mode.into()],
+                )
+            }
+        };
+        let log = std::fs::File::create(dir.join(format!("{self:?}.log"))).expect("peer log");
+        let mut child = Command::new(&program)
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {self:?} peer ({program}): {e}"));
+        let stdout = child.stdout.take().expect("peer stdout");
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("{self:?} peer did not start in 30 s; see {self:?}.log"))
+            .expect("read peer stdout")
+            .unwrap_or_else(|| panic!("{self:?} peer exited before listening"));
+        let port = line
+            .strip_prefix("listening ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{self:?} peer said {line:?}, not 'listening <port>'"));
+        Some((child, port))
+    }
+}
+
+/// The venv's Python with the official MCP SDK (tests/env/ensure-peers.sh).
+pub fn peers_python() -> String {
+    let python = std::env::var("MCP_AUTHZ_TEST_PYTHON")
+        .unwrap_or_else(|_| repo_path(".venv/bin/python").display().to_string());
+    assert!(
+        Path::new(&python).exists(),
+        "no Python with the MCP SDK at {python}: run tests/env/ensure-peers.sh (make test does)"
+    );
+    python
+}
+
+/// What reached an upstream, and which of its tools ran (`GET /_log` of every peer).
+#[derive(Debug, serde::Deserialize)]
+pub struct UpstreamLog {
+    pub received: Vec<sample_server::Received>,
+    pub executed: Vec<String>,
 }
 
 impl Default for Options {
@@ -96,6 +193,7 @@ impl Default for Options {
             graph: false,
             database_url: None,
             env: Vec::new(),
+            upstream: Upstream::Rmcp,
         }
     }
 }
@@ -116,7 +214,11 @@ pub struct TestEnv {
     pub authz: BoundAddrs,
     pub envoy_url: String,
     pub policy_path: PathBuf,
+    /// The upstream MCP server's own URL (`/_log` answers what reached it).
+    pub upstream_url: String,
     envoy: Option<Child>,
+    /// The out-of-process upstream, killed when the environment is dropped.
+    _peer: Option<Child>,
     instance: Option<Instance>,
     pub http: reqwest::Client,
     /// The mcp-authz config text, to restart it the same way.
@@ -161,6 +263,7 @@ policy:
   file: {}
   reload_interval_ms: 100
 mcp:
+  public_base_url: {TEST_PUBLIC_BASE_URL}
   advertised_scopes: ["{API_URI}/{SCOPE}"]
 log:
   format: text
@@ -187,20 +290,26 @@ impl TestEnv {
         );
 
         let received = ReceivedLog::default();
-        let up_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
-        let up_port = up_listener.local_addr().expect("addr").port();
-        let up_router = sample_server::router(
-            &[
-                "github".into(),
-                "jira".into(),
-                "legacy".into(),
-                "other".into(),
-            ],
-            received.clone(),
-        );
-        tokio::spawn(async move { axum::serve(up_listener, up_router).await });
+        let (peer, up_port) = match opts.upstream.spawn(dir.path()).await {
+            Some((child, port)) => (Some(child), port),
+            None => {
+                let up_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind upstream");
+                let up_port = up_listener.local_addr().expect("addr").port();
+                let up_router = sample_server::router(
+                    &[
+                        "github".into(),
+                        "jira".into(),
+                        "legacy".into(),
+                        "other".into(),
+                    ],
+                    received.clone(),
+                );
+                tokio::spawn(async move { axum::serve(up_listener, up_router).await });
+                (None, up_port)
+            }
+        };
 
         let policy_path = dir.path().join("policy.yaml");
         std::fs::write(&policy_path, &opts.policy).expect("write policy");
@@ -247,6 +356,11 @@ impl TestEnv {
                 "policy: {{source: postgres, db_poll_interval_ms: 500}}\ndatabase: {{url: \"{url}\", max_connections: 4, acquire_timeout_ms: 1000, statement_timeout_ms: 2000}}\n"
             ));
         }
+        // Envoy's port is chosen up front: it is the public URL, which mcp-authz and Envoy's
+        // own 401 for oversized headers both name.
+        let envoy_port = free_port();
+        let envoy_url = format!("http://127.0.0.1:{envoy_port}");
+        cfg_text = cfg_text.replacen(TEST_PUBLIC_BASE_URL, &envoy_url, 1);
         cfg_text.push_str(&opts.extra_config);
         let instance = Instance::start_with_env(&cfg_text, opts.env.clone(), true).await;
         let authz = instance.addrs.clone();
@@ -257,18 +371,20 @@ impl TestEnv {
             authority,
             received,
             authz,
-            envoy_url: String::new(),
+            envoy_url,
             policy_path,
+            upstream_url: format!("http://127.0.0.1:{up_port}"),
             envoy: None,
+            _peer: peer,
             instance: Some(instance),
             http,
             cfg_text: cfg_text.clone(),
         };
-        env.start_envoy(up_port, opts.unix_socket).await;
+        env.start_envoy(envoy_port, up_port, opts.unix_socket).await;
         env
     }
 
-    async fn start_envoy(&mut self, upstream_port: u16, unix: bool) {
+    async fn start_envoy(&mut self, listen_port: u16, upstream_port: u16, unix: bool) {
         let dir = self.dir.path();
         let rendered = dir.join("envoy.yaml");
         let grpc = self.authz.grpc.map(|a| a.port()).unwrap_or(1);
@@ -281,7 +397,8 @@ impl TestEnv {
         let out = std::process::Command::new(repo_path("envoy/render.sh"))
             .env("ENVOY_ADMIN_PORT", "0")
             .env("ENVOY_LISTEN_ADDRESS", "127.0.0.1")
-            .env("ENVOY_LISTEN_PORT", "0")
+            .env("ENVOY_LISTEN_PORT", listen_port.to_string())
+            .env("PUBLIC_BASE_URL", &self.envoy_url)
             .env(
                 "AUTHZ_CLUSTER",
                 if unix {
@@ -362,7 +479,10 @@ impl TestEnv {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        self.envoy_url = format!("http://127.0.0.1:{port}");
+        assert_eq!(
+            port, listen_port,
+            "Envoy listens on another port than rendered"
+        );
         let ready = format!("http://{admin}/ready");
         wait_until("envoy ready", Duration::from_secs(30), || {
             let http = http.clone();
@@ -375,6 +495,27 @@ impl TestEnv {
             }
         })
         .await;
+    }
+
+    /// mcp-authz's `/status`.
+    pub async fn status(&self) -> Value {
+        self.instance
+            .as_ref()
+            .expect("mcp-authz running")
+            .status()
+            .await
+    }
+
+    /// What reached the upstream and which tools ran, from the upstream itself.
+    pub async fn upstream_log(&self) -> UpstreamLog {
+        self.http
+            .get(format!("{}/_log", self.upstream_url))
+            .send()
+            .await
+            .expect("GET upstream /_log")
+            .json()
+            .await
+            .expect("upstream /_log JSON")
     }
 
     pub fn envoy_log(&self) -> String {
@@ -415,6 +556,24 @@ impl TestEnv {
             req = req.header(*k, *v);
         }
         Reply::from(req.send().await.expect("request through envoy")).await
+    }
+
+    /// An MCP session opened through Envoy (initialize, then notifications/initialized); its
+    /// `Mcp-Session-Id`.
+    pub async fn open_session(&self, path: &str, token: &str) -> String {
+        let r = self.post(path, Some(token), &initialize_body(1), &[]).await;
+        assert_eq!(r.status, 200, "initialize through Envoy: {r:?}");
+        let sid = r
+            .header("mcp-session-id")
+            .unwrap_or_else(|| panic!("no Mcp-Session-Id: {r:?}"))
+            .to_owned();
+        let initialized =
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string();
+        let r = self
+            .post(path, Some(token), &initialized, &[("mcp-session-id", &sid)])
+            .await;
+        assert_eq!(r.status, 202, "notifications/initialized: {r:?}");
+        sid
     }
 
     pub async fn get(&self, path: &str) -> Reply {
@@ -516,6 +675,14 @@ pub async fn scrape_metrics(http: &reqwest::Client, admin: std::net::SocketAddr)
         .text()
         .await
         .expect("metrics text")
+}
+
+/// A free loopback TCP port (bound, then released for a child process to bind).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut f: F)
@@ -669,6 +836,7 @@ entra:
   http_timeout_ms: 2000
 policy: {{source: postgres, db_poll_interval_ms: 500}}
 database: {{url: "{database_url}", max_connections: 4, acquire_timeout_ms: 1000, statement_timeout_ms: 2000}}
+mcp: {{public_base_url: "{TEST_PUBLIC_BASE_URL}"}}
 {audit}
 log: {{format: text}}
 "#

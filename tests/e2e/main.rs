@@ -132,18 +132,8 @@ async fn user_of_another_tenant_gets_403() {
         .await;
     assert_eq!(r.status, 403, "{r:?}");
     assert_eq!(r.reason(), "server_not_granted");
-    let challenge = r.header("www-authenticate").expect("challenge");
-    assert!(
-        challenge.starts_with("Bearer error=\"insufficient_scope\""),
-        "{challenge}"
-    );
-    assert!(
-        challenge.contains(&format!(
-            "resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp/github\"",
-            env.envoy_url
-        )),
-        "{challenge}"
-    );
+    // A policy denial is not a scope problem: no challenge, or MCP clients loop on sign-in.
+    assert_eq!(r.header("www-authenticate"), None, "{r:?}");
     let body = r.json();
     assert_eq!(body["jsonrpc"], "2.0");
     assert_eq!(body["id"], 7);
@@ -515,6 +505,7 @@ fn envoy_template_validates_for_tcp_and_unix() {
             .env("AUTHZ_SOCKET", "/run/mcp-authz/authz.sock")
             .env("METADATA_HOST", "127.0.0.1")
             .env("METADATA_PORT", "9003")
+            .env("PUBLIC_BASE_URL", "https://mcp.example.com")
             .env("UPSTREAM_HOST", "localhost")
             .env("UPSTREAM_PORT", "8081")
             .output()
@@ -545,7 +536,9 @@ mod db;
 mod deploy;
 mod faults;
 mod graph;
+mod matrix;
 mod pg;
+mod proxy;
 mod ratelimit;
 mod redis_server;
 mod traces;

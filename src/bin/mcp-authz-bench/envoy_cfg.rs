@@ -123,7 +123,13 @@ mod tests {
             .iter()
             .map(|k| (k.to_string(), "127.0.0.1".to_string())),
         )
-        .chain([("AUTHZ_SOCKET".to_string(), "/tmp/x.sock".to_string())])
+        .chain([
+            ("AUTHZ_SOCKET".to_string(), "/tmp/x.sock".to_string()),
+            (
+                "PUBLIC_BASE_URL".to_string(),
+                "https://mcp.bench.example".to_string(),
+            ),
+        ])
         .collect()
     }
 

@@ -619,6 +619,7 @@ async fn run_in(args: &RunArgs, dir: &Path) -> anyhow::Result<String> {
 listen: {{grpc: "127.0.0.1:{grpc}", grpc_unix: "{}", admin: "127.0.0.1:{admin}", metadata: "127.0.0.1:{metadata}"}}
 entra: {{authority: "{idp}", allow_insecure_authority: true, tenants: ["{TID}"], audiences: ["{API}"], required_scopes: [mcp.access]}}
 policy: {{file: policy.yaml}}
+mcp: {{public_base_url: "https://mcp.bench.example"}}
 log: {{level: warn}}
 runtime: {{worker_threads: {}}}
 "#,
@@ -654,6 +655,7 @@ runtime: {{worker_threads: {}}}
         ("METADATA_PORT", metadata.to_string()),
         ("UPSTREAM_HOST", "127.0.0.1".into()),
         ("UPSTREAM_PORT", up_port.to_string()),
+        ("PUBLIC_BASE_URL", "https://mcp.bench.example".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

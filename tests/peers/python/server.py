@@ -1,0 +1,98 @@
+"""An upstream MCP server written with the official Python SDK (PyPI `mcp`), for mcp-authz's
+conformance matrix.
+
+Every /mcp/<name> path is one MCP endpoint (Streamable HTTP, with sessions), served by the SDK's
+own Starlette app. Tools: echo, whoami (the x-mcp-* headers the gateway set), delete_repository
+(the tool the test policy denies). GET /_log answers what reached this upstream and which tools
+ran, so a test can prove that a denied tool never executed. Listens on 127.0.0.1, on the port the
+kernel picks, and prints "listening <port>" on stdout once it accepts connections.
+
+    python server.py
+"""
+
+import json
+import re
+import socket
+import sys
+
+import uvicorn
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.responses import JSONResponse
+
+LOG_CAPACITY = 1000
+log = {"received": [], "executed": []}
+MCP_PATH = re.compile(r"^/mcp/[A-Za-z0-9._-]+/?$")
+
+mcp = MCPServer("python-peer")
+
+
+@mcp.tool()
+def echo(text: str) -> str:
+    """Echo the text back."""
+    log["executed"].append("echo")
+    return text
+
+
+@mcp.tool()
+def whoami(ctx: Context) -> str:
+    """The identity headers the gateway set."""
+    log["executed"].append("whoami")
+    request = ctx.request_context.request
+    headers = request.headers if request is not None else {}
+    seen = {k: v for k, v in headers.items() if k.startswith("x-mcp-")}
+    seen["authorization-present"] = str("authorization" in headers).lower()
+    return json.dumps(seen)
+
+
+@mcp.tool()
+def delete_repository(name: str) -> str:
+    """Delete a repository (the test policy denies it)."""
+    log["executed"].append("delete_repository")
+    return f"deleted {name}"
+
+
+# Envoy forwards the upstream's name as Host: the SDK's localhost Host check stays off.
+inner = mcp.streamable_http_app(
+    streamable_http_path="/mcp",
+    transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+)
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "http":
+        if scope["path"] == "/_log":
+            await JSONResponse(log)(scope, receive, send)
+            return
+        headers = {}
+        for k, v in scope["headers"]:
+            headers.setdefault(k.decode("latin-1").lower(), []).append(v.decode("latin-1"))
+        if len(log["received"]) >= LOG_CAPACITY:
+            log["received"].pop(0)
+        log["received"].append({"method": scope["method"], "path": scope["path"], "headers": headers})
+        if MCP_PATH.match(scope["path"]):
+            scope = dict(scope, path="/mcp", raw_path=b"/mcp")
+    await inner(scope, receive, send)
+
+
+def main():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+
+    original_startup = server.startup
+
+    async def startup(sockets=None):
+        await original_startup(sockets=sockets)
+        sys.stdout.write(f"listening {port}\n")
+        sys.stdout.flush()
+
+    server.startup = startup
+    server.run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    main()
