@@ -53,6 +53,10 @@ async fn status(State(o): State<Arc<Observed>>) -> Response {
     let keys = a.validator.keys();
     let snapshot = a.policy.load();
     let (reloads, rejected) = o.policy_source.counters();
+    let failing = o.policy_source.health().failing().map(|r| {
+        json!({"version": r.what, "age_seconds": r.age_seconds(),
+               "problem_count": r.problem_count, "problems": r.problems})
+    });
     let audit = o.audit.as_ref().map(|au| {
         json!({
             "recorded": au.stats.recorded.load(Relaxed),
@@ -69,7 +73,10 @@ async fn status(State(o): State<Arc<Observed>>) -> Response {
                  "refreshes": keys.refreshes.load(Relaxed), "refresh_failures": keys.refresh_failures.load(Relaxed)},
         "policy": {"source": o.policy_source.kind(), "version": snapshot.as_ref().map(|s| s.version.clone()),
                    "age_seconds": snapshot.as_ref().and_then(|s| s.loaded_at.elapsed().ok()).map(|d| d.as_secs_f64()),
-                   "reloads": reloads, "rejected": rejected},
+                   "reloads": reloads, "rejected": rejected,
+                   // The newest version the compiler refused, while no later one compiled:
+                   // until it is fixed, every later change (revocations too) waits.
+                   "failing": failing},
         "token_cache_entries": a.validator.cached_tokens(),
         "audit": audit,
     }))

@@ -333,6 +333,19 @@ impl Collector for StateCollector {
             "Policy versions rejected (last good kept)",
             rejected,
         )?;
+        let failing = self.policy_source.health().failing();
+        gauge(
+            &mut e,
+            "policy_reload_failing",
+            "1 while the newest policy version does not compile (later changes wait behind it)",
+            if failing.is_some() { 1.0 } else { 0.0 },
+        )?;
+        gauge(
+            &mut e,
+            "policy_reload_failing_seconds",
+            "Seconds since the policy first failed to compile, while it still does; 0 otherwise",
+            failing.as_ref().map(|r| r.age_seconds()).unwrap_or(0.0),
+        )?;
         let snapshot = a.policy.load();
         let age = snapshot
             .as_ref()

@@ -868,13 +868,86 @@ impl Source {
             Source::Postgres(_) => "postgres",
         }
     }
+    pub fn health(&self) -> &ReloadHealth {
+        match self {
+            Source::File(f) => &f.health,
+            Source::Postgres(p) => &p.health,
+        }
+    }
+
     /// (snapshots installed, versions rejected)
     pub fn counters(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
-        match self {
-            Source::File(f) => (f.reloads.load(Relaxed), f.rejected.load(Relaxed)),
-            Source::Postgres(p) => (p.reloads.load(Relaxed), p.rejected.load(Relaxed)),
+        let h = self.health();
+        (h.reloads.load(Relaxed), h.rejected.load(Relaxed))
+    }
+}
+
+/// How a policy source's reloads go: counters, and the newest version the compiler refused
+/// while no later one has compiled. While that lasts every later change, revocations
+/// included, waits behind it: `/status` shows it, `mcp_authz_policy_reload_failing` and its
+/// age are exported, and the shipped alert fires on it.
+#[derive(Debug, Default)]
+pub struct ReloadHealth {
+    pub reloads: std::sync::atomic::AtomicU64,
+    pub rejected: std::sync::atomic::AtomicU64,
+    failing: std::sync::Mutex<Option<Rejection>>,
+}
+
+/// A refused policy version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    /// What was refused: `db-42`, or the file's path.
+    pub what: String,
+    /// When the first of the refusals in a row happened (the age counts from it).
+    pub since: std::time::SystemTime,
+    /// The compiler's problems, the first [`Rejection::KEPT_PROBLEMS`] of them.
+    pub problems: Vec<String>,
+    pub problem_count: usize,
+}
+
+impl Rejection {
+    pub const KEPT_PROBLEMS: usize = 10;
+
+    pub fn age_seconds(&self) -> f64 {
+        self.since.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    }
+}
+
+impl ReloadHealth {
+    /// A snapshot was installed: nothing is failing any more.
+    pub fn installed(&self) {
+        self.reloads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut f) = self.failing.lock() {
+            *f = None;
         }
+    }
+
+    /// `what` did not compile; the age of a run of refusals counts from its first.
+    pub fn refused(&self, what: String, problems: &[String]) {
+        self.rejected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut f) = self.failing.lock() {
+            let since = f
+                .as_ref()
+                .map(|r| r.since)
+                .unwrap_or_else(std::time::SystemTime::now);
+            *f = Some(Rejection {
+                what,
+                since,
+                problems: problems
+                    .iter()
+                    .take(Rejection::KEPT_PROBLEMS)
+                    .cloned()
+                    .collect(),
+                problem_count: problems.len(),
+            });
+        }
+    }
+
+    pub fn failing(&self) -> Option<Rejection> {
+        self.failing.lock().ok().and_then(|f| f.clone())
     }
 }
 

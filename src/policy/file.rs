@@ -7,7 +7,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
@@ -28,6 +27,16 @@ pub enum FileError {
         path: PathBuf,
         source: super::CompileError,
     },
+}
+
+impl FileError {
+    /// What is wrong, one line a problem.
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            FileError::Compile { source, .. } => source.0.clone(),
+            other => vec![other.to_string()],
+        }
+    }
 }
 
 pub fn parse_document(text: &str) -> Result<PolicyDocument, String> {
@@ -59,8 +68,7 @@ pub struct FileSource {
     path: PathBuf,
     handle: Arc<PolicyHandle>,
     interval: Duration,
-    pub reloads: AtomicU64,
-    pub rejected: AtomicU64,
+    pub health: super::ReloadHealth,
 }
 
 impl FileSource {
@@ -69,8 +77,7 @@ impl FileSource {
             path,
             handle,
             interval,
-            reloads: AtomicU64::new(0),
-            rejected: AtomicU64::new(0),
+            health: Default::default(),
         }
     }
 
@@ -128,10 +135,11 @@ impl FileSource {
                     "policy loaded"
                 );
                 self.handle.install(snapshot);
-                self.reloads.fetch_add(1, Ordering::Relaxed);
+                self.health.installed();
             }
             Err(e) => {
-                self.rejected.fetch_add(1, Ordering::Relaxed);
+                self.health
+                    .refused(self.path.display().to_string(), &e.problems());
                 tracing::error!(error = %e, kept_version = ?self.handle.load().map(|s| s.version.clone()), "policy file rejected; keeping the current policy");
             }
         }

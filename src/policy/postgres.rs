@@ -37,6 +37,8 @@ pub enum DbError {
         key: String,
         reason: String,
     },
+    #[error("nothing written: the rows would not compile: {0}")]
+    Rejected(#[from] super::CompileError),
 }
 
 /// A column: its name and the SQL type its text form is cast to.
@@ -528,6 +530,8 @@ pub async fn import_document(
     doc: &PolicyDocument,
     dry_run: bool,
 ) -> Result<Vec<Change>, DbError> {
+    // A document the server would refuse is refused here, dry run or not.
+    Snapshot::compile(doc, "postgres")?;
     let wanted = document_to_rows(doc);
     let mut tx = pool.begin().await?;
     // Serialize concurrent imports; readers are not blocked.
@@ -588,6 +592,17 @@ pub async fn import_document(
                 Some(_) => {}
             }
         }
+    }
+    // And what the rows now say must compile, or nothing is committed (a row the document
+    // cannot express would otherwise slip through): the server would refuse it, keep serving
+    // the old policy, and every later change would wait behind it.
+    let mut after = Vec::new();
+    for t in TABLES {
+        after.push(read_table(&mut tx, t).await?);
+    }
+    if let Err(e) = Snapshot::compile(&rows_to_document(&after)?, "postgres") {
+        tx.rollback().await?;
+        return Err(DbError::Rejected(e));
     }
     if dry_run {
         tx.rollback().await?;
@@ -674,8 +689,7 @@ pub struct PostgresSource {
     poll_interval: Duration,
     /// The database version last compiled (good or bad), so a bad version is reported once.
     seen_version: AtomicI64,
-    pub reloads: AtomicU64,
-    pub rejected: AtomicU64,
+    pub health: super::ReloadHealth,
     pub db_errors: AtomicU64,
 }
 
@@ -686,8 +700,7 @@ impl PostgresSource {
             handle,
             poll_interval,
             seen_version: AtomicI64::new(-1),
-            reloads: AtomicU64::new(0),
-            rejected: AtomicU64::new(0),
+            health: Default::default(),
             db_errors: AtomicU64::new(0),
         }
     }
@@ -718,10 +731,10 @@ impl PostgresSource {
                     "policy loaded from PostgreSQL"
                 );
                 self.handle.install(snapshot);
-                self.reloads.fetch_add(1, Ordering::Relaxed);
+                self.health.installed();
             }
             Err(e) => {
-                self.rejected.fetch_add(1, Ordering::Relaxed);
+                self.health.refused(format!("db-{version}"), &e.0);
                 tracing::error!(db_version = version, error = %e, kept_version = ?self.handle.load().map(|s| s.version.clone()), "policy rows rejected; keeping the current policy");
             }
         }

