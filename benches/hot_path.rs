@@ -42,6 +42,7 @@ fn view() -> HttpView<'static> {
         partial_body: false,
         content_type: HeaderField::One("application/json"),
         content_encoding: HeaderField::Absent,
+        session_id: HeaderField::Absent,
         mcp_method_header: None,
         mcp_name_header: None,
         traceparent: None,

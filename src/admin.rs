@@ -78,6 +78,7 @@ async fn status(State(o): State<Arc<Observed>>) -> Response {
                    // until it is fixed, every later change (revocations too) waits.
                    "failing": failing},
         "token_cache_entries": a.validator.cached_tokens(),
+        "sessions_bound_here": a.sessions.as_ref().map(|s| s.local_count()),
         "audit": audit,
     }))
     .into_response()

@@ -279,6 +279,14 @@ pub fn build(
         settings: response.clone(),
         audit,
         limiter: Some(limiter),
+        sessions: if cfg.sessions.enabled {
+            Some(Arc::new(crate::sessions::SessionBinder::new(
+                &cfg.sessions,
+                &cfg.rate_limit,
+            )?))
+        } else {
+            None
+        },
         tracer: cfg
             .traces
             .endpoint

@@ -60,6 +60,9 @@ pub struct Config {
     /// Where rate-limit state lives. The limits themselves are policy (`rate_limits`, tenants).
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
+    /// Sessions bound to users (`Mcp-Session-Id`); shared through `rate_limit.redis_url`.
+    #[serde(default)]
+    pub sessions: SessionsConfig,
     #[serde(default)]
     pub runtime: RuntimeConfig,
     /// OpenTelemetry traces, from the standard `OTEL_*` environment variables (off unless an
@@ -203,6 +206,38 @@ fn default_graph_retries() -> u32 {
 }
 fn default_graph_retry_wait() -> u64 {
     2000
+}
+
+/// Sessions bound to users (`src/sessions.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsConfig {
+    /// Bind sessions to users (on by default).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Bindings kept in process at most (least recently used forgotten first).
+    #[serde(default = "default_session_capacity")]
+    pub capacity: u64,
+    /// How long a binding lasts after it was made.
+    #[serde(default = "default_session_ttl")]
+    pub ttl_seconds: u64,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        SessionsConfig {
+            enabled: true,
+            capacity: default_session_capacity(),
+            ttl_seconds: default_session_ttl(),
+        }
+    }
+}
+
+fn default_session_capacity() -> u64 {
+    200_000
+}
+fn default_session_ttl() -> u64 {
+    86_400
 }
 
 /// A string that never appears in debug output or logs: given inline, or `{file: /path}`.

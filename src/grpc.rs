@@ -157,6 +157,7 @@ pub fn check_input<'a>(req: &'a CheckRequest, headers: &RequestHeaders<'a>) -> C
                 .is_some_and(|v| v.eq_ignore_ascii_case("true")),
             content_type: headers.single("content-type"),
             content_encoding: headers.single("content-encoding"),
+            session_id: headers.single("mcp-session-id"),
             mcp_method_header: headers.get("mcp-method"),
             mcp_name_header: headers.get("mcp-name"),
             traceparent: headers.get("traceparent"),

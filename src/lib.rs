@@ -11,6 +11,7 @@
 //! - [`policy`]: the compiled, immutable policy snapshot, the pure decision function, and the
 //!   file source with hot reload.
 //! - [`response`]: how a decision becomes headers, status codes and bodies (MCP/RFC 6750/9728).
+//! - [`sessions`]: an `Mcp-Session-Id` belongs to the identity that first used it.
 //! - [`audit`]: one event per decision through a bounded queue to PostgreSQL or JSON lines.
 //! - [`metrics`]: Prometheus metrics on the admin listener.
 //! - [`admin`]: HTTP listeners: health/readiness and RFC 9728 protected-resource metadata.
@@ -38,6 +39,7 @@ pub mod ratelimit;
 pub mod report;
 pub mod response;
 pub mod sample_server;
+pub mod sessions;
 pub mod standin;
 pub mod telemetry;
 

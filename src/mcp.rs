@@ -19,6 +19,8 @@
 //!   `params.name`.
 //! - `Mcp-Method` / `Mcp-Name` headers (MCP 2026-07-28), when sent, must equal the body's
 //!   method and name: a mismatch is `header_mismatch` (JSON-RPC -32020).
+//! - `Mcp-Session-Id`, when sent, is sent once, of visible ASCII, at most 256 bytes
+//!   (`bad_session_id`); which identity may use it is the pipeline's (`crate::sessions`).
 //! - GET (SSE stream) and DELETE (end session) carry no body and are authorized on the server
 //!   alone; other HTTP methods are `method_not_allowed`.
 
@@ -41,6 +43,7 @@ pub struct HttpView<'a> {
     pub partial_body: bool,
     pub content_type: HeaderField<'a>,
     pub content_encoding: HeaderField<'a>,
+    pub session_id: HeaderField<'a>,
     pub mcp_method_header: Option<&'a str>,
     pub mcp_name_header: Option<&'a str>,
     /// W3C trace context, for the audit trail.
@@ -143,6 +146,8 @@ pub enum FactsError {
     UnsupportedMediaType,
     #[error("Content-Encoding other than identity")]
     UnsupportedEncoding,
+    #[error("Mcp-Session-Id repeated, too long or not visible ASCII")]
+    BadSessionId,
 }
 
 impl FactsError {
@@ -161,6 +166,7 @@ impl FactsError {
             FactsError::HeaderMismatch => "header_mismatch",
             FactsError::UnsupportedMediaType => "unsupported_media_type",
             FactsError::UnsupportedEncoding => "unsupported_content_encoding",
+            FactsError::BadSessionId => "bad_session_id",
         }
     }
 
@@ -202,6 +208,9 @@ impl Parsed<'_> {
 pub fn parse<'a>(req: &HttpView<'a>, path_prefix: &str) -> Parsed<'a> {
     let mut rpc_id = None;
     let facts = server_of(req, path_prefix).and_then(|server| {
+        if !valid_session_id(req.session_id) {
+            return Err(FactsError::BadSessionId);
+        }
         let call = match req.method {
             "GET" => Call::OpenStream,
             "DELETE" => Call::EndSession,
@@ -366,6 +375,19 @@ fn parse_rpc<'a>(
         return Err(FactsError::HeaderMismatch);
     }
     Ok(facts)
+}
+
+/// Absent, or once with 1 to 256 visible ASCII characters (0x21–0x7E, the MCP spec's set).
+fn valid_session_id(session_id: HeaderField<'_>) -> bool {
+    match session_id {
+        HeaderField::Absent => true,
+        HeaderField::One(v) => {
+            !v.is_empty()
+                && v.len() <= crate::sessions::MAX_SESSION_ID_BYTES
+                && v.bytes().all(|b| (0x21..=0x7e).contains(&b))
+        }
+        HeaderField::Repeated => false,
+    }
 }
 
 /// The JSON-RPC id `null`, borrowed from a static text.

@@ -29,6 +29,8 @@ pub struct Authorizer {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Rate limits; `None` switches them off whatever the policy says.
     pub limiter: Option<Arc<crate::ratelimit::Limiter>>,
+    /// Sessions bound to the identity that first used them; `None` switches that off.
+    pub sessions: Option<Arc<crate::sessions::SessionBinder>>,
     /// Set when traces are exported: every Check gets a span.
     pub tracer: Option<opentelemetry::global::BoxedTracer>,
 }
@@ -372,6 +374,23 @@ impl Authorizer {
                             );
                             return out;
                         }
+                    }
+                }
+                // An allowed request in a session binds it, or is refused when the session is
+                // someone else's.
+                if let (Some(sessions), mcp::HeaderField::One(sid)) =
+                    (&self.sessions, view.session_id)
+                {
+                    let owner = format!("{}/{}", principal.tid, principal.oid);
+                    if Box::pin(sessions.bind(sid, &owner)).await.is_err() {
+                        out.tenant = Some(allow.tenant.to_string());
+                        deny(
+                            &mut out,
+                            Denial::Forbidden {
+                                code: "session_not_owned",
+                            },
+                        );
+                        return out;
                     }
                 }
                 let upstream_auth = match UpstreamAuth::for_forwarding(allow.token_forwarding) {

@@ -20,7 +20,7 @@
 //! replica then enforces the limits on its own), `mcp_authz_ratelimit_redis_fallback` is 1, a
 //! warning is logged, and Redis is tried again after `redis_retry_ms`.
 
-mod redis_store;
+pub mod redis_store;
 #[cfg(test)]
 mod tests;
 

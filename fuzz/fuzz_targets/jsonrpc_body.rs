@@ -18,6 +18,7 @@ fuzz_target!(|data: &[u8]| {
             partial_body: partial,
             content_type: HeaderField::One("application/json"),
             content_encoding: HeaderField::Absent,
+            session_id: HeaderField::Absent,
             mcp_method_header: method_header,
             mcp_name_header: method_header.map(|_| "echo"),
             traceparent: None,

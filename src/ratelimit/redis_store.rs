@@ -19,6 +19,30 @@ pub struct RedisStore {
     prefix: String,
     script: redis::Script,
     timeout: Duration,
+    fallback: Fallback,
+}
+
+/// A lazily connecting Redis connection with `rate_limit`'s timeouts: a Redis that is down at
+/// start means fallback, not a failed start. Shared by the rate limiter and the session binder.
+pub fn connect(
+    url: &str,
+    cfg: &crate::config::RateLimitConfig,
+) -> anyhow::Result<ConnectionManager> {
+    let client = redis::Client::open(url)
+        .map_err(|e| anyhow::anyhow!("rate_limit.redis_url: {}", e.category()))?;
+    let timeout = Duration::from_millis(cfg.redis_timeout_ms);
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(timeout))
+        .set_connection_timeout(Some(timeout.max(Duration::from_millis(500))))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_millis(cfg.redis_retry_ms.max(1)));
+    ConnectionManager::new_lazy_with_config(client, config)
+        .map_err(|e| anyhow::anyhow!("rate_limit.redis_url: {}", e.category()))
+}
+
+/// When Redis is tried: always while it answers; after a failure, by one caller per
+/// `redis_retry_ms` while the others stay in process.
+pub struct Fallback {
     retry: Duration,
     epoch: Instant,
     /// Milliseconds since `epoch` before which Redis is not tried again.
@@ -26,28 +50,68 @@ pub struct RedisStore {
     degraded: AtomicBool,
 }
 
-impl RedisStore {
-    /// Connects lazily: a Redis that is down at start means fallback, not a failed start.
-    pub fn new(url: &str, cfg: &crate::config::RateLimitConfig) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)
-            .map_err(|e| anyhow::anyhow!("rate_limit.redis_url: {}", e.category()))?;
-        let timeout = Duration::from_millis(cfg.redis_timeout_ms);
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(500))))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(cfg.redis_retry_ms.max(1)));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| anyhow::anyhow!("rate_limit.redis_url: {}", e.category()))?;
-        Ok(RedisStore {
-            conn,
-            prefix: cfg.key_prefix.clone(),
-            script: redis::Script::new(SCRIPT),
-            timeout,
-            retry: Duration::from_millis(cfg.redis_retry_ms),
+impl Fallback {
+    pub fn new(retry: Duration) -> Self {
+        Fallback {
+            retry,
             epoch: Instant::now(),
             retry_at_ms: AtomicU64::new(0),
             degraded: AtomicBool::new(false),
+        }
+    }
+
+    pub fn degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Whether this caller may use Redis now.
+    pub fn may_try(&self) -> bool {
+        if !self.degraded() {
+            return true;
+        }
+        let now = self.now_ms();
+        let at = self.retry_at_ms.load(Ordering::Relaxed);
+        // One caller per retry period gets to try Redis.
+        now >= at
+            && self
+                .retry_at_ms
+                .compare_exchange(
+                    at,
+                    now + self.retry.as_millis() as u64,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    /// Marks a failure; true when this starts a fallback period.
+    pub fn fail(&self) -> bool {
+        self.retry_at_ms.store(
+            self.now_ms() + self.retry.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        !self.degraded.swap(true, Ordering::Relaxed)
+    }
+
+    /// Marks a success; true when this ends a fallback period.
+    pub fn recovered(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed) && self.degraded.swap(false, Ordering::Relaxed)
+    }
+}
+
+impl RedisStore {
+    /// Connects lazily: a Redis that is down at start means fallback, not a failed start.
+    pub fn new(url: &str, cfg: &crate::config::RateLimitConfig) -> anyhow::Result<Self> {
+        Ok(RedisStore {
+            conn: connect(url, cfg)?,
+            prefix: cfg.key_prefix.clone(),
+            script: redis::Script::new(SCRIPT),
+            timeout: Duration::from_millis(cfg.redis_timeout_ms),
+            fallback: Fallback::new(Duration::from_millis(cfg.redis_retry_ms)),
         })
     }
 
@@ -68,46 +132,21 @@ impl RedisStore {
     }
 
     pub fn degraded(&self) -> bool {
-        self.degraded.load(Ordering::Relaxed)
+        self.fallback.degraded()
     }
 
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
-    /// Marks a failure; true when this starts a fallback period.
     pub(super) fn fail(&self) -> bool {
-        self.retry_at_ms.store(
-            self.now_ms() + self.retry.as_millis() as u64,
-            Ordering::Relaxed,
-        );
-        !self.degraded.swap(true, Ordering::Relaxed)
+        self.fallback.fail()
     }
 
-    /// Marks a success; true when this ends a fallback period.
     pub(super) fn recovered(&self) -> bool {
-        self.degraded.load(Ordering::Relaxed) && self.degraded.swap(false, Ordering::Relaxed)
+        self.fallback.recovered()
     }
 
     /// The decision from Redis; `None` while in fallback and not this Check's turn to retry.
     pub async fn check(&self, req: &Request) -> Option<Result<Outcome, String>> {
-        if self.degraded() {
-            let now = self.now_ms();
-            let at = self.retry_at_ms.load(Ordering::Relaxed);
-            // One Check per retry period gets to try Redis.
-            if now < at
-                || self
-                    .retry_at_ms
-                    .compare_exchange(
-                        at,
-                        now + self.retry.as_millis() as u64,
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    )
-                    .is_err()
-            {
-                return None;
-            }
+        if !self.fallback.may_try() {
+            return None;
         }
         Some(
             crate::telemetry::in_child(
@@ -159,7 +198,7 @@ impl RedisStore {
 }
 
 /// The error's kind and the server's detail; never the URL (it may carry a password).
-fn describe(e: &redis::RedisError) -> String {
+pub fn describe(e: &redis::RedisError) -> String {
     match e.detail() {
         Some(d) => format!("redis: {}: {d}", e.category()),
         None => format!("redis: {}", e.category()),

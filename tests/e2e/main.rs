@@ -541,6 +541,7 @@ mod pg;
 mod proxy;
 mod ratelimit;
 mod redis_server;
+mod sessions;
 mod traces;
 
 /// Attack: two Authorization headers, hoping Envoy or the upstream uses a different one than
