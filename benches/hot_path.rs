@@ -53,7 +53,7 @@ fn view() -> HttpView<'static> {
 #[divan::bench]
 fn decide_tools_call(b: Bencher) {
     let doc: PolicyDocument = serde_yaml_ng::from_str(POLICY).expect("policy");
-    let snap = Snapshot::compile(&doc, "bench").expect("compiles");
+    let snap = Snapshot::compile(&doc, "bench", &[]).expect("compiles");
     let facts = mcp::parse(&view(), "/mcp/").facts.expect("facts");
     let mut groups: Vec<String> = (0..39)
         .map(|i| format!("00000000-0000-4000-8000-{i:012}"))
@@ -96,6 +96,7 @@ fn token_cache_hit(b: Bencher) {
         allow_app_tokens: false,
         leeway: 30,
         max_token_bytes: 16 * 1024,
+        allowed_client_apps: Vec::new(),
     };
     let validator = Validator::new(rules, Arc::new(KeyStore::fixed(keys)), 1000);
     let req: MintRequest = serde_json::from_value(serde_json::json!({

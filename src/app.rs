@@ -213,12 +213,14 @@ pub fn build(
                 pool.clone(),
                 policy.clone(),
                 Duration::from_millis(cfg.policy.db_poll_interval_ms),
+                cfg.entra.tenants.clone(),
             )))
         }
         (PolicySourceKind::File, _, Some(file)) => Source::File(Arc::new(FileSource::new(
             file.clone(),
             policy.clone(),
             Duration::from_millis(cfg.policy.reload_interval_ms),
+            cfg.entra.tenants.clone(),
         ))),
         _ => anyhow::bail!("policy source and its settings disagree (validated config expected)"),
     };
@@ -356,7 +358,7 @@ pub async fn run(
             parts
                 .authorizer
                 .policy
-                .install(policy::load_file(file).context("load policy")?);
+                .install(policy::load_file(file, &cfg.entra.tenants).context("load policy")?);
         }
         // The database may be down at start: not ready until the source loads a snapshot.
         Source::Postgres(source) => {
@@ -599,12 +601,12 @@ pub async fn check_config(
             policy_source: Source::Postgres(_),
             pool: Some(pool),
             ..
-        }) => crate::policy::postgres::load_snapshot(pool)
+        }) => crate::policy::postgres::load_snapshot(pool, &cfg.entra.tenants)
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string())),
         _ => match &cfg.policy.file {
-            Some(file) => policy::load_file(file).map_err(|e| e.to_string()),
+            Some(file) => policy::load_file(file, &cfg.entra.tenants).map_err(|e| e.to_string()),
             None => Err("no policy source".to_string()),
         },
     };

@@ -60,9 +60,10 @@ pub async fn import(
     let doc: PolicyDocument = serde_yaml_ng::from_str(&text)
         .with_context(|| format!("{} is not a policy document", file.display()))?;
     // Refuse what the server would refuse, before touching the database.
-    Snapshot::compile(&doc, &file.display().to_string())?;
+    Snapshot::compile(&doc, &file.display().to_string(), &cfg.entra.tenants)?;
     let pool = database(cfg)?;
-    let changes = policy::postgres::import_document(&pool, &doc, dry_run).await?;
+    let changes =
+        policy::postgres::import_document(&pool, &doc, dry_run, &cfg.entra.tenants).await?;
     for c in &changes {
         writeln!(out, "{c}")?;
     }
@@ -94,10 +95,13 @@ pub struct ExplainQuery {
 /// `mcp-authz explain`: the decision the server would make, and the rows behind it.
 pub async fn explain(cfg: &Config, q: &ExplainQuery, out: &mut impl Write) -> anyhow::Result<bool> {
     let snapshot = match cfg.policy.source {
-        PolicySourceKind::Postgres => policy::postgres::load_snapshot(&database(cfg)?).await??,
-        PolicySourceKind::File => {
-            policy::load_file(cfg.policy.file.as_deref().context("policy.file")?)?
+        PolicySourceKind::Postgres => {
+            policy::postgres::load_snapshot(&database(cfg)?, &cfg.entra.tenants).await??
         }
+        PolicySourceKind::File => policy::load_file(
+            cfg.policy.file.as_deref().context("policy.file")?,
+            &cfg.entra.tenants,
+        )?,
     };
     let tid = q
         .tid

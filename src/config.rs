@@ -419,6 +419,12 @@ pub struct EntraConfig {
     /// Tokens longer than this are rejected before any decoding.
     #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
+    /// Client apps (application ids, GUIDs) whose tokens are accepted: a token's `azp` (v2) or
+    /// `appid` (v1) must be one of them. Empty: any client app. With several directories an
+    /// App ID URI in `audiences` can be registered in another directory too; this list is what
+    /// keeps its apps' tokens out.
+    #[serde(default)]
+    pub allowed_client_apps: Vec<String>,
     #[serde(default = "default_jwks_refresh")]
     pub jwks_refresh_seconds: u64,
     /// An unknown `kid` refetches the JWKS on the request path at most this often.
@@ -662,6 +668,13 @@ impl Config {
         for t in &e.tenants {
             if !is_guid(t) {
                 return bad(format!("entra.tenants: {t:?} is not a GUID"));
+            }
+        }
+        for a in &e.allowed_client_apps {
+            if !is_guid(a) {
+                return bad(format!(
+                    "entra.allowed_client_apps: {a:?} is not an application (client) id GUID"
+                ));
             }
         }
         if let Some(t) = &e.discovery_tenant

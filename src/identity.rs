@@ -82,6 +82,10 @@ pub enum TokenError {
     MissingScope,
     #[error("token lacks a required app role")]
     MissingRole,
+    #[error("the token's client app (azp/appid) is not on entra.allowed_client_apps")]
+    ClientAppNotAllowed,
+    #[error("the groups claim holds a value that is not a group object id (GUID)")]
+    GroupsNotObjectIds,
 }
 
 impl TokenError {
@@ -117,6 +121,8 @@ impl TokenError {
             MissingObjectId => "token_oid",
             MissingScope => "token_scope_missing",
             MissingRole => "token_role_missing",
+            ClientAppNotAllowed => "token_client_app_not_allowed",
+            GroupsNotObjectIds => "token_groups_not_object_ids",
         }
     }
 
@@ -124,6 +130,15 @@ impl TokenError {
     /// 401 (`invalid_token`, or no error attribute when no token was sent).
     pub fn is_insufficient_scope(&self) -> bool {
         matches!(self, TokenError::MissingScope | TokenError::MissingRole)
+    }
+
+    /// A valid token that no sign-in would change (its client app, its groups' form): a plain
+    /// 403, since a 401 or a scope challenge would send the client to sign in again in a loop.
+    pub fn is_forbidden(&self) -> bool {
+        matches!(
+            self,
+            TokenError::ClientAppNotAllowed | TokenError::GroupsNotObjectIds
+        )
     }
 }
 
@@ -227,6 +242,8 @@ pub struct ValidationRules {
     pub allow_app_tokens: bool,
     pub leeway: u64,
     pub max_token_bytes: usize,
+    /// When not empty, only tokens whose `azp` (v2) or `appid` (v1) is one of these client ids.
+    pub allowed_client_apps: Vec<String>,
 }
 
 impl ValidationRules {
@@ -243,6 +260,11 @@ impl ValidationRules {
             allow_app_tokens: c.allow_app_tokens,
             leeway: c.leeway_seconds,
             max_token_bytes: c.max_token_bytes,
+            allowed_client_apps: c
+                .allowed_client_apps
+                .iter()
+                .map(|a| a.to_ascii_lowercase())
+                .collect(),
         }
     }
 
@@ -437,6 +459,20 @@ impl Validator {
                 }
             }
         }
+        let client_id = c.azp.clone().or_else(|| c.appid.clone());
+        if !r.allowed_client_apps.is_empty()
+            && !client_id
+                .as_deref()
+                .is_some_and(|id| r.allowed_client_apps.contains(&id.to_ascii_lowercase()))
+        {
+            return Err(TokenError::ClientAppNotAllowed);
+        }
+        let groups = c.groups_claim();
+        if let GroupsClaim::Listed(g) = &groups
+            && !g.iter().all(|g| is_guid(g))
+        {
+            return Err(TokenError::GroupsNotObjectIds);
+        }
         let label = c
             .upn
             .clone()
@@ -447,10 +483,10 @@ impl Validator {
             oid: oid.to_ascii_lowercase(),
             kind,
             label,
-            groups: c.groups_claim(),
+            groups,
             roles,
             scopes,
-            client_id: c.azp.clone().or_else(|| c.appid.clone()),
+            client_id,
             version,
             expires_at: exp,
         })

@@ -302,6 +302,8 @@ impl Authorizer {
             Err(e) => {
                 let denial = if e.is_insufficient_scope() {
                     Denial::InsufficientScope { code: e.code() }
+                } else if e.is_forbidden() {
+                    Denial::Forbidden { code: e.code() }
                 } else if e == TokenError::KeysUnavailable {
                     Denial::Unavailable { code: e.code() }
                 } else {

@@ -172,11 +172,48 @@ fn valid_burst(f: f64) -> bool {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminsDoc {
-    /// Entra group object ids whose members may use every enabled server.
+    /// Entra groups whose members may use every enabled server.
     #[serde(default)]
-    pub groups: Vec<String>,
+    pub groups: Vec<GroupRef>,
     #[serde(default)]
     pub users: Vec<UserRef>,
+}
+
+/// An Entra group: its object id, alone (`"e000…"`: the one allowed directory's) or with the
+/// directory it belongs to (`{group: "e000…", tid: "3f8a…"}`), which several allowed
+/// directories require.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum GroupRef {
+    Id(String),
+    InDirectory(GroupInDirectory),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupInDirectory {
+    pub group: String,
+    pub tid: String,
+}
+
+impl GroupRef {
+    pub fn new(group: String, tid: Option<String>) -> Self {
+        match tid {
+            Some(tid) => GroupRef::InDirectory(GroupInDirectory { group, tid }),
+            None => GroupRef::Id(group),
+        }
+    }
+    pub fn group(&self) -> &str {
+        match self {
+            GroupRef::Id(g) | GroupRef::InDirectory(GroupInDirectory { group: g, .. }) => g,
+        }
+    }
+    pub fn tid(&self) -> Option<&str> {
+        match self {
+            GroupRef::Id(_) => None,
+            GroupRef::InDirectory(g) => Some(&g.tid),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -235,6 +272,9 @@ pub struct GroupGrantDoc {
     #[serde(skip)]
     pub id: Option<i64>,
     pub group: String,
+    /// The directory the group belongs to; required with several allowed directories.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tid: Option<String>,
     pub tenant: String,
     pub access_level: AccessLevel,
 }
@@ -333,7 +373,7 @@ pub struct Snapshot {
     group_grants: HashMap<String, Vec<Grant>>,
     user_grants: HashMap<String, Vec<Grant>>,
     upn_grants: HashMap<String, Vec<Grant>>,
-    admin_groups: HashMap<String, Origin>,
+    admin_groups: HashMap<String, (Option<String>, Origin)>,
     admin_users: HashMap<String, (Option<String>, Origin)>,
     tool_rules: Vec<Vec<ToolRule>>,
     limits: Limits,
@@ -378,9 +418,49 @@ fn valid_tool_pattern(s: &str) -> bool {
 }
 
 impl Snapshot {
-    /// Compiles a document; `source` names where it came from (a path, "postgres").
-    pub fn compile(doc: &PolicyDocument, source: &str) -> Result<Self, CompileError> {
+    /// Compiles a document; `source` names where it came from (a path, "postgres"), and
+    /// `directories` are the allowed Entra directories (`entra.tenants`).
+    ///
+    /// Directories are not interchangeable: a group grant or admin that names its directory
+    /// (`tid`) matches only tokens of that directory, which must be an allowed one. Without a
+    /// `tid` it belongs to the one allowed directory; with several, a group grant or admin
+    /// without one is refused, since a group of one directory could carry the object id (or,
+    /// where Entra emits names, the name) of another directory's group. An empty `directories`
+    /// (tools without a configuration) leaves grants without `tid` unscoped.
+    pub fn compile(
+        doc: &PolicyDocument,
+        source: &str,
+        directories: &[String],
+    ) -> Result<Self, CompileError> {
         let mut problems = Vec::new();
+        // The directory a grant belongs to, or the problem with it.
+        let directory_of = |at: &str, tid: Option<&str>, problems: &mut Vec<String>| match (
+            tid,
+            directories,
+        ) {
+            (Some(t), _) if !is_guid(t) => {
+                problems.push(format!("{at}: tid {t:?} is not a GUID"));
+                None
+            }
+            (Some(t), []) => Some(t.to_ascii_lowercase()),
+            (Some(t), dirs) => {
+                let t = t.to_ascii_lowercase();
+                if !dirs.iter().any(|d| d.eq_ignore_ascii_case(&t)) {
+                    problems.push(format!(
+                        "{at}: tid {t} is not an allowed directory (entra.tenants)"
+                    ));
+                }
+                Some(t)
+            }
+            (None, []) => None,
+            (None, [only]) => Some(only.to_ascii_lowercase()),
+            (None, _) => {
+                problems.push(format!(
+                        "{at}: with several allowed directories (entra.tenants) it must name its directory (tid)"
+                    ));
+                None
+            }
+        };
         let mut servers = Vec::new();
         let mut server_by_name: HashMap<&str, usize> = HashMap::new();
         let mut server_by_route = HashMap::new();
@@ -505,7 +585,8 @@ impl Snapshot {
                 ));
             }
             let group = g.group.to_ascii_lowercase();
-            if !seen_group_pairs.insert((group.clone(), g.tenant.clone())) {
+            let tid = directory_of(&at, g.tid.as_deref(), &mut problems);
+            if !seen_group_pairs.insert((group.clone(), tid.clone(), g.tenant.clone())) {
                 problems.push(format!(
                     "{at}: group {group} is granted tenant {:?} twice",
                     g.tenant
@@ -515,12 +596,16 @@ impl Snapshot {
                 group_grants.entry(group.clone()).or_default().push(Grant {
                     tenant: t,
                     level: g.access_level,
-                    tid: None,
                     origin: format!(
-                        "{at} group={group} tenant={} level={}",
-                        g.tenant, g.access_level
+                        "{at} group={group}{} tenant={} level={}",
+                        tid.as_deref()
+                            .map(|t| format!(" tid={t}"))
+                            .unwrap_or_default(),
+                        g.tenant,
+                        g.access_level
                     )
                     .into(),
+                    tid,
                 });
             }
         }
@@ -583,25 +668,27 @@ impl Snapshot {
 
         let mut admin_groups = HashMap::new();
         for (i, g) in doc.admins.groups.iter().enumerate() {
-            if !is_guid(g) {
-                problems.push(format!("admins.groups[{i}]: {g:?} is not a GUID"));
+            let at = format!("admins.groups[{i}]");
+            let group = g.group();
+            if !is_guid(group) {
+                problems.push(format!("{at}: {group:?} is not a GUID"));
             }
+            let tid = directory_of(&at, g.tid(), &mut problems);
             admin_groups.insert(
-                g.to_ascii_lowercase(),
-                format!("admins.groups[{i}] {g}").into(),
+                group.to_ascii_lowercase(),
+                (tid, format!("{at} {group}").into()),
             );
         }
         let mut admin_users = HashMap::new();
         for (i, u) in doc.admins.users.iter().enumerate() {
-            if !is_guid(&u.oid) || u.tid.as_deref().is_some_and(|t| !is_guid(t)) {
-                problems.push(format!("admins.users[{i}]: oid and tid must be GUIDs"));
+            let at = format!("admins.users[{i}]");
+            if !is_guid(&u.oid) {
+                problems.push(format!("{at}: oid {:?} is not a GUID", u.oid));
             }
+            let tid = directory_of(&at, u.tid.as_deref(), &mut problems);
             admin_users.insert(
                 u.oid.to_ascii_lowercase(),
-                (
-                    u.tid.as_ref().map(|t| t.to_ascii_lowercase()),
-                    format!("admins.users[{i}] {}", u.oid).into(),
-                ),
+                (tid, format!("{at} {}", u.oid).into()),
             );
         }
 

@@ -237,7 +237,7 @@ fn shipped_examples_are_valid() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples");
     let cfg = Config::load_with_env(&dir.join("config.yaml"), Vec::new()).expect("config.yaml");
     assert_eq!(cfg.rate_limit.redis_timeout_ms, 50);
-    crate::policy::load_file(&dir.join("policy.yaml")).expect("policy.yaml");
+    crate::policy::load_file(&dir.join("policy.yaml"), &cfg.entra.tenants).expect("policy.yaml");
 }
 
 #[test]

@@ -27,6 +27,7 @@ fn rules() -> ValidationRules {
         allow_app_tokens: false,
         leeway: 30,
         max_token_bytes: 16 * 1024,
+        allowed_client_apps: Vec::new(),
     }
 }
 

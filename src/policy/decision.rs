@@ -113,7 +113,12 @@ pub fn decide(snap: &Snapshot, who: &Subject<'_>, facts: &RequestFacts) -> Decis
     let admin_origin = who
         .groups
         .iter()
-        .find_map(|g| snap.admin_groups.get(g))
+        .find_map(|g| {
+            snap.admin_groups
+                .get(g)
+                .filter(|(tid, _)| tid.as_deref().is_none_or(|t| t == who.tid))
+                .map(|(_, o)| o)
+        })
         .or_else(|| {
             snap.admin_users
                 .get(who.oid)

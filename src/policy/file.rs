@@ -44,22 +44,25 @@ pub fn parse_document(text: &str) -> Result<PolicyDocument, String> {
 }
 
 /// Reads, parses and compiles a policy file.
-pub fn load_file(path: &Path) -> Result<Snapshot, FileError> {
+/// `directories` are the allowed Entra directories ([`Snapshot::compile`]).
+pub fn load_file(path: &Path, directories: &[String]) -> Result<Snapshot, FileError> {
     let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
         path: path.to_owned(),
         source,
     })?;
-    compile_text(path, &text)
+    compile_text(path, &text, directories)
 }
 
-fn compile_text(path: &Path, text: &str) -> Result<Snapshot, FileError> {
+fn compile_text(path: &Path, text: &str, directories: &[String]) -> Result<Snapshot, FileError> {
     let doc = parse_document(text).map_err(|reason| FileError::Parse {
         path: path.to_owned(),
         reason,
     })?;
-    Snapshot::compile(&doc, &path.display().to_string()).map_err(|source| FileError::Compile {
-        path: path.to_owned(),
-        source,
+    Snapshot::compile(&doc, &path.display().to_string(), directories).map_err(|source| {
+        FileError::Compile {
+            path: path.to_owned(),
+            source,
+        }
     })
 }
 
@@ -68,15 +71,22 @@ pub struct FileSource {
     path: PathBuf,
     handle: Arc<PolicyHandle>,
     interval: Duration,
+    directories: Vec<String>,
     pub health: super::ReloadHealth,
 }
 
 impl FileSource {
-    pub fn new(path: PathBuf, handle: Arc<PolicyHandle>, interval: Duration) -> Self {
+    pub fn new(
+        path: PathBuf,
+        handle: Arc<PolicyHandle>,
+        interval: Duration,
+        directories: Vec<String>,
+    ) -> Self {
         Self {
             path,
             handle,
             interval,
+            directories,
             health: Default::default(),
         }
     }
@@ -124,7 +134,7 @@ impl FileSource {
             return;
         }
         *seen = Some((stamp.0, stamp.1, hash));
-        match compile_text(&self.path, &text) {
+        match compile_text(&self.path, &text, &self.directories) {
             Ok(snapshot) => {
                 tracing::info!(
                     path = %self.path.display(),

@@ -21,8 +21,9 @@ use sqlx::postgres::{PgListener, PgPool};
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 
 use super::{
-    AccessLevel, AdminsDoc, Effect, GroupGrantDoc, PolicyDocument, PolicyHandle, ServerDoc,
-    Snapshot, TenantDoc, TokenForwarding, ToolLimitDoc, ToolRuleDoc, UserGrantDoc, UserRef,
+    AccessLevel, AdminsDoc, Effect, GroupGrantDoc, GroupRef, PolicyDocument, PolicyHandle,
+    ServerDoc, Snapshot, TenantDoc, TokenForwarding, ToolLimitDoc, ToolRuleDoc, UserGrantDoc,
+    UserRef,
 };
 
 pub const CHANNEL: &str = "mcp_authz_policy";
@@ -83,7 +84,11 @@ const TENANT_SERVERS: Table = Table {
 };
 const GROUP_TENANTS: Table = Table {
     name: "group_tenants",
-    key: &[Col("entra_group_id", "uuid"), Col("tenant", "text")],
+    key: &[
+        Col("entra_group_id", "uuid"),
+        Col("directory_tid", "uuid"),
+        Col("tenant", "text"),
+    ],
     value: &[Col("access_level", "text")],
     has_id: true,
 };
@@ -325,7 +330,8 @@ fn rows_to_document(tables: &[Rows]) -> Result<PolicyDocument, DbError> {
         doc.group_grants.push(GroupGrantDoc {
             id: *id,
             group: cell(key, 0).unwrap_or_default(),
-            tenant: cell(key, 1).unwrap_or_default(),
+            tid: cell(key, 1),
+            tenant: cell(key, 2).unwrap_or_default(),
             access_level: parse_enum::<AccessLevel>("group_tenants", key, cell(v, 0))?,
         });
     }
@@ -352,7 +358,10 @@ fn rows_to_document(tables: &[Rows]) -> Result<PolicyDocument, DbError> {
     let mut admin_docs = AdminsDoc::default();
     for (key, (v, _)) in &admins.rows {
         match cell(key, 0).as_deref() {
-            Some("group") => admin_docs.groups.push(cell(key, 1).unwrap_or_default()),
+            Some("group") => admin_docs.groups.push(GroupRef::new(
+                cell(key, 1).unwrap_or_default(),
+                cell(key, 2),
+            )),
             _ => admin_docs.users.push(UserRef {
                 oid: cell(key, 1).unwrap_or_default(),
                 tid: cell(key, 2),
@@ -432,7 +441,11 @@ fn document_to_rows(doc: &PolicyDocument) -> Vec<Rows> {
     let mut groups = Rows::default();
     for g in &doc.group_grants {
         groups.put(
-            vec![some(&g.group.to_ascii_lowercase()), some(&g.tenant)],
+            vec![
+                some(&g.group.to_ascii_lowercase()),
+                lower(&g.tid),
+                some(&g.tenant),
+            ],
             vec![enum_text(&g.access_level)],
         );
     }
@@ -458,7 +471,11 @@ fn document_to_rows(doc: &PolicyDocument) -> Vec<Rows> {
     let mut admins = Rows::default();
     for g in &doc.admins.groups {
         admins.put(
-            vec![some("group"), some(&g.to_ascii_lowercase()), None],
+            vec![
+                some("group"),
+                some(&g.group().to_ascii_lowercase()),
+                g.tid().map(str::to_ascii_lowercase),
+            ],
             vec![None],
         );
     }
@@ -529,9 +546,10 @@ pub async fn import_document(
     pool: &PgPool,
     doc: &PolicyDocument,
     dry_run: bool,
+    directories: &[String],
 ) -> Result<Vec<Change>, DbError> {
     // A document the server would refuse is refused here, dry run or not.
-    Snapshot::compile(doc, "postgres")?;
+    Snapshot::compile(doc, "postgres", directories)?;
     let wanted = document_to_rows(doc);
     let mut tx = pool.begin().await?;
     // Serialize concurrent imports; readers are not blocked.
@@ -600,7 +618,7 @@ pub async fn import_document(
     for t in TABLES {
         after.push(read_table(&mut tx, t).await?);
     }
-    if let Err(e) = Snapshot::compile(&rows_to_document(&after)?, "postgres") {
+    if let Err(e) = Snapshot::compile(&rows_to_document(&after)?, "postgres", directories) {
         tx.rollback().await?;
         return Err(DbError::Rejected(e));
     }
@@ -674,12 +692,15 @@ fn bind_all<'q>(
 /// Reads and compiles the current policy.
 pub async fn load_snapshot(
     pool: &PgPool,
+    directories: &[String],
 ) -> Result<Result<Snapshot, super::CompileError>, DbError> {
     let (version, doc) = read_document(pool).await?;
-    Ok(Snapshot::compile(&doc, "postgres").map(|mut s| {
-        s.version = format!("db-{version}");
-        s
-    }))
+    Ok(
+        Snapshot::compile(&doc, "postgres", directories).map(|mut s| {
+            s.version = format!("db-{version}");
+            s
+        }),
+    )
 }
 
 /// Keeps a [`PolicyHandle`] in step with the database.
@@ -687,6 +708,7 @@ pub struct PostgresSource {
     pool: PgPool,
     handle: Arc<PolicyHandle>,
     poll_interval: Duration,
+    directories: Vec<String>,
     /// The database version last compiled (good or bad), so a bad version is reported once.
     seen_version: AtomicI64,
     pub health: super::ReloadHealth,
@@ -694,11 +716,17 @@ pub struct PostgresSource {
 }
 
 impl PostgresSource {
-    pub fn new(pool: PgPool, handle: Arc<PolicyHandle>, poll_interval: Duration) -> Self {
+    pub fn new(
+        pool: PgPool,
+        handle: Arc<PolicyHandle>,
+        poll_interval: Duration,
+        directories: Vec<String>,
+    ) -> Self {
         Self {
             pool,
             handle,
             poll_interval,
+            directories,
             seen_version: AtomicI64::new(-1),
             health: Default::default(),
             db_errors: AtomicU64::new(0),
@@ -720,7 +748,7 @@ impl PostgresSource {
         )
         .await?;
         self.seen_version.store(version, Ordering::Release);
-        match Snapshot::compile(&doc, "postgres") {
+        match Snapshot::compile(&doc, "postgres", &self.directories) {
             Ok(mut snapshot) => {
                 snapshot.version = format!("db-{version}");
                 tracing::info!(

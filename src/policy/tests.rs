@@ -44,7 +44,7 @@ tool_rules:
 
 fn snapshot_of(doc: &str) -> Snapshot {
     let doc: PolicyDocument = serde_yaml_ng::from_str(doc).expect("yaml");
-    Snapshot::compile(&doc, "test").expect("compiles")
+    Snapshot::compile(&doc, "test", &[]).expect("compiles")
 }
 
 fn snap() -> Snapshot {
@@ -320,7 +320,7 @@ fn user_grant_is_matched_on_tid_and_oid_not_on_labels() {
 fn upn_grants_need_the_explicit_setting() {
     let doc = "tenants: [{name: t, servers: [s]}]\nservers: [{name: s}]\nuser_grants: [{upn: Carol@Contoso.example, tenant: t, access_level: read}]\n";
     let parsed: PolicyDocument = serde_yaml_ng::from_str(doc).expect("yaml");
-    let err = Snapshot::compile(&parsed, "t").unwrap_err();
+    let err = Snapshot::compile(&parsed, "t", &[]).unwrap_err();
     assert!(err.to_string().contains("allow_upn_grants"), "{err}");
     let s = snapshot_of(&format!("allow_upn_grants: true\n{doc}"));
     let carol = Subject {
@@ -373,7 +373,7 @@ tool_rules:
   - {server: s, tool: "has space", effect: deny}
 "#;
     let parsed: PolicyDocument = serde_yaml_ng::from_str(doc).expect("yaml");
-    let err = Snapshot::compile(&parsed, "t").unwrap_err();
+    let err = Snapshot::compile(&parsed, "t", &[]).unwrap_err();
     let text = err.to_string();
     for needle in [
         "unknown server \"missing\"",
@@ -453,7 +453,7 @@ fn obo_needs_exactly_one_scope_and_only_with_obo() {
     let compile = |servers: &str| {
         let doc: PolicyDocument =
             serde_yaml_ng::from_str(&format!("servers: [{servers}]")).expect("yaml");
-        Snapshot::compile(&doc, "t")
+        Snapshot::compile(&doc, "t", &[])
             .map(|_| ())
             .map_err(|e| e.to_string())
     };
@@ -561,7 +561,7 @@ fn bad_rate_limits_are_refused_with_every_problem() {
     )
     .replace("{name: sales, servers: [jira]}", "{name: sales, servers: [jira], fairness_weight: 0, burst_factor: -1}");
     let doc: PolicyDocument = serde_yaml_ng::from_str(&doc).expect("yaml");
-    let err = Snapshot::compile(&doc, "test").expect_err("refused");
+    let err = Snapshot::compile(&doc, "test", &[]).expect_err("refused");
     let text = err.to_string();
     for want in [
         "global_per_minute must be positive",
@@ -573,4 +573,72 @@ fn bad_rate_limits_are_refused_with_every_problem() {
     ] {
         assert!(text.contains(want), "missing {want:?} in {text}");
     }
+}
+
+fn compile_for(doc: &str, directories: &[&str]) -> Result<Snapshot, CompileError> {
+    let doc: PolicyDocument = serde_yaml_ng::from_str(doc).expect("yaml");
+    let dirs: Vec<String> = directories.iter().map(|s| s.to_string()).collect();
+    Snapshot::compile(&doc, "test", &dirs)
+}
+
+/// Attack: with several allowed directories, a group of directory B carrying the object id of
+/// directory A's admin group (or named so, where Entra emits names) made its members admins of
+/// A. With one directory, unscoped grants are that directory's; with several, a group grant or
+/// an admin must name its directory, and matches only that directory's tokens.
+#[test]
+fn directories_are_not_interchangeable() {
+    // One directory: the grants are its own; a token of another directory matches none.
+    let s = compile_for(DOC, &[TID]).expect("one directory");
+    let from_b = |groups: &'static [String]| Subject {
+        tid: OTHER_TID,
+        oid: BOB,
+        upn: None,
+        groups,
+    };
+    let admins = Box::leak(Box::new(groups(&[ADMINS])));
+    let eng = Box::leak(Box::new(groups(&[ENG])));
+    for g in [&*admins, &*eng] {
+        assert_eq!(
+            result(&s, &from_b(g), &facts("github", "initialize", None)),
+            Err(DenyReason::NoGrant),
+            "{g:?}"
+        );
+    }
+    assert!(result(&s, &who(BOB, eng), &facts("github", "initialize", None)).is_ok());
+    assert!(result(&s, &who(BOB, admins), &facts("github", "initialize", None)).is_ok());
+
+    // Several directories: every unscoped group grant and admin is refused, named.
+    let err = compile_for(DOC, &[TID, OTHER_TID]).expect_err("unscoped grants");
+    let unscoped: Vec<_> = err
+        .0
+        .iter()
+        .filter(|p| p.contains("must name its directory (tid)"))
+        .collect();
+    assert_eq!(unscoped.len(), 4, "{err}");
+    // Scoped, each matches its own directory only; a tid that is not allowed is refused.
+    let scoped = DOC
+        .replace(
+            &format!("groups: [\"{ADMINS}\"]"),
+            &format!("groups: [{{group: \"{ADMINS}\", tid: \"{TID}\"}}]"),
+        )
+        .replace("  - {group: ", &format!("  - {{tid: \"{TID}\", group: "));
+    let s = compile_for(&scoped, &[TID, OTHER_TID]).expect("scoped");
+    for g in [&*admins, &*eng] {
+        assert_eq!(
+            result(&s, &from_b(g), &facts("github", "initialize", None)),
+            Err(DenyReason::NoGrant)
+        );
+    }
+    assert!(result(&s, &who(BOB, admins), &facts("github", "initialize", None)).is_ok());
+    let err = compile_for(
+        &scoped,
+        &[OTHER_TID, "c0000000-0000-4000-8000-00000000000c"],
+    )
+    .expect_err("tid of a directory not allowed");
+    assert!(
+        err.0
+            .iter()
+            .any(|p| p.contains("is not an allowed directory")),
+        "{err}"
+    );
 }

@@ -324,6 +324,8 @@ async fn wrong_kinds_of_valid_tokens_are_refused_through_envoy() {
 #[tokio::test]
 async fn a_key_of_one_directory_never_verifies_another_directorys_token_through_envoy() {
     let env = TestEnv::start(Options {
+        // Two directories: the grants name the one they belong to.
+        policy: policy_of_directory(TID),
         env: vec![(
             "MCP_AUTHZ__ENTRA__TENANTS".into(),
             format!("[\"{TID}\", \"{FOREIGN_TID}\"]"),
@@ -440,4 +442,131 @@ async fn challenges_and_metadata_never_follow_a_client_chosen_host() {
     assert_eq!(meta.status, 200, "{meta:?}");
     assert_eq!(meta.header("cache-control"), Some("no-store"));
     assert_eq!(meta.header("vary"), Some("host, x-forwarded-proto"));
+}
+
+/// POLICY with every group grant and admin group scoped to `tid`.
+fn policy_of_directory(tid: &str) -> String {
+    POLICY
+        .replace(
+            &format!("groups: [\"{ADMIN_GROUP}\"]"),
+            &format!("groups: [{{group: \"{ADMIN_GROUP}\", tid: \"{tid}\"}}]"),
+        )
+        .replace("  - group: \"", "  - tid: \"TID\"\n    group: \"")
+        .replace("TID\"\n", &format!("{tid}\"\n"))
+}
+
+/// Attack (outside review): with two allowed directories, group and admin grants matched the
+/// tokens of either, so a user of directory B in a group carrying directory A's admin group id
+/// (B's admin creates it; where Entra emits group names, naming it so is enough) was an admin of
+/// A. Grants now name their directory and match only its tokens; a `groups` value that is not
+/// an object id refuses the token; a client-app allow-list keeps out apps of other directories.
+#[tokio::test]
+async fn directories_are_not_interchangeable() {
+    let policy = policy_of_directory(TID).replace(
+        "user_grants:",
+        &format!(
+            "  - {{group: \"{ENG_GROUP}\", tid: \"{FOREIGN_TID}\", tenant: sales, access_level: read}}\nuser_grants:"
+        ),
+    );
+    let env = TestEnv::start(Options {
+        policy,
+        env: vec![
+            (
+                "MCP_AUTHZ__ENTRA__TENANTS".into(),
+                format!("[\"{TID}\", \"{FOREIGN_TID}\"]"),
+            ),
+            // Keys whose issuer is the {tenantid} template, as a multi-directory app uses.
+            (
+                "MCP_AUTHZ__ENTRA__DISCOVERY_TENANT".into(),
+                "organizations".into(),
+            ),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let foreign = |groups: &[&str]| {
+        env.mint(json!({"tid": FOREIGN_TID, "oid": CAROL, "aud": API_CLIENT_ID, "scp": SCOPE, "groups": groups}))
+    };
+    for (token, path, want) in [
+        // Directory B's group named after directory A's admin group: not an admin of A.
+        (
+            foreign(&[ADMIN_GROUP]),
+            "/mcp/github",
+            (403, "no_grant"),
+        ),
+        // Directory A's engineering grant does not apply to B's group of that id ...
+        (
+            foreign(&[ENG_GROUP]),
+            "/mcp/github",
+            (403, "server_not_granted"),
+        ),
+        // ... only B's own grant does.
+        (foreign(&[ENG_GROUP]), "/mcp/jira", (200, "")),
+        (env.user_token(BOB, &[ENG_GROUP]), "/mcp/github", (200, "")),
+        (
+            env.user_token(ALICE, &[ADMIN_GROUP]),
+            "/mcp/github",
+            (200, ""),
+        ),
+        // Display names where object ids belong refuse the token.
+        (
+            env.user_token(BOB, &["Engineering"]),
+            "/mcp/github",
+            (403, "token_groups_not_object_ids"),
+        ),
+    ] {
+        let r = env.post(path, Some(&token), &initialize_body(1), &[]).await;
+        assert_eq!((r.status, r.reason()), want, "{path}: {r:?}");
+    }
+
+    // A grant without its directory cannot be written with two directories.
+    env.write_policy(POLICY);
+    let mut out = Vec::new();
+    let cfg = mcp_authz::config::Config::parse(
+        &config_yaml("http://127.0.0.1:9", &env.policy_path, None, 300),
+        vec![(
+            "MCP_AUTHZ__ENTRA__TENANTS".into(),
+            format!("[\"{TID}\", \"{FOREIGN_TID}\"]"),
+        )],
+    )
+    .expect("config");
+    assert!(!mcp_authz::app::check_config(&cfg, &env.policy_path, &mut out).await);
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains("must name its directory (tid)"), "{out}");
+}
+
+/// With `entra.allowed_client_apps`, a token minted for another client app (say one
+/// registered in another directory under the same App ID URI) is refused.
+#[tokio::test]
+async fn only_allowed_client_apps_are_accepted() {
+    const CLIENT: &str = "11111111-2222-4333-8444-555555555555";
+    let env = TestEnv::start(Options {
+        env: vec![(
+            "MCP_AUTHZ__ENTRA__ALLOWED_CLIENT_APPS".into(),
+            format!("[\"{CLIENT}\"]"),
+        )],
+        ..Default::default()
+    })
+    .await;
+    let with_azp = |azp: Option<&str>| {
+        let mut req = json!({"tid": TID, "oid": BOB, "aud": API_CLIENT_ID, "scp": SCOPE, "groups": [ENG_GROUP]});
+        if let Some(a) = azp {
+            req["azp"] = json!(a);
+        }
+        env.mint(req)
+    };
+    for (token, want) in [
+        (with_azp(Some(CLIENT)), (200, "")),
+        (
+            with_azp(Some("99999999-2222-4333-8444-555555555555")),
+            (403, "token_client_app_not_allowed"),
+        ),
+        (with_azp(None), (403, "token_client_app_not_allowed")),
+    ] {
+        let r = env
+            .post("/mcp/github", Some(&token), &initialize_body(1), &[])
+            .await;
+        assert_eq!((r.status, r.reason()), want, "{r:?}");
+        assert_eq!(r.header("www-authenticate"), None);
+    }
 }

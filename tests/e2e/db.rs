@@ -17,9 +17,10 @@ fn doc(text: &str) -> PolicyDocument {
 }
 
 async fn import(db: &TestDb, text: &str, dry_run: bool) -> Vec<String> {
-    let changes = mcp_authz::policy::postgres::import_document(&db.pool, &doc(text), dry_run)
-        .await
-        .expect("import");
+    let changes =
+        mcp_authz::policy::postgres::import_document(&db.pool, &doc(text), dry_run, &directories())
+            .await
+            .expect("import");
     changes.iter().map(|c| c.to_string()).collect()
 }
 
@@ -417,9 +418,10 @@ async fn import_refuses_rows_that_would_not_compile_before_committing() {
         "user_grants:\n  - upn: mallory@contoso.example\n    tenant: engineering\n    access_level: admin\n",
     ));
     for dry_run in [true, false] {
-        let err = mcp_authz::policy::postgres::import_document(&db.pool, &bad, dry_run)
-            .await
-            .expect_err("refused");
+        let err =
+            mcp_authz::policy::postgres::import_document(&db.pool, &bad, dry_run, &directories())
+                .await
+                .expect_err("refused");
         assert!(err.to_string().contains("would not compile"), "{err}");
     }
     let after: i64 = sqlx::query_scalar("SELECT version FROM policy_version")

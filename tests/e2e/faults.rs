@@ -365,7 +365,7 @@ async fn redis_killed_and_restarted_under_traffic() {
 async fn postgres_stopped_and_restarted_under_traffic() {
     let db = super::pg::TestDb::create_private().await;
     let doc: mcp_authz::policy::PolicyDocument = serde_yaml_ng::from_str(POLICY).expect("policy");
-    mcp_authz::policy::postgres::import_document(&db.pool, &doc, false)
+    mcp_authz::policy::postgres::import_document(&db.pool, &doc, false, &directories())
         .await
         .expect("import");
     let env = TestEnv::start(Options {

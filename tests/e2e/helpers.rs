@@ -62,6 +62,11 @@ tool_rules:
     effect: deny
 "#;
 
+/// The allowed directories of the test configs (`entra.tenants`).
+pub fn directories() -> Vec<String> {
+    vec![TID.to_owned()]
+}
+
 /// `mcp.public_base_url` of a test config without Envoy (a TestEnv puts Envoy's URL there).
 pub const TEST_PUBLIC_BASE_URL: &str = "https://mcp.example.test";
 

@@ -283,7 +283,7 @@ async fn policy_reloads_and_audit_writes_have_database_spans() {
     let db = super::pg::TestDb::create().await;
     let (authority, url) = standin().await;
     let doc: mcp_authz::policy::PolicyDocument = serde_yaml_ng::from_str(POLICY).expect("policy");
-    mcp_authz::policy::postgres::import_document(&db.pool, &doc, false)
+    mcp_authz::policy::postgres::import_document(&db.pool, &doc, false, &directories())
         .await
         .expect("import");
     let inst =
