@@ -124,7 +124,21 @@ pub fn metadata_router(authorizer: Arc<Authorizer>, settings: MetadataSettings) 
     Router::new()
         .route(WELL_KNOWN_PRM, get(metadata))
         .route(&format!("{WELL_KNOWN_PRM}/{{*rest}}"), get(metadata))
+        .route(crate::assertion::JWKS_PATH, get(assertion_jwks))
         .with_state(state)
+}
+
+/// The public keys of the identity assertions; 404 when they are off.
+async fn assertion_jwks(State(s): State<Arc<MetadataState>>) -> Response {
+    match &s.authorizer.assertions {
+        Some(a) => (
+            // Short: a rotated key is picked up by verifiers within a minute.
+            [("cache-control", "public, max-age=60")],
+            Json(a.jwks()),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, Json(json!({"error": "not_found"}))).into_response(),
+    }
 }
 
 async fn metadata(State(s): State<Arc<MetadataState>>, request: Request) -> Response {

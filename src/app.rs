@@ -289,6 +289,13 @@ pub fn build(
         } else {
             None
         },
+        assertions: match (&cfg.identity_assertion, &cfg.mcp.public_base_url) {
+            (ia, Some(issuer)) if ia.enabled => Some(Arc::new(
+                crate::assertion::IdentityAssertions::new(ia, issuer.clone())
+                    .context("identity_assertion")?,
+            )),
+            _ => None,
+        },
         tracer: cfg
             .traces
             .endpoint
@@ -391,6 +398,10 @@ pub async fn run(
     if let Some(client) = parts.authorizer.groups.graph().cloned() {
         let stop = stop.clone();
         tasks.spawn(async move { client.run_renewal(stop.cancelled_owned()).await });
+    }
+    if let Some(assertions) = parts.authorizer.assertions.clone() {
+        let stop = stop.clone();
+        tasks.spawn(async move { assertions.run(stop.cancelled_owned()).await });
     }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

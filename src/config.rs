@@ -63,6 +63,9 @@ pub struct Config {
     /// Sessions bound to users (`Mcp-Session-Id`); shared through `rate_limit.redis_url`.
     #[serde(default)]
     pub sessions: SessionsConfig,
+    /// A signed identity assertion for upstreams (`x-mcp-identity-assertion`), opt-in.
+    #[serde(default)]
+    pub identity_assertion: IdentityAssertionConfig,
     #[serde(default)]
     pub runtime: RuntimeConfig,
     /// OpenTelemetry traces, from the standard `OTEL_*` environment variables (off unless an
@@ -206,6 +209,48 @@ fn default_graph_retries() -> u32 {
 }
 fn default_graph_retry_wait() -> u64 {
     2000
+}
+
+/// Signed identity assertions for upstreams (`src/assertion.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityAssertionConfig {
+    /// Add `x-mcp-identity-assertion` to every allowed request (off by default).
+    #[serde(default)]
+    pub enabled: bool,
+    /// The signing key: EC P-256, PEM (PKCS#8 or SEC1), e.g. a mounted Secret; re-read every
+    /// `key_reload_seconds`. Absent: each process makes its own key (one replica only).
+    pub key_file: Option<PathBuf>,
+    /// An assertion's lifetime (`exp` - `iat`), 60 to 300.
+    #[serde(default = "default_assertion_lifetime")]
+    pub lifetime_seconds: u64,
+    #[serde(default = "default_assertion_reload")]
+    pub key_reload_seconds: u64,
+    /// Assertions kept for reuse (one per user, server, tenant and level).
+    #[serde(default = "default_assertion_capacity")]
+    pub cache_capacity: u64,
+}
+
+impl Default for IdentityAssertionConfig {
+    fn default() -> Self {
+        IdentityAssertionConfig {
+            enabled: false,
+            key_file: None,
+            lifetime_seconds: default_assertion_lifetime(),
+            key_reload_seconds: default_assertion_reload(),
+            cache_capacity: default_assertion_capacity(),
+        }
+    }
+}
+
+fn default_assertion_lifetime() -> u64 {
+    300
+}
+fn default_assertion_reload() -> u64 {
+    10
+}
+fn default_assertion_capacity() -> u64 {
+    100_000
 }
 
 /// Sessions bound to users (`src/sessions.rs`).
@@ -842,6 +887,13 @@ impl Config {
         let p = &self.mcp.path_prefix;
         if !p.starts_with('/') || !p.ends_with('/') || p.len() < 2 {
             return bad("mcp.path_prefix must start and end with '/', e.g. /mcp/".into());
+        }
+        let ia = &self.identity_assertion;
+        if ia.enabled && !(60..=300).contains(&ia.lifetime_seconds) {
+            return bad("identity_assertion.lifetime_seconds: 60 to 300".into());
+        }
+        if ia.enabled && self.mcp.public_base_url.is_none() {
+            return bad("identity_assertion needs mcp.public_base_url (its iss)".into());
         }
         if self.mcp.public_base_url.is_none() && !self.mcp.allow_host_derived_urls {
             return bad("mcp.public_base_url is required (the URL clients use, e.g. https://mcp.example.com): metadata and 401 challenges are never built from a client-chosen Host; for local development only, set mcp.allow_host_derived_urls: true".into());

@@ -12,6 +12,7 @@
 //!   file source with hot reload.
 //! - [`response`]: how a decision becomes headers, status codes and bodies (MCP/RFC 6750/9728).
 //! - [`sessions`]: an `Mcp-Session-Id` belongs to the identity that first used it.
+//! - [`assertion`]: the signed identity assertion an upstream can verify (opt-in), and its JWKS.
 //! - [`audit`]: one event per decision through a bounded queue to PostgreSQL or JSON lines.
 //! - [`metrics`]: Prometheus metrics on the admin listener.
 //! - [`admin`]: HTTP listeners: health/readiness and RFC 9728 protected-resource metadata.
@@ -24,6 +25,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod assertion;
 pub mod audit;
 pub mod cli;
 pub mod config;

@@ -29,6 +29,8 @@ pub struct Authorizer {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Rate limits; `None` switches them off whatever the policy says.
     pub limiter: Option<Arc<crate::ratelimit::Limiter>>,
+    /// Signed identity assertions for upstreams (`identity_assertion`), when enabled.
+    pub assertions: Option<Arc<crate::assertion::IdentityAssertions>>,
     /// Sessions bound to the identity that first used them; `None` switches that off.
     pub sessions: Option<Arc<crate::sessions::SessionBinder>>,
     /// Set when traces are exported: every Check gets a span.
@@ -421,6 +423,37 @@ impl Authorizer {
                     upstream_auth,
                     input.header_names.iter().copied(),
                 );
+                if let (Some(assertions), Verdict::Allow { set, remove }) =
+                    (&self.assertions, &mut out.verdict)
+                {
+                    let who = crate::assertion::Subject {
+                        server: &allow.server.name,
+                        tid: &principal.tid,
+                        oid: &principal.oid,
+                        label: principal.label.as_deref(),
+                        tenant: &allow.tenant,
+                        access_level: allow.level.as_str(),
+                    };
+                    match assertions.assertion(&who) {
+                        Some(token) => {
+                            // Set (replacing a client's own), so not also removed: Envoy
+                            // removes after it sets.
+                            remove.retain(|n| n != crate::assertion::HEADER);
+                            set.push((crate::assertion::HEADER, token.to_string()));
+                        }
+                        // Without it the upstream would refuse or, worse, fall back: fail closed.
+                        None => {
+                            deny(
+                                &mut out,
+                                Denial::Unavailable {
+                                    code: "identity_assertion_failed",
+                                },
+                            );
+                            out.allowed = false;
+                            return out;
+                        }
+                    }
+                }
             }
             Err(reason) => deny(
                 &mut out,

@@ -40,14 +40,129 @@ pub struct DeleteArgs {
 pub struct SampleServer {
     tool_router: ToolRouter<Self>,
     log: ReceivedLog,
+    /// The server's name (`/mcp/<name>`): the audience of the identity assertions it accepts.
+    name: String,
+    verifier: Option<Arc<IdentityVerifier>>,
 }
 
 impl SampleServer {
-    pub fn new(log: ReceivedLog) -> Self {
+    pub fn new(log: ReceivedLog, name: String, verifier: Option<Arc<IdentityVerifier>>) -> Self {
         Self {
             tool_router: Self::tool_router(),
             log,
+            name,
+            verifier,
         }
+    }
+}
+
+/// How an upstream written with rmcp verifies mcp-authz's identity assertion
+/// (`x-mcp-identity-assertion`): an ES256 JWS checked with aws-lc-rs against the gateway's
+/// JWKS (fetched on first use and again on an unknown `kid`, at most every few seconds), its
+/// issuer, this server's name as audience, and its lifetime. Written here on its own, not with
+/// mcp-authz's code, as any upstream would.
+pub struct IdentityVerifier {
+    jwks_url: String,
+    issuer: String,
+    http: reqwest::Client,
+    keys: tokio::sync::Mutex<(Option<std::time::Instant>, serde_json::Value)>,
+}
+
+impl IdentityVerifier {
+    pub fn new(jwks_url: String, issuer: String) -> Self {
+        IdentityVerifier {
+            jwks_url,
+            issuer,
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+            keys: tokio::sync::Mutex::new((None, serde_json::Value::Null)),
+        }
+    }
+
+    /// The verified `oid`, or why not.
+    pub async fn verify(&self, token: &str, audience: &str) -> Result<String, String> {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+        let mut parts = token.split('.');
+        let (Some(h), Some(c), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err("not a JWS".into());
+        };
+        let json = |p: &str| -> Result<serde_json::Value, String> {
+            let bytes = B64.decode(p).map_err(|_| "bad base64url")?;
+            serde_json::from_slice(&bytes).map_err(|_| "bad JSON".to_string())
+        };
+        let header = json(h)?;
+        if header["alg"] != "ES256" {
+            return Err("alg".into());
+        }
+        let kid = header["kid"].as_str().ok_or("no kid")?;
+        let jwk = self.key(kid).await?;
+        let mut point = vec![4u8];
+        for coord in ["x", "y"] {
+            let b = B64
+                .decode(jwk[coord].as_str().unwrap_or_default())
+                .map_err(|_| "bad key")?;
+            point.extend(b);
+        }
+        let sig = B64.decode(s).map_err(|_| "bad signature encoding")?;
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point)
+            .verify(format!("{h}.{c}").as_bytes(), &sig)
+            .map_err(|_| "signature")?;
+        let claims = json(c)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let num = |k: &str| claims[k].as_u64().ok_or(format!("no {k}"));
+        if claims["iss"] != self.issuer.as_str() {
+            return Err("iss".into());
+        }
+        if claims["aud"] != audience {
+            return Err("aud".into());
+        }
+        if num("exp")? <= now || num("nbf")? > now + 60 || num("exp")? - num("iat")? > 300 {
+            return Err("lifetime".into());
+        }
+        claims["oid"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| "no oid".into())
+    }
+
+    async fn key(&self, kid: &str) -> Result<serde_json::Value, String> {
+        let find = |jwks: &serde_json::Value| {
+            jwks["keys"]
+                .as_array()
+                .and_then(|keys| keys.iter().find(|k| k["kid"] == kid).cloned())
+        };
+        let mut keys = self.keys.lock().await;
+        if let Some(k) = find(&keys.1) {
+            return Ok(k);
+        }
+        // An unknown kid (first use, or a rotated key): fetch again, at most every 2 s.
+        if keys
+            .0
+            .is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(2))
+        {
+            return Err("unknown kid".into());
+        }
+        keys.0 = Some(std::time::Instant::now());
+        let fetched: serde_json::Value = self
+            .http
+            .get(&self.jwks_url)
+            .send()
+            .await
+            .map_err(|_| "JWKS unreachable")?
+            .json()
+            .await
+            .map_err(|_| "JWKS not JSON")?;
+        keys.1 = fetched;
+        find(&keys.1).ok_or_else(|| "unknown kid".into())
     }
 }
 
@@ -60,7 +175,7 @@ impl SampleServer {
     }
 
     #[tool(description = "The identity headers the gateway set for this request")]
-    fn whoami(&self, Extension(parts): Extension<http::request::Parts>) -> String {
+    async fn whoami(&self, Extension(parts): Extension<http::request::Parts>) -> String {
         self.log.executed("whoami");
         let mut seen = BTreeMap::new();
         for (name, value) in &parts.headers {
@@ -75,6 +190,19 @@ impl SampleServer {
             "authorization-present".into(),
             parts.headers.contains_key("authorization").to_string(),
         );
+        let assertion = parts
+            .headers
+            .get("x-mcp-identity-assertion")
+            .and_then(|v| v.to_str().ok());
+        let verified = match (assertion, &self.verifier) {
+            (None, _) => "absent".to_string(),
+            (Some(_), None) => "invalid: no verifier configured".to_string(),
+            (Some(token), Some(v)) => match v.verify(token, &self.name).await {
+                Ok(oid) => format!("verified {oid}"),
+                Err(why) => format!("invalid: {why}"),
+            },
+        };
+        seen.insert("identity-verified".into(), verified);
         serde_json::to_string(&seen).unwrap_or_default()
     }
 
@@ -152,15 +280,30 @@ async fn record(State(log): State<ReceivedLog>, request: Request, next: Next) ->
 
 /// The router: MCP at `/mcp/<name>` for each name, plus `/_received` and `/plain`.
 pub fn router(names: &[String], log: ReceivedLog) -> Router {
+    router_verifying(names, log, None)
+}
+
+/// The router, with whoami verifying identity assertions when `verifier` is given.
+pub fn router_verifying(
+    names: &[String],
+    log: ReceivedLog,
+    verifier: Option<Arc<IdentityVerifier>>,
+) -> Router {
     let mut app = Router::new();
     for name in names {
         let config = StreamableHttpServerConfig::default()
             .disable_allowed_hosts()
             .with_sse_keep_alive(None);
-        let for_tools = log.clone();
+        let (for_tools, name_of, verifier) = (log.clone(), name.clone(), verifier.clone());
         let service: StreamableHttpService<SampleServer, LocalSessionManager> =
             StreamableHttpService::new(
-                move || Ok(SampleServer::new(for_tools.clone())),
+                move || {
+                    Ok(SampleServer::new(
+                        for_tools.clone(),
+                        name_of.clone(),
+                        verifier.clone(),
+                    ))
+                },
                 Default::default(),
                 config,
             );

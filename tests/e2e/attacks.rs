@@ -489,11 +489,7 @@ async fn directories_are_not_interchangeable() {
     };
     for (token, path, want) in [
         // Directory B's group named after directory A's admin group: not an admin of A.
-        (
-            foreign(&[ADMIN_GROUP]),
-            "/mcp/github",
-            (403, "no_grant"),
-        ),
+        (foreign(&[ADMIN_GROUP]), "/mcp/github", (403, "no_grant")),
         // Directory A's engineering grant does not apply to B's group of that id ...
         (
             foreign(&[ENG_GROUP]),

@@ -187,3 +187,55 @@ fn the_kubernetes_config_is_valid_with_the_environment_the_pods_get() {
     assert!(sidecar.listen.grpc_unix.is_some());
     assert!(sidecar.rate_limit.redis_url.is_some());
 }
+
+/// Outside review: anything that reached an upstream could send `x-mcp-user-oid` itself. Both
+/// layouts ship a NetworkPolicy that admits to MCP server pods only the gateway's Envoy pods,
+/// and those pods carry the label it selects.
+#[test]
+fn only_the_gateway_may_reach_the_mcp_servers() {
+    use serde::Deserialize as _;
+    for (overlay, gateway) in [
+        ("shared", "envoy-gateway.yaml"),
+        ("sidecar", "gateway.yaml"),
+    ] {
+        let dir = repo_path(&format!("deploy/kubernetes/overlays/{overlay}"));
+        let text = std::fs::read_to_string(dir.join("networkpolicy.yaml")).expect("policies");
+        let docs: Vec<serde_json::Value> = serde_yaml_ng::Deserializer::from_str(&text)
+            .map(|d| serde_json::Value::deserialize(d).expect("yaml"))
+            .collect();
+        let upstream = docs
+            .iter()
+            .find(|d| d["metadata"]["name"] == "mcp-upstreams-from-gateway-only")
+            .unwrap_or_else(|| panic!("{overlay}: no upstream NetworkPolicy"));
+        let spec = &upstream["spec"];
+        assert_eq!(
+            spec["podSelector"]["matchLabels"]["mcp-authz/upstream"],
+            "true"
+        );
+        assert_eq!(spec["policyTypes"], serde_json::json!(["Ingress"]));
+        let from = &spec["ingress"][0]["from"];
+        assert_eq!(
+            spec["ingress"].as_array().map(Vec::len),
+            Some(1),
+            "{overlay}"
+        );
+        assert_eq!(from.as_array().map(Vec::len), Some(1), "{overlay}");
+        assert_eq!(
+            from[0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+            "mcp-gateway"
+        );
+        let gw = std::fs::read_to_string(dir.join(gateway)).expect("gateway");
+        let gw: Vec<serde_json::Value> = serde_yaml_ng::Deserializer::from_str(&gw)
+            .map(|d| serde_json::Value::deserialize(d).expect("yaml"))
+            .collect();
+        let deployment = gw
+            .iter()
+            .find(|d| d["kind"] == "Deployment")
+            .expect("gateway Deployment");
+        assert_eq!(
+            deployment["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"],
+            "mcp-gateway",
+            "{overlay}: the gateway pods do not carry the label the policy admits"
+        );
+    }
+}

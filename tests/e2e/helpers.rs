@@ -117,8 +117,9 @@ impl Upstream {
         Upstream::TypeScriptExpress,
     ];
 
-    /// Starts an out-of-process peer; `None` for the in-process rmcp server.
-    async fn spawn(self, dir: &Path) -> Option<(Child, u16)> {
+    /// Starts an out-of-process peer, verifying identity assertions against `jwks_url` and
+    /// `issuer`; `None` for the in-process rmcp server.
+    async fn spawn(self, dir: &Path, jwks_url: &str, issuer: &str) -> Option<(Child, u16)> {
         let (program, args): (String, Vec<String>) = match self {
             Upstream::Rmcp => return None,
             Upstream::Python => (
@@ -149,6 +150,8 @@ impl Upstream {
         let log = std::fs::File::create(dir.join(format!("{self:?}.log"))).expect("peer log");
         let mut child = Command::new(&program)
             .args(&args)
+            .env("MCP_IDENTITY_JWKS_URL", jwks_url)
+            .env("MCP_IDENTITY_ISSUER", issuer)
             .stdout(Stdio::piped())
             .stderr(log)
             .kill_on_drop(true)
@@ -294,15 +297,20 @@ impl TestEnv {
                 .serve(idp_listener, std::future::pending()),
         );
 
+        // Envoy's port is chosen up front: it is the public URL, which mcp-authz, Envoy's own
+        // 401 for oversized headers and the upstreams' identity-assertion verifiers all name.
+        let envoy_port = free_port();
+        let envoy_url = format!("http://127.0.0.1:{envoy_port}");
+        let jwks_url = format!("{envoy_url}{}", mcp_authz::assertion::JWKS_PATH);
         let received = ReceivedLog::default();
-        let (peer, up_port) = match opts.upstream.spawn(dir.path()).await {
+        let (peer, up_port) = match opts.upstream.spawn(dir.path(), &jwks_url, &envoy_url).await {
             Some((child, port)) => (Some(child), port),
             None => {
                 let up_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                     .await
                     .expect("bind upstream");
                 let up_port = up_listener.local_addr().expect("addr").port();
-                let up_router = sample_server::router(
+                let up_router = sample_server::router_verifying(
                     &[
                         "github".into(),
                         "jira".into(),
@@ -310,6 +318,10 @@ impl TestEnv {
                         "other".into(),
                     ],
                     received.clone(),
+                    Some(Arc::new(sample_server::IdentityVerifier::new(
+                        jwks_url.clone(),
+                        envoy_url.clone(),
+                    ))),
                 );
                 tokio::spawn(async move { axum::serve(up_listener, up_router).await });
                 (None, up_port)
@@ -361,10 +373,6 @@ impl TestEnv {
                 "policy: {{source: postgres, db_poll_interval_ms: 500}}\ndatabase: {{url: \"{url}\", max_connections: 4, acquire_timeout_ms: 1000, statement_timeout_ms: 2000}}\n"
             ));
         }
-        // Envoy's port is chosen up front: it is the public URL, which mcp-authz and Envoy's
-        // own 401 for oversized headers both name.
-        let envoy_port = free_port();
-        let envoy_url = format!("http://127.0.0.1:{envoy_port}");
         cfg_text = cfg_text.replacen(TEST_PUBLIC_BASE_URL, &envoy_url, 1);
         cfg_text.push_str(&opts.extra_config);
         let instance = Instance::start_with_env(&cfg_text, opts.env.clone(), true).await;

@@ -530,6 +530,7 @@ fn envoy_template_validates_for_tcp_and_unix() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("AUTHZ_PORT is not set"));
 }
 
+mod assertion;
 mod attacks;
 mod cli;
 mod db;

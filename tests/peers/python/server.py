@@ -2,7 +2,8 @@
 conformance matrix.
 
 Every /mcp/<name> path is one MCP endpoint (Streamable HTTP, with sessions), served by the SDK's
-own Starlette app. Tools: echo, whoami (the x-mcp-* headers the gateway set), delete_repository
+own Starlette app. Tools: echo, whoami (the x-mcp-* headers the gateway set, and whether its
+signed identity assertion verifies: identity.py), delete_repository
 (the tool the test policy denies). GET /_log answers what reached this upstream and which tools
 ran, so a test can prove that a denied tool never executed. Listens on 127.0.0.1, on the port the
 kernel picks, and prints "listening <port>" on stdout once it accepts connections.
@@ -19,6 +20,8 @@ import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.responses import JSONResponse
+
+from identity import verify_identity
 
 LOG_CAPACITY = 1000
 log = {"received": [], "executed": []}
@@ -42,6 +45,8 @@ def whoami(ctx: Context) -> str:
     headers = request.headers if request is not None else {}
     seen = {k: v for k, v in headers.items() if k.startswith("x-mcp-")}
     seen["authorization-present"] = str("authorization" in headers).lower()
+    server = request.scope.get("state", {}).get("mcp_server", "") if request is not None else ""
+    seen["identity-verified"] = verify_identity(headers, server)
     return json.dumps(seen)
 
 
@@ -71,7 +76,8 @@ async def app(scope, receive, send):
             log["received"].pop(0)
         log["received"].append({"method": scope["method"], "path": scope["path"], "headers": headers})
         if MCP_PATH.match(scope["path"]):
-            scope = dict(scope, path="/mcp", raw_path=b"/mcp")
+            state = dict(scope.get("state") or {}, mcp_server=scope["path"].split("/")[2])
+            scope = dict(scope, path="/mcp", raw_path=b"/mcp", state=state)
     await inner(scope, receive, send)
 
 

@@ -8,7 +8,8 @@
 //                               transport.
 //
 // Every /mcp/<name> path is one MCP endpoint with sessions. Tools: echo, whoami (the x-mcp-*
-// headers the gateway set), delete_repository (the tool the test policy denies). GET /_log
+// headers the gateway set, and whether its signed identity assertion verifies: identity.mjs),
+// delete_repository (the tool the test policy denies). GET /_log
 // answers what reached this upstream and which tools ran, so a test can prove that a denied
 // tool never executed. Listens on 127.0.0.1, on the port the kernel picks, and prints
 // "listening <port>" on stdout once it accepts connections.
@@ -17,6 +18,7 @@ import { randomUUID } from 'node:crypto';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
 import { createMcpExpressApp } from '@modelcontextprotocol/sdk/server/express.js';
+import { verifyIdentity } from './identity.mjs';
 import { z } from 'zod';
 
 const mode = process.argv[2] ?? 'node-http';
@@ -38,13 +40,16 @@ function newServer(requestHeaders) {
   const ran = (tool) => log.executed.push(tool);
   server.registerTool('echo', { description: 'Echo the text back', inputSchema: { text: z.string() } },
     async ({ text }) => { ran('echo'); return { content: [{ type: 'text', text }] }; });
+  // A tool without an input schema gets the request's extra as its only argument.
   server.registerTool('whoami', { description: 'The identity headers the gateway set' },
-    async (_args, extra) => {
+    async (extra) => {
       ran('whoami');
       const h = extra.requestInfo?.headers ?? {};
       const seen = {};
       for (const [k, v] of Object.entries(h)) if (k.startsWith('x-mcp-')) seen[k] = String(v);
       seen['authorization-present'] = String('authorization' in h);
+      const server = extra.requestInfo?.url?.pathname?.split('/')[2] ?? '';
+      seen['identity-verified'] = await verifyIdentity(h, server);
       return { content: [{ type: 'text', text: JSON.stringify(seen) }] };
     });
   server.registerTool('delete_repository',
