@@ -326,7 +326,7 @@ pub fn build(
 /// Serves until `shutdown` completes, then drains.
 pub async fn run(
     cfg: Config,
-    listeners: Listeners,
+    mut listeners: Listeners,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     // Traces first, so the tracer the Checks use is the exporting one.
@@ -438,6 +438,23 @@ pub async fn run(
     let authz = AuthorizationServer::new(AuthorizationService::new(parts.authorizer.clone()));
     let addrs = listeners.addrs();
     let mut servers = tokio::task::JoinSet::new();
+    let grpc_tls = match &cfg.listen.grpc_tls {
+        Some(t) => Some(Arc::new(
+            crate::tls::ReloadingTls::new(t).context("listen.grpc_tls")?,
+        )),
+        None => None,
+    };
+    if let (Some(l), Some(tls)) = (listeners.grpc.take(), grpc_tls) {
+        let (authz, health, stop) = (authz.clone(), health_service.clone(), stop.clone());
+        servers.spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(health)
+                .add_service(authz)
+                .serve_with_incoming_shutdown(tls.incoming(l, stop.clone()), stop.cancelled_owned())
+                .await
+                .context("gRPC (TCP, mTLS) server")
+        });
+    }
     if let Some(l) = listeners.grpc {
         let (authz, health, stop) = (authz.clone(), health_service.clone(), stop.clone());
         servers.spawn(async move {
@@ -555,6 +572,17 @@ pub async fn check_config(
 ) -> bool {
     let mut ok = true;
     let _ = writeln!(out, "ok    config {} is valid", path.display());
+    if let Some(t) = &cfg.listen.grpc_tls {
+        match crate::tls::ReloadingTls::new(t) {
+            Ok(_) => {
+                let _ = writeln!(out, "ok    gRPC mTLS certificates load");
+            }
+            Err(e) => {
+                ok = false;
+                let _ = writeln!(out, "FAIL  listen.grpc_tls: {e}");
+            }
+        }
+    }
     let built = cfg
         .database
         .as_ref()

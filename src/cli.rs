@@ -229,17 +229,43 @@ pub fn render_template(
 
 /// `mcp-authz render-envoy`: the template with the environment's values, to a file (written to
 /// a temporary name and renamed, so Envoy never reads half a config) or stdout.
+/// `render-envoy TEMPLATE... [--output FILE] [--extra SRC:DEST]...`: the templates, one after
+/// the other (a fragment such as envoy/authz-mtls.yaml continues envoy.yaml's cluster list),
+/// rendered to `output`, and each `extra` template rendered to its own file. Nothing is written
+/// when a placeholder is unset.
 pub fn render_envoy(
-    template: &std::path::Path,
+    templates: &[std::path::PathBuf],
     output: Option<&std::path::Path>,
+    extra: &[String],
     env: impl IntoIterator<Item = (String, String)>,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let text = std::fs::read_to_string(template)
-        .with_context(|| format!("read {}", template.display()))?;
     let env: std::collections::HashMap<String, String> = env.into_iter().collect();
-    let rendered = render_template(&text, &env)
-        .map_err(|names| anyhow::anyhow!("not set: {}", names.join(", ")))?;
+    let render = |paths: &[&std::path::Path]| -> anyhow::Result<String> {
+        let mut text = String::new();
+        for p in paths {
+            text.push_str(
+                &std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?,
+            );
+        }
+        render_template(&text, &env)
+            .map_err(|names| anyhow::anyhow!("not set: {}", names.join(", ")))
+    };
+    let mut extras = Vec::new();
+    for pair in extra {
+        let (src, dest) = pair
+            .split_once(':')
+            .with_context(|| format!("--extra {pair}: SRC:DEST"))?;
+        extras.push((
+            render(&[std::path::Path::new(src)])?,
+            std::path::PathBuf::from(dest),
+        ));
+    }
+    let paths: Vec<&std::path::Path> = templates.iter().map(|p| p.as_path()).collect();
+    let rendered = render(&paths)?;
+    for (text, dest) in extras {
+        write_whole(&dest, &text)?;
+    }
     match output {
         None => {
             use std::io::Write as _;
@@ -247,13 +273,17 @@ pub fn render_envoy(
                 .write_all(rendered.as_bytes())
                 .context("write stdout")?;
         }
-        Some(path) => {
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, rendered).with_context(|| format!("write {}", tmp.display()))?;
-            std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))?;
-        }
+        Some(path) => write_whole(path, &rendered)?,
     }
     Ok(())
+}
+
+/// Written to a temporary file and renamed, so a reader never sees half of it.
+fn write_whole(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))
 }
 
 #[cfg(test)]

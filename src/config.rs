@@ -419,6 +419,8 @@ fn default_db_poll_ms() -> u64 {
 pub struct ListenConfig {
     /// gRPC ext_authz (and grpc.health.v1) over TCP.
     pub grpc: Option<SocketAddr>,
+    /// mTLS on `grpc`: only clients (Envoy) with a certificate from `client_ca_file`.
+    pub grpc_tls: Option<GrpcTlsConfig>,
     /// gRPC ext_authz over a unix domain socket (the sidecar setup).
     pub grpc_unix: Option<PathBuf>,
     /// Health, readiness. Keep it internal.
@@ -429,6 +431,25 @@ pub struct ListenConfig {
     /// How long in-flight Checks may take to finish after a shutdown signal.
     #[serde(default = "default_drain_seconds")]
     pub drain_seconds: u64,
+}
+
+/// mTLS between Envoy and mcp-authz (`src/tls.rs`): PEM files, e.g. a mounted Secret,
+/// re-read every `reload_seconds`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcTlsConfig {
+    /// The server's certificate chain.
+    pub cert_file: PathBuf,
+    /// Its private key (PKCS#8, SEC1 or PKCS#1).
+    pub key_file: PathBuf,
+    /// The CA(s) client certificates must chain to.
+    pub client_ca_file: PathBuf,
+    #[serde(default = "default_tls_reload")]
+    pub reload_seconds: u64,
+}
+
+fn default_tls_reload() -> u64 {
+    30
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -894,6 +915,9 @@ impl Config {
         }
         if ia.enabled && self.mcp.public_base_url.is_none() {
             return bad("identity_assertion needs mcp.public_base_url (its iss)".into());
+        }
+        if self.listen.grpc_tls.is_some() && self.listen.grpc.is_none() {
+            return bad("listen.grpc_tls secures listen.grpc, which is not set".into());
         }
         if self.mcp.public_base_url.is_none() && !self.mcp.allow_host_derived_urls {
             return bad("mcp.public_base_url is required (the URL clients use, e.g. https://mcp.example.com): metadata and 401 challenges are never built from a client-chosen Host; for local development only, set mcp.allow_host_derived_urls: true".into());

@@ -16,6 +16,7 @@
 //! - [`audit`]: one event per decision through a bounded queue to PostgreSQL or JSON lines.
 //! - [`metrics`]: Prometheus metrics on the admin listener.
 //! - [`admin`]: HTTP listeners: health/readiness and RFC 9728 protected-resource metadata.
+//! - [`tls`]: mTLS on the gRPC listener, certificates reloaded from their files.
 //! - [`config`]: typed configuration from a file plus environment overrides.
 //! - [`cli`]: operator commands (migrate, policy export/import, explain).
 //! - [`app`]: wires the parts and runs the listeners until shutdown.
@@ -44,6 +45,7 @@ pub mod sample_server;
 pub mod sessions;
 pub mod standin;
 pub mod telemetry;
+pub mod tls;
 
 /// mimalloc for every binary of the crate (mcp-authz, and the benchmark's no-op server, so the
 /// comparison stays fair): glibc's malloc took ~12 % of a warm Check's CPU, much of it in arena

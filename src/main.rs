@@ -46,10 +46,16 @@ enum Command {
     /// Fill the `${NAME}` placeholders of a template (envoy/envoy.yaml) from the environment;
     /// refuses to leave one unset. For an init container (no shell in the image).
     RenderEnvoy {
-        template: PathBuf,
+        /// Rendered one after the other (envoy/envoy.yaml, then fragments such as
+        /// envoy/authz-mtls.yaml).
+        #[arg(required = true)]
+        templates: Vec<PathBuf>,
         /// Written whole or not at all; stdout when absent.
         #[arg(long, short)]
         output: Option<PathBuf>,
+        /// Another template to its own file, `SRC:DEST` (e.g. an SDS file); repeatable.
+        #[arg(long)]
+        extra: Vec<String>,
     },
     /// Print the decision for a user, server and tool, and the rows that made it.
     Explain {
@@ -96,8 +102,12 @@ enum PolicyAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let path = match &cli.command {
-        Command::RenderEnvoy { template, output } => {
-            return match cli::render_envoy(template, output.as_deref(), std::env::vars()) {
+        Command::RenderEnvoy {
+            templates,
+            output,
+            extra,
+        } => {
+            return match cli::render_envoy(templates, output.as_deref(), extra, std::env::vars()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("mcp-authz render-envoy: {e:#}");

@@ -163,9 +163,29 @@ fn the_kubernetes_config_is_valid_with_the_environment_the_pods_get() {
         "MCP_AUTHZ__GRAPH__CLIENT_SECRET".into(),
         "from-the-secret".into(),
     ));
-    let shared = mcp_authz::config::Config::load_with_env(&base.join("config.yaml"), env.clone())
+    let mut shared_env = env.clone();
+    for (k, file) in [
+        ("CERT_FILE", "tls.crt"),
+        ("KEY_FILE", "tls.key"),
+        ("CLIENT_CA_FILE", "ca.crt"),
+    ] {
+        shared_env.push((
+            format!("MCP_AUTHZ__LISTEN__GRPC_TLS__{k}"),
+            format!("/etc/mcp-authz-tls/{file}"),
+        ));
+    }
+    let shared = mcp_authz::config::Config::load_with_env(&base.join("config.yaml"), shared_env)
         .expect("shared config");
     assert_eq!(shared.listen.grpc.map(|a| a.port()), Some(9001));
+    assert_eq!(
+        shared
+            .listen
+            .grpc_tls
+            .as_ref()
+            .map(|t| t.client_ca_file.clone()),
+        Some("/etc/mcp-authz-tls/ca.crt".into()),
+        "the shared layout takes mTLS clients only"
+    );
     assert!(
         shared.listen.drain_seconds < 30,
         "drain must fit the grace period"

@@ -93,6 +93,97 @@ pub struct Options {
     pub graph: bool,
     /// The MCP server behind Envoy.
     pub upstream: Upstream,
+    /// Envoy reaches mcp-authz over TCP with mTLS (certificates made for the test, `Pki`).
+    pub mtls: bool,
+}
+
+/// The SNI and DNS name of mcp-authz's server certificate in mTLS tests.
+pub const AUTHZ_TLS_NAME: &str = "mcp-authz.test";
+
+/// A CA and the certificates of an mTLS test, as PEM files: mcp-authz's in `authz/` (tls.crt,
+/// tls.key and the client CA, ca.crt) and Envoy's in `envoy/` (its client certificate and the
+/// CA that mcp-authz's chains to), laid out as mounted Kubernetes Secrets are.
+pub struct Pki {
+    pub dir: PathBuf,
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    pub fn new(dir: &Path) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "mcp-authz test CA");
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().expect("key"))
+                .expect("CA");
+        let pki = Pki {
+            dir: dir.to_owned(),
+            ca,
+        };
+        for side in ["authz", "envoy"] {
+            std::fs::create_dir_all(dir.join(side)).expect("mkdir");
+            std::fs::write(dir.join(side).join("ca.crt"), pki.ca.pem()).expect("ca");
+        }
+        pki.issue_server();
+        pki.issue(
+            &dir.join("envoy"),
+            "envoy.test",
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        pki
+    }
+
+    /// A new client certificate for Envoy (a rotation of its Secret); its DER.
+    pub fn issue_envoy_client(&self) -> Vec<u8> {
+        self.issue(
+            &self.dir.join("envoy"),
+            "envoy.test",
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        )
+    }
+
+    /// A new server certificate for mcp-authz (a rotation); its DER.
+    pub fn issue_server(&self) -> Vec<u8> {
+        self.issue(
+            &self.dir.join("authz"),
+            AUTHZ_TLS_NAME,
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
+    /// A certificate of this CA, or of `foreign` (another CA) for refusal tests: (cert, key) PEM.
+    pub fn leaf(&self, name: &str, usage: rcgen::ExtendedKeyUsagePurpose) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).expect("params");
+        params.extended_key_usages = vec![usage];
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.ca).expect("sign");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn issue(&self, dir: &Path, name: &str, usage: rcgen::ExtendedKeyUsagePurpose) -> Vec<u8> {
+        let (cert, key) = self.leaf(name, usage);
+        // Key first, then certificate, each written whole: a reader sees old or new.
+        for (file, text) in [("tls.key", &key), ("tls.crt", &cert)] {
+            let tmp = dir.join(format!("{file}.tmp"));
+            std::fs::write(&tmp, text).expect("write");
+            std::fs::rename(&tmp, dir.join(file)).expect("rename");
+        }
+        rustls_pemfile_der(&cert)
+    }
+
+    pub fn ca_pem(&self) -> String {
+        self.ca.pem()
+    }
+}
+
+fn rustls_pemfile_der(pem: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .expect("PEM body")
 }
 
 /// An upstream MCP server of one of the three official SDKs (the conformance matrix).
@@ -202,6 +293,7 @@ impl Default for Options {
             database_url: None,
             env: Vec::new(),
             upstream: Upstream::Rmcp,
+            mtls: false,
         }
     }
 }
@@ -216,6 +308,8 @@ pub fn init_logs() {
 }
 
 pub struct TestEnv {
+    /// The certificates, when Envoy reaches mcp-authz with mTLS.
+    pub pki: Option<Pki>,
     pub dir: tempfile::TempDir,
     pub authority: Arc<Authority>,
     pub received: ReceivedLog,
@@ -374,12 +468,25 @@ impl TestEnv {
             ));
         }
         cfg_text = cfg_text.replacen(TEST_PUBLIC_BASE_URL, &envoy_url, 1);
+        let pki = opts.mtls.then(|| Pki::new(&dir.path().join("tls")));
+        if let Some(pki) = &pki {
+            let authz = pki.dir.join("authz");
+            cfg_text = cfg_text.replacen(
+                "  admin: 127.0.0.1:0\n",
+                &format!(
+                    "  admin: 127.0.0.1:0\n  grpc_tls: {{cert_file: {0}/tls.crt, key_file: {0}/tls.key, client_ca_file: {0}/ca.crt, reload_seconds: 1}}\n",
+                    authz.display()
+                ),
+                1,
+            );
+        }
         cfg_text.push_str(&opts.extra_config);
         let instance = Instance::start_with_env(&cfg_text, opts.env.clone(), true).await;
         let authz = instance.addrs.clone();
         let http = instance.http.clone();
 
         let mut env = Self {
+            pki,
             dir,
             authority,
             received,
@@ -407,17 +514,45 @@ impl TestEnv {
             .grpc_unix
             .clone()
             .unwrap_or_else(|| dir.join("unused.sock"));
+        let mut templates = vec![repo_path("envoy/envoy.yaml")];
+        let mut tls_env: Vec<(&str, String)> = Vec::new();
+        if let Some(pki) = &self.pki {
+            // The SDS files Envoy reads its mTLS material through, and the fragment.
+            let sds = dir.join("sds");
+            std::fs::create_dir_all(&sds).expect("mkdir sds");
+            tls_env = vec![
+                ("AUTHZ_TLS_SNI", AUTHZ_TLS_NAME.to_owned()),
+                ("AUTHZ_TLS_DIR", pki.dir.join("envoy").display().to_string()),
+                ("AUTHZ_TLS_SDS_DIR", sds.display().to_string()),
+            ];
+            for file in ["authz-client.yaml", "authz-ca.yaml"] {
+                let out = std::process::Command::new(repo_path("envoy/render.sh"))
+                    .arg(repo_path(&format!("envoy/sds/{file}")))
+                    .envs(tls_env.iter().map(|(k, v)| (k, v)))
+                    .output()
+                    .expect("render SDS");
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                std::fs::write(sds.join(file), &out.stdout).expect("write SDS");
+            }
+            templates.push(repo_path("envoy/authz-mtls.yaml"));
+        }
         let out = std::process::Command::new(repo_path("envoy/render.sh"))
+            .args(&templates)
+            .envs(tls_env.iter().map(|(k, v)| (k, v)))
             .env("ENVOY_ADMIN_PORT", "0")
             .env("ENVOY_LISTEN_ADDRESS", "127.0.0.1")
             .env("ENVOY_LISTEN_PORT", listen_port.to_string())
             .env("PUBLIC_BASE_URL", &self.envoy_url)
             .env(
                 "AUTHZ_CLUSTER",
-                if unix {
-                    "mcp_authz_uds"
-                } else {
-                    "mcp_authz_tcp"
+                match (unix, self.pki.is_some()) {
+                    (true, _) => "mcp_authz_uds",
+                    (false, true) => "mcp_authz_mtls",
+                    (false, false) => "mcp_authz_tcp",
                 },
             )
             .env("AUTHZ_HOST", "127.0.0.1")
@@ -529,6 +664,14 @@ impl TestEnv {
             .json()
             .await
             .expect("upstream /_log JSON")
+    }
+
+    /// Envoy's admin address (`host:port`).
+    pub fn envoy_admin(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("envoy-admin.txt"))
+            .expect("envoy admin address")
+            .trim()
+            .to_owned()
     }
 
     pub fn envoy_log(&self) -> String {

@@ -538,6 +538,7 @@ mod deploy;
 mod faults;
 mod graph;
 mod matrix;
+mod mtls;
 mod pg;
 mod proxy;
 mod ratelimit;

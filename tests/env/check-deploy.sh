@@ -41,9 +41,10 @@ for overlay in shared sidecar; do
   else
     echo "check-deploy: $overlay: checkov $(grep -o 'Passed checks: [0-9]*, Failed checks: [0-9]*, Skipped checks: [0-9]*' "$out/$overlay.checkov")"
   fi
-  # The render-envoy init container's environment, applied to envoy/envoy.yaml.
+  # The render-envoy init container's environment and templates (its args, as files of envoy/),
+  # applied as the pod applies them.
   "$TOOLS/bin/python" - "$out/$overlay.yaml" > "$out/$overlay.env" <<'PY'
-import shlex, sys, yaml
+import os, shlex, sys, yaml
 for doc in yaml.safe_load_all(open(sys.argv[1])):
     if not doc or doc.get("kind") != "Deployment":
         continue
@@ -51,9 +52,25 @@ for doc in yaml.safe_load_all(open(sys.argv[1])):
         if c["name"] == "render-envoy":
             for e in c["env"]:
                 print(f"export {e['name']}={shlex.quote(e['value'])}")
+            args = c["args"][1:]
+            templates = []
+            for a in args:
+                if a.startswith("--"):
+                    break
+                name = os.path.basename(a)
+                templates.append(next(p for p in (f"envoy/{name}", f"envoy/sds/{name}") if os.path.exists(p)))
+            print(f"TEMPLATES={shlex.quote(' '.join(templates))}")
 PY
   [ -s "$out/$overlay.env" ] || { echo "check-deploy: $overlay: no render-envoy init container" >&2; failed=1; continue; }
-  (set -a; . "$out/$overlay.env"; envoy/render.sh) > "$out/$overlay-envoy.yaml"
+  # shellcheck disable=SC2086
+  (set -a; . "$out/$overlay.env"
+   if [ -n "${AUTHZ_TLS_SDS_DIR:-}" ]; then
+     # The pod's Secret and SDS files, here: the same templates, in a scratch directory.
+     AUTHZ_TLS_SDS_DIR="$out/$overlay-sds"; AUTHZ_TLS_DIR="$out/$overlay-tls"
+     mkdir -p "$AUTHZ_TLS_SDS_DIR" "$AUTHZ_TLS_DIR"
+     for f in envoy/sds/*.yaml; do envoy/render.sh "$f" > "$AUTHZ_TLS_SDS_DIR/$(basename "$f")"; done
+   fi
+   envoy/render.sh $TEMPLATES) > "$out/$overlay-envoy.yaml"
   if "$ENVOY_BIN" --mode validate -c "$out/$overlay-envoy.yaml" -l error > "$out/$overlay.envoy" 2>&1; then
     echo "check-deploy: $overlay: Envoy config valid ($("$ENVOY_BIN" --version 2>&1 | grep -m1 -o 'version: [^/]*/[0-9.]*'))"
   else
