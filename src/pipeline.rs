@@ -166,10 +166,19 @@ impl Authorizer {
                 policy_version = outcome.policy_version.as_deref(), elapsed_us, "check"
             );
         } else {
+            // A denial's fields are the client's own choice, logged at info: bounded as in the
+            // audit, so that a request cannot write a quarter megabyte into every log line.
+            let max = if outcome.oid.is_some() {
+                crate::audit::MAX_FIELD_CHARS
+            } else {
+                crate::audit::MAX_ANONYMOUS_FIELD_CHARS
+            };
+            let bounded =
+                |v: &Option<String>| v.as_deref().map(|s| crate::audit::clean_text(s, max));
             tracing::info!(
                 decision_id = %outcome.decision_id, result = "deny", reason = outcome.reason,
-                server = outcome.server.as_deref(), method = outcome.method.as_deref(),
-                tool = outcome.tool.as_deref(), tenant = outcome.tenant.as_deref(),
+                server = bounded(&outcome.server).as_deref(), method = bounded(&outcome.method).as_deref(),
+                tool = bounded(&outcome.tool).as_deref(), tenant = outcome.tenant.as_deref(),
                 oid = outcome.oid.as_deref(), token_cache_hit = outcome.token_cache_hit,
                 policy_version = outcome.policy_version.as_deref(), elapsed_us, "check"
             );
