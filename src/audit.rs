@@ -28,6 +28,15 @@ pub const MAX_FIELD_CHARS: usize = 256;
 /// Longest text kept of a field an unauthenticated request chose (method, tool, server).
 pub const MAX_ANONYMOUS_FIELD_CHARS: usize = 64;
 
+/// How long a client-chosen field may be: tighter without a valid token.
+pub fn field_limit(authenticated: bool) -> usize {
+    if authenticated {
+        MAX_FIELD_CHARS
+    } else {
+        MAX_ANONYMOUS_FIELD_CHARS
+    }
+}
+
 /// `s` as an audit field: control characters (NUL first of all) replaced by U+FFFD, and at
 /// most `max` characters, the last of a cut one being `…`.
 pub fn clean_text(s: &str, max: usize) -> String {

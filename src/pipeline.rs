@@ -131,14 +131,10 @@ impl Authorizer {
             self.metrics.token_cache_lookup(hit);
         }
         if let Some(audit) = &self.audit {
-            use crate::audit::{MAX_ANONYMOUS_FIELD_CHARS, MAX_FIELD_CHARS, clean_text};
+            use crate::audit::{MAX_FIELD_CHARS, clean_text, field_limit};
             // What the client chose is cleaned and bounded, tighter without a valid token.
             let authenticated = outcome.oid.is_some();
-            let max = if authenticated {
-                MAX_FIELD_CHARS
-            } else {
-                MAX_ANONYMOUS_FIELD_CHARS
-            };
+            let max = field_limit(authenticated);
             let text = |v: &Option<String>, max| v.as_deref().map(|s| clean_text(s, max));
             audit.record(crate::audit::AuditEvent {
                 at: crate::audit::now_seconds(),
@@ -168,11 +164,7 @@ impl Authorizer {
         } else {
             // A denial's fields are the client's own choice, logged at info: bounded as in the
             // audit, so that a request cannot write a quarter megabyte into every log line.
-            let max = if outcome.oid.is_some() {
-                crate::audit::MAX_FIELD_CHARS
-            } else {
-                crate::audit::MAX_ANONYMOUS_FIELD_CHARS
-            };
+            let max = crate::audit::field_limit(outcome.oid.is_some());
             let bounded =
                 |v: &Option<String>| v.as_deref().map(|s| crate::audit::clean_text(s, max));
             tracing::info!(
