@@ -183,6 +183,20 @@ fn hostile_cases() -> Vec<Hostile> {
             reason: "batch_not_supported",
         },
         Hostile {
+            attack: "not JSON at all",
+            headers: vec![json_ct],
+            body: b"delete_repository please".to_vec(),
+            status: 400,
+            reason: "invalid_json",
+        },
+        Hostile {
+            attack: "an empty body",
+            headers: vec![json_ct],
+            body: Vec::new(),
+            status: 400,
+            reason: "empty_body",
+        },
+        Hostile {
             attack: "a UTF-8 byte-order mark before the body",
             headers: vec![json_ct],
             body: bom,
