@@ -7,4 +7,6 @@ ALTER TABLE group_tenants ADD COLUMN directory_tid uuid;
 ALTER TABLE group_tenants DROP CONSTRAINT group_tenants_entra_group_id_tenant_key;
 ALTER TABLE group_tenants ADD CONSTRAINT group_tenants_group_directory_tenant_key
     UNIQUE NULLS NOT DISTINCT (entra_group_id, directory_tid, tenant);
-ALTER TABLE admins DROP CONSTRAINT admins_directory_tid_check;
+-- (PostgreSQL named the first migration's column check on directory_tid admins_check: it names
+-- kind as well.)
+ALTER TABLE admins DROP CONSTRAINT admins_check;
