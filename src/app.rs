@@ -444,7 +444,10 @@ pub async fn run(
         )),
         None => None,
     };
-    if let (Some(l), Some(tls)) = (listeners.grpc.take(), grpc_tls) {
+    // The TCP listener serves mTLS when it is configured, plaintext otherwise (never both).
+    if let Some(tls) = grpc_tls
+        && let Some(l) = listeners.grpc.take()
+    {
         let (authz, health, stop) = (authz.clone(), health_service.clone(), stop.clone());
         servers.spawn(async move {
             tonic::transport::Server::builder()
