@@ -89,10 +89,6 @@ async fn constraints_make_bad_rows_impossible() {
             "check constraint",
         ),
         (
-            "INSERT INTO admins (kind, entra_id, directory_tid) VALUES ('group', 'a0000000-0000-4000-8000-00000000ad01', '3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2c')",
-            "check constraint",
-        ),
-        (
             "INSERT INTO policy_version (singleton) VALUES (true)",
             "duplicate key",
         ),
@@ -100,6 +96,9 @@ async fn constraints_make_bad_rows_impossible() {
         let e = db.exec_err(sql).await;
         assert!(e.contains(needle), "{sql}: {e}");
     }
+    // Issue 14: an admin group names its directory (with several allowed, it must), so the
+    // first migration's rule against a directory on admin groups is gone.
+    db.exec("INSERT INTO admins (kind, entra_id, directory_tid) VALUES ('group', 'a0000000-0000-4000-8000-00000000ad01', '3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2c')").await;
     db.exec("INSERT INTO group_tenants (entra_group_id, tenant, access_level) VALUES ('E0000000-0000-4000-8000-0000000000E1', 'eng', 'read')").await;
     let dup = db.exec_err("INSERT INTO group_tenants (entra_group_id, tenant, access_level) VALUES ('e0000000-0000-4000-8000-0000000000e1', 'eng', 'write')").await;
     assert!(
@@ -132,7 +131,7 @@ async fn import_is_transactional_idempotent_and_dry_run_writes_nothing() {
 
     let first = import(&db, POLICY, false).await;
     assert_eq!(first, dry, "dry run shows exactly what the import does");
-    assert!(first.iter().any(|c| c == "+ group_tenants entra_group_id=e0000000-0000-4000-8000-0000000000e1 tenant=engineering access_level=write"), "{first:?}");
+    assert!(first.iter().any(|c| c == "+ group_tenants entra_group_id=e0000000-0000-4000-8000-0000000000e1 directory_tid=NULL tenant=engineering access_level=write"), "{first:?}");
     assert!(
         import(&db, POLICY, false).await.is_empty(),
         "a second import changes nothing"
@@ -144,7 +143,7 @@ async fn import_is_transactional_idempotent_and_dry_run_writes_nothing() {
         "tenant: sales\n    access_level: write",
     );
     let diff = import(&db, &edited, true).await;
-    assert_eq!(diff, vec!["~ group_tenants entra_group_id=50000000-0000-4000-8000-000000000051 tenant=sales access_level=write (was entra_group_id=50000000-0000-4000-8000-000000000051 tenant=sales access_level=read)".to_string()]);
+    assert_eq!(diff, vec!["~ group_tenants entra_group_id=50000000-0000-4000-8000-000000000051 directory_tid=NULL tenant=sales access_level=write (was entra_group_id=50000000-0000-4000-8000-000000000051 directory_tid=NULL tenant=sales access_level=read)".to_string()]);
 
     // Export → import of the export is a no-op (round trip).
     let (_, exported) = mcp_authz::policy::postgres::read_document(&db.pool)
