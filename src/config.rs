@@ -661,6 +661,21 @@ impl Config {
         {
             config.audit.file = Some(dir.join(file));
         }
+        if let Some(dir) = path.parent() {
+            let relative_to_file = |p: &mut PathBuf| {
+                if p.is_relative() {
+                    *p = dir.join(&*p);
+                }
+            };
+            if let Some(key) = config.identity_assertion.key_file.as_mut() {
+                relative_to_file(key);
+            }
+            if let Some(tls) = config.listen.grpc_tls.as_mut() {
+                relative_to_file(&mut tls.cert_file);
+                relative_to_file(&mut tls.key_file);
+                relative_to_file(&mut tls.client_ca_file);
+            }
+        }
         Ok(config)
     }
 

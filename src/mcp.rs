@@ -284,7 +284,9 @@ fn parse_rpc<'a>(
     if req.partial_body {
         return Err(FactsError::BodyTruncated);
     }
-    let body = req.body.trim_ascii();
+    // JSON's own whitespace only (RFC 8259: space, tab, LF, CR): `trim_ascii` would also take a
+    // form feed, which the upstreams' parsers refuse.
+    let body = trim_json_whitespace(req.body);
     match body.first() {
         None => return Err(FactsError::EmptyBody),
         Some(b'[') => return Err(FactsError::Batch),
@@ -388,6 +390,13 @@ fn valid_session_id(session_id: HeaderField<'_>) -> bool {
         }
         HeaderField::Repeated => false,
     }
+}
+
+fn trim_json_whitespace(b: &[u8]) -> &[u8] {
+    let ws = |c: &u8| matches!(c, b' ' | b'\t' | b'\n' | b'\r');
+    let start = b.iter().position(|c| !ws(c)).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !ws(c)).map_or(start, |i| i + 1);
+    &b[start..end]
 }
 
 /// The JSON-RPC id `null`, borrowed from a static text.

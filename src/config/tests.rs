@@ -64,8 +64,28 @@ fn relative_policy_path_is_relative_to_the_config_file() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("config.yaml");
     std::fs::write(&path, BASE).expect("write");
-    let c = Config::load_with_env(&path, env(&[])).expect("valid");
+    let c = Config::load_with_env(
+        &path,
+        env(&[
+            (
+                "MCP_AUTHZ__IDENTITY_ASSERTION__KEY_FILE",
+                "keys/assertion.pem",
+            ),
+            ("MCP_AUTHZ__LISTEN__GRPC_TLS__CERT_FILE", "tls/tls.crt"),
+            ("MCP_AUTHZ__LISTEN__GRPC_TLS__KEY_FILE", "/abs/tls.key"),
+            ("MCP_AUTHZ__LISTEN__GRPC_TLS__CLIENT_CA_FILE", "tls/ca.crt"),
+        ]),
+    )
+    .expect("valid");
     assert_eq!(c.policy.file, Some(dir.path().join("policy.yaml")));
+    assert_eq!(
+        c.identity_assertion.key_file,
+        Some(dir.path().join("keys/assertion.pem"))
+    );
+    let tls = c.listen.grpc_tls.expect("grpc_tls");
+    assert_eq!(tls.cert_file, dir.path().join("tls/tls.crt"));
+    assert_eq!(tls.key_file, std::path::PathBuf::from("/abs/tls.key"));
+    assert_eq!(tls.client_ca_file, dir.path().join("tls/ca.crt"));
 }
 
 #[test]

@@ -390,3 +390,19 @@ fn a_refused_media_type_answers_with_a_null_jsonrpc_id() {
     let parsed = parse(&v, "/mcp/");
     assert_eq!(parsed.rpc_id.map(RawValue::get), Some("null"));
 }
+
+/// The body's surrounding whitespace is JSON's own (RFC 8259), as the upstreams' parsers read
+/// it: a form feed or a vertical tab is not JSON whitespace.
+#[test]
+fn only_json_whitespace_surrounds_the_body() {
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize"}"#;
+    assert!(rpc(&post(&format!(" \t\r\n{body}\n\r\t "))).is_ok());
+    for odd in ["\x0c", "\x0b"] {
+        assert_eq!(
+            rpc(&post(&format!("{odd}{body}"))),
+            Err(FactsError::InvalidJson),
+            "{odd:?} before"
+        );
+    }
+    assert_eq!(rpc(&post(" \n ")), Err(FactsError::EmptyBody));
+}

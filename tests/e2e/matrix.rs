@@ -197,6 +197,13 @@ fn hostile_cases() -> Vec<Hostile> {
             reason: "empty_body",
         },
         Hostile {
+            attack: "a form feed before the body (not JSON whitespace)",
+            headers: vec![json_ct],
+            body: [b"\x0c".as_slice(), &denied].concat(),
+            status: 400,
+            reason: "invalid_json",
+        },
+        Hostile {
             attack: "a UTF-8 byte-order mark before the body",
             headers: vec![json_ct],
             body: bom,
