@@ -164,28 +164,42 @@ async fn write_loop(
         }
         let n = batch.len() as u64;
         let result = match &sink {
-            Sink::Postgres(pool) => crate::telemetry::in_root(
-                "audit write",
-                vec![
-                    opentelemetry::KeyValue::new("db.system.name", "postgresql"),
-                    opentelemetry::KeyValue::new("db.operation.batch.size", n as i64),
-                ],
-                write_postgres(pool, &batch, &stats),
-            )
-            .await
-            .map_err(|e| e.to_string()),
-            Sink::JsonLines(path) => append_lines(&mut file, path, &batch)
-                .map(|()| n)
-                .map_err(|e| e.to_string()),
-        };
-        match result {
-            Ok(written) => {
-                stats.written.fetch_add(written, Ordering::Relaxed);
-                backoff = Duration::from_millis(100);
+            Sink::Postgres(pool) => {
+                crate::telemetry::in_root(
+                    "audit write",
+                    vec![
+                        opentelemetry::KeyValue::new("db.system.name", "postgresql"),
+                        opentelemetry::KeyValue::new("db.operation.batch.size", n as i64),
+                    ],
+                    write_postgres(pool, &batch),
+                )
+                .await
             }
-            Err(e) => {
-                stats.dropped_sink_error.fetch_add(n, Ordering::Relaxed);
-                tracing::warn!(error = %e, events = n, dropped_total = stats.dropped(), "audit batch dropped");
+            Sink::JsonLines(path) => append_lines(&mut file, path, &batch)
+                .map(|()| BatchOutcome {
+                    written: n,
+                    refused: 0,
+                })
+                .map_err(|e| Unreachable {
+                    so_far: BatchOutcome::default(),
+                    error: e.to_string(),
+                }),
+        };
+        let (done, unreachable) = match result {
+            Ok(done) => (done, None),
+            Err(u) => (u.so_far, Some(u.error)),
+        };
+        // Every event of the batch is counted once: written, refused, or lost with the sink.
+        stats.written.fetch_add(done.written, Ordering::Relaxed);
+        stats
+            .dropped_rejected
+            .fetch_add(done.refused, Ordering::Relaxed);
+        match unreachable {
+            None => backoff = Duration::from_millis(100),
+            Some(e) => {
+                let lost = n - done.written - done.refused;
+                stats.dropped_sink_error.fetch_add(lost, Ordering::Relaxed);
+                tracing::warn!(error = %e, events = lost, dropped_total = stats.dropped(), "audit batch dropped");
                 // Give the sink time to recover; meanwhile the bounded queue absorbs or drops.
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -194,37 +208,52 @@ async fn write_loop(
     }
 }
 
+/// What became of a batch: rows written, and rows the database refused for their content.
+#[derive(Default)]
+struct BatchOutcome {
+    written: u64,
+    refused: u64,
+}
+
+/// The sink could not be reached: what was done before that; the rest of the batch is lost.
+struct Unreachable {
+    so_far: BatchOutcome,
+    error: String,
+}
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.error)
+    }
+}
+
 /// The batch in one statement; when the database refuses its content, each row on its own, so
-/// that one bad event costs only itself. Returns how many rows were written; an error means the
-/// database could not be reached and nothing of the batch was written.
-async fn write_postgres(
-    pool: &PgPool,
-    batch: &[AuditEvent],
-    stats: &AuditStats,
-) -> Result<u64, sqlx::Error> {
+/// that one bad event costs only itself.
+async fn write_postgres(pool: &PgPool, batch: &[AuditEvent]) -> Result<BatchOutcome, Unreachable> {
+    let mut out = BatchOutcome::default();
+    let unreachable = |so_far, e: sqlx::Error| Unreachable {
+        so_far,
+        error: e.to_string(),
+    };
     match insert_batch(pool, batch).await {
-        Ok(()) => Ok(batch.len() as u64),
+        Ok(()) => out.written = batch.len() as u64,
         Err(sqlx::Error::Database(e)) => {
             tracing::warn!(error = %e, events = batch.len(), "audit batch refused; writing its rows one by one");
-            let mut written = 0;
             for event in batch {
                 match insert_batch(pool, std::slice::from_ref(event)).await {
-                    Ok(()) => written += 1,
+                    Ok(()) => out.written += 1,
                     Err(sqlx::Error::Database(e)) => {
-                        stats.dropped_rejected.fetch_add(1, Ordering::Relaxed);
+                        out.refused += 1;
                         tracing::error!(error = %e, decision_id = %event.decision_id, "audit event refused by the database; dropped");
                     }
-                    // The database went away mid-batch: the rest is the caller's to count.
-                    Err(e) => {
-                        stats.written.fetch_add(written, Ordering::Relaxed);
-                        return Err(e);
-                    }
+                    // The database went away mid-batch.
+                    Err(e) => return Err(unreachable(out, e)),
                 }
             }
-            Ok(written)
         }
-        Err(e) => Err(e),
+        Err(e) => return Err(unreachable(out, e)),
     }
+    Ok(out)
 }
 
 /// One statement per batch: all rows or none.
