@@ -10,7 +10,7 @@ use crate::app::{MIGRATOR, migration_status, pool};
 use crate::config::{Config, PolicySourceKind};
 use crate::identity::is_guid;
 use crate::mcp::{Call, RequestFacts, RpcFacts};
-use crate::policy::{self, PolicyDocument, Snapshot, Subject};
+use crate::policy::{self, PolicyDocument, Subject};
 
 fn database(cfg: &Config) -> anyhow::Result<sqlx::PgPool> {
     let db = cfg
@@ -59,8 +59,7 @@ pub async fn import(
     let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
     let doc: PolicyDocument = serde_yaml_ng::from_str(&text)
         .with_context(|| format!("{} is not a policy document", file.display()))?;
-    // Refuse what the server would refuse, before touching the database.
-    Snapshot::compile(&doc, &file.display().to_string(), &cfg.entra.tenants)?;
+    // import_document refuses what the server would refuse, before touching the database.
     let pool = database(cfg)?;
     let changes =
         policy::postgres::import_document(&pool, &doc, dry_run, &cfg.entra.tenants).await?;
