@@ -130,12 +130,20 @@ impl Authorizer {
         if let Some(hit) = outcome.token_cache_hit {
             self.metrics.token_cache_lookup(hit);
         }
-        if let Some(audit) = &self.audit {
-            use crate::audit::{MAX_FIELD_CHARS, clean_text, field_limit};
-            // What the client chose is cleaned and bounded, tighter without a valid token.
-            let authenticated = outcome.oid.is_some();
+        use crate::audit::{MAX_FIELD_CHARS, clean_text, field_limit};
+        // What the client chose is cleaned and bounded (tighter without a valid token) for the
+        // audit and the denial log line, once; an allowed Check without an audit needs neither.
+        let authenticated = outcome.oid.is_some();
+        let text = |v: &Option<String>, max| v.as_deref().map(|s| clean_text(s, max));
+        let chosen = (self.audit.is_some() || !outcome.allowed).then(|| {
             let max = field_limit(authenticated);
-            let text = |v: &Option<String>, max| v.as_deref().map(|s| clean_text(s, max));
+            (
+                text(&outcome.server, max),
+                text(&outcome.method, max),
+                text(&outcome.tool, max),
+            )
+        });
+        if let (Some(audit), Some((server, method, tool))) = (&self.audit, &chosen) {
             audit.record(crate::audit::AuditEvent {
                 at: crate::audit::now_seconds(),
                 decision_id: outcome.decision_id.clone(),
@@ -144,9 +152,9 @@ impl Authorizer {
                 upn: text(&outcome.label, MAX_FIELD_CHARS),
                 directory_tid: outcome.directory_tid.clone(),
                 tenant: text(&outcome.tenant, MAX_FIELD_CHARS),
-                server: text(&outcome.server, max),
-                method: text(&outcome.method, max),
-                tool: text(&outcome.tool, max),
+                server: server.clone(),
+                method: method.clone(),
+                tool: tool.clone(),
                 result: if outcome.allowed { "allow" } else { "deny" },
                 reason: outcome.reason,
                 policy_version: text(&outcome.policy_version, MAX_FIELD_CHARS),
@@ -161,16 +169,13 @@ impl Authorizer {
                 oid = outcome.oid.as_deref(), token_cache_hit = outcome.token_cache_hit,
                 policy_version = outcome.policy_version.as_deref(), elapsed_us, "check"
             );
-        } else {
+        } else if let Some((server, method, tool)) = &chosen {
             // A denial's fields are the client's own choice, logged at info: bounded as in the
             // audit, so that a request cannot write a quarter megabyte into every log line.
-            let max = crate::audit::field_limit(outcome.oid.is_some());
-            let bounded =
-                |v: &Option<String>| v.as_deref().map(|s| crate::audit::clean_text(s, max));
             tracing::info!(
                 decision_id = %outcome.decision_id, result = "deny", reason = outcome.reason,
-                server = bounded(&outcome.server).as_deref(), method = bounded(&outcome.method).as_deref(),
-                tool = bounded(&outcome.tool).as_deref(), tenant = outcome.tenant.as_deref(),
+                server = server.as_deref(), method = method.as_deref(),
+                tool = tool.as_deref(), tenant = outcome.tenant.as_deref(),
                 oid = outcome.oid.as_deref(), token_cache_hit = outcome.token_cache_hit,
                 policy_version = outcome.policy_version.as_deref(), elapsed_us, "check"
             );
@@ -409,6 +414,34 @@ impl Authorizer {
                         }
                     },
                 };
+                // The signed identity for the upstream, when it gets one: without it the upstream
+                // would refuse or, worse, fall back, so a failure to sign fails closed.
+                let assertion = match &self.assertions {
+                    None => None,
+                    Some(assertions) => {
+                        let who = crate::assertion::Subject {
+                            server: &allow.server.name,
+                            tid: &principal.tid,
+                            oid: &principal.oid,
+                            label: principal.label.as_deref(),
+                            tenant: &allow.tenant,
+                            access_level: allow.level.as_str(),
+                        };
+                        match assertions.assertion(&who) {
+                            Some(token) => Some(token),
+                            None => {
+                                out.tenant = Some(allow.tenant.to_string());
+                                deny(
+                                    &mut out,
+                                    Denial::Unavailable {
+                                        code: "identity_assertion_failed",
+                                    },
+                                );
+                                return out;
+                            }
+                        }
+                    }
+                };
                 out.allowed = true;
                 out.reason = "allowed";
                 out.tenant = Some(allow.tenant.to_string());
@@ -424,36 +457,12 @@ impl Authorizer {
                     upstream_auth,
                     input.header_names.iter().copied(),
                 );
-                if let (Some(assertions), Verdict::Allow { set, remove }) =
-                    (&self.assertions, &mut out.verdict)
+                if let (Some(token), Verdict::Allow { set, remove }) = (assertion, &mut out.verdict)
                 {
-                    let who = crate::assertion::Subject {
-                        server: &allow.server.name,
-                        tid: &principal.tid,
-                        oid: &principal.oid,
-                        label: principal.label.as_deref(),
-                        tenant: &allow.tenant,
-                        access_level: allow.level.as_str(),
-                    };
-                    match assertions.assertion(&who) {
-                        Some(token) => {
-                            // Set (replacing a client's own), so not also removed: Envoy
-                            // removes after it sets.
-                            remove.retain(|n| n != crate::assertion::HEADER);
-                            set.push((crate::assertion::HEADER, token.to_string()));
-                        }
-                        // Without it the upstream would refuse or, worse, fall back: fail closed.
-                        None => {
-                            deny(
-                                &mut out,
-                                Denial::Unavailable {
-                                    code: "identity_assertion_failed",
-                                },
-                            );
-                            out.allowed = false;
-                            return out;
-                        }
-                    }
+                    // Set (replacing a client's own), so not also removed: Envoy removes after it
+                    // sets.
+                    remove.retain(|n| n != crate::assertion::HEADER);
+                    set.push((crate::assertion::HEADER, token.to_string()));
                 }
             }
             Err(reason) => deny(
