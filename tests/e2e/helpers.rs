@@ -833,12 +833,44 @@ pub async fn scrape_metrics(http: &reqwest::Client, admin: std::net::SocketAddr)
         .expect("metrics text")
 }
 
-/// A free loopback TCP port (bound, then released for a child process to bind).
+/// A loopback TCP port for a child process to bind later (Envoy's listener, the demo's ports).
+///
+/// Binding port 0 and releasing it is not enough: between the release and the child's bind, the
+/// kernel hands the same port to any socket of the machine that asks for an ephemeral one (the
+/// other tests' listeners, outgoing connections), and the child fails with "address already in
+/// use". So the port comes from below the kernel's ephemeral range, where no port-0 bind lands,
+/// and is reserved across test processes with a lock file held until this process exits; it is
+/// bound once to check that nothing else of the machine uses it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    // Below the ephemeral range and above the well-known and the usual service ports.
+    let (from, to) = (10_000u16, low.max(10_001));
+    let dir = std::env::temp_dir().join("mcp-authz-test-ports");
+    std::fs::create_dir_all(&dir).expect("port lock directory");
+    for _ in 0..1000 {
+        let port = rand::random_range(from..to);
+        let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("{port}.lock")))
+        else {
+            continue;
+        };
+        if file.try_lock().is_err() {
+            continue; // another test process holds it
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue; // something outside the tests uses it
+        }
+        HELD.lock().unwrap_or_else(|e| e.into_inner()).push(file);
+        return port;
+    }
+    panic!("no free loopback port in {from}..{to} after 1000 tries");
 }
 
 pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut f: F)

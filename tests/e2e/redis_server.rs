@@ -27,10 +27,8 @@ fn pong(port: u16) -> bool {
 
 impl RedisServer {
     pub fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        // Reserved for the life of the test process: the server is stopped and resumed on it.
+        let port = super::helpers::free_port();
         let mut s = RedisServer {
             port,
             dir: tempfile::tempdir().expect("tmp"),
