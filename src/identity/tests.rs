@@ -2,9 +2,9 @@
 //! states what it tries and asserts the exact refusal.
 
 use super::*;
-use crate::standin::{Authority, SigningKey};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use mcp_authz_testkit::standin::{Authority, SigningKey};
 use serde_json::{Map, Value, json};
 
 const TID: &str = "3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2c";

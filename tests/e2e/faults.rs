@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use mcp_authz::standin::GraphFaults;
+use mcp_authz_testkit::standin::GraphFaults;
 
 use super::helpers::*;
 use super::redis_server::RedisServer;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use mcp_authz::standin::{Authority, Client, GraphFaults};
+use mcp_authz_testkit::standin::{Authority, Client, GraphFaults};
 use serde_json::json;
 
 use super::helpers::*;
@@ -408,7 +408,7 @@ async fn graph_token_with_a_certificate_credential() {
         Client {
             secret: String::new(),
             graph_roles: vec!["GroupMember.Read.All".into()],
-            certificate: Some(mcp_authz::standin::ClientCertificate {
+            certificate: Some(mcp_authz_testkit::standin::ClientCertificate {
                 x5t,
                 public_key_der: spki,
             }),

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use mcp_authz::app::{self, BoundAddrs, Listeners};
 use mcp_authz::config::Config;
-use mcp_authz::sample_server::{self, ReceivedLog};
-use mcp_authz::standin::{Authority, MintRequest};
+use mcp_authz_testkit::sample_server::{self, ReceivedLog};
+use mcp_authz_testkit::standin::{Authority, MintRequest};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
@@ -427,7 +427,7 @@ impl TestEnv {
         let socket = dir.path().join("authz.sock");
         authority.register_client(
             API_CLIENT_ID,
-            mcp_authz::standin::Client {
+            mcp_authz_testkit::standin::Client {
                 secret: API_SECRET.into(),
                 graph_roles: Vec::new(),
                 certificate: None,
@@ -447,7 +447,7 @@ impl TestEnv {
         if opts.graph {
             authority.register_client(
                 GRAPH_APP,
-                mcp_authz::standin::Client {
+                mcp_authz_testkit::standin::Client {
                     secret: "s3cret".into(),
                     graph_roles: vec!["GroupMember.Read.All".into()],
                     certificate: None,
@@ -833,44 +833,9 @@ pub async fn scrape_metrics(http: &reqwest::Client, admin: std::net::SocketAddr)
         .expect("metrics text")
 }
 
-/// A loopback TCP port for a child process to bind later (Envoy's listener, the demo's ports).
-///
-/// Binding port 0 and releasing it is not enough: between the release and the child's bind, the
-/// kernel hands the same port to any socket of the machine that asks for an ephemeral one (the
-/// other tests' listeners, outgoing connections), and the child fails with "address already in
-/// use". So the port comes from below the kernel's ephemeral range, where no port-0 bind lands,
-/// and is reserved across test processes with a lock file held until this process exits; it is
-/// bound once to check that nothing else of the machine uses it.
+/// A loopback TCP port for a child process to bind later (see the testkit's `free_port`).
 pub fn free_port() -> u16 {
-    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    // Below the ephemeral range and above the well-known and the usual service ports.
-    let (from, to) = (10_000u16, low.max(10_001));
-    let dir = std::env::temp_dir().join("mcp-authz-test-ports");
-    std::fs::create_dir_all(&dir).expect("port lock directory");
-    for _ in 0..1000 {
-        let port = rand::random_range(from..to);
-        let Ok(file) = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(format!("{port}.lock")))
-        else {
-            continue;
-        };
-        if file.try_lock().is_err() {
-            continue; // another test process holds it
-        }
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
-            continue; // something outside the tests uses it
-        }
-        HELD.lock().unwrap_or_else(|e| e.into_inner()).push(file);
-        return port;
-    }
-    panic!("no free loopback port in {from}..{to} after 1000 tries");
+    mcp_authz_testkit::free_port().expect("free loopback port")
 }
 
 pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut f: F)

@@ -197,7 +197,7 @@ async fn expired_and_forged_tokens_get_401_invalid_token() {
 
     // Attack: claims signed by a key the directory never published, under a published kid.
     let good = env.user_token(BOB, &[ENG_GROUP]);
-    let forger = mcp_authz::standin::SigningKey::generate();
+    let forger = mcp_authz_testkit::standin::SigningKey::generate();
     let payload = good.split('.').nth(1).expect("payload");
     let header = json!({"typ": "JWT", "alg": "RS256", "kid": env.authority.active_key().kid});
     let payload_json = String::from_utf8(base64_decode(payload)).expect("utf8");

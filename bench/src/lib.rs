@@ -1,12 +1,8 @@
 //! Shared by `make bench` and `make soak`: the machine line and the date of a report, the
 //! marked blocks of BENCHMARKS.md that each run owns, and small helpers of both load drivers.
 
-/// A free loopback TCP port (bound, then released for a child process to bind).
-pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
+/// A loopback TCP port for a child process to bind later (the testkit's reservation).
+pub use mcp_authz_testkit::free_port;
 
 /// The `p` quantile (0–1) of `sorted` latencies; 0 when there are none.
 pub fn percentile<T: Copy + Into<u64>>(sorted: &[T], p: f64) -> u64 {
@@ -35,7 +31,7 @@ pub fn machine() -> String {
 
 /// `YYYY-MM-DD HH:MM` in UTC.
 pub fn utc_minute() -> String {
-    let secs = crate::identity::unix_now() as i64;
+    let secs = mcp_authz_testkit::unix_now() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
     let z = days + 719_468;

@@ -317,7 +317,7 @@ pub fn grpc_load_main(args: GrpcLoadArgs) -> anyhow::Result<()> {
             .await;
         let duration_us = started.elapsed().as_micros() as u64;
         all.sort_unstable();
-        let pct = |p: f64| mcp_authz::report::percentile(&all, p);
+        let pct = |p: f64| mcp_authz_bench::percentile(&all, p);
         let total = all.len() as u64 + errors;
         Ok::<_, anyhow::Error>(Sample {
             requests: total,

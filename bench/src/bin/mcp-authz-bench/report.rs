@@ -78,8 +78,8 @@ pub fn render(i: &Input) -> String {
     md.push_str("# Benchmarks\n\n");
     md.push_str(&format!(
         "Written by `make bench` on {} UTC. Machine: {}. Envoy {} (the same binary for every row), wrk {}, release build of this commit.\n\n",
-        mcp_authz::report::utc_minute(),
-        mcp_authz::report::machine(),
+        mcp_authz_bench::utc_minute(),
+        mcp_authz_bench::machine(),
         i.envoy_version,
         i.wrk_version,
     ));
@@ -306,7 +306,7 @@ pub fn merge(report: &str, old: &str) -> String {
         out = out.replace("<!-- analysis:start -->\n<!-- analysis:end -->", kept);
     }
     for name in ["fuzz", "soak"] {
-        if let Some(section) = mcp_authz::report::section(old, name) {
+        if let Some(section) = mcp_authz_bench::section(old, name) {
             out.push('\n');
             out.push_str(section);
             out.push('\n');

@@ -64,6 +64,14 @@ impl SigningKey {
         signature
     }
 
+    /// Whether `signature` is this key's RS256 signature of `message`.
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        use aws_lc_rs::signature::{RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
+        UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, self.pair.public_key().as_ref())
+            .verify(message, signature)
+            .is_ok()
+    }
+
     /// Builds a compact JWS from a header and the payload text exactly as given (so tests can
     /// craft payloads a JSON serializer would not produce, such as repeated names).
     pub fn sign_jwt(&self, header: &Value, payload: &str) -> String {

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use mcp_authz::sample_server::{ReceivedLog, router};
+use mcp_authz_testkit::sample_server::{ReceivedLog, router};
 
 #[derive(Parser)]
 #[command(

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use mcp_authz::standin::{Authority, MintRequest};
+use mcp_authz_testkit::standin::{Authority, MintRequest};
 use serde_json::json;
 
 const TID: &str = "3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2c";
@@ -89,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("mcp-authz-soak-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("policy.yaml"), POLICY)?;
-    let free_port = mcp_authz::report::free_port;
+    let free_port = mcp_authz_bench::free_port;
     let (grpc, admin) = (free_port()?, free_port()?);
     std::fs::write(
         dir.join("config.yaml"),
@@ -232,7 +232,7 @@ log: {{level: warn}}
                 .map(|mut l| std::mem::take(&mut *l))
                 .unwrap_or_default();
             lat.sort_unstable();
-            let pct = |p: f64| mcp_authz::report::percentile(&lat, p);
+            let pct = |p: f64| mcp_authz_bench::percentile(&lat, p);
             let e = errors.load(Ordering::Relaxed);
             let row = Row {
                 checks: n,
@@ -288,8 +288,8 @@ log: {{level: warn}}
 
     let mut md = format!(
         "Latest `make soak` ({} UTC, {}; command: `mcp-authz-soak --tokens {} --users {} --concurrency {} --token-cache {}`, {} build, mcp-authz as its own process, direct gRPC, every token new so every Check verifies an RS256 signature; tokens are minted by {minters} thread(s) of the load process on the same cores):\n\n",
-        mcp_authz::report::utc_minute(),
-        mcp_authz::report::machine(),
+        mcp_authz_bench::utc_minute(),
+        mcp_authz_bench::machine(),
         args.tokens,
         args.users,
         args.concurrency,
@@ -322,7 +322,7 @@ log: {{level: warn}}
     println!("{md}");
     if let Some(path) = &args.write {
         let text = std::fs::read_to_string(path).unwrap_or_default();
-        let out = mcp_authz::report::replace_block(&text, "soak", "Soak", &md);
+        let out = mcp_authz_bench::replace_block(&text, "soak", "Soak", &md);
         std::fs::write(path, out)?;
     }
     if failures.is_empty() {

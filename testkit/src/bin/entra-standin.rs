@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use mcp_authz::standin::{Authority, Client};
+use mcp_authz_testkit::standin::{Authority, Client};
 
 #[derive(Parser)]
 #[command(

@@ -146,7 +146,7 @@ mod tests {
     }
 
     fn template() -> String {
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/envoy/envoy.yaml"))
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../envoy/envoy.yaml"))
             .expect("envoy/envoy.yaml")
     }
 

@@ -20,12 +20,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use mcp_authz::standin::{Authority, MintRequest};
+use mcp_authz_testkit::standin::{Authority, MintRequest};
 use serde_json::json;
 
 use envoy_cfg::Variant;
 use load::{Mode, Sample, Wrk};
-use mcp_authz::report::free_port;
+use mcp_authz_bench::free_port;
 use procs::{Proc, port_open, wait_for};
 
 pub const TID: &str = "3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2c";

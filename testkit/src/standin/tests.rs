@@ -164,7 +164,7 @@ async fn rotation_adds_and_retires_keys() {
 
 #[tokio::test]
 async fn client_credentials_success_and_errors() {
-    let (_a, url) = served().await;
+    let (a, url) = served().await;
     let http = reqwest::Client::new();
     let ok: Value = http
         .post(format!("{url}/{TID}/oauth2/v2.0/token"))
@@ -183,13 +183,10 @@ async fn client_credentials_success_and_errors() {
     assert_eq!(ok["token_type"], "Bearer");
     assert_eq!(ok["expires_in"], 3599);
     assert_eq!(ok["ext_expires_in"], 3599);
-    let parsed = crate::identity::parse_jwt(ok["access_token"].as_str().expect("t")).expect("jwt");
-    assert_eq!(parsed.claims.aud.as_deref(), Some(GRAPH_RESOURCE));
-    assert_eq!(
-        parsed.claims.roles,
-        Some(vec!["GroupMember.Read.All".to_string()])
-    );
-    assert_eq!(parsed.claims.idtyp.as_deref(), Some("app"));
+    let claims = jwt::verified_claims(&a, ok["access_token"].as_str().expect("t")).expect("jwt");
+    assert_eq!(claims["aud"], GRAPH_RESOURCE);
+    assert_eq!(claims["roles"], json!(["GroupMember.Read.All"]));
+    assert_eq!(claims["idtyp"], "app");
 
     let bad = http
         .post(format!("{url}/{TID}/oauth2/v2.0/token"))
@@ -248,12 +245,13 @@ async fn minted_overage_token_and_graph_paging() {
             .expect("req"),
         )
         .expect("mint");
-    let parsed = crate::identity::parse_jwt(&token).expect("jwt");
-    assert!(parsed.claims.groups.is_none());
-    assert_eq!(
-        parsed.claims.groups_claim(),
-        crate::identity::GroupsClaim::Overage
-    );
+    let claims = jwt::verified_claims(&a, &token).expect("jwt");
+    assert!(claims.get("groups").is_none());
+    // The overage form of ENTRA.md: `_claim_names.groups` names a source in `_claim_sources`.
+    let source = claims["_claim_names"]["groups"]
+        .as_str()
+        .expect("overage claim name");
+    assert!(claims["_claim_sources"][source].is_object(), "{claims}");
 
     let bearer = graph_token(&http, &url, "app-1").await;
     let objs: Value = http
