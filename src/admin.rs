@@ -1,6 +1,7 @@
 //! HTTP listeners.
 //!
-//! - admin (internal): `/healthz` (the process answers), `/readyz` (keys and policy loaded).
+//! - admin (internal): `/healthz` (the process answers), `/readyz` (keys and policy loaded),
+//!   `/status` and `/metrics` (one reading of the components' counters: [`collector`]).
 //! - metadata (public, routed by Envoy without ext_authz): RFC 9728 OAuth Protected Resource
 //!   Metadata at `/.well-known/oauth-protected-resource/<mcp path>` and at the root form.
 
@@ -18,12 +19,9 @@ use crate::mcp::HttpView;
 use crate::pipeline::Authorizer;
 use crate::response::{ResponseSettings, WELL_KNOWN_PRM, public_base};
 
-/// What the admin listener reports on.
-pub struct Observed {
-    pub authorizer: Arc<Authorizer>,
-    pub policy_source: crate::policy::Source,
-    pub audit: Option<Arc<crate::audit::Auditor>>,
-}
+mod collector;
+
+pub use collector::{Observed, Readings};
 
 pub fn admin_router(observed: Observed) -> Router {
     Router::new()
@@ -46,42 +44,9 @@ async fn metrics(State(o): State<Arc<Observed>>) -> Response {
         .into_response()
 }
 
-/// Counters for operators as JSON (the same numbers as `/metrics`).
+/// Counters for operators as JSON (the same reading as `/metrics`).
 async fn status(State(o): State<Arc<Observed>>) -> Response {
-    use std::sync::atomic::Ordering::Relaxed;
-    let a = &o.authorizer;
-    let keys = a.validator.keys();
-    let snapshot = a.policy.load();
-    let (reloads, rejected) = o.policy_source.counters();
-    let failing = o.policy_source.health().failing().map(|r| {
-        json!({"version": r.what, "age_seconds": r.age_seconds(),
-               "problem_count": r.problem_count, "problems": r.problems})
-    });
-    let audit = o.audit.as_ref().map(|au| {
-        json!({
-            "recorded": au.stats.recorded.load(Relaxed),
-            "written": au.stats.written.load(Relaxed),
-            "dropped_queue_full": au.stats.dropped_queue_full.load(Relaxed),
-            "dropped_sink_error": au.stats.dropped_sink_error.load(Relaxed),
-            "dropped_rejected": au.stats.dropped_rejected.load(Relaxed),
-            "queue_depth": au.queue_depth(),
-        })
-    });
-    Json(json!({
-        "ready": a.ready(),
-        "keys": {"loaded": keys.is_loaded(), "count": keys.snapshot().len(),
-                 "refreshes": keys.refreshes.load(Relaxed), "refresh_failures": keys.refresh_failures.load(Relaxed)},
-        "policy": {"source": o.policy_source.kind(), "version": snapshot.as_ref().map(|s| s.version.clone()),
-                   "age_seconds": snapshot.as_ref().and_then(|s| s.loaded_at.elapsed().ok()).map(|d| d.as_secs_f64()),
-                   "reloads": reloads, "rejected": rejected,
-                   // The newest version the compiler refused, while no later one compiled:
-                   // until it is fixed, every later change (revocations too) waits.
-                   "failing": failing},
-        "token_cache_entries": a.validator.cached_tokens(),
-        "sessions_bound_here": a.sessions.as_ref().map(|s| s.local_count()),
-        "audit": audit,
-    }))
-    .into_response()
+    Json(o.read().to_json()).into_response()
 }
 
 async fn readyz(State(o): State<Arc<Observed>>) -> Response {

@@ -17,7 +17,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use aws_lc_rs::rand::SystemRandom;
@@ -232,10 +232,7 @@ impl IdentityAssertions {
 
     fn sign(&self, who: &Subject<'_>) -> Option<String> {
         let ring = self.ring.load();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = crate::clock::unix_now();
         let header = json!({"alg": "ES256", "typ": "JWT", "kid": ring.signing.kid});
         let mut claims = json!({
             "iss": self.issuer,

@@ -6,9 +6,13 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::app::{MIGRATOR, migration_status, pool};
+mod check_config;
+
+pub use check_config::check_config;
+
 use crate::config::{Config, PolicySourceKind};
-use crate::identity::is_guid;
+use crate::db::{MIGRATOR, migration_status, pool};
+use crate::ids::is_guid;
 use crate::mcp::{Call, RequestFacts, RpcFacts};
 use crate::policy::{self, PolicyDocument, Subject};
 

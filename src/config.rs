@@ -20,7 +20,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
-use crate::identity::is_guid;
+use crate::ids::is_guid;
+
+pub mod traces;
 
 /// The prefix of environment overrides.
 pub const ENV_PREFIX: &str = "MCP_AUTHZ__";
@@ -71,7 +73,7 @@ pub struct Config {
     /// OpenTelemetry traces, from the standard `OTEL_*` environment variables (off unless an
     /// OTLP endpoint or `OTEL_TRACES_EXPORTER=otlp` is set).
     #[serde(skip)]
-    pub traces: crate::telemetry::TracesConfig,
+    pub traces: traces::TracesConfig,
 }
 
 /// The async runtime that serves Checks.
@@ -160,7 +162,7 @@ pub struct GraphConfig {
     /// instead of a secret.
     pub client_certificate: Option<CertificateFiles>,
     #[serde(default)]
-    pub method: crate::groups::graph::GraphMethod,
+    pub method: GraphMethod,
     #[serde(default = "yes")]
     pub security_enabled_only: bool,
     #[serde(default = "default_graph_ttl")]
@@ -709,8 +711,7 @@ impl Config {
             applied.push((var, path.join("."), raw));
         }
         let mut config = deserialize_with_overrides(tree, &applied)?;
-        config.traces =
-            crate::telemetry::TracesConfig::from_env(&otel).map_err(ConfigError::Invalid)?;
+        config.traces = traces::TracesConfig::from_env(&otel).map_err(ConfigError::Invalid)?;
         config.validate()?;
         Ok(config)
     }
@@ -771,10 +772,7 @@ impl Config {
         if e.audiences.is_empty() || e.audiences.iter().any(|a| a.is_empty()) {
             return bad("entra.audiences: list the API's client id (and App ID URI for v1)".into());
         }
-        if e.audiences
-            .iter()
-            .any(|a| a == crate::identity::GRAPH_AUDIENCE)
-        {
+        if e.audiences.iter().any(|a| a == crate::ids::GRAPH_APP_ID) {
             return bad(
                 "entra.audiences: Microsoft Graph tokens cannot be validated by anyone but Graph"
                     .into(),
@@ -1031,6 +1029,15 @@ fn set_at(tree: &mut Value, path: &[String], value: Value, var: &str) -> Result<
         node = map.entry(k).or_insert(Value::Null);
     }
     Ok(())
+}
+
+/// How groups are read from Microsoft Graph on an overage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum GraphMethod {
+    #[default]
+    GetMemberObjects,
+    TransitiveMemberOf,
 }
 
 #[cfg(test)]

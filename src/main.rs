@@ -146,7 +146,7 @@ fn main() -> ExitCode {
         Command::RenderEnvoy { .. } => ExitCode::SUCCESS,
         Command::Serve { .. } => runtime.block_on(serve(config)),
         Command::CheckConfig { .. } => {
-            let ok = runtime.block_on(mcp_authz::app::check_config(
+            let ok = runtime.block_on(mcp_authz::cli::check_config(
                 &config,
                 &path,
                 &mut std::io::stdout(),

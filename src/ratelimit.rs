@@ -26,7 +26,7 @@ mod tests;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 pub use redis_store::RedisStore;
 
@@ -258,13 +258,7 @@ pub fn evaluate(req: &Request, tats: &[i64], now: i64) -> (Outcome, Vec<(usize, 
     (outcome(true, i, &probes[i]), writes)
 }
 
-/// Microseconds since the Unix epoch.
-pub fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
+pub use crate::clock::unix_micros as now_us;
 
 /// The in-process store: the limiter without Redis, and the fallback when Redis fails.
 ///

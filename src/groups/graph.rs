@@ -47,14 +47,7 @@ pub enum GraphError {
     BackingOff,
 }
 
-/// How groups are read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum GraphMethod {
-    #[default]
-    GetMemberObjects,
-    TransitiveMemberOf,
-}
+pub use crate::config::GraphMethod;
 
 /// How the app proves itself at the token endpoint.
 #[derive(Clone)]

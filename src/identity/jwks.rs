@@ -16,7 +16,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 
-use super::TokenError;
+use super::error::TokenError;
 
 /// Largest discovery or JWKS document we read.
 const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;

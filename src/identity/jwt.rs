@@ -13,7 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 
-use super::TokenError;
+use super::error::TokenError;
 
 /// A token split and decoded, signature not yet checked.
 #[derive(Debug)]

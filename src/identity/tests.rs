@@ -2,6 +2,7 @@
 //! states what it tries and asserts the exact refusal.
 
 use super::*;
+use crate::ids::is_guid;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use mcp_authz_testkit::standin::{Authority, SigningKey};
@@ -380,7 +381,7 @@ async fn attack_graph_token_is_rejected_as_wrong_audience() {
     let mut header = f.header();
     header["nonce"] = json!("abc123");
     let mut c = claims();
-    c.insert("aud".into(), json!(GRAPH_AUDIENCE));
+    c.insert("aud".into(), json!(crate::ids::GRAPH_APP_ID));
     assert_eq!(
         f.validate(&f.sign(&header, &Value::Object(c.clone()).to_string()))
             .await

@@ -12,8 +12,10 @@
 //!
 //! Denials name what refused and the rows consulted (`basis`), which `explain` prints.
 
-use super::{AccessLevel, Effect, Origin, Server, Snapshot, TokenForwarding};
+use super::document::{AccessLevel, Effect, TokenForwarding};
+use super::snapshot::{Grant, Origin, Server, Snapshot};
 use crate::mcp::{Call, RequestFacts};
+use crate::ratelimit::{self, Bucket, Scope};
 use std::sync::Arc;
 
 /// Who asks; labels are not identities.
@@ -85,7 +87,7 @@ pub fn decide(snap: &Snapshot, who: &Subject<'_>, facts: &RequestFacts) -> Decis
 
     // Tenants granted to the subject at all, with their best level and the granting row.
     let mut granted: Vec<(usize, AccessLevel, Origin)> = Vec::new();
-    let mut consider = |grants: Option<&Vec<super::Grant>>| {
+    let mut consider = |grants: Option<&Vec<Grant>>| {
         for g in grants.into_iter().flatten() {
             if g.tid.as_deref().is_some_and(|t| t != who.tid) || !snap.tenants[g.tenant].enabled {
                 continue;
@@ -257,4 +259,75 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
         pi += 1;
     }
     pi == p.len()
+}
+
+impl Snapshot {
+    /// The rate-limit buckets an allowed request is charged to (empty when no limit applies).
+    /// Keys name the verified identity, the policy tenant and the tool rule; never anything the
+    /// client chooses.
+    pub fn rate_request(
+        &self,
+        allow: &Allow,
+        tid: &str,
+        oid: &str,
+        facts: &crate::mcp::RequestFacts,
+    ) -> ratelimit::Request {
+        let l = &self.limits;
+        let mut req = ratelimit::Request::default();
+        if !l.any {
+            return req;
+        }
+        if let Some(rate) = l.user {
+            req.hard.push(Bucket {
+                key: format!("u:{tid}:{oid}"),
+                rate,
+                scope: Scope::User,
+            });
+        }
+        if let (Some(tool), Some(rules)) = (facts.call.tool(), l.tools.get(&allow.server.name)) {
+            for (pattern, rate) in rules {
+                if glob_match(pattern, tool) {
+                    req.hard.push(Bucket {
+                        key: format!("t:{}:{pattern}:{tid}:{oid}", allow.server.name),
+                        rate: *rate,
+                        scope: Scope::Tool,
+                    });
+                }
+            }
+        }
+        let (cap, reserved) = l
+            .tenants
+            .get(&allow.tenant)
+            .copied()
+            .unwrap_or((None, None));
+        if let Some(rate) = cap {
+            req.hard.push(Bucket {
+                key: format!("c:{}", allow.tenant),
+                rate,
+                scope: Scope::Tenant,
+            });
+        }
+        if let Some(global) = l.global {
+            let global = Bucket {
+                key: "g".into(),
+                rate: global,
+                scope: Scope::Global,
+            };
+            match reserved {
+                Some(rate) => {
+                    req.fair = Some(ratelimit::Fair {
+                        reserved: Bucket {
+                            key: format!("r:{}", allow.tenant),
+                            rate,
+                            scope: Scope::Tenant,
+                        },
+                        global,
+                    })
+                }
+                // Admins without a tenant only borrow from the budget.
+                None => req.hard.push(global),
+            }
+        }
+        req
+    }
 }

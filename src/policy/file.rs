@@ -11,7 +11,10 @@ use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
-use super::{PolicyDocument, PolicyHandle, Snapshot};
+use super::compile::CompileError;
+use super::document::PolicyDocument;
+use super::handle::{PolicyHandle, ReloadHealth};
+use super::snapshot::Snapshot;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
@@ -23,10 +26,7 @@ pub enum FileError {
     #[error("{path} is not a valid policy document: {reason}")]
     Parse { path: PathBuf, reason: String },
     #[error("{path}: {source}")]
-    Compile {
-        path: PathBuf,
-        source: super::CompileError,
-    },
+    Compile { path: PathBuf, source: CompileError },
 }
 
 impl FileError {
@@ -72,7 +72,7 @@ pub struct FileSource {
     handle: Arc<PolicyHandle>,
     interval: Duration,
     directories: Vec<String>,
-    pub health: super::ReloadHealth,
+    pub health: ReloadHealth,
 }
 
 impl FileSource {

@@ -20,11 +20,13 @@ use sqlx::postgres::{PgListener, PgPool};
 // every value is a bound parameter.
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 
-use super::{
-    AccessLevel, AdminsDoc, Effect, GroupGrantDoc, GroupRef, PolicyDocument, PolicyHandle,
-    ServerDoc, Snapshot, TenantDoc, TokenForwarding, ToolLimitDoc, ToolRuleDoc, UserGrantDoc,
-    UserRef,
+use super::compile::CompileError;
+use super::document::{
+    AccessLevel, AdminsDoc, Effect, GroupGrantDoc, GroupRef, PolicyDocument, ServerDoc, TenantDoc,
+    TokenForwarding, ToolLimitDoc, ToolRuleDoc, UserGrantDoc, UserRef,
 };
+use super::handle::{PolicyHandle, ReloadHealth};
+use super::snapshot::Snapshot;
 
 pub const CHANNEL: &str = "mcp_authz_policy";
 
@@ -39,7 +41,7 @@ pub enum DbError {
         reason: String,
     },
     #[error("nothing written: the rows would not compile: {0}")]
-    Rejected(#[from] super::CompileError),
+    Rejected(#[from] CompileError),
 }
 
 /// A column: its name and the SQL type its text form is cast to.
@@ -693,7 +695,7 @@ fn bind_all<'q>(
 pub async fn load_snapshot(
     pool: &PgPool,
     directories: &[String],
-) -> Result<Result<Snapshot, super::CompileError>, DbError> {
+) -> Result<Result<Snapshot, CompileError>, DbError> {
     let (version, doc) = read_document(pool).await?;
     Ok(
         Snapshot::compile(&doc, "postgres", directories).map(|mut s| {
@@ -711,7 +713,7 @@ pub struct PostgresSource {
     directories: Vec<String>,
     /// The database version last compiled (good or bad), so a bad version is reported once.
     seen_version: AtomicI64,
-    pub health: super::ReloadHealth,
+    pub health: ReloadHealth,
     pub db_errors: AtomicU64,
 }
 

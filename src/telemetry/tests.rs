@@ -1,4 +1,7 @@
 use super::*;
+use crate::config::traces::{SamplerConfig, TracesConfig};
+use opentelemetry::trace::TraceContextExt;
+use std::collections::BTreeMap;
 
 #[test]
 fn traceparent_is_parsed_strictly() {

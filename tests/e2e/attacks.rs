@@ -526,7 +526,7 @@ async fn directories_are_not_interchangeable() {
         )],
     )
     .expect("config");
-    assert!(!mcp_authz::app::check_config(&cfg, &env.policy_path, &mut out).await);
+    assert!(!mcp_authz::cli::check_config(&cfg, &env.policy_path, &mut out).await);
     let out = String::from_utf8_lossy(&out);
     assert!(out.contains("must name its directory (tid)"), "{out}");
 }

@@ -204,7 +204,7 @@ async fn cli_migrate_export_import_and_explain() {
 
     let (code, stdout, stderr) = run(&["migrate"]);
     assert_eq!(code, Some(0), "{stderr}");
-    let all = mcp_authz::app::MIGRATOR.iter().count();
+    let all = mcp_authz::db::MIGRATOR.iter().count();
     assert!(
         stdout.contains(&format!("applied {all} migrations")),
         "{stdout}"
@@ -367,7 +367,7 @@ async fn rows_that_do_not_compile_are_reported_and_the_last_good_policy_serves()
 
     let mut out = Vec::new();
     let ok =
-        mcp_authz::app::check_config(&db_cfg(&url, &db), std::path::Path::new("cfg"), &mut out)
+        mcp_authz::cli::check_config(&db_cfg(&url, &db), std::path::Path::new("cfg"), &mut out)
             .await;
     let out = String::from_utf8_lossy(&out);
     assert!(!ok);
@@ -710,10 +710,10 @@ async fn migrations_can_run_at_start() {
     assert!(cfg.contains("migrate_on_start: true"));
     let inst = Instance::start(&cfg).await;
     let pool = sqlx::PgPool::connect(&url).await.expect("connect");
-    let (applied, pending) = mcp_authz::app::migration_status(&pool)
+    let (applied, pending) = mcp_authz::db::migration_status(&pool)
         .await
         .expect("status");
-    let all = mcp_authz::app::MIGRATOR.iter().count();
+    let all = mcp_authz::db::MIGRATOR.iter().count();
     assert_eq!((applied.len(), pending.len()), (all, 0));
     assert_eq!(
         inst.readyz().await["policy_version"],

@@ -296,7 +296,7 @@ async fn check_config_names_the_missing_graph_permission() {
         let (_authority, _dir, text) = setup("get_member_objects", 300, 3600, &roles).await;
         let cfg = mcp_authz::config::Config::parse(&text, Vec::new()).expect("config");
         let mut out = Vec::new();
-        let ok = mcp_authz::app::check_config(&cfg, std::path::Path::new("c"), &mut out).await;
+        let ok = mcp_authz::cli::check_config(&cfg, std::path::Path::new("c"), &mut out).await;
         let out = String::from_utf8_lossy(&out);
         assert!(out.contains(want), "{out}");
         assert_eq!(ok, roles.len() == 1, "{out}");
@@ -425,7 +425,7 @@ async fn graph_token_with_a_certificate_credential() {
     let cfg = mcp_authz::config::Config::parse(&cfg_text, Vec::new()).expect("config");
     let mut out = Vec::new();
     assert!(
-        mcp_authz::app::check_config(&cfg, std::path::Path::new("c"), &mut out).await,
+        mcp_authz::cli::check_config(&cfg, std::path::Path::new("c"), &mut out).await,
         "{}",
         String::from_utf8_lossy(&out)
     );
@@ -455,7 +455,7 @@ async fn graph_token_with_a_certificate_credential() {
     );
     let cfg = mcp_authz::config::Config::parse(&bad, Vec::new()).expect("config");
     let mut out = Vec::new();
-    assert!(!mcp_authz::app::check_config(&cfg, std::path::Path::new("c"), &mut out).await);
+    assert!(!mcp_authz::cli::check_config(&cfg, std::path::Path::new("c"), &mut out).await);
     assert!(
         String::from_utf8_lossy(&out).contains("invalid_client"),
         "{}",

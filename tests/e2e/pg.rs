@@ -80,7 +80,7 @@ impl TestDb {
     pub async fn create_on(admin_url: &str, server: Option<PgServer>) -> Self {
         let url = Self::create_empty_on(admin_url).await;
         let pool = PgPool::connect(&url).await.expect("connect test db");
-        mcp_authz::app::MIGRATOR.run(&pool).await.expect("migrate");
+        mcp_authz::db::MIGRATOR.run(&pool).await.expect("migrate");
         Self { url, pool, server }
     }
 

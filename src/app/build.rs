@@ -1,0 +1,204 @@
+//! The parts of a running mcp-authz, built from a validated configuration: keys, groups,
+//! policy source, audit, limits, sessions, assertions, and the authorizer that holds them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::admin::MetadataSettings;
+use crate::audit::Auditor;
+use crate::config::{Config, PolicySourceKind};
+use crate::groups::GroupResolver;
+use crate::identity::{JwksSource, KeyStore, ValidationRules, Validator};
+use crate::pipeline::Authorizer;
+use crate::policy::postgres::PostgresSource;
+use crate::policy::{FileSource, PolicyHandle, Source};
+use crate::response::ResponseSettings;
+
+/// The HTTP client for Entra: bounded connect and total time.
+pub fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(3)))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("mcp-authz/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("build HTTP client")
+}
+
+fn graph_credential(
+    g: &crate::config::GraphConfig,
+) -> anyhow::Result<crate::groups::graph::Credential> {
+    use crate::groups::graph::{CertificateKey, Credential};
+    match (&g.client_secret, &g.client_certificate) {
+        (Some(secret), _) => Ok(Credential::Secret(secret.expose().to_owned())),
+        (None, Some(files)) => {
+            let key = std::fs::read_to_string(&files.key_file).with_context(|| {
+                format!(
+                    "graph.client_certificate.key_file {}",
+                    files.key_file.display()
+                )
+            })?;
+            let cert = std::fs::read_to_string(&files.cert_file).with_context(|| {
+                format!(
+                    "graph.client_certificate.cert_file {}",
+                    files.cert_file.display()
+                )
+            })?;
+            let loaded = CertificateKey::from_pem(&key, &cert)
+                .map_err(|e| anyhow::anyhow!("graph.client_certificate: {e}"))?;
+            Ok(Credential::Certificate(Arc::new(loaded)))
+        }
+        (None, None) => anyhow::bail!("graph: no credential (validated config expected)"),
+    }
+}
+
+/// The long-lived parts, built from configuration.
+pub struct Parts {
+    pub authorizer: Arc<Authorizer>,
+    pub keys: Arc<KeyStore>,
+    pub policy_source: Source,
+    pub metadata: MetadataSettings,
+    pub pool: Option<sqlx::PgPool>,
+}
+
+/// `pool` is the process's one database pool (see [`pool`]), when a database is configured.
+pub fn build(
+    cfg: &Config,
+    audit: Option<Arc<Auditor>>,
+    pool: Option<sqlx::PgPool>,
+) -> anyhow::Result<Parts> {
+    let http = http_client(cfg.http_timeout())?;
+    let discovery_tenant = cfg
+        .entra
+        .discovery_tenant
+        .clone()
+        .unwrap_or_else(|| cfg.entra.tenants[0].clone());
+    let source = JwksSource::new(http, &cfg.entra.authority, &discovery_tenant)
+        .map_err(anyhow::Error::msg)?;
+    let keys = Arc::new(KeyStore::new(
+        source,
+        Duration::from_secs(cfg.entra.unknown_kid_refresh_seconds),
+    ));
+    let validator = Arc::new(Validator::new(
+        ValidationRules::from_config(&cfg.entra),
+        keys.clone(),
+        cfg.entra.token_cache_capacity,
+    ));
+    let policy = Arc::new(PolicyHandle::default());
+    let policy_source = match (cfg.policy.source, &pool, &cfg.policy.file) {
+        (PolicySourceKind::Postgres, Some(pool), _) => {
+            Source::Postgres(Arc::new(PostgresSource::new(
+                pool.clone(),
+                policy.clone(),
+                Duration::from_millis(cfg.policy.db_poll_interval_ms),
+                cfg.entra.tenants.clone(),
+            )))
+        }
+        (PolicySourceKind::File, _, Some(file)) => Source::File(Arc::new(FileSource::new(
+            file.clone(),
+            policy.clone(),
+            Duration::from_millis(cfg.policy.reload_interval_ms),
+            cfg.entra.tenants.clone(),
+        ))),
+        _ => anyhow::bail!("policy source and its settings disagree (validated config expected)"),
+    };
+    let scopes = cfg.advertised_scopes().to_vec();
+    let response = ResponseSettings {
+        public_base_url: cfg.mcp.public_base_url.clone(),
+        path_prefix: cfg.mcp.path_prefix.clone(),
+        scope: scopes.join(" "),
+    };
+    let groups = match &cfg.graph {
+        None => GroupResolver::new(),
+        Some(g) => {
+            let http = http_client(Duration::from_millis(g.timeout_ms))?;
+            let client = Arc::new(crate::groups::graph::GraphClient::new(
+                http,
+                crate::groups::graph::GraphSettings {
+                    authority: cfg.entra.authority.clone(),
+                    base_url: g.base_url.clone(),
+                    client_id: g.client_id.clone(),
+                    credential: graph_credential(g)?,
+                    method: g.method,
+                    security_enabled_only: g.security_enabled_only,
+                    max_retries: g.max_retries,
+                    max_retry_wait: Duration::from_millis(g.max_retry_wait_ms),
+                },
+            ));
+            GroupResolver::with_graph(crate::groups::GraphResolver::new(
+                client,
+                Duration::from_secs(g.cache_ttl_seconds),
+                Duration::from_secs(g.max_stale_seconds),
+                g.cache_capacity,
+            ))
+        }
+    };
+    let obo = match &cfg.obo {
+        None => None,
+        Some(o) => Some(Arc::new(crate::obo::OboClient::new(
+            http_client(Duration::from_millis(o.timeout_ms))?,
+            crate::obo::OboSettings {
+                authority: cfg.entra.authority.clone(),
+                client_id: o.client_id.clone(),
+                client_secret: o.client_secret.expose().to_owned(),
+            },
+            o.cache_capacity,
+        ))),
+    };
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let limiter = Arc::new(crate::ratelimit::Limiter::new(
+        &cfg.rate_limit,
+        metrics.clone(),
+    )?);
+    let authorizer = Arc::new(Authorizer {
+        validator,
+        groups,
+        obo,
+        metrics,
+        policy,
+        settings: response.clone(),
+        audit,
+        limiter: Some(limiter),
+        sessions: if cfg.sessions.enabled {
+            Some(Arc::new(crate::sessions::SessionBinder::new(
+                &cfg.sessions,
+                &cfg.rate_limit,
+            )?))
+        } else {
+            None
+        },
+        assertions: match (&cfg.identity_assertion, &cfg.mcp.public_base_url) {
+            (ia, Some(issuer)) if ia.enabled => Some(Arc::new(
+                crate::assertion::IdentityAssertions::new(ia, issuer.clone())
+                    .context("identity_assertion")?,
+            )),
+            _ => None,
+        },
+        tracer: cfg
+            .traces
+            .endpoint
+            .is_some()
+            .then(|| opentelemetry::global::tracer(crate::telemetry::TRACER)),
+    });
+    let metadata = MetadataSettings {
+        authorization_servers: cfg
+            .entra
+            .tenants
+            .iter()
+            .map(|t| format!("{}/{t}/v2.0", cfg.entra.authority))
+            .collect(),
+        scopes,
+        resource_name: cfg.mcp.resource_name.clone(),
+        resource_documentation: cfg.mcp.resource_documentation.clone(),
+        response,
+    };
+    Ok(Parts {
+        authorizer,
+        keys,
+        policy_source,
+        metadata,
+        pool,
+    })
+}

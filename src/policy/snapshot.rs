@@ -1,0 +1,102 @@
+//! The compiled, immutable policy snapshot the hot path reads without locks, and its lookups.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::document::{AccessLevel, Effect, TokenForwarding};
+use crate::ratelimit::Rate;
+
+/// Where a grant or rule came from, for `explain` and logs (e.g. `group_grants[3]`).
+pub type Origin = Arc<str>;
+
+#[derive(Debug)]
+pub struct Server {
+    pub name: Arc<str>,
+    pub route_key: String,
+    pub enabled: bool,
+    pub token_forwarding: TokenForwarding,
+    pub obo_scope: Option<String>,
+    pub tools_default: Effect,
+    pub origin: Origin,
+}
+
+#[derive(Debug)]
+pub struct Tenant {
+    pub name: Arc<str>,
+    pub enabled: bool,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Grant {
+    pub(super) tenant: usize,
+    pub(super) level: AccessLevel,
+    /// For user grants: the directory it is limited to.
+    pub(super) tid: Option<String>,
+    pub(super) origin: Origin,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct ToolRule {
+    pub(super) tenant: Option<usize>,
+    pub(super) pattern: String,
+    pub(super) effect: Effect,
+    pub(super) min_level: AccessLevel,
+    pub(super) origin: Origin,
+}
+
+/// An immutable compiled policy.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Content hash of the source document: equal documents, equal versions.
+    pub version: String,
+    pub source: String,
+    pub loaded_at: SystemTime,
+    pub(super) servers: Vec<Arc<Server>>,
+    pub(super) server_by_route: HashMap<String, usize>,
+    pub(super) tenants: Vec<Tenant>,
+    /// `tenant_servers[t]` holds the servers tenant `t` may use.
+    pub(super) tenant_servers: Vec<HashSet<usize>>,
+    pub(super) group_grants: HashMap<String, Vec<Grant>>,
+    pub(super) user_grants: HashMap<String, Vec<Grant>>,
+    pub(super) upn_grants: HashMap<String, Vec<Grant>>,
+    pub(super) admin_groups: HashMap<String, (Option<String>, Origin)>,
+    pub(super) admin_users: HashMap<String, (Option<String>, Origin)>,
+    pub(super) tool_rules: Vec<Vec<ToolRule>>,
+    pub(super) limits: Limits,
+}
+
+/// The compiled rate limits.
+#[derive(Debug, Default)]
+pub(super) struct Limits {
+    pub(super) any: bool,
+    pub(super) global: Option<Rate>,
+    pub(super) user: Option<Rate>,
+    /// By tenant name: its cap and its reserved share of the global budget.
+    pub(super) tenants: HashMap<Arc<str>, (Option<Rate>, Option<Rate>)>,
+    /// By server name: (tool pattern, per-user rate).
+    pub(super) tools: HashMap<Arc<str>, Vec<(String, Rate)>>,
+}
+
+impl Snapshot {
+    pub fn server_by_route(&self, route_key: &str) -> Option<&Arc<Server>> {
+        self.server_by_route
+            .get(route_key)
+            .map(|&i| &self.servers[i])
+    }
+
+    pub fn servers(&self) -> &[Arc<Server>] {
+        &self.servers
+    }
+
+    pub fn tenant_count(&self) -> usize {
+        self.tenants.len()
+    }
+
+    pub fn grant_count(&self) -> usize {
+        self.group_grants.values().map(Vec::len).sum::<usize>()
+            + self.user_grants.values().map(Vec::len).sum::<usize>()
+            + self.upn_grants.values().map(Vec::len).sum::<usize>()
+    }
+}
