@@ -1,5 +1,12 @@
 //! Micro-benchmarks of the Check's hot path (`make microbench`; divan): the decision function,
 //! the request-facts parser, and a token-cache hit. No network, no runtime.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)] // a benchmark: a failed setup step is the answer, and it may print
 
 use std::sync::Arc;
 

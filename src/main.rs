@@ -1,5 +1,9 @@
 //! `mcp-authz`: serve, check-config, --version.
 
+// The command line is where output meets the operator: the library writes through `impl Write`
+// and `tracing`, the binary prints what a command answers and why it could not start.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::helpers::*;
+use crate::support::helpers::*;
 
 /// The first JSON-RPC message of a response body, JSON or SSE.
 fn rpc_message(body: &str) -> Value {

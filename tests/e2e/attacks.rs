@@ -6,7 +6,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value, json};
 
-use super::helpers::*;
+use crate::support::helpers::*;
 
 struct Forge<'a> {
     env: &'a TestEnv,

@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::helpers::{POLICY, TID, config_yaml, free_port, standin};
+use crate::support::helpers::{POLICY, TID, config_yaml, free_port, standin};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mcp-authz");
 
@@ -101,7 +101,7 @@ async fn check_config_reports_each_check() {
     assert!(stdout.contains("config check FAILED"));
 
     // Redis: reachable is reported; unreachable fails the check with the fallback stated.
-    let redis = super::redis_server::RedisServer::start();
+    let redis = crate::support::redis_server::RedisServer::start();
     let with_redis = run(
         arg(&cfg.display().to_string()),
         vec![("MCP_AUTHZ__RATE_LIMIT__REDIS_URL", redis.url())],
@@ -173,7 +173,7 @@ async fn serve_becomes_ready_and_stops_on_sigterm() {
         assert!(Instant::now() < deadline);
     };
     let http = reqwest::Client::new();
-    super::helpers::wait_until("ready", Duration::from_secs(20), || {
+    crate::support::helpers::wait_until("ready", Duration::from_secs(20), || {
         let http = http.clone();
         let url = format!("http://{admin}/readyz");
         async move { http.get(url).send().await.is_ok_and(|r| r.status() == 200) }
@@ -215,18 +215,20 @@ async fn serve_becomes_ready_and_stops_on_sigterm() {
 fn demo_script_check_passes() {
     let bin_dir = std::path::Path::new(BIN).parent().expect("bin dir");
     let state = tempfile::tempdir().expect("tmp");
-    let out = Command::new(super::helpers::repo_path("deploy/examples/demo.sh"))
-        .arg("--check")
-        .env("BIN", bin_dir)
-        .env("ENVOY_BIN", super::helpers::envoy_bin())
-        .env("DEMO_PORT", free_port().to_string())
-        .env("ENVOY_ADMIN_PORT", free_port().to_string())
-        .env("AUTHZ_PORT", free_port().to_string())
-        .env("ADMIN_PORT", free_port().to_string())
-        .env("METADATA_PORT", free_port().to_string())
-        .env("DEMO_STATE", state.path())
-        .output()
-        .expect("run demo.sh");
+    let out = Command::new(crate::support::helpers::repo_path(
+        "deploy/examples/demo.sh",
+    ))
+    .arg("--check")
+    .env("BIN", bin_dir)
+    .env("ENVOY_BIN", crate::support::helpers::envoy_bin())
+    .env("DEMO_PORT", free_port().to_string())
+    .env("ENVOY_ADMIN_PORT", free_port().to_string())
+    .env("AUTHZ_PORT", free_port().to_string())
+    .env("ADMIN_PORT", free_port().to_string())
+    .env("METADATA_PORT", free_port().to_string())
+    .env("DEMO_STATE", state.path())
+    .output()
+    .expect("run demo.sh");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -7,8 +7,8 @@ use mcp_authz::cli;
 use mcp_authz::config::Config;
 use mcp_authz::policy::PolicyDocument;
 
-use super::helpers::*;
-use super::pg::TestDb;
+use crate::support::helpers::*;
+use crate::support::pg::TestDb;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mcp-authz");
 

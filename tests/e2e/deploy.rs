@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use super::helpers::repo_path;
+use crate::support::helpers::repo_path;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mcp-authz");
 

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use mcp_authz_testkit::standin::GraphFaults;
 
-use super::helpers::*;
-use super::redis_server::RedisServer;
+use crate::support::helpers::*;
+use crate::support::redis_server::RedisServer;
 
 /// One kind of request in the loop.
 struct Case {
@@ -363,7 +363,7 @@ async fn redis_killed_and_restarted_under_traffic() {
 /// picked up, and the time until it is measured.
 #[tokio::test]
 async fn postgres_stopped_and_restarted_under_traffic() {
-    let db = super::pg::TestDb::create_private().await;
+    let db = crate::support::pg::TestDb::create_private().await;
     let doc: mcp_authz::policy::PolicyDocument = serde_yaml_ng::from_str(POLICY).expect("policy");
     mcp_authz::policy::postgres::import_document(&db.pool, &doc, false, &directories())
         .await

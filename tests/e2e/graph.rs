@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use mcp_authz_testkit::standin::{Authority, Client, GraphFaults};
 use serde_json::json;
 
-use super::helpers::*;
+use crate::support::helpers::*;
 
 pub(super) const APP: &str = "mcp-authz-graph";
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::helpers::*;
+use crate::support::helpers::*;
 
 const DENIED: &str = "delete_repository";
 

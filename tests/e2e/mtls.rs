@@ -7,7 +7,7 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use super::helpers::*;
+use crate::support::helpers::*;
 
 fn mtls_env() -> Options {
     Options {

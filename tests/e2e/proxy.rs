@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::helpers::*;
+use crate::support::helpers::*;
 
 /// Attack: a request authorized for `github` reached the upstream with a Host the client chose
 /// (upstreams route, build URLs and check DNS rebinding on it). The upstream sees its own name.

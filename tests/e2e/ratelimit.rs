@@ -8,8 +8,8 @@ use mcp_authz::config::RateLimitConfig;
 use mcp_authz::metrics::Metrics;
 use mcp_authz::ratelimit::{Bucket, Fair, Limiter, Rate, Request, Scope};
 
-use super::helpers::*;
-use super::redis_server::RedisServer;
+use crate::support::helpers::*;
+use crate::support::redis_server::RedisServer;
 
 fn limiter(url: &str, retry_ms: u64) -> (Limiter, Arc<Metrics>) {
     let cfg: RateLimitConfig = serde_yaml_ng::from_str(&format!(

@@ -4,8 +4,8 @@
 use mcp_authz::config::{RateLimitConfig, SessionsConfig};
 use mcp_authz::sessions::{NotOwner, SessionBinder};
 
-use super::helpers::*;
-use super::redis_server::RedisServer;
+use crate::support::helpers::*;
+use crate::support::redis_server::RedisServer;
 
 /// Attack (outside review): anything that learnt another user's `Mcp-Session-Id` could act in
 /// that session with a token of its own: call tools in it, read its server-to-client stream

@@ -15,8 +15,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 
-use super::helpers::*;
-use super::redis_server::RedisServer;
+use crate::support::helpers::*;
+use crate::support::redis_server::RedisServer;
 
 #[derive(Clone, Default)]
 struct Receiver {
@@ -280,7 +280,7 @@ async fn check_spans_are_children_of_envoys_trace_with_jwks_graph_and_redis_chil
 #[tokio::test]
 async fn policy_reloads_and_audit_writes_have_database_spans() {
     let (receiver, otlp) = Receiver::start().await;
-    let db = super::pg::TestDb::create().await;
+    let db = crate::support::pg::TestDb::create().await;
     let (authority, url) = standin().await;
     let doc: mcp_authz::policy::PolicyDocument = serde_yaml_ng::from_str(POLICY).expect("policy");
     mcp_authz::policy::postgres::import_document(&db.pool, &doc, false, &directories())
