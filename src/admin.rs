@@ -1,7 +1,7 @@
 //! HTTP listeners.
 //!
 //! - admin (internal): `/healthz` (the process answers), `/readyz` (keys and policy loaded),
-//!   `/status` and `/metrics` (one reading of the components' counters: [`collector`]).
+//!   `/status` and `/metrics` (one reading of the components' counters: `collector`).
 //! - metadata (public, routed by Envoy without ext_authz): RFC 9728 OAuth Protected Resource
 //!   Metadata at `/.well-known/oauth-protected-resource/<mcp path>` and at the root form.
 

@@ -1,25 +1,36 @@
 //! mcp-authz: the Envoy external-authorization (ext_authz) server for Model Context Protocol
 //! traffic, with Microsoft Entra ID identities.
 //!
-//! Module map, in the order a Check flows through it:
-//! - [`grpc`]: the only module that touches Envoy's protos; CheckRequest ⇄ domain types.
-//! - [`pipeline`]: identity → groups → request facts → policy → response.
-//! - [`identity`]: Entra access-token validation (JWT parsing, JWKS keys, verified-token cache).
-//! - [`groups`]: the groups a principal is in (token claim; overage detection).
-//! - [`obo`]: on-behalf-of tokens for upstreams that need their own.
-//! - [`mcp`]: request facts (target server, JSON-RPC method, tool) from an HTTP request.
-//! - [`policy`]: the compiled, immutable policy snapshot, the pure decision function, and the
-//!   file source with hot reload.
-//! - [`response`]: how a decision becomes headers, status codes and bodies (MCP/RFC 6750/9728).
+//! Module map, floor by floor: a module imports only modules on the floors below it (no import
+//! circles), so each line reads with only the lines above it in mind.
+//!
+//! - Leaves: [`ids`] (identifiers and constants shared by every layer), [`clock`] (the one
+//!   wall clock), [`metrics`] (per-Check Prometheus metrics), [`obo`] (on-behalf-of tokens),
+//!   [`ratelimit`] (GCRA limits; Redis and in-process stores).
+//! - [`config`]: typed configuration from a file plus environment overrides, validated.
+//! - [`identity`]: Entra access-token validation (JWS parsing, JWKS keys, verified-token cache).
+//! - [`groups`]: the groups a principal is in (token claim; Graph on an overage).
 //! - [`sessions`]: an `Mcp-Session-Id` belongs to the identity that first used it.
+//! - [`mcp`]: request facts (target server, media type, JSON-RPC method, tool).
+//! - [`policy`]: the document, compiled into an immutable snapshot, the pure decision over it,
+//!   and its sources (file, PostgreSQL) with hot reload.
+//! - [`response`]: how a decision becomes headers, status codes and bodies (MCP/RFC 6750/9728).
 //! - [`assertion`]: the signed identity assertion an upstream can verify (opt-in), and its JWKS.
 //! - [`audit`]: one event per decision through a bounded queue to PostgreSQL or JSON lines.
-//! - [`metrics`]: Prometheus metrics on the admin listener.
-//! - [`admin`]: HTTP listeners: health/readiness and RFC 9728 protected-resource metadata.
-//! - [`tls`]: mTLS on the gRPC listener, certificates reloaded from their files.
-//! - [`config`]: typed configuration from a file plus environment overrides.
-//! - [`cli`]: operator commands (migrate, policy export/import, explain).
-//! - [`app`]: wires the parts and runs the listeners until shutdown.
+//! - [`telemetry`]: logging, the OTLP trace exporter, trace context and spans.
+//! - [`pipeline`]: token → identity → request facts → groups → policy → limits → response.
+//! - [`grpc`]: the only module that touches Envoy's protos; CheckRequest ⇄ domain types.
+//! - [`admin`]: HTTP listeners: health, readiness, `/status` and `/metrics` from one reading,
+//!   RFC 9728 protected-resource metadata.
+//! - [`tls`]: mTLS on the gRPC listener; [`db`]: the PostgreSQL pool and migrations.
+//! - [`app`]: builds the parts and runs the listeners until shutdown.
+//! - [`cli`]: operator commands (check-config, migrate, policy export/import, explain).
+//!
+//! Rooms for what comes next, each a module of its own above [`policy`] and beside
+//! [`pipeline`], wired in [`app`]: `login` (the OAuth authorization server in front of Entra
+//! that MCP clients sign in to), `filter` (ext_proc: list answers filtered to what the caller
+//! may use, from the same snapshot and decision) and `xds` (routes and clusters for Envoy from
+//! the server rows).
 //!
 //! Not here: the stand-in Entra ID / Microsoft Graph and the sample MCP server (crate
 //! `mcp-authz-testkit`, `testkit/`), and `make bench` / `make soak` (crate `mcp-authz-bench`,

@@ -2,12 +2,12 @@
 //! immutable [`Snapshot`] that the hot path reads without locks, and the pure decision function
 //! over it ([`decide`]).
 //!
-//! - [`document`]: the document's serde types and its content version;
-//! - [`compile`]: document → snapshot, every problem found in one pass;
-//! - [`snapshot`]: the compiled snapshot and its lookups;
-//! - [`decision`]: the decision over a snapshot, and the rate-limit buckets of an allow;
-//! - [`handle`]: the current snapshot and the health of its reloads;
-//! - [`source`]: which of the two sources, [`file`] or [`postgres`], feeds it.
+//! - `document`: the document's serde types and its content version;
+//! - `compile`: document → snapshot, every problem found in one pass;
+//! - `snapshot`: the compiled snapshot and its lookups;
+//! - `decision`: the decision over a snapshot, and the rate-limit buckets of an allow;
+//! - `handle`: the current snapshot and the health of its reloads;
+//! - `source`: which of the two sources, `file` or [`postgres`], feeds it.
 
 mod compile;
 mod decision;

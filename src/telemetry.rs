@@ -1,7 +1,7 @@
 //! Logs, traces and spans:
 //! - logging (here): structured JSON by default; `RUST_LOG` overrides the configured level;
-//! - [`otlp`]: the OTLP/gRPC exporter of traces;
-//! - [`span`]: a Check's trace context and the spans of its children and of background work.
+//! - `otlp`: the OTLP/gRPC exporter of traces;
+//! - `span`: a Check's trace context and the spans of its children and of background work.
 
 use tracing_subscriber::EnvFilter;
 

@@ -63,7 +63,7 @@ pub struct Parts {
     pub pool: Option<sqlx::PgPool>,
 }
 
-/// `pool` is the process's one database pool (see [`pool`]), when a database is configured.
+/// `pool` is the process's one database pool (see [`crate::db::pool`]), when a database is configured.
 pub fn build(
     cfg: &Config,
     audit: Option<Arc<Auditor>>,
