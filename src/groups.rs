@@ -35,6 +35,36 @@ impl GroupsError {
     }
 }
 
+/// Where a Check's groups came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupsSource {
+    /// The token's `groups` claim (or no claim: no groups).
+    Token,
+    /// Graph, answered from the fresh cache.
+    GraphCache,
+    /// Graph, asked now.
+    Graph,
+    /// Graph was unavailable: the last answer, within the staleness bound.
+    Stale,
+}
+
+impl GroupsSource {
+    /// The label in metrics, spans and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupsSource::Token => "token",
+            GroupsSource::GraphCache => "graph_cache",
+            GroupsSource::Graph => "graph",
+            GroupsSource::Stale => "stale",
+        }
+    }
+
+    /// Answered without a Graph call.
+    pub fn is_cached(self) -> bool {
+        matches!(self, GroupsSource::Token | GroupsSource::GraphCache)
+    }
+}
+
 /// Group ids: borrowed from the token, or shared from the Graph cache.
 pub enum Groups<'a> {
     Token(&'a [String]),
@@ -110,20 +140,19 @@ impl GroupResolver {
         self.graph.as_ref().map(|g| &g.client)
     }
 
-    /// The principal's group object ids (lower-case), and where they came from (`token`,
-    /// `graph_cache`, `graph` or `stale`).
+    /// The principal's group object ids (lower-case), and where they came from.
     pub async fn groups<'a>(
         &self,
         principal: &'a Principal,
-    ) -> Result<(Groups<'a>, &'static str), GroupsError> {
+    ) -> Result<(Groups<'a>, GroupsSource), GroupsError> {
         match &principal.groups {
             GroupsClaim::Listed(groups) => {
                 self.stats.token.fetch_add(1, Ordering::Relaxed);
-                Ok((Groups::Token(groups.as_slice()), "token"))
+                Ok((Groups::Token(groups.as_slice()), GroupsSource::Token))
             }
             GroupsClaim::Absent => {
                 self.stats.token.fetch_add(1, Ordering::Relaxed);
-                Ok((Groups::Token(&[]), "token"))
+                Ok((Groups::Token(&[]), GroupsSource::Token))
             }
             // Boxed: the Graph path's future is large and rare; inline, every Check's future
             // would carry (and move) its size.
@@ -134,14 +163,14 @@ impl GroupResolver {
     async fn overage_groups<'a>(
         &self,
         principal: &'a Principal,
-    ) -> Result<(Groups<'a>, &'static str), GroupsError> {
+    ) -> Result<(Groups<'a>, GroupsSource), GroupsError> {
         let Some(g) = &self.graph else {
             return Err(GroupsError::OverageUnresolved);
         };
         let key = (principal.tid.clone(), principal.oid.clone());
         if let Some(hit) = g.fresh.get(&key).await {
             self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok((Groups::Graph(hit), "graph_cache"));
+            return Ok((Groups::Graph(hit), GroupsSource::GraphCache));
         }
         // One Graph call for all concurrent misses of this user.
         let fetched = g
@@ -154,12 +183,12 @@ impl GroupResolver {
             })
             .await;
         match fetched {
-            Ok(groups) => Ok((Groups::Graph(groups), "graph")),
+            Ok(groups) => Ok((Groups::Graph(groups), GroupsSource::Graph)),
             Err(e) => match g.stale.get(&key).await {
                 Some(old) => {
                     self.stats.stale_served.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, oid = %key.1, "Graph unavailable; serving cached groups within the staleness bound");
-                    Ok((Groups::Graph(old), "stale"))
+                    Ok((Groups::Graph(old), GroupsSource::Stale))
                 }
                 None => {
                     self.stats.unavailable.fetch_add(1, Ordering::Relaxed);

@@ -1,20 +1,22 @@
-//! One Check, phase by phase: request facts → identity → groups → policy → response.
-//!
-//! Order matters for what a client learns: without a valid token the answer is 401 whatever
-//! the request asks for (no probing of server names or body rules before authentication);
-//! request-shape errors come next; the policy decides last. Every failure is a denial with a
-//! reason code; nothing here can allow by accident, since the only `Verdict::Allow` is built
-//! from a policy `Allow`.
+//! One Check: [`Authorizer::check`] runs the phases (`phases.rs`: token → identity → request
+//! facts → groups → policy → limits → upstream auth, each `Result<_, Denial>`, joined with
+//! `?`) and records the [`CheckOutcome`] (`outcome.rs`) it yields, from which the metric, the
+//! audit event, the log line and the span are all derived.
+
+mod outcome;
+mod phases;
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::groups::{GroupResolver, GroupsError};
-use crate::identity::{self, Principal, PrincipalKind, TokenError, Validator};
-use crate::mcp::{self, HttpView};
-use crate::obo::OboError;
-use crate::policy::{self, PolicyHandle, Subject};
-use crate::response::{self, Denial, Identity, ResponseSettings, UpstreamAuth, Verdict};
+use crate::groups::GroupResolver;
+use crate::identity::Validator;
+use crate::mcp::HttpView;
+use crate::policy::PolicyHandle;
+use crate::response::ResponseSettings;
+
+pub use outcome::{ALLOWED, CheckOutcome, Chosen, Seen};
+pub use phases::Refusal;
 
 /// Everything a Check needs; shared by all requests.
 pub struct Authorizer {
@@ -35,26 +37,6 @@ pub struct Authorizer {
     pub sessions: Option<Arc<crate::sessions::SessionBinder>>,
     /// Set when traces are exported: every Check gets a span.
     pub tracer: Option<opentelemetry::global::BoxedTracer>,
-}
-
-/// The result of one Check, with what the log line and audit need.
-#[derive(Debug)]
-pub struct CheckOutcome {
-    pub decision_id: String,
-    pub verdict: Verdict,
-    pub reason: &'static str,
-    pub allowed: bool,
-    pub server: Option<String>,
-    pub method: Option<String>,
-    pub tool: Option<String>,
-    pub tenant: Option<String>,
-    pub oid: Option<String>,
-    pub directory_tid: Option<String>,
-    pub label: Option<String>,
-    pub token_cache_hit: Option<bool>,
-    /// `token`, `graph_cache`, `graph` or `stale`.
-    pub groups_source: Option<&'static str>,
-    pub policy_version: Option<String>,
 }
 
 /// The request as the pipeline sees it.
@@ -79,39 +61,6 @@ pub struct TraceHeaders<'a> {
 }
 
 impl Authorizer {
-    /// The upstream's `authorization` for an `obo` server, or why there is none.
-    async fn on_behalf_of(
-        &self,
-        principal: &Principal,
-        allow: &policy::Allow,
-        token: &str,
-    ) -> Result<UpstreamAuth, Denial> {
-        if principal.kind != PrincipalKind::User {
-            return Err(Denial::Forbidden {
-                code: "obo_user_only",
-            });
-        }
-        let (Some(obo), Some(scope)) = (&self.obo, allow.server.obo_scope.as_deref()) else {
-            tracing::error!(server = %allow.server.name, "server wants on-behalf-of tokens but no obo section is configured");
-            return Err(Denial::Unavailable {
-                code: "obo_unavailable",
-            });
-        };
-        match obo
-            .token(&principal.tid, &principal.oid, scope, token)
-            .await
-        {
-            Ok(t) => Ok(UpstreamAuth::Replace(format!("Bearer {t}"))),
-            Err(OboError::InteractionRequired { claims }) => {
-                Err(Denial::ClaimsChallenge { claims })
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, server = %allow.server.name, "on-behalf-of exchange failed");
-                Err(Denial::Unavailable { code: "obo_failed" })
-            }
-        }
-    }
-
     pub fn ready(&self) -> bool {
         self.policy.is_loaded() && self.validator.keys().is_loaded()
     }
@@ -124,62 +73,22 @@ impl Authorizer {
             Some(tracer) => self.decide_traced(tracer, input, decision_id).await,
         };
         let elapsed = started.elapsed();
-        let elapsed_us = elapsed.as_micros() as u64;
         self.metrics.check_seconds.observe(elapsed.as_secs_f64());
-        self.metrics.decision(outcome.allowed, outcome.reason);
-        if let Some(hit) = outcome.token_cache_hit {
+        self.metrics.decision(outcome.allowed(), outcome.reason);
+        if let Some(hit) = outcome.seen.token_cache_hit {
             self.metrics.token_cache_lookup(hit);
         }
-        use crate::audit::{MAX_FIELD_CHARS, clean_text, field_limit};
-        // What the client chose is cleaned and bounded (tighter without a valid token) for the
-        // audit and the denial log line, once; an allowed Check without an audit needs neither.
-        let authenticated = outcome.oid.is_some();
-        let text = |v: &Option<String>, max| v.as_deref().map(|s| clean_text(s, max));
-        let chosen = (self.audit.is_some() || !outcome.allowed).then(|| {
-            let max = field_limit(authenticated);
-            (
-                text(&outcome.server, max),
-                text(&outcome.method, max),
-                text(&outcome.tool, max),
-            )
-        });
-        if let (Some(audit), Some((server, method, tool))) = (&self.audit, &chosen) {
-            audit.record(crate::audit::AuditEvent {
-                at: crate::audit::now_seconds(),
-                decision_id: outcome.decision_id.clone(),
-                authenticated,
-                user_oid: outcome.oid.clone(),
-                upn: text(&outcome.label, MAX_FIELD_CHARS),
-                directory_tid: outcome.directory_tid.clone(),
-                tenant: text(&outcome.tenant, MAX_FIELD_CHARS),
-                server: server.clone(),
-                method: method.clone(),
-                tool: tool.clone(),
-                result: if outcome.allowed { "allow" } else { "deny" },
-                reason: outcome.reason,
-                policy_version: text(&outcome.policy_version, MAX_FIELD_CHARS),
-                trace_id: crate::audit::trace_id(input.view.traceparent),
-            });
+        // What the client chose is cleaned and bounded for the audit and the denial log line,
+        // once; an allowed Check without an audit needs neither.
+        let chosen = (self.audit.is_some() || !outcome.allowed()).then(|| outcome.chosen());
+        if let (Some(audit), Some(chosen)) = (&self.audit, &chosen) {
+            audit.record(outcome.audit_event(
+                chosen,
+                crate::clock::unix_seconds_f64(),
+                crate::audit::trace_id(input.view.traceparent),
+            ));
         }
-        if outcome.allowed {
-            tracing::debug!(
-                decision_id = %outcome.decision_id, result = "allow", reason = outcome.reason,
-                server = outcome.server.as_deref(), method = outcome.method.as_deref(),
-                tool = outcome.tool.as_deref(), tenant = outcome.tenant.as_deref(),
-                oid = outcome.oid.as_deref(), token_cache_hit = outcome.token_cache_hit,
-                policy_version = outcome.policy_version.as_deref(), elapsed_us, "check"
-            );
-        } else if let Some((server, method, tool)) = &chosen {
-            // A denial's fields are the client's own choice, logged at info: bounded as in the
-            // audit, so that a request cannot write a quarter megabyte into every log line.
-            tracing::info!(
-                decision_id = %outcome.decision_id, result = "deny", reason = outcome.reason,
-                server = server.as_deref(), method = method.as_deref(),
-                tool = tool.as_deref(), tenant = outcome.tenant.as_deref(),
-                oid = outcome.oid.as_deref(), token_cache_hit = outcome.token_cache_hit,
-                policy_version = outcome.policy_version.as_deref(), elapsed_us, "check"
-            );
-        }
+        outcome.log(chosen.as_ref(), elapsed.as_micros() as u64);
         outcome
     }
 
@@ -191,7 +100,6 @@ impl Authorizer {
         input: &CheckInput<'_>,
         decision_id: String,
     ) -> CheckOutcome {
-        use opentelemetry::KeyValue;
         use opentelemetry::trace::{FutureExt as _, SpanKind, Status, TraceContextExt, Tracer};
         let t = &input.trace;
         let parent = crate::telemetry::parent_context(
@@ -210,268 +118,11 @@ impl Authorizer {
             .with_context(cx.clone())
             .await;
         let span = cx.span();
-        let mut attrs = vec![
-            KeyValue::new(
-                "mcp_authz.decision",
-                if out.allowed { "allow" } else { "deny" },
-            ),
-            KeyValue::new("mcp_authz.reason", out.reason),
-            KeyValue::new("mcp_authz.decision_id", out.decision_id.clone()),
-        ];
-        let opt = |k: &'static str, v: &Option<String>| v.clone().map(|v| KeyValue::new(k, v));
-        attrs.extend(
-            [
-                opt("mcp_authz.tenant", &out.tenant),
-                opt("mcp_authz.server", &out.server),
-                opt("mcp.method.name", &out.method),
-                opt("gen_ai.tool.name", &out.tool),
-                opt("mcp_authz.policy_version", &out.policy_version),
-            ]
-            .into_iter()
-            .flatten(),
-        );
-        if let Some(hit) = out.token_cache_hit {
-            attrs.push(KeyValue::new("mcp_authz.token_cache_hit", hit));
+        if out.is_server_error() {
+            span.set_status(Status::error(out.reason));
         }
-        if let Some(source) = out.groups_source {
-            attrs.push(KeyValue::new("mcp_authz.groups_source", source));
-            attrs.push(KeyValue::new(
-                "mcp_authz.groups_cache_hit",
-                matches!(source, "token" | "graph_cache"),
-            ));
-        }
-        if let Verdict::Deny { status, .. } = &out.verdict {
-            attrs.push(KeyValue::new(
-                "http.response.status_code",
-                i64::from(*status),
-            ));
-            if *status >= 500 {
-                span.set_status(Status::error(out.reason));
-            }
-        }
-        span.set_attributes(attrs);
+        span.set_attributes(out.span_attributes());
         span.end();
-        out
-    }
-
-    async fn decide(&self, input: &CheckInput<'_>, decision_id: String) -> CheckOutcome {
-        let view = &input.view;
-        let parsed = mcp::parse(view, &self.settings.path_prefix);
-        let facts_ok = parsed.facts.as_ref().ok();
-        let mut out = CheckOutcome {
-            decision_id,
-            verdict: Verdict::Deny {
-                status: 500,
-                headers: Vec::new(),
-                body: String::new(),
-            },
-            reason: "",
-            allowed: false,
-            server: facts_ok.map(|f| f.server.clone()),
-            method: facts_ok.and_then(|f| f.call.method().map(str::to_owned)),
-            tool: facts_ok.and_then(|f| f.call.tool().map(str::to_owned)),
-            tenant: None,
-            oid: None,
-            directory_tid: None,
-            label: None,
-            token_cache_hit: None,
-            groups_source: None,
-            policy_version: None,
-        };
-        let rpc_id = parsed.rpc_id;
-        let deny = |out: &mut CheckOutcome, denial: Denial| {
-            out.reason = denial.code();
-            out.verdict = response::deny(
-                denial,
-                rpc_id,
-                &out.decision_id,
-                &self.settings,
-                view,
-                out.server.as_deref(),
-            );
-        };
-
-        let token = match identity::bearer_token(&input.authorization) {
-            Ok(t) => t,
-            Err(e) => {
-                let token_sent = e != TokenError::Missing;
-                deny(
-                    &mut out,
-                    Denial::Unauthenticated {
-                        code: e.code(),
-                        token_sent,
-                    },
-                );
-                return out;
-            }
-        };
-        let verified = match self.validator.validate(token).await {
-            Ok(v) => v,
-            Err(e) => {
-                let denial = if e.is_insufficient_scope() {
-                    Denial::InsufficientScope { code: e.code() }
-                } else if e.is_forbidden() {
-                    Denial::Forbidden { code: e.code() }
-                } else if e == TokenError::KeysUnavailable {
-                    Denial::Unavailable { code: e.code() }
-                } else {
-                    Denial::Unauthenticated {
-                        code: e.code(),
-                        token_sent: true,
-                    }
-                };
-                deny(&mut out, denial);
-                return out;
-            }
-        };
-        let principal = verified.principal;
-        out.token_cache_hit = Some(verified.cache_hit);
-        out.oid = Some(principal.oid.clone());
-        out.directory_tid = Some(principal.tid.clone());
-        out.label = principal.label.clone();
-
-        let facts = match parsed.facts {
-            Ok(f) => f,
-            Err(e) => {
-                deny(&mut out, Denial::BadRequest(e));
-                return out;
-            }
-        };
-        let Some(snapshot) = self.policy.load() else {
-            deny(
-                &mut out,
-                Denial::Unavailable {
-                    code: "policy_unavailable",
-                },
-            );
-            return out;
-        };
-        out.policy_version = Some(snapshot.version.clone());
-        let groups = match self.groups.groups(&principal).await {
-            Ok((g, source)) => {
-                out.groups_source = Some(source);
-                g
-            }
-            Err(e @ GroupsError::OverageUnresolved) => {
-                deny(&mut out, Denial::Forbidden { code: e.code() });
-                return out;
-            }
-            // Graph is down or throttling and nothing usable is cached: a transient refusal.
-            Err(e @ GroupsError::GraphUnavailable(_)) => {
-                deny(&mut out, Denial::Unavailable { code: e.code() });
-                return out;
-            }
-        };
-        let subject = Subject {
-            tid: &principal.tid,
-            oid: &principal.oid,
-            upn: principal.label.as_deref(),
-            groups: &groups,
-        };
-        let decision = policy::decide(&snapshot, &subject, &facts);
-        match decision.result {
-            Ok(allow) => {
-                if let Some(limiter) = &self.limiter {
-                    let req = snapshot.rate_request(&allow, &principal.tid, &principal.oid, &facts);
-                    if !req.is_empty() {
-                        // Boxed, as every slow path here: keeps the Check future small.
-                        let o = Box::pin(limiter.check(&req)).await;
-                        if !o.allowed {
-                            out.tenant = Some(allow.tenant.to_string());
-                            deny(
-                                &mut out,
-                                Denial::RateLimited(response::RateLimitInfo::from_outcome(&o)),
-                            );
-                            return out;
-                        }
-                    }
-                }
-                // An allowed request in a session binds it, or is refused when the session is
-                // someone else's.
-                if let (Some(sessions), mcp::HeaderField::One(sid)) =
-                    (&self.sessions, view.session_id)
-                {
-                    let owner = format!("{}/{}", principal.tid, principal.oid);
-                    if Box::pin(sessions.bind(sid, &owner)).await.is_err() {
-                        out.tenant = Some(allow.tenant.to_string());
-                        deny(
-                            &mut out,
-                            Denial::Forbidden {
-                                code: "session_not_owned",
-                            },
-                        );
-                        return out;
-                    }
-                }
-                let upstream_auth = match UpstreamAuth::for_forwarding(allow.token_forwarding) {
-                    Some(a) => a,
-                    None => match Box::pin(self.on_behalf_of(&principal, &allow, token)).await {
-                        Ok(a) => a,
-                        Err(denial) => {
-                            out.tenant = Some(allow.tenant.to_string());
-                            deny(&mut out, denial);
-                            return out;
-                        }
-                    },
-                };
-                // The signed identity for the upstream, when it gets one: without it the upstream
-                // would refuse or, worse, fall back, so a failure to sign fails closed.
-                let assertion = match &self.assertions {
-                    None => None,
-                    Some(assertions) => {
-                        let who = crate::assertion::Subject {
-                            server: &allow.server.name,
-                            tid: &principal.tid,
-                            oid: &principal.oid,
-                            label: principal.label.as_deref(),
-                            tenant: &allow.tenant,
-                            access_level: allow.level.as_str(),
-                        };
-                        match assertions.assertion(&who) {
-                            Some(token) => Some(token),
-                            None => {
-                                out.tenant = Some(allow.tenant.to_string());
-                                deny(
-                                    &mut out,
-                                    Denial::Unavailable {
-                                        code: "identity_assertion_failed",
-                                    },
-                                );
-                                return out;
-                            }
-                        }
-                    }
-                };
-                out.allowed = true;
-                out.reason = "allowed";
-                out.tenant = Some(allow.tenant.to_string());
-                out.verdict = response::allow(
-                    &Identity {
-                        oid: &principal.oid,
-                        tid: &principal.tid,
-                        label: principal.label.as_deref(),
-                        tenant: &allow.tenant,
-                        level: allow.level.as_str(),
-                    },
-                    &out.decision_id,
-                    upstream_auth,
-                    input.header_names.iter().copied(),
-                );
-                if let (Some(token), Verdict::Allow { set, remove }) = (assertion, &mut out.verdict)
-                {
-                    // Set (replacing a client's own), so not also removed: Envoy removes after it
-                    // sets.
-                    remove.retain(|n| n != crate::assertion::HEADER);
-                    set.push((crate::assertion::HEADER, token.to_string()));
-                }
-            }
-            Err(reason) => deny(
-                &mut out,
-                Denial::Forbidden {
-                    code: reason.code(),
-                },
-            ),
-        }
         out
     }
 }

@@ -1,0 +1,347 @@
+//! The phases of a Check, in order, each a function that returns what the next one needs or
+//! the [`Denial`] that ends the Check, joined with `?` in [`Authorizer::phases`]:
+//!
+//! token → identity → request facts → policy snapshot → groups → policy → limits → session →
+//! upstream auth → identity assertion → allow.
+//!
+//! Order matters for what a client learns: without a valid token the answer is 401 whatever
+//! the request asks for (no probing of server names or body rules before authentication);
+//! request-shape errors come next; the policy decides after. Nothing here can allow by
+//! accident: the only allow verdict is built at the end, from a policy `Allow`.
+
+use std::sync::Arc;
+
+use super::outcome::{ALLOWED, CheckOutcome, Seen};
+use super::{Authorizer, CheckInput};
+use crate::groups::{Groups, GroupsError};
+use crate::identity::{self, Principal, PrincipalKind, TokenError};
+use crate::mcp::{self, FactsError, HeaderField, RequestFacts};
+use crate::obo::OboError;
+use crate::policy::{self, Snapshot, Subject};
+use crate::response::{self, Denial, Identity, RateLimitInfo, UpstreamAuth, Verdict};
+
+/// The refusals the pipeline itself gives, with their reason codes and the class of denial
+/// (status, JSON-RPC error and client message follow from the class). The other codes come
+/// with their causes: `TokenError`, `FactsError`, `GroupsError`, the policy's `DenyReason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No policy snapshot is loaded yet: 503.
+    PolicyUnavailable,
+    /// The `Mcp-Session-Id` belongs to another identity: 403.
+    SessionNotOwned,
+    /// An on-behalf-of server, asked with an app-only token: 403.
+    OboUserOnly,
+    /// An on-behalf-of server, and no `obo` section configured: 503.
+    OboUnavailable,
+    /// The on-behalf-of exchange failed: 503.
+    OboFailed,
+    /// The identity assertion could not be signed: 503 (fail closed).
+    IdentityAssertionFailed,
+}
+
+impl Refusal {
+    /// The table: code and class of each.
+    pub fn denial(self) -> Denial {
+        use Refusal::*;
+        match self {
+            PolicyUnavailable => Denial::Unavailable {
+                code: "policy_unavailable",
+            },
+            SessionNotOwned => Denial::Forbidden {
+                code: "session_not_owned",
+            },
+            OboUserOnly => Denial::Forbidden {
+                code: "obo_user_only",
+            },
+            OboUnavailable => Denial::Unavailable {
+                code: "obo_unavailable",
+            },
+            OboFailed => Denial::Unavailable { code: "obo_failed" },
+            IdentityAssertionFailed => Denial::Unavailable {
+                code: "identity_assertion_failed",
+            },
+        }
+    }
+}
+
+impl From<Refusal> for Denial {
+    fn from(r: Refusal) -> Self {
+        r.denial()
+    }
+}
+
+/// The denial for a token the validator refused.
+fn token_denial(e: TokenError) -> Denial {
+    if e == TokenError::Missing {
+        Denial::Unauthenticated {
+            code: e.code(),
+            token_sent: false,
+        }
+    } else if e.is_insufficient_scope() {
+        Denial::InsufficientScope { code: e.code() }
+    } else if e.is_forbidden() {
+        Denial::Forbidden { code: e.code() }
+    } else if e == TokenError::KeysUnavailable {
+        Denial::Unavailable { code: e.code() }
+    } else {
+        Denial::Unauthenticated {
+            code: e.code(),
+            token_sent: true,
+        }
+    }
+}
+
+impl Authorizer {
+    /// One Check: the phases, then the outcome that records it.
+    pub(super) async fn decide(&self, input: &CheckInput<'_>, decision_id: String) -> CheckOutcome {
+        let view = &input.view;
+        let parsed = mcp::parse(view, &self.settings.path_prefix);
+        let mut seen = Seen::from_facts(parsed.facts.as_ref().ok());
+        let rpc_id = parsed.rpc_id;
+        let (verdict, reason) = match self
+            .phases(input, parsed.facts, &decision_id, &mut seen)
+            .await
+        {
+            Ok(allow) => (allow, ALLOWED),
+            Err(denial) => {
+                let code = denial.code();
+                let verdict = response::deny(
+                    denial,
+                    rpc_id,
+                    &decision_id,
+                    &self.settings,
+                    view,
+                    seen.server.as_deref(),
+                );
+                (verdict, code)
+            }
+        };
+        CheckOutcome {
+            decision_id,
+            verdict,
+            reason,
+            seen,
+        }
+    }
+
+    /// The phases joined: the allow verdict, or the denial of the first phase that refuses.
+    async fn phases(
+        &self,
+        input: &CheckInput<'_>,
+        facts: Result<RequestFacts, FactsError>,
+        decision_id: &str,
+        seen: &mut Seen,
+    ) -> Result<Verdict, Denial> {
+        let token = identity::bearer_token(&input.authorization).map_err(token_denial)?;
+        let principal = self.identity(token, seen).await?;
+        let facts = facts.map_err(Denial::BadRequest)?;
+        let snapshot = self.snapshot(seen)?;
+        let groups = self.groups_of(&principal, seen).await?;
+        let allow = Self::policy(&snapshot, &principal, &groups, &facts)?;
+        seen.tenant = Some(allow.tenant.to_string());
+        self.limits(&snapshot, &allow, &principal, &facts).await?;
+        self.session(input.view.session_id, &principal).await?;
+        let upstream_auth = self.upstream_auth(&principal, &allow, token).await?;
+        let assertion = self.assertion(&principal, &allow)?;
+        Ok(Self::allow(
+            &principal,
+            &allow,
+            decision_id,
+            upstream_auth,
+            assertion,
+            input,
+        ))
+    }
+
+    /// Identity: the token verified (or found in the verified-token cache).
+    async fn identity(&self, token: &str, seen: &mut Seen) -> Result<Arc<Principal>, Denial> {
+        let verified = self.validator.validate(token).await.map_err(token_denial)?;
+        let principal = verified.principal;
+        seen.token_cache_hit = Some(verified.cache_hit);
+        seen.oid = Some(principal.oid.clone());
+        seen.directory_tid = Some(principal.tid.clone());
+        seen.label = principal.label.clone();
+        Ok(principal)
+    }
+
+    /// The policy snapshot this Check decides on.
+    fn snapshot(&self, seen: &mut Seen) -> Result<Arc<Snapshot>, Denial> {
+        let snapshot = self.policy.load().ok_or(Refusal::PolicyUnavailable)?;
+        seen.policy_version = Some(snapshot.version.clone());
+        Ok(snapshot)
+    }
+
+    /// Groups: from the token, or from Graph on an overage.
+    async fn groups_of<'p>(
+        &self,
+        principal: &'p Principal,
+        seen: &mut Seen,
+    ) -> Result<Groups<'p>, Denial> {
+        match self.groups.groups(principal).await {
+            Ok((groups, source)) => {
+                seen.groups_source = Some(source);
+                Ok(groups)
+            }
+            Err(e @ GroupsError::OverageUnresolved) => Err(Denial::Forbidden { code: e.code() }),
+            // Graph is down or throttling and nothing usable is cached: a transient refusal.
+            Err(e @ GroupsError::GraphUnavailable(_)) => {
+                Err(Denial::Unavailable { code: e.code() })
+            }
+        }
+    }
+
+    /// Policy: the pure decision.
+    fn policy(
+        snapshot: &Snapshot,
+        principal: &Principal,
+        groups: &[String],
+        facts: &RequestFacts,
+    ) -> Result<policy::Allow, Denial> {
+        let subject = Subject {
+            tid: &principal.tid,
+            oid: &principal.oid,
+            upn: principal.label.as_deref(),
+            groups,
+        };
+        policy::decide(snapshot, &subject, facts)
+            .result
+            .map_err(|reason| Denial::Forbidden {
+                code: reason.code(),
+            })
+    }
+
+    /// Limits: the rate-limit buckets the allow is charged to.
+    async fn limits(
+        &self,
+        snapshot: &Snapshot,
+        allow: &policy::Allow,
+        principal: &Principal,
+        facts: &RequestFacts,
+    ) -> Result<(), Denial> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        let req = snapshot.rate_request(allow, &principal.tid, &principal.oid, facts);
+        if req.is_empty() {
+            return Ok(());
+        }
+        // Boxed, as every slow path here: keeps the Check future small.
+        let o = Box::pin(limiter.check(&req)).await;
+        if o.allowed {
+            Ok(())
+        } else {
+            Err(Denial::RateLimited(RateLimitInfo::from_outcome(&o)))
+        }
+    }
+
+    /// Session: an allowed request in a session binds it, or is refused when the session is
+    /// someone else's.
+    async fn session(
+        &self,
+        session_id: HeaderField<'_>,
+        principal: &Principal,
+    ) -> Result<(), Denial> {
+        let (Some(sessions), HeaderField::One(sid)) = (&self.sessions, session_id) else {
+            return Ok(());
+        };
+        let owner = format!("{}/{}", principal.tid, principal.oid);
+        Box::pin(sessions.bind(sid, &owner))
+            .await
+            .map_err(|_| Refusal::SessionNotOwned.into())
+    }
+
+    /// Upstream auth: what the upstream gets in `authorization`.
+    async fn upstream_auth(
+        &self,
+        principal: &Principal,
+        allow: &policy::Allow,
+        token: &str,
+    ) -> Result<UpstreamAuth, Denial> {
+        match UpstreamAuth::for_forwarding(allow.token_forwarding) {
+            Some(auth) => Ok(auth),
+            None => Box::pin(self.on_behalf_of(principal, allow, token)).await,
+        }
+    }
+
+    /// The upstream's `authorization` for an `obo` server, or why there is none.
+    async fn on_behalf_of(
+        &self,
+        principal: &Principal,
+        allow: &policy::Allow,
+        token: &str,
+    ) -> Result<UpstreamAuth, Denial> {
+        if principal.kind != PrincipalKind::User {
+            return Err(Refusal::OboUserOnly.into());
+        }
+        let (Some(obo), Some(scope)) = (&self.obo, allow.server.obo_scope.as_deref()) else {
+            tracing::error!(server = %allow.server.name, "server wants on-behalf-of tokens but no obo section is configured");
+            return Err(Refusal::OboUnavailable.into());
+        };
+        match obo
+            .token(&principal.tid, &principal.oid, scope, token)
+            .await
+        {
+            Ok(t) => Ok(UpstreamAuth::Replace(format!("Bearer {t}"))),
+            Err(OboError::InteractionRequired { claims }) => {
+                Err(Denial::ClaimsChallenge { claims })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, server = %allow.server.name, "on-behalf-of exchange failed");
+                Err(Refusal::OboFailed.into())
+            }
+        }
+    }
+
+    /// The signed identity for the upstream, when it gets one: without it the upstream would
+    /// refuse or, worse, fall back, so a failure to sign fails closed.
+    fn assertion(
+        &self,
+        principal: &Principal,
+        allow: &policy::Allow,
+    ) -> Result<Option<Arc<str>>, Denial> {
+        let Some(assertions) = &self.assertions else {
+            return Ok(None);
+        };
+        let who = crate::assertion::Subject {
+            server: &allow.server.name,
+            tid: &principal.tid,
+            oid: &principal.oid,
+            label: principal.label.as_deref(),
+            tenant: &allow.tenant,
+            access_level: allow.level.as_str(),
+        };
+        assertions
+            .assertion(&who)
+            .map(Some)
+            .ok_or_else(|| Refusal::IdentityAssertionFailed.into())
+    }
+
+    /// Allow: the identity headers the upstream gets, and the headers Envoy removes.
+    fn allow(
+        principal: &Principal,
+        allow: &policy::Allow,
+        decision_id: &str,
+        upstream_auth: UpstreamAuth,
+        assertion: Option<Arc<str>>,
+        input: &CheckInput<'_>,
+    ) -> Verdict {
+        let mut verdict = response::allow(
+            &Identity {
+                oid: &principal.oid,
+                tid: &principal.tid,
+                label: principal.label.as_deref(),
+                tenant: &allow.tenant,
+                level: allow.level.as_str(),
+            },
+            decision_id,
+            upstream_auth,
+            input.header_names.iter().copied(),
+        );
+        if let (Some(token), Verdict::Allow { set, remove }) = (assertion, &mut verdict) {
+            // Set (replacing a client's own), so not also removed: Envoy removes after it sets.
+            remove.retain(|n| n != crate::assertion::HEADER);
+            set.push((crate::assertion::HEADER, token.to_string()));
+        }
+        verdict
+    }
+}
