@@ -16,7 +16,6 @@ use crate::policy::PolicyHandle;
 use crate::response::ResponseSettings;
 
 pub use outcome::{ALLOWED, CheckOutcome, Chosen, Seen};
-pub use phases::Refusal;
 
 /// Everything a Check needs; shared by all requests.
 pub struct Authorizer {

@@ -9,13 +9,13 @@
 //! - `handle`: the current snapshot and the health of its reloads;
 //! - `source`: which of the two sources, `file` or [`postgres`], feeds it.
 
-mod compile;
+pub(crate) mod compile;
 mod decision;
-mod document;
+pub(crate) mod document;
 mod file;
-mod handle;
+pub(crate) mod handle;
 pub mod postgres;
-mod snapshot;
+pub(crate) mod snapshot;
 mod source;
 
 pub use compile::CompileError;

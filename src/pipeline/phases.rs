@@ -24,7 +24,7 @@ use crate::response::{self, Denial, Identity, RateLimitInfo, UpstreamAuth, Verdi
 /// (status, JSON-RPC error and client message follow from the class). The other codes come
 /// with their causes: `TokenError`, `FactsError`, `GroupsError`, the policy's `DenyReason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(super) enum Refusal {
     /// No policy snapshot is loaded yet: 503.
     PolicyUnavailable,
     /// The `Mcp-Session-Id` belongs to another identity: 403.

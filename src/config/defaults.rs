@@ -1,0 +1,5 @@
+//! Serde defaults shared by several sections.
+
+pub(super) fn yes() -> bool {
+    true
+}
