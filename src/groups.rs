@@ -19,6 +19,7 @@ use std::time::Duration;
 use moka::future::Cache;
 
 use crate::identity::{GroupsClaim, Principal};
+use crate::ids::{DirectoryId, ObjectId};
 use graph::{GraphClient, GraphError};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,8 +93,8 @@ pub struct GroupStats {
 
 pub struct GraphResolver {
     pub client: Arc<GraphClient>,
-    fresh: Cache<(String, String), Arc<[String]>>,
-    stale: Cache<(String, String), Arc<[String]>>,
+    fresh: Cache<(DirectoryId, ObjectId), Arc<[String]>>,
+    stale: Cache<(DirectoryId, ObjectId), Arc<[String]>>,
 }
 
 impl GraphResolver {

@@ -22,7 +22,7 @@ pub use jwt::{Claims, GroupsClaim, Header, ParsedJwt, parse as parse_jwt};
 use crate::config::EntraConfig;
 
 pub use crate::clock::unix_now;
-use crate::ids::{GRAPH_APP_ID, is_guid};
+use crate::ids::{DirectoryId, GRAPH_APP_ID, ObjectId, is_guid};
 
 /// Version of an Entra access token (`ver` claim).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,8 +42,8 @@ pub enum PrincipalKind {
 /// A verified identity. Authorize on `tid` + `oid` (+ groups, roles), never on the labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
-    pub tid: String,
-    pub oid: String,
+    pub tid: DirectoryId,
+    pub oid: ObjectId,
     pub kind: PrincipalKind,
     /// Human label for headers and logs (`upn`, `preferred_username`, `email`): mutable in
     /// Entra, so never an authorization key unless policy explicitly opts in.
@@ -269,11 +269,12 @@ impl Validator {
             Some("2.0") if r.accept_v2 => TokenVersion::V2,
             _ => return Err(TokenError::VersionNotAccepted),
         };
-        let tid = c.tid.as_deref().ok_or(TokenError::TenantNotAllowed)?;
-        if !is_guid(tid) || !r.tenants.iter().any(|t| t.eq_ignore_ascii_case(tid)) {
-            return Err(TokenError::TenantNotAllowed);
-        }
-        let tid = tid.to_ascii_lowercase();
+        let tid = c
+            .tid
+            .as_deref()
+            .and_then(DirectoryId::parse)
+            .filter(|tid| r.tenants.iter().any(|t| t.eq_ignore_ascii_case(tid)))
+            .ok_or(TokenError::TenantNotAllowed)?;
         let expected_iss = r.expected_issuer(version, &tid);
         if c.iss.as_deref() != Some(expected_iss.as_str()) {
             return Err(TokenError::WrongIssuer);
@@ -288,7 +289,7 @@ impl Validator {
         let oid = c
             .oid
             .as_deref()
-            .filter(|o| is_guid(o))
+            .and_then(ObjectId::parse)
             .ok_or(TokenError::MissingObjectId)?;
         let scopes: Vec<String> = c
             .scp
@@ -346,7 +347,7 @@ impl Validator {
             .or_else(|| c.email.clone());
         Ok(Principal {
             tid,
-            oid: oid.to_ascii_lowercase(),
+            oid,
             kind,
             label,
             groups,

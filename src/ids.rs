@@ -16,3 +16,93 @@ pub fn is_guid(s: &str) -> bool {
             _ => c.is_ascii_hexdigit(),
         })
 }
+
+/// A GUID, parsed once at the boundary (a token's claim, a configuration value, a policy row)
+/// into its canonical lower-case text. Compares, hashes and prints as that text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Guid(String);
+
+impl Guid {
+    /// `None` unless `s` is a GUID in its 8-4-4-4-12 text form (either case).
+    pub fn parse(s: &str) -> Option<Self> {
+        is_guid(s).then(|| Guid(s.to_ascii_lowercase()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+macro_rules! guid_newtype {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Guid);
+
+        impl $name {
+            /// `None` unless `s` is a GUID (either case); kept lower-case.
+            pub fn parse(s: &str) -> Option<Self> {
+                Guid::parse(s).map($name)
+            }
+
+            pub fn as_str(&self) -> &str {
+                self.0.as_str()
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                self.0.as_str()
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0.as_str())
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0.as_str() == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0.as_str() == *other
+            }
+        }
+    };
+}
+
+guid_newtype!(
+    /// An Entra directory (tenant) id: a token's `tid`.
+    DirectoryId
+);
+guid_newtype!(
+    /// An Entra object id: a token's `oid` (a user, or an app's service principal).
+    ObjectId
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_parse_once_into_lower_case_and_refuse_what_is_not_a_guid() {
+        let tid = DirectoryId::parse("3F8A4B2C-1D5E-4F6A-9B8C-7D6E5F4A3B2C").expect("guid");
+        assert_eq!(tid, "3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2c");
+        assert_eq!(tid.to_string(), tid.as_str());
+        for bad in [
+            "",
+            "3f8a4b2c1d5e4f6a9b8c7d6e5f4a3b2c",
+            "3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2",
+            "zf8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2c",
+            "3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2c ",
+        ] {
+            assert!(ObjectId::parse(bad).is_none(), "{bad:?}");
+        }
+    }
+}

@@ -158,8 +158,8 @@ impl Authorizer {
         let verified = self.validator.validate(token).await.map_err(token_denial)?;
         let principal = verified.principal;
         seen.token_cache_hit = Some(verified.cache_hit);
-        seen.oid = Some(principal.oid.clone());
-        seen.directory_tid = Some(principal.tid.clone());
+        seen.oid = Some(principal.oid.to_string());
+        seen.directory_tid = Some(principal.tid.to_string());
         seen.label = principal.label.clone();
         Ok(principal)
     }
