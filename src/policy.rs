@@ -19,7 +19,7 @@ pub(crate) mod snapshot;
 mod source;
 
 pub use compile::CompileError;
-pub use decision::{Allow, Decision, DenyReason, Subject, decide};
+pub use decision::{Decision, DenyReason, Permit, Subject, decide};
 pub use document::*;
 pub use file::{FileSource, load_file};
 pub use handle::{PolicyHandle, Rejection, ReloadHealth};

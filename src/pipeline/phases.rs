@@ -7,7 +7,7 @@
 //! Order matters for what a client learns: without a valid token the answer is 401 whatever
 //! the request asks for (no probing of server names or body rules before authentication);
 //! request-shape errors come next; the policy decides after. Nothing here can allow by
-//! accident: the only allow verdict is built at the end, from a policy `Allow`.
+//! accident: the only allow verdict is built at the end, from a policy `Permit`.
 
 use std::sync::Arc;
 
@@ -196,7 +196,7 @@ impl Authorizer {
         principal: &Principal,
         groups: &[String],
         facts: &RequestFacts,
-    ) -> Result<policy::Allow, Denial> {
+    ) -> Result<policy::Permit, Denial> {
         let subject = Subject {
             tid: &principal.tid,
             oid: &principal.oid,
@@ -214,7 +214,7 @@ impl Authorizer {
     async fn limits(
         &self,
         snapshot: &Snapshot,
-        allow: &policy::Allow,
+        allow: &policy::Permit,
         principal: &Principal,
         facts: &RequestFacts,
     ) -> Result<(), Denial> {
@@ -254,7 +254,7 @@ impl Authorizer {
     async fn upstream_auth(
         &self,
         principal: &Principal,
-        allow: &policy::Allow,
+        allow: &policy::Permit,
         token: &str,
     ) -> Result<UpstreamAuth, Denial> {
         match UpstreamAuth::for_forwarding(allow.token_forwarding) {
@@ -267,7 +267,7 @@ impl Authorizer {
     async fn on_behalf_of(
         &self,
         principal: &Principal,
-        allow: &policy::Allow,
+        allow: &policy::Permit,
         token: &str,
     ) -> Result<UpstreamAuth, Denial> {
         if principal.kind != PrincipalKind::User {
@@ -297,7 +297,7 @@ impl Authorizer {
     fn assertion(
         &self,
         principal: &Principal,
-        allow: &policy::Allow,
+        allow: &policy::Permit,
     ) -> Result<Option<Arc<str>>, Denial> {
         let Some(assertions) = &self.assertions else {
             return Ok(None);
@@ -319,7 +319,7 @@ impl Authorizer {
     /// Allow: the identity headers the upstream gets, and the headers Envoy removes.
     fn allow(
         principal: &Principal,
-        allow: &policy::Allow,
+        allow: &policy::Permit,
         decision_id: &str,
         upstream_auth: UpstreamAuth,
         assertion: Option<Arc<str>>,

@@ -52,8 +52,11 @@ impl DenyReason {
     }
 }
 
+/// What the policy permits: the server, under which tenant, at which level, and how the
+/// token is forwarded. (The rule effect `allow` is [`super::Effect`]; the answer to Envoy is
+/// `response::Verdict`.)
 #[derive(Debug, Clone)]
-pub struct Allow {
+pub struct Permit {
     pub server: Arc<Server>,
     pub tenant: Arc<str>,
     pub level: AccessLevel,
@@ -62,7 +65,7 @@ pub struct Allow {
 
 #[derive(Debug, Clone)]
 pub struct Decision {
-    pub result: Result<Allow, DenyReason>,
+    pub result: Result<Permit, DenyReason>,
     /// The grants and rules that produced the result, in the order they were used.
     pub basis: Vec<Origin>,
 }
@@ -167,7 +170,7 @@ pub fn decide(snap: &Snapshot, who: &Subject<'_>, facts: &RequestFacts) -> Decis
             Ok(()) => {
                 basis.extend(used);
                 return Decision {
-                    result: Ok(Allow {
+                    result: Ok(Permit {
                         server: server.clone(),
                         tenant: match tenant {
                             Some(t) => snap.tenants[t].name.clone(),
@@ -267,7 +270,7 @@ impl Snapshot {
     /// client chooses.
     pub fn rate_request(
         &self,
-        allow: &Allow,
+        allow: &Permit,
         tid: &str,
         oid: &str,
         facts: &crate::mcp::RequestFacts,
