@@ -214,6 +214,14 @@ async fn serve_becomes_ready_and_stops_on_sigterm() {
 #[test]
 fn demo_script_check_passes() {
     let bin_dir = std::path::Path::new(BIN).parent().expect("bin dir");
+    // The testkit's binaries are another package's: nextest does not build them.
+    for bin in ["entra-standin", "mcp-sample-server"] {
+        assert!(
+            bin_dir.join(bin).is_file(),
+            "{} is missing: `cargo build --workspace --bins` first (make test does)",
+            bin_dir.join(bin).display()
+        );
+    }
     let state = tempfile::tempdir().expect("tmp");
     let out = Command::new(crate::support::helpers::repo_path(
         "deploy/examples/demo.sh",

@@ -3,6 +3,10 @@
 //!
 //! Prints one JSON line with its URL on stdout once listening.
 
+// A development program: it prints the address it listens on (scripts read it) and why it
+// could not start.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use std::net::SocketAddr;
 
 use clap::Parser;
