@@ -74,8 +74,6 @@ pub struct AuditEvent {
     pub trace_id: Option<String>,
 }
 
-pub use crate::clock::unix_seconds_f64 as now_seconds;
-
 /// Where events go.
 pub enum Sink {
     Postgres(PgPool),

@@ -21,7 +21,7 @@ pub use jwt::{Claims, GroupsClaim, Header, ParsedJwt, parse as parse_jwt};
 
 use crate::config::EntraConfig;
 
-pub use crate::clock::unix_now;
+use crate::clock::unix_now;
 use crate::ids::{DirectoryId, GRAPH_APP_ID, ObjectId, is_guid};
 
 /// Version of an Entra access token (`ver` claim).

@@ -258,8 +258,6 @@ pub fn evaluate(req: &Request, tats: &[i64], now: i64) -> (Outcome, Vec<(usize, 
     (outcome(true, i, &probes[i]), writes)
 }
 
-pub use crate::clock::unix_micros as now_us;
-
 /// The in-process store: the limiter without Redis, and the fallback when Redis fails.
 ///
 /// Bounded: at `max_keys`, buckets that are full again (equal to absent) are swept; if that is
@@ -377,12 +375,12 @@ impl Limiter {
                         self.metrics.ratelimit_redis_fallback.set(1);
                         tracing::warn!(error = %e, "rate limits: Redis failed; in-process limits on this replica until it is back");
                     }
-                    self.local.check(req, now_us())
+                    self.local.check(req, crate::clock::unix_micros())
                 }
                 // Backing off after a failure.
-                None => self.local.check(req, now_us()),
+                None => self.local.check(req, crate::clock::unix_micros()),
             },
-            None => self.local.check(req, now_us()),
+            None => self.local.check(req, crate::clock::unix_micros()),
         };
         if !outcome.allowed {
             self.metrics

@@ -623,7 +623,7 @@ async fn audit_events_arrive_for_every_decision() {
 
 fn event(i: u64) -> AuditEvent {
     AuditEvent {
-        at: mcp_authz::audit::now_seconds(),
+        at: mcp_authz::clock::unix_seconds_f64(),
         decision_id: uuid::Uuid::now_v7().to_string(),
         authenticated: true,
         user_oid: Some(BOB.into()),

@@ -80,7 +80,7 @@ impl CertificateKey {
         let b64 = |v: &serde_json::Value| {
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
         };
-        let now = crate::identity::unix_now();
+        let now = crate::clock::unix_now();
         let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "x5t": self.x5t});
         let claims = serde_json::json!({
             "aud": token_endpoint, "iss": client_id, "sub": client_id,
