@@ -20,6 +20,7 @@ use moka::future::Cache;
 
 use crate::identity::{GroupsClaim, Principal};
 use crate::ids::{DirectoryId, ObjectId};
+use crate::reason::Reason;
 use graph::{GraphClient, GraphError};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,8 +32,14 @@ pub enum GroupsError {
 }
 
 impl GroupsError {
-    pub fn code(&self) -> &'static str {
-        "groups_unavailable"
+    /// Its row of the reason table: an overage nothing here can resolve is a standing 403;
+    /// Graph failing with nothing usable cached is a transient 503. Both are
+    /// `groups_unavailable` to the client.
+    pub fn reason(&self) -> Reason {
+        match self {
+            GroupsError::OverageUnresolved => Reason::GroupsOverageUnresolved,
+            GroupsError::GraphUnavailable(_) => Reason::GroupsUnavailable,
+        }
     }
 }
 

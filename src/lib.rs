@@ -4,7 +4,8 @@
 //! Module map, floor by floor: a module imports only modules on the floors below it (no import
 //! circles), so each line reads with only the lines above it in mind.
 //!
-//! - Leaves: [`ids`] (identifiers and constants shared by every layer), [`clock`] (the one
+//! - Leaves: [`ids`] (identifiers and constants shared by every layer), [`reason`] (every
+//!   refusal's code, status, JSON-RPC error and message: one table), [`clock`] (the one
 //!   wall clock), [`metrics`] (per-Check Prometheus metrics), [`obo`] (on-behalf-of tokens),
 //!   [`ratelimit`] (GCRA limits; Redis and in-process stores).
 //! - [`config`]: typed configuration from a file plus environment overrides, validated.
@@ -55,6 +56,7 @@ pub mod obo;
 pub mod pipeline;
 pub mod policy;
 pub mod ratelimit;
+pub mod reason;
 pub mod response;
 pub mod sessions;
 pub mod telemetry;

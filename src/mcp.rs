@@ -26,6 +26,7 @@
 
 use std::borrow::Cow;
 
+use crate::reason::Reason;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -151,43 +152,37 @@ pub enum FactsError {
 }
 
 impl FactsError {
-    pub fn code(&self) -> &'static str {
+    /// Its row of the reason table (code, status, JSON-RPC error, message).
+    pub fn reason(&self) -> Reason {
         match self {
-            FactsError::NoServer => "no_server",
-            FactsError::BadPath => "bad_path",
-            FactsError::MethodNotAllowed => "method_not_allowed",
-            FactsError::BodyTruncated => "body_truncated",
-            FactsError::EmptyBody => "empty_body",
-            FactsError::Batch => "batch_not_supported",
-            FactsError::InvalidJson => "invalid_json",
-            FactsError::NotJsonRpc => "invalid_jsonrpc",
-            FactsError::TooDeep => "json_too_deep",
-            FactsError::InvalidParams => "invalid_params",
-            FactsError::HeaderMismatch => "header_mismatch",
-            FactsError::UnsupportedMediaType => "unsupported_media_type",
-            FactsError::UnsupportedEncoding => "unsupported_content_encoding",
-            FactsError::BadSessionId => "bad_session_id",
+            FactsError::NoServer => Reason::NoServer,
+            FactsError::BadPath => Reason::BadPath,
+            FactsError::MethodNotAllowed => Reason::MethodNotAllowed,
+            FactsError::BodyTruncated => Reason::BodyTruncated,
+            FactsError::EmptyBody => Reason::EmptyBody,
+            FactsError::Batch => Reason::BatchNotSupported,
+            FactsError::InvalidJson => Reason::InvalidJson,
+            FactsError::NotJsonRpc => Reason::InvalidJsonRpc,
+            FactsError::TooDeep => Reason::JsonTooDeep,
+            FactsError::InvalidParams => Reason::InvalidParams,
+            FactsError::HeaderMismatch => Reason::HeaderMismatch,
+            FactsError::UnsupportedMediaType => Reason::UnsupportedMediaType,
+            FactsError::UnsupportedEncoding => Reason::UnsupportedContentEncoding,
+            FactsError::BadSessionId => Reason::BadSessionId,
         }
     }
 
+    pub fn code(&self) -> &'static str {
+        self.reason().code()
+    }
+
     pub fn http_status(&self) -> u16 {
-        match self {
-            FactsError::NoServer => 404,
-            FactsError::MethodNotAllowed => 405,
-            FactsError::BodyTruncated => 413,
-            FactsError::UnsupportedMediaType | FactsError::UnsupportedEncoding => 415,
-            _ => 400,
-        }
+        self.reason().status()
     }
 
     /// The JSON-RPC error code for the body.
     pub fn rpc_code(&self) -> i64 {
-        match self {
-            FactsError::InvalidJson => -32700,
-            FactsError::InvalidParams => -32602,
-            FactsError::HeaderMismatch => -32020,
-            _ => -32600,
-        }
+        self.reason().row().rpc_code
     }
 }
 

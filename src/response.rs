@@ -1,6 +1,7 @@
 //! How an outcome becomes what Envoy does: headers for the upstream, or a response to the
-//! client. One table (`Denial::status`) maps reasons to HTTP status; bodies and challenges carry
-//! fixed text and reason codes, never library or internal error text.
+//! client. The reason table (`crate::reason`) gives each refusal its status, JSON-RPC error and
+//! message; bodies and challenges carry that fixed text and the reason code, never library or
+//! internal error text.
 //!
 //! - 401: `WWW-Authenticate: Bearer resource_metadata="…", scope="…"` and, when a token was
 //!   sent, `error="invalid_token"` (RFC 6750, MCP authorization spec).
@@ -16,6 +17,7 @@ use serde_json::value::RawValue;
 
 use crate::mcp::{FactsError, HttpView};
 use crate::policy::TokenForwarding;
+use crate::reason::{Class, Reason};
 
 pub const HEADER_USER_OID: &str = "x-mcp-user-oid";
 pub const HEADER_USER: &str = "x-mcp-user";
@@ -44,28 +46,31 @@ pub enum Verdict {
     },
 }
 
-/// Why a request is refused, in the terms of the response it gets.
+/// Why a request is refused: a row of the reason table ([`Reason`]: code, status, JSON-RPC
+/// error, message), with the data that two of the rows carry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denial {
-    /// 401 with a claims challenge (`error="insufficient_claims"`): Entra needs the user to do
-    /// something (MFA, consent) before an on-behalf-of token is issued. `claims` is base64.
+    /// Every refusal that carries nothing but its reason.
+    Refused(Reason),
+    /// [`Reason::OboInteractionRequired`]: 401 with a claims challenge
+    /// (`error="insufficient_claims"`); Entra needs the user to do something (MFA, consent)
+    /// before an on-behalf-of token is issued. `claims` is base64.
     ClaimsChallenge { claims: Option<String> },
-    /// 401. `token_sent` adds `error="invalid_token"`.
-    Unauthenticated {
-        code: &'static str,
-        token_sent: bool,
-    },
-    /// 403, `insufficient_scope`: a valid token without the scope or role the gateway requires;
-    /// signing in again with that scope changes the answer.
-    InsufficientScope { code: &'static str },
-    /// 403 without a challenge: the policy refuses this identity; no token would change it.
-    Forbidden { code: &'static str },
-    /// 400/404/405/413 from the request's shape.
-    BadRequest(FactsError),
-    /// 503: a dependency we need for a safe answer is unavailable (fail closed).
-    Unavailable { code: &'static str },
-    /// 429 with `Retry-After` and `RateLimit-*` (draft-ietf-httpapi-ratelimit-headers).
+    /// [`Reason::RateLimited`]: 429 with `Retry-After` and `RateLimit-*`
+    /// (draft-ietf-httpapi-ratelimit-headers).
     RateLimited(RateLimitInfo),
+}
+
+impl From<Reason> for Denial {
+    fn from(r: Reason) -> Self {
+        Denial::Refused(r)
+    }
+}
+
+impl From<FactsError> for Denial {
+    fn from(e: FactsError) -> Self {
+        Denial::Refused(e.reason())
+    }
 }
 
 /// What a 429 tells the client about the limit that refused.
@@ -95,77 +100,20 @@ impl RateLimitInfo {
 }
 
 impl Denial {
-    pub fn code(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            Denial::ClaimsChallenge { .. } => "obo_interaction_required",
-            Denial::Unauthenticated { code, .. }
-            | Denial::Forbidden { code }
-            | Denial::InsufficientScope { code }
-            | Denial::Unavailable { code } => code,
-            Denial::BadRequest(e) => e.code(),
-            Denial::RateLimited(_) => "rate_limited",
+            Denial::Refused(r) => *r,
+            Denial::ClaimsChallenge { .. } => Reason::OboInteractionRequired,
+            Denial::RateLimited(_) => Reason::RateLimited,
         }
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.reason().code()
     }
 
     pub fn status(&self) -> u16 {
-        match self {
-            Denial::Unauthenticated { .. } | Denial::ClaimsChallenge { .. } => 401,
-            Denial::Forbidden { .. } | Denial::InsufficientScope { .. } => 403,
-            Denial::BadRequest(e) => e.http_status(),
-            Denial::Unavailable { .. } => 503,
-            Denial::RateLimited(_) => 429,
-        }
-    }
-
-    fn message(&self) -> &'static str {
-        match self {
-            Denial::Unauthenticated {
-                token_sent: false, ..
-            } => "Authentication required",
-            Denial::Unauthenticated {
-                token_sent: true, ..
-            } => "Invalid or expired access token",
-            Denial::ClaimsChallenge { .. } => "Additional sign-in required",
-            Denial::Forbidden { .. } => "Access to this MCP server or tool is not granted",
-            Denial::InsufficientScope { .. } => "The access token lacks a required scope",
-            Denial::BadRequest(FactsError::BodyTruncated) => "Request body too large",
-            Denial::BadRequest(FactsError::Batch) => "JSON-RPC batches are not supported",
-            Denial::BadRequest(FactsError::InvalidJson) => "Parse error",
-            Denial::BadRequest(FactsError::HeaderMismatch) => "Header mismatch",
-            Denial::BadRequest(FactsError::NoServer) => "Not found",
-            Denial::BadRequest(FactsError::MethodNotAllowed) => "Method not allowed",
-            Denial::BadRequest(FactsError::UnsupportedMediaType) => {
-                "Unsupported Media Type: Content-Type must be application/json"
-            }
-            Denial::BadRequest(FactsError::UnsupportedEncoding) => {
-                "Unsupported Media Type: Content-Encoding must be identity"
-            }
-            Denial::BadRequest(_) => "Invalid request",
-            Denial::Unavailable { .. } => "Authorization temporarily unavailable",
-            Denial::RateLimited(_) => "Rate limit exceeded",
-        }
-    }
-
-    fn rpc_code(&self) -> i64 {
-        match self {
-            Denial::Unauthenticated { .. } | Denial::ClaimsChallenge { .. } => -32001,
-            Denial::Forbidden { .. } | Denial::InsufficientScope { .. } => -32003,
-            Denial::BadRequest(e) => e.rpc_code(),
-            Denial::Unavailable { .. } => -32002,
-            Denial::RateLimited(_) => -32029,
-        }
-    }
-
-    fn oauth_error(&self) -> &'static str {
-        match self {
-            Denial::Unauthenticated { .. } => "invalid_token",
-            Denial::ClaimsChallenge { .. } => "insufficient_claims",
-            Denial::Forbidden { .. } => "access_denied",
-            Denial::InsufficientScope { .. } => "insufficient_scope",
-            Denial::BadRequest(_) => "invalid_request",
-            Denial::Unavailable { .. } => "temporarily_unavailable",
-            Denial::RateLimited(_) => "rate_limited",
-        }
+        self.reason().status()
     }
 }
 
@@ -222,23 +170,25 @@ fn challenge(
     settings: &ResponseSettings,
     metadata_url: Option<&str>,
 ) -> Option<String> {
+    let row = denial.reason().row();
     let mut params: Vec<String> = Vec::new();
-    match denial {
-        Denial::Unauthenticated { token_sent, .. } => {
-            if *token_sent {
-                params.push("error=\"invalid_token\"".into());
-                params.push(format!("error_description=\"{}\"", denial.message()));
-            }
+    match row.class {
+        Class::NoToken => {}
+        Class::InvalidToken => {
+            params.push("error=\"invalid_token\"".into());
+            params.push(format!("error_description=\"{}\"", row.message));
         }
-        Denial::InsufficientScope { .. } => params.push("error=\"insufficient_scope\"".into()),
-        Denial::ClaimsChallenge { claims } => {
+        Class::InsufficientScope => params.push("error=\"insufficient_scope\"".into()),
+        Class::ClaimsChallenge => {
             params.push("error=\"insufficient_claims\"".into());
             // Base64 (standard alphabet): nothing in it can break the quoted string.
-            if let Some(c) = claims {
+            if let Denial::ClaimsChallenge { claims: Some(c) } = denial {
                 params.push(format!("claims=\"{c}\""));
             }
         }
-        _ => return None,
+        Class::Forbidden | Class::BadRequest | Class::Unavailable | Class::RateLimited => {
+            return None;
+        }
     }
     if let Some(url) = metadata_url {
         params.push(format!("resource_metadata=\"{url}\""));
@@ -261,7 +211,8 @@ pub fn deny(
     view: &HttpView<'_>,
     server: Option<&str>,
 ) -> Verdict {
-    let code = denial.code();
+    let row = denial.reason().row();
+    let code = row.code;
     let mut headers = vec![
         ("content-type", "application/json".to_string()),
         ("cache-control", "no-store".to_string()),
@@ -272,7 +223,7 @@ pub fn deny(
     if let Some(c) = challenge(&denial, settings, metadata_url.as_deref()) {
         headers.push(("www-authenticate", c));
     }
-    let mut data = json!({"reason": denial.code(), "decision_id": decision_id});
+    let mut data = json!({"reason": code, "decision_id": decision_id});
     if let Denial::RateLimited(rl) = &denial {
         headers.push(("retry-after", rl.retry_after.to_string()));
         headers.push(("ratelimit-limit", rl.limit.to_string()));
@@ -290,15 +241,15 @@ pub fn deny(
             "jsonrpc": "2.0",
             "id": id,
             "error": {
-                "code": denial.rpc_code(),
-                "message": denial.message(),
+                "code": row.rpc_code,
+                "message": row.message,
                 "data": data,
             }
         }),
         None => {
             let mut body = json!({
-                "error": denial.oauth_error(),
-                "error_description": denial.message(),
+                "error": row.class.oauth_error(),
+                "error_description": row.message,
             });
             if let (Some(b), Some(d)) = (body.as_object_mut(), data.as_object()) {
                 b.extend(d.clone());
@@ -307,7 +258,7 @@ pub fn deny(
         }
     };
     Verdict::Deny {
-        status: denial.status(),
+        status: row.status,
         headers,
         body: body.to_string(),
     }

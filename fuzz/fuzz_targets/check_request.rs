@@ -5,6 +5,7 @@
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use libfuzzer_sys::fuzz_target;
 use mcp_authz::grpc::{RequestHeaders, check_input, to_check_response};
+use mcp_authz::reason::Reason;
 use mcp_authz::response::{Denial, ResponseSettings, deny};
 use prost::Message;
 
@@ -16,8 +17,8 @@ fuzz_target!(|data: &[u8]| {
     let input = check_input(&req, &headers);
     let parsed = mcp_authz::mcp::parse(&input.view, "/mcp/");
     let denial = match parsed.facts {
-        Ok(_) => Denial::Forbidden { code: "no_grant" },
-        Err(e) => Denial::BadRequest(e),
+        Ok(_) => Denial::Refused(Reason::NoGrant),
+        Err(e) => Denial::from(e),
     };
     let settings = ResponseSettings {
         public_base_url: None,

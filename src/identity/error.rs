@@ -1,4 +1,6 @@
-//! Why a token was refused, with its stable reason code.
+//! Why a token was refused, and its row of the reason table.
+
+use crate::reason::{Class, Reason};
 
 /// Why a token was refused. Each has a stable reason code for logs, audit and the
 /// `x-mcp-authz-reason` header; none carries text from the token or from a library.
@@ -67,55 +69,50 @@ pub enum TokenError {
 }
 
 impl TokenError {
-    /// Stable code for logs, audit and the reason header.
-    pub fn code(&self) -> &'static str {
+    /// Its row of the reason table (code, status, challenge, message).
+    pub fn reason(&self) -> Reason {
         use TokenError::*;
         match self {
-            Missing => "token_missing",
-            Multiple => "token_multiple",
-            NotBearer => "token_not_bearer",
-            TooLarge => "token_too_large",
-            Malformed(_) => "token_malformed",
-            DuplicateName(_) => "token_duplicate_name",
-            AlgorithmNotAllowed => "token_alg_not_allowed",
-            ForbiddenHeader(_) => "token_header_forbidden",
-            CriticalHeader => "token_crit_header",
-            MissingKeyId => "token_kid_missing",
-            UnknownKeyId => "token_kid_unknown",
-            KeysUnavailable => "keys_unavailable",
-            BadSignature => "token_signature_invalid",
-            MissingExpiry => "token_exp_missing",
-            Expired => "token_expired",
-            NotYetValid => "token_not_yet_valid",
-            IssuedInFuture => "token_iat_future",
-            VersionNotAccepted => "token_version",
-            TenantNotAllowed => "token_tenant",
-            WrongIssuer => "token_issuer",
-            KeyIssuerMismatch => "token_key_issuer",
-            WrongAudience => "token_audience",
-            GraphToken => "token_graph_audience",
-            NotAccessToken => "token_not_access_token",
-            AppTokenNotAllowed => "token_app_not_allowed",
-            MissingObjectId => "token_oid",
-            MissingScope => "token_scope_missing",
-            MissingRole => "token_role_missing",
-            ClientAppNotAllowed => "token_client_app_not_allowed",
-            GroupsNotObjectIds => "token_groups_not_object_ids",
+            Missing => Reason::TokenMissing,
+            Multiple => Reason::TokenMultiple,
+            NotBearer => Reason::TokenNotBearer,
+            TooLarge => Reason::TokenTooLarge,
+            Malformed(_) => Reason::TokenMalformed,
+            DuplicateName(_) => Reason::TokenDuplicateName,
+            AlgorithmNotAllowed => Reason::TokenAlgNotAllowed,
+            ForbiddenHeader(_) => Reason::TokenHeaderForbidden,
+            CriticalHeader => Reason::TokenCritHeader,
+            MissingKeyId => Reason::TokenKidMissing,
+            UnknownKeyId => Reason::TokenKidUnknown,
+            KeysUnavailable => Reason::KeysUnavailable,
+            BadSignature => Reason::TokenSignatureInvalid,
+            MissingExpiry => Reason::TokenExpMissing,
+            Expired => Reason::TokenExpired,
+            NotYetValid => Reason::TokenNotYetValid,
+            IssuedInFuture => Reason::TokenIatFuture,
+            VersionNotAccepted => Reason::TokenVersion,
+            TenantNotAllowed => Reason::TokenTenant,
+            WrongIssuer => Reason::TokenIssuer,
+            KeyIssuerMismatch => Reason::TokenKeyIssuer,
+            WrongAudience => Reason::TokenAudience,
+            GraphToken => Reason::TokenGraphAudience,
+            NotAccessToken => Reason::TokenNotAccessToken,
+            AppTokenNotAllowed => Reason::TokenAppNotAllowed,
+            MissingObjectId => Reason::TokenOid,
+            MissingScope => Reason::TokenScopeMissing,
+            MissingRole => Reason::TokenRoleMissing,
+            ClientAppNotAllowed => Reason::TokenClientAppNotAllowed,
+            GroupsNotObjectIds => Reason::TokenGroupsNotObjectIds,
         }
     }
 
-    /// A valid token without the needed scope/role is a 403 (`insufficient_scope`), the rest
-    /// 401 (`invalid_token`, or no error attribute when no token was sent).
-    pub fn is_insufficient_scope(&self) -> bool {
-        matches!(self, TokenError::MissingScope | TokenError::MissingRole)
+    /// Stable code for logs, audit and the reason header.
+    pub fn code(&self) -> &'static str {
+        self.reason().code()
     }
 
-    /// A valid token that no sign-in would change (its client app, its groups' form): a plain
-    /// 403, since a 401 or a scope challenge would send the client to sign in again in a loop.
-    pub fn is_forbidden(&self) -> bool {
-        matches!(
-            self,
-            TokenError::ClientAppNotAllowed | TokenError::GroupsNotObjectIds
-        )
+    /// A valid token without the needed scope/role: 403 `insufficient_scope`.
+    pub fn is_insufficient_scope(&self) -> bool {
+        self.reason().class() == Class::InsufficientScope
     }
 }

@@ -13,82 +13,17 @@ use std::sync::Arc;
 
 use super::outcome::{ALLOWED, CheckOutcome, Seen};
 use super::{Authorizer, CheckInput};
-use crate::groups::{Groups, GroupsError};
+use crate::groups::Groups;
 use crate::identity::{self, Principal, PrincipalKind, TokenError};
 use crate::mcp::{self, FactsError, HeaderField, RequestFacts};
 use crate::obo::OboError;
 use crate::policy::{self, Snapshot, Subject};
+use crate::reason::Reason;
 use crate::response::{self, Denial, Identity, RateLimitInfo, UpstreamAuth, Verdict};
-
-/// The refusals the pipeline itself gives, with their reason codes and the class of denial
-/// (status, JSON-RPC error and client message follow from the class). The other codes come
-/// with their causes: `TokenError`, `FactsError`, `GroupsError`, the policy's `DenyReason`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Refusal {
-    /// No policy snapshot is loaded yet: 503.
-    PolicyUnavailable,
-    /// The `Mcp-Session-Id` belongs to another identity: 403.
-    SessionNotOwned,
-    /// An on-behalf-of server, asked with an app-only token: 403.
-    OboUserOnly,
-    /// An on-behalf-of server, and no `obo` section configured: 503.
-    OboUnavailable,
-    /// The on-behalf-of exchange failed: 503.
-    OboFailed,
-    /// The identity assertion could not be signed: 503 (fail closed).
-    IdentityAssertionFailed,
-}
-
-impl Refusal {
-    /// The table: code and class of each.
-    pub fn denial(self) -> Denial {
-        use Refusal::*;
-        match self {
-            PolicyUnavailable => Denial::Unavailable {
-                code: "policy_unavailable",
-            },
-            SessionNotOwned => Denial::Forbidden {
-                code: "session_not_owned",
-            },
-            OboUserOnly => Denial::Forbidden {
-                code: "obo_user_only",
-            },
-            OboUnavailable => Denial::Unavailable {
-                code: "obo_unavailable",
-            },
-            OboFailed => Denial::Unavailable { code: "obo_failed" },
-            IdentityAssertionFailed => Denial::Unavailable {
-                code: "identity_assertion_failed",
-            },
-        }
-    }
-}
-
-impl From<Refusal> for Denial {
-    fn from(r: Refusal) -> Self {
-        r.denial()
-    }
-}
 
 /// The denial for a token the validator refused.
 fn token_denial(e: TokenError) -> Denial {
-    if e == TokenError::Missing {
-        Denial::Unauthenticated {
-            code: e.code(),
-            token_sent: false,
-        }
-    } else if e.is_insufficient_scope() {
-        Denial::InsufficientScope { code: e.code() }
-    } else if e.is_forbidden() {
-        Denial::Forbidden { code: e.code() }
-    } else if e == TokenError::KeysUnavailable {
-        Denial::Unavailable { code: e.code() }
-    } else {
-        Denial::Unauthenticated {
-            code: e.code(),
-            token_sent: true,
-        }
-    }
+    Denial::Refused(e.reason())
 }
 
 impl Authorizer {
@@ -134,7 +69,7 @@ impl Authorizer {
     ) -> Result<Verdict, Denial> {
         let token = identity::bearer_token(&input.authorization).map_err(token_denial)?;
         let principal = self.identity(token, seen).await?;
-        let facts = facts.map_err(Denial::BadRequest)?;
+        let facts = facts.map_err(Denial::from)?;
         let snapshot = self.snapshot(seen)?;
         let groups = self.groups_of(&principal, seen).await?;
         let allow = Self::policy(&snapshot, &principal, &groups, &facts)?;
@@ -166,7 +101,7 @@ impl Authorizer {
 
     /// The policy snapshot this Check decides on.
     fn snapshot(&self, seen: &mut Seen) -> Result<Arc<Snapshot>, Denial> {
-        let snapshot = self.policy.load().ok_or(Refusal::PolicyUnavailable)?;
+        let snapshot = self.policy.load().ok_or(Reason::PolicyUnavailable)?;
         seen.policy_version = Some(snapshot.version.clone());
         Ok(snapshot)
     }
@@ -182,11 +117,9 @@ impl Authorizer {
                 seen.groups_source = Some(source);
                 Ok(groups)
             }
-            Err(e @ GroupsError::OverageUnresolved) => Err(Denial::Forbidden { code: e.code() }),
-            // Graph is down or throttling and nothing usable is cached: a transient refusal.
-            Err(e @ GroupsError::GraphUnavailable(_)) => {
-                Err(Denial::Unavailable { code: e.code() })
-            }
+            // Graph down or throttling with nothing usable cached is a transient refusal; an
+            // overage with no resolver configured is a standing one (the table says which).
+            Err(e) => Err(Denial::Refused(e.reason())),
         }
     }
 
@@ -205,9 +138,7 @@ impl Authorizer {
         };
         policy::decide(snapshot, &subject, facts)
             .result
-            .map_err(|reason| Denial::Forbidden {
-                code: reason.code(),
-            })
+            .map_err(|reason| Denial::Refused(reason.reason()))
     }
 
     /// Limits: the rate-limit buckets the allow is charged to.
@@ -247,7 +178,7 @@ impl Authorizer {
         let owner = format!("{}/{}", principal.tid, principal.oid);
         Box::pin(sessions.bind(sid, &owner))
             .await
-            .map_err(|_| Refusal::SessionNotOwned.into())
+            .map_err(|_| Denial::from(Reason::SessionNotOwned))
     }
 
     /// Upstream auth: what the upstream gets in `authorization`.
@@ -271,11 +202,11 @@ impl Authorizer {
         token: &str,
     ) -> Result<UpstreamAuth, Denial> {
         if principal.kind != PrincipalKind::User {
-            return Err(Refusal::OboUserOnly.into());
+            return Err(Denial::from(Reason::OboUserOnly));
         }
         let (Some(obo), Some(scope)) = (&self.obo, allow.server.obo_scope.as_deref()) else {
             tracing::error!(server = %allow.server.name, "server wants on-behalf-of tokens but no obo section is configured");
-            return Err(Refusal::OboUnavailable.into());
+            return Err(Denial::from(Reason::OboUnavailable));
         };
         match obo
             .token(&principal.tid, &principal.oid, scope, token)
@@ -287,7 +218,7 @@ impl Authorizer {
             }
             Err(e) => {
                 tracing::warn!(error = %e, server = %allow.server.name, "on-behalf-of exchange failed");
-                Err(Refusal::OboFailed.into())
+                Err(Denial::from(Reason::OboFailed))
             }
         }
     }
@@ -313,7 +244,7 @@ impl Authorizer {
         assertions
             .assertion(&who)
             .map(Some)
-            .ok_or_else(|| Refusal::IdentityAssertionFailed.into())
+            .ok_or_else(|| Denial::from(Reason::IdentityAssertionFailed))
     }
 
     /// Allow: the identity headers the upstream gets, and the headers Envoy removes.

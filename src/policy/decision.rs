@@ -16,6 +16,7 @@ use super::document::{AccessLevel, Effect, TokenForwarding};
 use super::snapshot::{Grant, Origin, Server, Snapshot};
 use crate::mcp::{Call, RequestFacts};
 use crate::ratelimit::{self, Bucket, Scope};
+use crate::reason::Reason;
 use std::sync::Arc;
 
 /// Who asks; labels are not identities.
@@ -39,16 +40,21 @@ pub enum DenyReason {
 }
 
 impl DenyReason {
-    pub fn code(&self) -> &'static str {
+    /// Its row of the reason table.
+    pub fn reason(&self) -> Reason {
         match self {
-            DenyReason::UnknownServer => "unknown_server",
-            DenyReason::ServerDisabled => "server_disabled",
-            DenyReason::NoGrant => "no_grant",
-            DenyReason::ServerNotGranted => "server_not_granted",
-            DenyReason::ToolDenied => "tool_denied",
-            DenyReason::ToolNotAllowed => "tool_not_allowed",
-            DenyReason::AccessLevelTooLow => "access_level_too_low",
+            DenyReason::UnknownServer => Reason::UnknownServer,
+            DenyReason::ServerDisabled => Reason::ServerDisabled,
+            DenyReason::NoGrant => Reason::NoGrant,
+            DenyReason::ServerNotGranted => Reason::ServerNotGranted,
+            DenyReason::ToolDenied => Reason::ToolDenied,
+            DenyReason::ToolNotAllowed => Reason::ToolNotAllowed,
+            DenyReason::AccessLevelTooLow => Reason::AccessLevelTooLow,
         }
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.reason().code()
     }
 }
 

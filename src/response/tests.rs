@@ -39,10 +39,7 @@ fn header<'a>(h: &'a [(&'static str, String)], name: &str) -> Option<&'a str> {
 #[test]
 fn missing_token_challenge_has_no_error_attribute() {
     let v = deny(
-        Denial::Unauthenticated {
-            code: "token_missing",
-            token_sent: false,
-        },
+        Denial::Refused(Reason::TokenMissing),
         None,
         "d1",
         &settings(),
@@ -67,10 +64,7 @@ fn missing_token_challenge_has_no_error_attribute() {
 fn invalid_token_challenge_and_jsonrpc_body() {
     let id = serde_json::value::RawValue::from_string("42".into()).expect("raw");
     let v = deny(
-        Denial::Unauthenticated {
-            code: "token_expired",
-            token_sent: true,
-        },
+        Denial::Refused(Reason::TokenExpired),
         Some(&id),
         "d2",
         &settings(),
@@ -92,9 +86,7 @@ fn invalid_token_challenge_and_jsonrpc_body() {
 #[test]
 fn a_missing_scope_is_insufficient_scope() {
     let v = deny(
-        Denial::InsufficientScope {
-            code: "token_scope",
-        },
+        Denial::Refused(Reason::TokenScopeMissing),
         None,
         "d",
         &settings(),
@@ -113,13 +105,14 @@ fn a_missing_scope_is_insufficient_scope() {
 /// denial is a plain 403 with no challenge.
 #[test]
 fn a_policy_denial_carries_no_challenge() {
-    for code in [
-        "tool_denied",
-        "server_not_granted",
-        "groups_overage_unresolved",
+    for reason in [
+        Reason::ToolDenied,
+        Reason::ServerNotGranted,
+        Reason::GroupsOverageUnresolved,
     ] {
+        let code = reason.code();
         let v = deny(
-            Denial::Forbidden { code },
+            Denial::Refused(reason),
             None,
             "d",
             &settings(),
@@ -137,7 +130,7 @@ fn a_policy_denial_carries_no_challenge() {
 #[test]
 fn request_errors_carry_no_challenge() {
     let v = deny(
-        Denial::BadRequest(crate::mcp::FactsError::BodyTruncated),
+        Denial::from(crate::mcp::FactsError::BodyTruncated),
         None,
         "d",
         &settings(),
