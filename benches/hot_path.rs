@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use divan::{Bencher, black_box};
 use mcp_authz::identity::{KeySet, KeyStore, ValidationRules, Validator};
+use mcp_authz::ids::{DirectoryId, GroupId, ObjectId};
 use mcp_authz::mcp::{self, HeaderField, HttpView};
 use mcp_authz::policy::{PolicyDocument, Snapshot, Subject, decide};
 use mcp_authz_testkit::standin::{Authority, MintRequest};
@@ -62,13 +63,15 @@ fn decide_tools_call(b: Bencher) {
     let doc: PolicyDocument = serde_yaml_ng::from_str(POLICY).expect("policy");
     let snap = Snapshot::compile(&doc, "bench", &[]).expect("compiles");
     let facts = mcp::parse(&view(), "/mcp/").facts.expect("facts");
-    let mut groups: Vec<String> = (0..39)
-        .map(|i| format!("00000000-0000-4000-8000-{i:012}"))
+    let mut groups: Vec<GroupId> = (0..39)
+        .map(|i| GroupId::parse(&format!("00000000-0000-4000-8000-{i:012}")).expect("guid"))
         .collect();
-    groups.push("e0000000-0000-4000-8000-0000000000e1".into());
+    groups.push(GroupId::parse("e0000000-0000-4000-8000-0000000000e1").expect("guid"));
+    let tid = DirectoryId::parse(TID).expect("guid");
+    let oid = ObjectId::parse("00000000-0000-4000-8000-000000000b0b").expect("guid");
     let who = Subject {
-        tid: TID,
-        oid: "00000000-0000-4000-8000-000000000b0b",
+        tid: &tid,
+        oid: &oid,
         upn: None,
         groups: &groups,
     };
@@ -93,7 +96,7 @@ fn token_cache_hit(b: Bencher) {
     let keys = KeySet::from_jwks(jwks.as_bytes(), "bench").expect("jwks");
     let rules = ValidationRules {
         authority: AUTHORITY.into(),
-        tenants: vec![TID.into()],
+        tenants: vec![DirectoryId::parse(TID).expect("guid")],
         audiences: vec![API.into()],
         accept_v1: true,
         accept_v2: true,

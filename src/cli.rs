@@ -12,7 +12,10 @@ pub use check_config::check_config;
 
 use crate::config::{Config, PolicySourceKind};
 use crate::db::{MIGRATOR, migration_status, pool};
-use crate::ids::is_guid;
+use crate::ids::{DirectoryId, GroupId, ObjectId, ServerName, ToolName};
+
+/// The object id an `explain` for a upn runs under: the nil GUID, which Entra never assigns.
+const NO_OBJECT: &str = "00000000-0000-0000-0000-000000000000";
 use crate::mcp::{Call, RequestFacts, RpcFacts};
 use crate::policy::{self, PolicyDocument, Subject};
 
@@ -106,21 +109,24 @@ pub async fn explain(cfg: &Config, q: &ExplainQuery, out: &mut impl Write) -> an
             &cfg.entra.tenants,
         )?,
     };
-    let tid = q
-        .tid
-        .clone()
-        .unwrap_or_else(|| cfg.entra.tenants[0].clone())
-        .to_ascii_lowercase();
-    let (oid, upn) = if is_guid(&q.user) {
-        (q.user.to_ascii_lowercase(), None)
-    } else {
+    let tid = q.tid.as_deref().unwrap_or(&cfg.entra.tenants[0]);
+    let tid = DirectoryId::parse(tid).with_context(|| format!("--tid {tid:?} is not a GUID"))?;
+    let (oid, upn) = match ObjectId::parse(&q.user) {
+        Some(oid) => (oid, None),
         // A upn names no object: only upn grants (if enabled) can match it.
-        (
-            "00000000-0000-0000-0000-000000000000".to_string(),
+        None => (
+            ObjectId::parse(NO_OBJECT).context("the nil GUID")?,
             Some(q.user.as_str()),
-        )
+        ),
     };
-    let groups: Vec<String> = q.groups.iter().map(|g| g.to_ascii_lowercase()).collect();
+    let groups = q
+        .groups
+        .iter()
+        .map(|g| {
+            GroupId::parse(g)
+                .with_context(|| format!("--group {g:?} is not a group object id (GUID)"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let method = q.method.clone().unwrap_or_else(|| {
         if q.tool.is_some() {
             "tools/call".into()
@@ -129,10 +135,19 @@ pub async fn explain(cfg: &Config, q: &ExplainQuery, out: &mut impl Write) -> an
         }
     });
     let facts = RequestFacts {
-        server: q.server.clone(),
+        server: ServerName::parse(&q.server).with_context(|| {
+            format!(
+                "server {:?} is not a server name ([A-Za-z0-9._-]+)",
+                q.server
+            )
+        })?,
         call: Call::Rpc(RpcFacts {
             method: Some(method.clone()),
-            tool: q.tool.clone(),
+            tool: q
+                .tool
+                .as_deref()
+                .map(|t| ToolName::parse(t).context("--tool must not be empty"))
+                .transpose()?,
             uri: None,
             prompt: None,
         }),

@@ -19,7 +19,7 @@ use std::time::Duration;
 use moka::future::Cache;
 
 use crate::identity::{GroupsClaim, Principal};
-use crate::ids::{DirectoryId, ObjectId};
+use crate::ids::{DirectoryId, GroupId, ObjectId};
 use crate::reason::Reason;
 use graph::{GraphClient, GraphError};
 
@@ -75,13 +75,13 @@ impl GroupsSource {
 
 /// Group ids: borrowed from the token, or shared from the Graph cache.
 pub enum Groups<'a> {
-    Token(&'a [String]),
-    Graph(Arc<[String]>),
+    Token(&'a [GroupId]),
+    Graph(Arc<[GroupId]>),
 }
 
 impl Deref for Groups<'_> {
-    type Target = [String];
-    fn deref(&self) -> &[String] {
+    type Target = [GroupId];
+    fn deref(&self) -> &[GroupId] {
         match self {
             Groups::Token(g) => g,
             Groups::Graph(g) => g,
@@ -100,8 +100,8 @@ pub struct GroupStats {
 
 pub struct GraphResolver {
     pub client: Arc<GraphClient>,
-    fresh: Cache<(DirectoryId, ObjectId), Arc<[String]>>,
-    stale: Cache<(DirectoryId, ObjectId), Arc<[String]>>,
+    fresh: Cache<(DirectoryId, ObjectId), Arc<[GroupId]>>,
+    stale: Cache<(DirectoryId, ObjectId), Arc<[GroupId]>>,
 }
 
 impl GraphResolver {
@@ -185,7 +185,7 @@ impl GroupResolver {
             .fresh
             .try_get_with(key.clone(), async {
                 self.stats.graph_lookups.fetch_add(1, Ordering::Relaxed);
-                let groups: Arc<[String]> = g.client.member_groups(&key.0, &key.1).await?.into();
+                let groups: Arc<[GroupId]> = g.client.member_groups(&key.0, &key.1).await?.into();
                 g.stale.insert(key.clone(), groups.clone()).await;
                 Ok::<_, GraphError>(groups)
             })

@@ -22,7 +22,7 @@ pub use jwt::{Claims, GroupsClaim, Header, ParsedJwt, parse as parse_jwt};
 use crate::config::EntraConfig;
 
 use crate::clock::unix_now;
-use crate::ids::{DirectoryId, GRAPH_APP_ID, ObjectId, is_guid};
+use crate::ids::{DirectoryId, GRAPH_APP_ID, ObjectId};
 
 /// Version of an Entra access token (`ver` claim).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +98,9 @@ pub fn bearer_token<'a>(values: &[&'a str]) -> Result<&'a str, TokenError> {
 #[derive(Debug, Clone)]
 pub struct ValidationRules {
     pub authority: String,
-    pub tenants: Vec<String>,
+    /// The allowed directories. Built from validated configuration; an entry that is not a
+    /// GUID cannot be one (it is left out, which can only refuse more).
+    pub tenants: Vec<DirectoryId>,
     pub audiences: Vec<String>,
     pub accept_v1: bool,
     pub accept_v2: bool,
@@ -116,7 +118,11 @@ impl ValidationRules {
     pub fn from_config(c: &EntraConfig) -> Self {
         Self {
             authority: c.authority.clone(),
-            tenants: c.tenants.iter().map(|t| t.to_ascii_lowercase()).collect(),
+            tenants: c
+                .tenants
+                .iter()
+                .filter_map(|t| DirectoryId::parse(t))
+                .collect(),
             audiences: c.audiences.clone(),
             accept_v1: c.token_versions.iter().any(|v| v == "1.0"),
             accept_v2: c.token_versions.iter().any(|v| v == "2.0"),
@@ -273,7 +279,7 @@ impl Validator {
             .tid
             .as_deref()
             .and_then(DirectoryId::parse)
-            .filter(|tid| r.tenants.iter().any(|t| t.eq_ignore_ascii_case(tid)))
+            .filter(|tid| r.tenants.contains(tid))
             .ok_or(TokenError::TenantNotAllowed)?;
         let expected_iss = r.expected_issuer(version, &tid);
         if c.iss.as_deref() != Some(expected_iss.as_str()) {
@@ -334,12 +340,7 @@ impl Validator {
         {
             return Err(TokenError::ClientAppNotAllowed);
         }
-        let groups = c.groups_claim();
-        if let GroupsClaim::Listed(g) = &groups
-            && !g.iter().all(|g| is_guid(g))
-        {
-            return Err(TokenError::GroupsNotObjectIds);
-        }
+        let groups = c.groups_claim()?;
         let label = c
             .upn
             .clone()

@@ -28,6 +28,15 @@ impl Guid {
         is_guid(s).then(|| Guid(s.to_ascii_lowercase()))
     }
 
+    /// As [`Guid::parse`], reusing the string's allocation.
+    pub fn parse_owned(mut s: String) -> Option<Self> {
+        if !is_guid(&s) {
+            return None;
+        }
+        s.make_ascii_lowercase();
+        Some(Guid(s))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -45,6 +54,11 @@ macro_rules! guid_newtype {
                 Guid::parse(s).map($name)
             }
 
+            /// As `parse`, reusing the string's allocation.
+            pub fn parse_owned(s: String) -> Option<Self> {
+                Guid::parse_owned(s).map($name)
+            }
+
             pub fn as_str(&self) -> &str {
                 self.0.as_str()
             }
@@ -53,6 +67,13 @@ macro_rules! guid_newtype {
         impl std::ops::Deref for $name {
             type Target = str;
             fn deref(&self) -> &str {
+                self.0.as_str()
+            }
+        }
+
+        // Hash and Eq are those of the text, so maps keyed by the id answer a `&str` lookup.
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
                 self.0.as_str()
             }
         }
@@ -85,10 +106,117 @@ guid_newtype!(
     /// An Entra object id: a token's `oid` (a user, or an app's service principal).
     ObjectId
 );
+guid_newtype!(
+    /// An Entra group's object id: an entry of a token's `groups` claim or of Graph's answer,
+    /// and the key of a group grant.
+    GroupId
+);
+
+/// The rule for a name an operator gives a policy row (server, tenant) and a route segment is
+/// matched against: 1–128 of `A-Z a-z 0-9 . _ -`, not `.` or `..`. Safe in a URL path, a
+/// header, a metric label and a log line without escaping.
+pub fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && s != "."
+        && s != ".."
+}
+
+macro_rules! text_newtype {
+    ($(#[$doc:meta])* $name:ident, $rule:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(std::sync::Arc<str>);
+
+        impl $name {
+            /// `None` unless `s` follows the rule.
+            pub fn parse(s: &str) -> Option<Self> {
+                let rule: fn(&str) -> bool = $rule;
+                rule(s).then(|| $name(s.into()))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            /// The shared text (a clone is a reference count).
+            pub fn as_arc(&self) -> &std::sync::Arc<str> {
+                &self.0
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                &*self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                &*self.0 == *other
+            }
+        }
+    };
+}
+
+text_newtype!(
+    /// An MCP server's name (its policy row) or route key (the path segment under the MCP
+    /// prefix, or Envoy's `context_extensions`), by [`is_name`].
+    ServerName,
+    is_name
+);
+text_newtype!(
+    /// A tool's name as `tools/call` gives it (`params.name`). The MCP specification only
+    /// recommends a character set (SHOULD: 1–128 of `A-Z a-z 0-9 _ - .`), and real servers use
+    /// others (`/`, spaces), so the rule is what the gateway needs to match it safely: not
+    /// empty. Logs and spans escape it.
+    ToolName,
+    |s: &str| !s.is_empty()
+);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_follow_one_rule() {
+        for good in ["github", "a", "my.server_2-x", &"n".repeat(128)] {
+            assert!(ServerName::parse(good).is_some(), "{good}");
+        }
+        for bad in ["", ".", "..", "a b", "a/b", "a%2f", "é", &"n".repeat(129)] {
+            assert!(ServerName::parse(bad).is_none(), "{bad:?}");
+        }
+        assert!(ToolName::parse("").is_none());
+        assert_eq!(
+            ToolName::parse("repo/delete it").map(|t| t.to_string()),
+            Some("repo/delete it".into())
+        );
+        let g = GroupId::parse_owned("AAAAAAAA-1D5E-4F6A-9B8C-7D6E5F4A3B2C".into()).expect("guid");
+        assert_eq!(g, "aaaaaaaa-1d5e-4f6a-9b8c-7d6e5f4a3b2c");
+        let m: std::collections::HashMap<GroupId, u8> = [(g, 1)].into();
+        assert_eq!(m.get("aaaaaaaa-1d5e-4f6a-9b8c-7d6e5f4a3b2c"), Some(&1));
+    }
 
     #[test]
     fn ids_parse_once_into_lower_case_and_refuse_what_is_not_a_guid() {

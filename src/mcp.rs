@@ -26,6 +26,7 @@
 
 use std::borrow::Cow;
 
+use crate::ids::{ServerName, ToolName};
 use crate::reason::Reason;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -72,7 +73,7 @@ impl HttpView<'_> {
 /// What a request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestFacts {
-    pub server: String,
+    pub server: ServerName,
     pub call: Call,
 }
 
@@ -91,7 +92,7 @@ pub enum Call {
 pub struct RpcFacts {
     /// `None` for a JSON-RPC response (the client answering a server request).
     pub method: Option<String>,
-    pub tool: Option<String>,
+    pub tool: Option<ToolName>,
     pub uri: Option<String>,
     pub prompt: Option<String>,
 }
@@ -103,6 +104,13 @@ impl Call {
             _ => None,
         }
     }
+    pub fn tool_name(&self) -> Option<&ToolName> {
+        match self {
+            Call::Rpc(r) => r.tool.as_ref(),
+            _ => None,
+        }
+    }
+
     pub fn tool(&self) -> Option<&str> {
         match self {
             Call::Rpc(r) => r.tool.as_deref(),
@@ -217,7 +225,7 @@ pub fn parse<'a>(req: &HttpView<'a>, path_prefix: &str) -> Parsed<'a> {
     Parsed { facts, rpc_id }
 }
 
-fn server_of(req: &HttpView<'_>, prefix: &str) -> Result<String, FactsError> {
+fn server_of(req: &HttpView<'_>, prefix: &str) -> Result<ServerName, FactsError> {
     let path = req.path_only();
     if path.contains('%') || path.split('/').any(|s| s == "." || s == "..") {
         return Err(FactsError::BadPath);
@@ -232,13 +240,8 @@ fn server_of(req: &HttpView<'_>, prefix: &str) -> Result<String, FactsError> {
     if segment.is_empty() {
         return Err(FactsError::NoServer);
     }
-    if !segment
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        return Err(FactsError::BadPath);
-    }
-    Ok(segment.to_owned())
+    // The one rule policy names follow: a segment no server row could have is a bad path.
+    ServerName::parse(segment).ok_or(FactsError::BadPath)
 }
 
 #[derive(Deserialize)]
@@ -340,10 +343,10 @@ fn parse_rpc<'a>(
     let named = match method.as_ref() {
         "tools/call" => {
             let tool = name
-                .filter(|n| !n.is_empty())
+                .and_then(ToolName::parse)
                 .ok_or(FactsError::InvalidParams)?;
-            facts.tool = Some(tool.to_owned());
-            Some(tool)
+            facts.tool = Some(tool);
+            name
         }
         "prompts/get" => {
             let prompt = name

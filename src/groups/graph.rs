@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use crate::ids::GroupId;
+
 /// Largest Graph response we read.
 const MAX_BODY: usize = 8 * 1024 * 1024;
 /// Pages followed at most (999 ids a page: ~100,000 groups).
@@ -157,8 +159,8 @@ impl GraphClient {
         }
     }
 
-    /// The user's transitive group ids (lower-case).
-    pub async fn member_groups(&self, tid: &str, oid: &str) -> Result<Vec<String>, GraphError> {
+    /// The user's transitive group ids.
+    pub async fn member_groups(&self, tid: &str, oid: &str) -> Result<Vec<GroupId>, GraphError> {
         crate::telemetry::in_child(
             "graph member groups",
             vec![opentelemetry::KeyValue::new(
@@ -173,7 +175,7 @@ impl GraphClient {
         .await
     }
 
-    async fn member_groups_inner(&self, tid: &str, oid: &str) -> Result<Vec<String>, GraphError> {
+    async fn member_groups_inner(&self, tid: &str, oid: &str) -> Result<Vec<GroupId>, GraphError> {
         if self.backing_off() {
             return Err(GraphError::BackingOff);
         }
@@ -274,7 +276,7 @@ impl GraphClient {
         &self,
         token: &str,
         oid: &str,
-    ) -> Result<Vec<String>, (GraphError, Option<Duration>)> {
+    ) -> Result<Vec<GroupId>, (GraphError, Option<Duration>)> {
         #[derive(Deserialize)]
         struct Ids {
             value: Vec<String>,
@@ -289,18 +291,14 @@ impl GraphClient {
             .await?;
         let ids: Ids = serde_json::from_slice(&body)
             .map_err(|e| (GraphError::Protocol(e.to_string()), None))?;
-        Ok(ids
-            .value
-            .into_iter()
-            .map(|s| s.to_ascii_lowercase())
-            .collect())
+        ids.value.into_iter().map(group_id).collect()
     }
 
     async fn transitive_member_of(
         &self,
         token: &str,
         oid: &str,
-    ) -> Result<Vec<String>, (GraphError, Option<Duration>)> {
+    ) -> Result<Vec<GroupId>, (GraphError, Option<Duration>)> {
         #[derive(Deserialize)]
         struct Page {
             value: Vec<Obj>,
@@ -320,7 +318,9 @@ impl GraphClient {
             let body = self.send(self.http.get(&url).bearer_auth(token)).await?;
             let page: Page = serde_json::from_slice(&body)
                 .map_err(|e| (GraphError::Protocol(e.to_string()), None))?;
-            groups.extend(page.value.into_iter().map(|o| o.id.to_ascii_lowercase()));
+            for o in page.value {
+                groups.push(group_id(o.id)?);
+            }
             match page.next {
                 // Never send the app token anywhere but Graph.
                 Some(next) if next.starts_with(&format!("{}/", self.s.base_url)) => url = next,
@@ -361,4 +361,15 @@ fn transport(e: &reqwest::Error) -> &'static str {
     } else {
         "request failed"
     }
+}
+
+/// A group id of Graph's answer. Graph only ever answers object ids (GUIDs); anything else is a
+/// broken answer (a proxy, a stand-in), refused as a protocol error rather than decided on.
+fn group_id(id: String) -> Result<GroupId, (GraphError, Option<Duration>)> {
+    GroupId::parse_owned(id).ok_or_else(|| {
+        (
+            GraphError::Protocol("a group id in the answer is not a GUID".into()),
+            None,
+        )
+    })
 }

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use super::error::TokenError;
+use crate::ids::GroupId;
 
 /// A token split and decoded, signature not yet checked.
 #[derive(Debug)]
@@ -92,8 +93,8 @@ pub struct ClaimNames {
 /// What a token says about its groups.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GroupsClaim {
-    /// The `groups` claim, complete.
-    Listed(Vec<String>),
+    /// The `groups` claim, complete: group object ids, parsed (lower-case).
+    Listed(Vec<GroupId>),
     /// Too many groups for the token (`_claim_names.groups` or `hasgroups`): ask Graph.
     Overage,
     /// No groups claim configured for the app, or the user is in none.
@@ -101,19 +102,25 @@ pub enum GroupsClaim {
 }
 
 impl Claims {
-    pub fn groups_claim(&self) -> GroupsClaim {
+    /// The groups, or `GroupsNotObjectIds` when the claim holds anything but group object ids
+    /// (an app configured to emit group names or `sAMAccountName`s: a name is not an identity,
+    /// and one directory's name can be another's).
+    pub fn groups_claim(&self) -> Result<GroupsClaim, TokenError> {
         let overage = self
             .claim_names
             .as_ref()
             .is_some_and(|n| n.groups.is_some())
             || self.hasgroups == Some(true);
-        match (&self.groups, overage) {
+        Ok(match (&self.groups, overage) {
             (_, true) => GroupsClaim::Overage,
-            (Some(g), false) => {
-                GroupsClaim::Listed(g.iter().map(|s| s.to_ascii_lowercase()).collect())
-            }
+            (Some(g), false) => GroupsClaim::Listed(
+                g.iter()
+                    .map(|s| GroupId::parse(s))
+                    .collect::<Option<_>>()
+                    .ok_or(TokenError::GroupsNotObjectIds)?,
+            ),
             (None, false) => GroupsClaim::Absent,
-        }
+        })
     }
 }
 

@@ -18,7 +18,10 @@ const AUTHORITY: &str = "https://login.example";
 fn rules() -> ValidationRules {
     ValidationRules {
         authority: AUTHORITY.into(),
-        tenants: vec![TID.into(), OTHER_TID.into()],
+        tenants: [TID, OTHER_TID]
+            .iter()
+            .map(|t| crate::ids::DirectoryId::parse(t).expect("guid"))
+            .collect(),
         audiences: vec![API.into(), API_URI.into()],
         accept_v1: true,
         accept_v2: true,
@@ -119,7 +122,9 @@ async fn valid_v2_user_token_is_accepted_and_then_cached() {
     // Group ids are normalised to lower case.
     assert_eq!(
         p.groups,
-        GroupsClaim::Listed(vec!["e0000000-0000-4000-8000-0000000000e1".into()])
+        GroupsClaim::Listed(vec![
+            crate::ids::GroupId::parse("e0000000-0000-4000-8000-0000000000e1").expect("guid")
+        ])
     );
     let again = f.validate(&token).await.expect("valid");
     assert!(

@@ -6,6 +6,7 @@ use opentelemetry::KeyValue;
 
 use crate::audit::{AuditEvent, MAX_FIELD_CHARS, clean_text, field_limit};
 use crate::groups::GroupsSource;
+use crate::ids::{DirectoryId, ObjectId, ServerName, ToolName};
 use crate::mcp::RequestFacts;
 use crate::response::Verdict;
 
@@ -16,12 +17,12 @@ pub const ALLOWED: &str = "allowed";
 #[derive(Debug, Default)]
 pub struct Seen {
     /// The request facts, as the client sent them (unverified until the token is).
-    pub server: Option<String>,
+    pub server: Option<ServerName>,
     pub method: Option<String>,
-    pub tool: Option<String>,
+    pub tool: Option<ToolName>,
     /// From the token.
-    pub oid: Option<String>,
-    pub directory_tid: Option<String>,
+    pub oid: Option<ObjectId>,
+    pub directory_tid: Option<DirectoryId>,
     pub label: Option<String>,
     pub token_cache_hit: Option<bool>,
     pub groups_source: Option<GroupsSource>,
@@ -36,7 +37,7 @@ impl Seen {
         Seen {
             server: facts.map(|f| f.server.clone()),
             method: facts.and_then(|f| f.call.method().map(str::to_owned)),
-            tool: facts.and_then(|f| f.call.tool().map(str::to_owned)),
+            tool: facts.and_then(|f| f.call.tool_name().cloned()),
             ..Seen::default()
         }
     }
@@ -92,11 +93,11 @@ impl CheckOutcome {
 
     pub fn chosen(&self) -> Chosen {
         let max = field_limit(self.authenticated());
-        let text = |v: &Option<String>| v.as_deref().map(|s| clean_text(s, max));
+        let text = |v: Option<&str>| v.map(|s| clean_text(s, max));
         Chosen {
-            server: text(&self.seen.server),
-            method: text(&self.seen.method),
-            tool: text(&self.seen.tool),
+            server: text(self.seen.server.as_deref()),
+            method: text(self.seen.method.as_deref()),
+            tool: text(self.seen.tool.as_deref()),
         }
     }
 
@@ -106,9 +107,9 @@ impl CheckOutcome {
             at,
             decision_id: self.decision_id.clone(),
             authenticated: self.authenticated(),
-            user_oid: self.seen.oid.clone(),
+            user_oid: self.seen.oid.as_ref().map(ToString::to_string),
             upn: text(&self.seen.label),
-            directory_tid: self.seen.directory_tid.clone(),
+            directory_tid: self.seen.directory_tid.as_ref().map(ToString::to_string),
             tenant: text(&self.seen.tenant),
             server: chosen.server.clone(),
             method: chosen.method.clone(),
@@ -151,15 +152,15 @@ impl CheckOutcome {
             KeyValue::new("mcp_authz.reason", self.reason),
             KeyValue::new("mcp_authz.decision_id", self.decision_id.clone()),
         ];
-        let opt = |k: &'static str, v: &Option<String>| v.clone().map(|v| KeyValue::new(k, v));
+        let opt = |k: &'static str, v: Option<&str>| v.map(|v| KeyValue::new(k, v.to_owned()));
         let s = &self.seen;
         attrs.extend(
             [
-                opt("mcp_authz.tenant", &s.tenant),
-                opt("mcp_authz.server", &s.server),
-                opt("mcp.method.name", &s.method),
-                opt("gen_ai.tool.name", &s.tool),
-                opt("mcp_authz.policy_version", &s.policy_version),
+                opt("mcp_authz.tenant", s.tenant.as_deref()),
+                opt("mcp_authz.server", s.server.as_deref()),
+                opt("mcp.method.name", s.method.as_deref()),
+                opt("gen_ai.tool.name", s.tool.as_deref()),
+                opt("mcp_authz.policy_version", s.policy_version.as_deref()),
             ]
             .into_iter()
             .flatten(),

@@ -15,6 +15,7 @@ use super::outcome::{ALLOWED, CheckOutcome, Seen};
 use super::{Authorizer, CheckInput};
 use crate::groups::Groups;
 use crate::identity::{self, Principal, PrincipalKind, TokenError};
+use crate::ids::GroupId;
 use crate::mcp::{self, FactsError, HeaderField, RequestFacts};
 use crate::obo::OboError;
 use crate::policy::{self, Snapshot, Subject};
@@ -93,8 +94,8 @@ impl Authorizer {
         let verified = self.validator.validate(token).await.map_err(token_denial)?;
         let principal = verified.principal;
         seen.token_cache_hit = Some(verified.cache_hit);
-        seen.oid = Some(principal.oid.to_string());
-        seen.directory_tid = Some(principal.tid.to_string());
+        seen.oid = Some(principal.oid.clone());
+        seen.directory_tid = Some(principal.tid.clone());
         seen.label = principal.label.clone();
         Ok(principal)
     }
@@ -127,7 +128,7 @@ impl Authorizer {
     fn policy(
         snapshot: &Snapshot,
         principal: &Principal,
-        groups: &[String],
+        groups: &[GroupId],
         facts: &RequestFacts,
     ) -> Result<policy::Permit, Denial> {
         let subject = Subject {

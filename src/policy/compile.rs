@@ -7,22 +7,13 @@ use std::time::SystemTime;
 
 use super::document::*;
 use super::snapshot::{Grant, Limits, Origin, Server, Snapshot, Tenant, ToolRule};
-use crate::ids::is_guid;
+use crate::ids::{DirectoryId, GroupId, ObjectId, ServerName, is_name};
 use crate::ratelimit::Rate;
 
 /// Every problem found in a document, so an operator fixes them in one pass.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("policy rejected ({} problem{}): {}", .0.len(), if .0.len() == 1 { "" } else { "s" }, .0.join("; "))]
 pub struct CompileError(pub Vec<String>);
-
-fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        && s != "."
-        && s != ".."
-}
 
 /// `group_tenants id=17` for a database row, `group_grants[3]` for a file entry.
 fn row_label(at: &str, table: &str, id: Option<i64>) -> String {
@@ -52,19 +43,30 @@ impl Snapshot {
         directories: &[String],
     ) -> Result<Self, CompileError> {
         let mut problems = Vec::new();
+        // The allowed directories, parsed: configuration validation has checked them, but a
+        // compile never trusts that (a directory that is not a GUID would match nothing).
+        let directories: Vec<DirectoryId> = directories
+            .iter()
+            .filter_map(|d| {
+                let parsed = DirectoryId::parse(d);
+                if parsed.is_none() {
+                    problems.push(format!("entra.tenants: {d:?} is not a GUID"));
+                }
+                parsed
+            })
+            .collect();
         // The directory a grant belongs to, or the problem with it.
         let directory_of = |at: &str, tid: Option<&str>, problems: &mut Vec<String>| match (
-            tid,
-            directories,
+            tid.map(|t| (t, DirectoryId::parse(t))),
+            directories.as_slice(),
         ) {
-            (Some(t), _) if !is_guid(t) => {
+            (Some((t, None)), _) => {
                 problems.push(format!("{at}: tid {t:?} is not a GUID"));
                 None
             }
-            (Some(t), []) => Some(t.to_ascii_lowercase()),
-            (Some(t), dirs) => {
-                let t = t.to_ascii_lowercase();
-                if !dirs.iter().any(|d| d.eq_ignore_ascii_case(&t)) {
+            (Some((_, Some(t))), []) => Some(t),
+            (Some((_, Some(t))), dirs) => {
+                if !dirs.contains(&t) {
                     problems.push(format!(
                         "{at}: tid {t} is not an allowed directory (entra.tenants)"
                     ));
@@ -72,7 +74,7 @@ impl Snapshot {
                 Some(t)
             }
             (None, []) => None,
-            (None, [only]) => Some(only.to_ascii_lowercase()),
+            (None, [only]) => Some(only.clone()),
             (None, _) => {
                 problems.push(format!(
                         "{at}: with several allowed directories (entra.tenants) it must name its directory (tid)"
@@ -85,19 +87,27 @@ impl Snapshot {
         let mut server_by_route = HashMap::new();
         for (i, s) in doc.servers.iter().enumerate() {
             let origin: Origin = format!("servers[{i}] {}", s.name).into();
-            if !valid_name(&s.name) {
+            let name = ServerName::parse(&s.name);
+            if name.is_none() {
                 problems.push(format!(
                     "servers[{i}]: name {:?} must be [A-Za-z0-9._-]+",
                     s.name
                 ));
             }
-            let route_key = s.route_key.clone().unwrap_or_else(|| s.name.clone());
-            if !valid_name(&route_key) {
+            let route_text = s.route_key.as_deref().unwrap_or(&s.name);
+            let route_key = ServerName::parse(route_text);
+            if route_key.is_none() {
                 problems.push(format!(
-                    "servers[{i}]: route_key {route_key:?} must be [A-Za-z0-9._-]+"
+                    "servers[{i}]: route_key {route_text:?} must be [A-Za-z0-9._-]+"
                 ));
             }
-            if server_by_name.insert(&s.name, i).is_some() {
+            // Compiling fails with the problems above; the rest of the document is still
+            // checked, with indices that stay those of the servers kept.
+            let (Some(name), Some(route_key)) = (name, route_key) else {
+                continue;
+            };
+            let idx = servers.len();
+            if server_by_name.insert(&s.name, idx).is_some() {
                 problems.push(format!("servers[{i}]: duplicate name {:?}", s.name));
             }
             match (s.token_forwarding, &s.obo_scope) {
@@ -124,11 +134,11 @@ impl Snapshot {
                 }
                 _ => {}
             }
-            if server_by_route.insert(route_key.clone(), i).is_some() {
+            if server_by_route.insert(route_key.clone(), idx).is_some() {
                 problems.push(format!("servers[{i}]: duplicate route_key {route_key:?}"));
             }
             servers.push(Arc::new(Server {
-                name: s.name.as_str().into(),
+                name,
                 route_key,
                 enabled: s.enabled,
                 token_forwarding: s.token_forwarding,
@@ -142,7 +152,7 @@ impl Snapshot {
         let mut tenant_by_name: HashMap<&str, usize> = HashMap::new();
         let mut tenant_servers = Vec::new();
         for (i, t) in doc.tenants.iter().enumerate() {
-            if !valid_name(&t.name) {
+            if !is_name(&t.name) {
                 problems.push(format!(
                     "tenants[{i}]: name {:?} must be [A-Za-z0-9._-]+",
                     t.name
@@ -193,74 +203,83 @@ impl Snapshot {
             found
         };
 
-        let mut group_grants: HashMap<String, Vec<Grant>> = HashMap::new();
+        let mut group_grants: HashMap<GroupId, Vec<Grant>> = HashMap::new();
         let mut seen_group_pairs = HashSet::new();
         for (i, g) in doc.group_grants.iter().enumerate() {
             let at = row_label(&format!("group_grants[{i}]"), "group_tenants", g.id);
-            if !is_guid(&g.group) {
+            let group = GroupId::parse(&g.group);
+            if group.is_none() {
                 problems.push(format!(
                     "{at}: group {:?} is not an Entra group object id (GUID)",
                     g.group
                 ));
             }
-            let group = g.group.to_ascii_lowercase();
             let tid = directory_of(&at, g.tid.as_deref(), &mut problems);
+            let tenant = tenant_idx(&g.tenant, &at, &mut problems);
+            let (Some(group), Some(t)) = (group, tenant) else {
+                continue;
+            };
             if !seen_group_pairs.insert((group.clone(), tid.clone(), g.tenant.clone())) {
                 problems.push(format!(
                     "{at}: group {group} is granted tenant {:?} twice",
                     g.tenant
                 ));
             }
-            if let Some(t) = tenant_idx(&g.tenant, &at, &mut problems) {
-                group_grants.entry(group.clone()).or_default().push(Grant {
-                    tenant: t,
-                    level: g.access_level,
-                    origin: format!(
-                        "{at} group={group}{} tenant={} level={}",
-                        tid.as_deref()
-                            .map(|t| format!(" tid={t}"))
-                            .unwrap_or_default(),
-                        g.tenant,
-                        g.access_level
-                    )
-                    .into(),
-                    tid,
-                });
-            }
+            let origin = format!(
+                "{at} group={group}{} tenant={} level={}",
+                tid.as_ref()
+                    .map(|t| format!(" tid={t}"))
+                    .unwrap_or_default(),
+                g.tenant,
+                g.access_level
+            )
+            .into();
+            group_grants.entry(group).or_default().push(Grant {
+                tenant: t,
+                level: g.access_level,
+                origin,
+                tid,
+            });
         }
 
-        let mut user_grants: HashMap<String, Vec<Grant>> = HashMap::new();
+        let mut user_grants: HashMap<ObjectId, Vec<Grant>> = HashMap::new();
         let mut upn_grants: HashMap<String, Vec<Grant>> = HashMap::new();
         for (i, u) in doc.user_grants.iter().enumerate() {
             let at = row_label(&format!("user_grants[{i}]"), "user_tenants", u.id);
-            if let Some(tid) = &u.tid
-                && !is_guid(tid)
-            {
-                problems.push(format!("{at}: tid {tid:?} is not a GUID"));
-            }
+            let tid = match &u.tid {
+                Some(tid) => {
+                    let parsed = DirectoryId::parse(tid);
+                    if parsed.is_none() {
+                        problems.push(format!("{at}: tid {tid:?} is not a GUID"));
+                    }
+                    parsed
+                }
+                None => None,
+            };
             let Some(t) = tenant_idx(&u.tenant, &at, &mut problems) else {
                 continue;
             };
             match (&u.oid, &u.upn) {
                 (Some(oid), _) => {
-                    if !is_guid(oid) {
+                    let Some(oid) = ObjectId::parse(oid) else {
                         problems.push(format!("{at}: oid {oid:?} is not a GUID"));
-                    }
-                    let oid = oid.to_ascii_lowercase();
-                    user_grants.entry(oid.clone()).or_default().push(Grant {
+                        continue;
+                    };
+                    let origin = format!(
+                        "{at} oid={oid}{} tenant={} level={}",
+                        u.upn
+                            .as_ref()
+                            .map(|l| format!(" ({l})"))
+                            .unwrap_or_default(),
+                        u.tenant,
+                        u.access_level
+                    )
+                    .into();
+                    user_grants.entry(oid).or_default().push(Grant {
                         tenant: t,
                         level: u.access_level,
-                        tid: u.tid.as_ref().map(|s| s.to_ascii_lowercase()),
-                        origin: format!(
-                            "{at} oid={oid}{} tenant={} level={}",
-                            u.upn
-                                .as_ref()
-                                .map(|l| format!(" ({l})"))
-                                .unwrap_or_default(),
-                            u.tenant,
-                            u.access_level
-                        )
-                        .into(),
+                        tid,
+                        origin,
                     });
                 }
                 (None, Some(upn)) => {
@@ -273,7 +292,7 @@ impl Snapshot {
                     upn_grants.entry(upn.clone()).or_default().push(Grant {
                         tenant: t,
                         level: u.access_level,
-                        tid: u.tid.as_ref().map(|s| s.to_ascii_lowercase()),
+                        tid,
                         origin: format!(
                             "{at} upn={upn} tenant={} level={}",
                             u.tenant, u.access_level
@@ -289,26 +308,24 @@ impl Snapshot {
         for (i, g) in doc.admins.groups.iter().enumerate() {
             let at = format!("admins.groups[{i}]");
             let group = g.group();
-            if !is_guid(group) {
-                problems.push(format!("{at}: {group:?} is not a GUID"));
-            }
             let tid = directory_of(&at, g.tid(), &mut problems);
-            admin_groups.insert(
-                group.to_ascii_lowercase(),
-                (tid, format!("{at} {group}").into()),
-            );
+            match GroupId::parse(group) {
+                Some(id) => {
+                    admin_groups.insert(id, (tid, format!("{at} {group}").into()));
+                }
+                None => problems.push(format!("{at}: {group:?} is not a GUID")),
+            }
         }
         let mut admin_users = HashMap::new();
         for (i, u) in doc.admins.users.iter().enumerate() {
             let at = format!("admins.users[{i}]");
-            if !is_guid(&u.oid) {
-                problems.push(format!("{at}: oid {:?} is not a GUID", u.oid));
-            }
             let tid = directory_of(&at, u.tid.as_deref(), &mut problems);
-            admin_users.insert(
-                u.oid.to_ascii_lowercase(),
-                (tid, format!("{at} {}", u.oid).into()),
-            );
+            match ObjectId::parse(&u.oid) {
+                Some(oid) => {
+                    admin_users.insert(oid, (tid, format!("{at} {}", u.oid).into()));
+                }
+                None => problems.push(format!("{at}: oid {:?} is not a GUID", u.oid)),
+            }
         }
 
         let mut tool_rules: Vec<Vec<ToolRule>> = vec![Vec::new(); servers.len()];

@@ -14,6 +14,7 @@
 
 use super::document::{AccessLevel, Effect, TokenForwarding};
 use super::snapshot::{Grant, Origin, Server, Snapshot};
+use crate::ids::{DirectoryId, GroupId, ObjectId};
 use crate::mcp::{Call, RequestFacts};
 use crate::ratelimit::{self, Bucket, Scope};
 use crate::reason::Reason;
@@ -22,10 +23,10 @@ use std::sync::Arc;
 /// Who asks; labels are not identities.
 #[derive(Debug, Clone, Copy)]
 pub struct Subject<'a> {
-    pub tid: &'a str,
-    pub oid: &'a str,
+    pub tid: &'a DirectoryId,
+    pub oid: &'a ObjectId,
     pub upn: Option<&'a str>,
-    pub groups: &'a [String],
+    pub groups: &'a [GroupId],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +99,7 @@ pub fn decide(snap: &Snapshot, who: &Subject<'_>, facts: &RequestFacts) -> Decis
     let mut granted: Vec<(usize, AccessLevel, Origin)> = Vec::new();
     let mut consider = |grants: Option<&Vec<Grant>>| {
         for g in grants.into_iter().flatten() {
-            if g.tid.as_deref().is_some_and(|t| t != who.tid) || !snap.tenants[g.tenant].enabled {
+            if g.tid.as_ref().is_some_and(|t| t != who.tid) || !snap.tenants[g.tenant].enabled {
                 continue;
             }
             match granted.iter_mut().find(|(t, _, _)| *t == g.tenant) {
@@ -127,13 +128,13 @@ pub fn decide(snap: &Snapshot, who: &Subject<'_>, facts: &RequestFacts) -> Decis
         .find_map(|g| {
             snap.admin_groups
                 .get(g)
-                .filter(|(tid, _)| tid.as_deref().is_none_or(|t| t == who.tid))
+                .filter(|(tid, _)| tid.as_ref().is_none_or(|t| t == who.tid))
                 .map(|(_, o)| o)
         })
         .or_else(|| {
             snap.admin_users
                 .get(who.oid)
-                .filter(|(tid, _)| tid.as_deref().is_none_or(|t| t == who.tid))
+                .filter(|(tid, _)| tid.as_ref().is_none_or(|t| t == who.tid))
                 .map(|(_, o)| o)
         })
         .cloned();
@@ -293,7 +294,9 @@ impl Snapshot {
                 scope: Scope::User,
             });
         }
-        if let (Some(tool), Some(rules)) = (facts.call.tool(), l.tools.get(&allow.server.name)) {
+        if let (Some(tool), Some(rules)) =
+            (facts.call.tool(), l.tools.get(allow.server.name.as_str()))
+        {
             for (pattern, rate) in rules {
                 if glob_match(pattern, tool) {
                     req.hard.push(Bucket {

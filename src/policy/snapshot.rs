@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::document::{AccessLevel, Effect, TokenForwarding};
+use crate::ids::{DirectoryId, GroupId, ObjectId, ServerName};
 use crate::ratelimit::Rate;
 
 /// Where a grant or rule came from, for `explain` and logs (e.g. `group_grants[3]`).
@@ -12,8 +13,8 @@ pub type Origin = Arc<str>;
 
 #[derive(Debug)]
 pub struct Server {
-    pub name: Arc<str>,
-    pub route_key: String,
+    pub name: ServerName,
+    pub route_key: ServerName,
     pub enabled: bool,
     pub token_forwarding: TokenForwarding,
     pub obo_scope: Option<String>,
@@ -33,7 +34,7 @@ pub(super) struct Grant {
     pub(super) tenant: usize,
     pub(super) level: AccessLevel,
     /// For user grants: the directory it is limited to.
-    pub(super) tid: Option<String>,
+    pub(super) tid: Option<DirectoryId>,
     pub(super) origin: Origin,
 }
 
@@ -54,15 +55,15 @@ pub struct Snapshot {
     pub source: String,
     pub loaded_at: SystemTime,
     pub(super) servers: Vec<Arc<Server>>,
-    pub(super) server_by_route: HashMap<String, usize>,
+    pub(super) server_by_route: HashMap<ServerName, usize>,
     pub(super) tenants: Vec<Tenant>,
     /// `tenant_servers[t]` holds the servers tenant `t` may use.
     pub(super) tenant_servers: Vec<HashSet<usize>>,
-    pub(super) group_grants: HashMap<String, Vec<Grant>>,
-    pub(super) user_grants: HashMap<String, Vec<Grant>>,
+    pub(super) group_grants: HashMap<GroupId, Vec<Grant>>,
+    pub(super) user_grants: HashMap<ObjectId, Vec<Grant>>,
     pub(super) upn_grants: HashMap<String, Vec<Grant>>,
-    pub(super) admin_groups: HashMap<String, (Option<String>, Origin)>,
-    pub(super) admin_users: HashMap<String, (Option<String>, Origin)>,
+    pub(super) admin_groups: HashMap<GroupId, (Option<DirectoryId>, Origin)>,
+    pub(super) admin_users: HashMap<ObjectId, (Option<DirectoryId>, Origin)>,
     pub(super) tool_rules: Vec<Vec<ToolRule>>,
     pub(super) limits: Limits,
 }

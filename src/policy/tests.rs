@@ -2,6 +2,7 @@
 
 use super::decision::glob_match;
 use super::*;
+use crate::ids::{DirectoryId, GroupId, ObjectId};
 use crate::mcp::{Call, RequestFacts, RpcFacts};
 use crate::ratelimit::Scope;
 
@@ -53,10 +54,10 @@ fn snap() -> Snapshot {
 
 fn facts(server: &str, method: &str, tool: Option<&str>) -> RequestFacts {
     RequestFacts {
-        server: server.into(),
+        server: crate::ids::ServerName::parse(server).expect("server name"),
         call: Call::Rpc(RpcFacts {
             method: Some(method.into()),
-            tool: tool.map(Into::into),
+            tool: tool.map(|t| crate::ids::ToolName::parse(t).expect("tool name")),
             uri: None,
             prompt: None,
         }),
@@ -67,17 +68,28 @@ fn call(tool: &str) -> RequestFacts {
     facts("github", "tools/call", Some(tool))
 }
 
-fn who<'a>(oid: &'a str, groups: &'a [String]) -> Subject<'a> {
+fn who<'a>(oid: &str, groups: &'a [GroupId]) -> Subject<'a> {
     Subject {
-        tid: TID,
-        oid,
+        tid: tid(TID),
+        oid: obj(oid),
         upn: None,
         groups,
     }
 }
 
-fn groups(g: &[&str]) -> Vec<String> {
-    g.iter().map(|s| s.to_string()).collect()
+fn groups(g: &[&str]) -> Vec<GroupId> {
+    g.iter()
+        .map(|s| GroupId::parse(s).expect("group GUID"))
+        .collect()
+}
+
+/// A directory id for a test subject (leaked: tests only).
+fn tid(s: &str) -> &'static DirectoryId {
+    Box::leak(Box::new(DirectoryId::parse(s).expect("tid GUID")))
+}
+
+fn obj(s: &str) -> &'static ObjectId {
+    Box::leak(Box::new(ObjectId::parse(s).expect("oid GUID")))
 }
 
 fn result(
@@ -103,7 +115,7 @@ fn group_member_uses_a_server_of_their_tenant() {
         Ok(("engineering".into(), AccessLevel::Read))
     );
     let stream = RequestFacts {
-        server: "github".into(),
+        server: crate::ids::ServerName::parse("github").expect("name"),
         call: Call::OpenStream,
     };
     assert!(decide(&s, &who(BOB, &g), &stream).result.is_ok());
@@ -178,8 +190,8 @@ fn admins_use_every_enabled_server() {
     assert!(result(&s, &who(ROOT, &[]), &facts("jira", "initialize", None)).is_ok());
     // The same oid from another directory is not that admin.
     let elsewhere = Subject {
-        tid: OTHER_TID,
-        oid: ROOT,
+        tid: tid(OTHER_TID),
+        oid: obj(ROOT),
         upn: None,
         groups: &[],
     };
@@ -294,8 +306,8 @@ fn user_grant_is_matched_on_tid_and_oid_not_on_labels() {
     let s = snap();
     assert!(result(&s, &who(ALICE, &[]), &facts("github", "initialize", None)).is_ok());
     let wrong_dir = Subject {
-        tid: OTHER_TID,
-        oid: ALICE,
+        tid: tid(OTHER_TID),
+        oid: obj(ALICE),
         upn: None,
         groups: &[],
     };
@@ -305,8 +317,8 @@ fn user_grant_is_matched_on_tid_and_oid_not_on_labels() {
     );
     // Someone whose upn claim says alice is not alice.
     let impostor = Subject {
-        tid: TID,
-        oid: BOB,
+        tid: tid(TID),
+        oid: obj(BOB),
         upn: Some("alice@contoso.example"),
         groups: &[],
     };
@@ -324,8 +336,8 @@ fn upn_grants_need_the_explicit_setting() {
     assert!(err.to_string().contains("allow_upn_grants"), "{err}");
     let s = snapshot_of(&format!("allow_upn_grants: true\n{doc}"));
     let carol = Subject {
-        tid: TID,
-        oid: BOB,
+        tid: tid(TID),
+        oid: obj(BOB),
         upn: Some("carol@contoso.EXAMPLE"),
         groups: &[],
     };
@@ -519,7 +531,7 @@ fn rate_limit_keys_are_the_verified_identity_tenant_and_tool_rule() {
     // Sales has a cap of its own and three quarters of the budget.
     let g = groups(&[SALES]);
     let who = super::decision::Subject {
-        oid: BOB,
+        oid: obj(BOB),
         groups: &g,
         ..who
     };
@@ -534,7 +546,7 @@ fn rate_limit_keys_are_the_verified_identity_tenant_and_tool_rule() {
     );
     // An admin without a tenant only borrows from the budget.
     let who = super::decision::Subject {
-        oid: ROOT,
+        oid: obj(ROOT),
         groups: &[],
         ..who
     };
@@ -545,7 +557,7 @@ fn rate_limit_keys_are_the_verified_identity_tenant_and_tool_rule() {
     // Without any limit in the policy there is nothing to check.
     let g = groups(&[ENG]);
     let who = super::decision::Subject {
-        oid: ALICE,
+        oid: obj(ALICE),
         groups: &g,
         ..who
     };
@@ -589,9 +601,9 @@ fn compile_for(doc: &str, directories: &[&str]) -> Result<Snapshot, CompileError
 fn directories_are_not_interchangeable() {
     // One directory: the grants are its own; a token of another directory matches none.
     let s = compile_for(DOC, &[TID]).expect("one directory");
-    let from_b = |groups: &'static [String]| Subject {
-        tid: OTHER_TID,
-        oid: BOB,
+    let from_b = |groups: &'static [GroupId]| Subject {
+        tid: tid(OTHER_TID),
+        oid: obj(BOB),
         upn: None,
         groups,
     };
