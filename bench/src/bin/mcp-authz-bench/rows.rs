@@ -1,0 +1,161 @@
+//! The rows of the report: what each measures (target, tokens, request), and one run's figures.
+
+use crate::load::Sample;
+
+/// The request of every row but (f): an MCP `tools/list`.
+pub(crate) const LIST_BODY: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#;
+/// Row (f): a `tools/call` that a per-tool rule decides.
+pub(crate) const CALL_BODY: &str = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"search_code","arguments":{"query":"fn main language:rust","per_page":30,"page":1}}}"#;
+pub(crate) const DENIED_BODY: &str = r#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"delete_repo","arguments":{"repo":"x"}}}"#;
+
+/// Where a row's load goes.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Target {
+    /// Through the Envoy of this index (in `ENVOYS`).
+    Envoy(usize),
+    /// Direct gRPC to mcp-authz over TCP.
+    Authz,
+    /// Direct gRPC to the no-op Check server.
+    Noop,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+pub enum Tokens {
+    /// The pool of `users` tokens, each verified once before measuring.
+    Warm,
+    /// Never seen before: every request verifies a signature.
+    Cold,
+}
+
+pub struct Row {
+    pub key: &'static str,
+    pub label: &'static str,
+    pub target: Target,
+    pub tokens: Tokens,
+    pub body: &'static str,
+}
+
+/// The Envoys, by index in `Target::Envoy`; `run_in` builds their configs in this order.
+pub(crate) const ENVOYS: [&str; 5] = [
+    "no auth",
+    "jwt_authn",
+    "jwt_authn cached",
+    "ext_authz tcp",
+    "ext_authz uds",
+];
+
+pub const ROWS: [Row; 10] = [
+    Row {
+        key: "a",
+        label: "Envoy, no auth",
+        target: Target::Envoy(0),
+        tokens: Tokens::Warm,
+        body: LIST_BODY,
+    },
+    Row {
+        key: "b",
+        label: "Envoy jwt_authn, default settings",
+        target: Target::Envoy(1),
+        tokens: Tokens::Warm,
+        body: LIST_BODY,
+    },
+    Row {
+        key: "b'",
+        label: "Envoy jwt_authn, jwt_cache_config sized to the pool",
+        target: Target::Envoy(2),
+        tokens: Tokens::Warm,
+        body: LIST_BODY,
+    },
+    Row {
+        key: "c",
+        label: "Envoy + mcp-authz, TCP, warm tokens",
+        target: Target::Envoy(3),
+        tokens: Tokens::Warm,
+        body: LIST_BODY,
+    },
+    Row {
+        key: "d",
+        label: "Envoy + mcp-authz, unix socket, warm tokens",
+        target: Target::Envoy(4),
+        tokens: Tokens::Warm,
+        body: LIST_BODY,
+    },
+    Row {
+        key: "e",
+        label: "Envoy + mcp-authz, TCP, every token new",
+        target: Target::Envoy(3),
+        tokens: Tokens::Cold,
+        body: LIST_BODY,
+    },
+    Row {
+        key: "f",
+        label: "Envoy + mcp-authz, TCP, tools/call + per-tool rule",
+        target: Target::Envoy(3),
+        tokens: Tokens::Warm,
+        body: CALL_BODY,
+    },
+    Row {
+        key: "g0",
+        label: "direct gRPC, no-op Check server",
+        target: Target::Noop,
+        tokens: Tokens::Warm,
+        body: CALL_BODY,
+    },
+    Row {
+        key: "g",
+        label: "direct gRPC, mcp-authz, warm tokens",
+        target: Target::Authz,
+        tokens: Tokens::Warm,
+        body: CALL_BODY,
+    },
+    Row {
+        key: "g-cold",
+        label: "direct gRPC, mcp-authz, every token new",
+        target: Target::Authz,
+        tokens: Tokens::Cold,
+        body: CALL_BODY,
+    },
+];
+
+/// Envoys from this index on call mcp-authz (ext_authz over TCP, then the unix socket).
+pub(crate) const FIRST_AUTHZ_ENVOY: usize = 3;
+
+impl Row {
+    /// True for the rows whose Envoy asks mcp-authz.
+    pub fn through_authz(&self) -> bool {
+        matches!(self.target, Target::Envoy(i) if i >= FIRST_AUTHZ_ENVOY)
+    }
+}
+
+pub fn row_index(key: &str) -> anyhow::Result<usize> {
+    ROWS.iter()
+        .position(|r| r.key == key)
+        .ok_or_else(|| anyhow::anyhow!("no row {key}"))
+}
+
+/// The three ways each row is measured.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Phase {
+    Saturation,
+    Fixed,
+    OneConnection,
+}
+
+/// One run of one row.
+#[derive(Clone, Default)]
+pub struct Run {
+    pub sample: Sample,
+    /// CPU nanoseconds of mcp-authz during the run.
+    pub authz_cpu_ns: u64,
+    /// CPU nanoseconds of the Envoy under load (Envoy rows) or the no-op server (g0).
+    pub other_cpu_ns: u64,
+    /// The load generator's command line.
+    pub command: String,
+}
+
+impl Run {
+    /// CPU seconds per 10k requests.
+    pub fn per_10k(&self, ns: u64) -> f64 {
+        ns as f64 / 1e9 / self.sample.requests.max(1) as f64 * 1e4
+    }
+}
