@@ -30,15 +30,19 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT INT TERM
 
 json_field() { python3 -c "import json,sys; print(json.loads(sys.stdin.readline())['$1'])"; }
-start_and_read_url() { # name, command...; the command prints {"url": ...} first
+# Processes start here, in this shell, so that `pids` (and the cleanup) sees them: a `$(…)`
+# around the start would run it in a subshell whose `pids` is lost, orphaning the process.
+start() { # name, command...; the command prints {"url": ...} first
   local name=$1; shift
   "$@" > "$STATE/$name.out" 2> "$STATE/$name.log" &
   pids+=($!)
+}
+read_url() { # name
   for _ in $(seq 1 200); do
-    if [ -s "$STATE/$name.out" ]; then json_field url < "$STATE/$name.out"; return; fi
+    if [ -s "$STATE/$1.out" ]; then json_field url < "$STATE/$1.out"; return; fi
     sleep 0.05
   done
-  echo "demo: $name did not start; see $STATE/$name.log" >&2; exit 1
+  echo "demo: $1 did not start; see $STATE/$1.log" >&2; exit 1
 }
 wait_http() { # url, what
   for _ in $(seq 1 200); do
@@ -48,8 +52,10 @@ wait_http() { # url, what
   echo "demo: $2 not ready ($1); see logs in $STATE" >&2; exit 1
 }
 
-IDP=$(start_and_read_url entra-standin "$BIN/entra-standin" --tenant "$TID")
-UPSTREAM=$(start_and_read_url mcp-sample-server "$BIN/mcp-sample-server" --name github --name jira)
+start entra-standin "$BIN/entra-standin" --tenant "$TID"
+start mcp-sample-server "$BIN/mcp-sample-server" --name github --name jira
+IDP=$(read_url entra-standin)
+UPSTREAM=$(read_url mcp-sample-server)
 echo "stand-in Entra:     $IDP"
 echo "sample MCP server:  $UPSTREAM"
 

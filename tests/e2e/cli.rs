@@ -1,6 +1,7 @@
 //! The `mcp-authz` binary as an operator runs it.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -223,7 +224,7 @@ fn demo_script_check_passes() {
         );
     }
     let state = tempfile::tempdir().expect("tmp");
-    let out = Command::new(crate::support::helpers::repo_path(
+    let child = Command::new(crate::support::helpers::repo_path(
         "deploy/examples/demo.sh",
     ))
     .arg("--check")
@@ -235,8 +236,14 @@ fn demo_script_check_passes() {
     .env("ADMIN_PORT", free_port().to_string())
     .env("METADATA_PORT", free_port().to_string())
     .env("DEMO_STATE", state.path())
-    .output()
+    // Its own process group: whatever it starts stays in it, even when orphaned to PID 1.
+    .process_group(0)
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
     .expect("run demo.sh");
+    let group = child.id();
+    let out = child.wait_with_output().expect("demo.sh output");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -245,4 +252,41 @@ fn demo_script_check_passes() {
     );
     assert!(stdout.contains("demo check passed"), "{stdout}");
     assert_eq!(stdout.matches("  ok   ").count(), 6, "{stdout}");
+    // The demo's check mode once left the stand-in Entra and the sample server running (their
+    // PIDs were collected in a subshell, so its cleanup never saw them).
+    let left: Vec<String> = processes_in_group(group)
+        .into_iter()
+        .map(|(pid, cmd)| format!("{pid} {cmd}"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "demo.sh --check left processes running: {left:?}"
+    );
+}
+
+/// The processes (pid, command line) whose process group is `group`, from /proc.
+fn processes_in_group(group: u32) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid pgrp …: comm may hold spaces and parentheses.
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        if fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(group)
+            && fields.first() != Some(&"Z")
+        {
+            let cmd = std::fs::read(entry.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .unwrap_or_default();
+            found.push((pid, cmd));
+        }
+    }
+    found
 }
