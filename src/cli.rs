@@ -200,8 +200,10 @@ pub async fn explain(cfg: &Config, q: &ExplainQuery, out: &mut impl Write) -> an
     Ok(allowed)
 }
 
-/// Fills every `${NAME}` (upper-case letters, digits, `_`) of `text` from `env`; every unset
-/// name is listed in the error. The same rule as `envoy/render.sh`.
+/// Fills every `${NAME}` (upper-case letters, digits, `_`) of `text` from `env`, and every
+/// `${NAME:-default}` from `env` or, when the value is unset or empty, the default (up to the
+/// next `}`); every unset name without a default is listed in the error. The same rule as
+/// `envoy/render.sh`.
 pub fn render_template(
     text: &str,
     env: &std::collections::HashMap<String, String>,
@@ -217,24 +219,35 @@ pub fn render_template(
             .take_while(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'_')
             .count();
         let name = &after[..name_len];
-        let valid = name_len > 0
-            && after[name_len..].starts_with('}')
-            && !name.as_bytes()[0].is_ascii_digit();
+        let tail = &after[name_len..];
+        // `}` ends a plain placeholder; `:-default}` one with a default.
+        let (default, end) = if tail.starts_with('}') {
+            (None, name_len + 1)
+        } else if let Some(d) = tail.strip_prefix(":-")
+            && let Some(close) = d.find('}')
+        {
+            (Some(&d[..close]), name_len + 2 + close + 1)
+        } else {
+            (None, 0)
+        };
+        let valid = name_len > 0 && end > 0 && !name.as_bytes()[0].is_ascii_digit();
         if !valid {
             // Not a placeholder: keep the text as it is.
             out.push_str("${");
             rest = after;
             continue;
         }
-        match env.get(name) {
-            Some(v) => out.push_str(v),
-            None => {
+        match (env.get(name), default) {
+            (Some(v), Some(d)) if v.is_empty() => out.push_str(d),
+            (Some(v), _) => out.push_str(v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => {
                 if !missing.iter().any(|m| m == name) {
                     missing.push(name.to_owned());
                 }
             }
         }
-        rest = &after[name_len + 1..];
+        rest = &after[end..];
     }
     out.push_str(rest);
     if missing.is_empty() {
@@ -321,6 +334,28 @@ mod render_tests {
         assert_eq!(
             render_template("${MISSING} ${A_1} ${OTHER} ${MISSING}", &env),
             Err(vec!["MISSING".to_string(), "OTHER".to_string()])
+        );
+    }
+
+    /// A placeholder that does not apply to every setup (the unix socket path of a TCP
+    /// setup) has a default, so it need not be set.
+    #[test]
+    fn defaults_fill_unset_or_empty_names_only() {
+        let env = [("SET", "x"), ("EMPTY", "")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(
+            render_template(
+                "${SET:-d} ${EMPTY:-d} ${UNSET:-/run/a.sock} ${EMPTY} ${UNSET:-}",
+                &env
+            ),
+            Ok("x d /run/a.sock  ".to_string())
+        );
+        // A default without its closing brace is not a placeholder.
+        assert_eq!(
+            render_template("${UNSET:-open", &env),
+            Ok("${UNSET:-open".to_string())
         );
     }
 }

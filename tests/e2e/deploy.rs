@@ -86,8 +86,20 @@ fn k8s_envoy_env(cluster: &str) -> Vec<(&'static str, String)> {
 #[test]
 fn render_envoy_matches_render_sh_and_refuses_unset_values() {
     let template = repo_path("envoy/envoy.yaml");
-    for cluster in ["mcp_authz_tcp", "mcp_authz_uds"] {
-        let env = k8s_envoy_env(cluster);
+    // The third: a TCP setup that sets neither the socket path nor (so the defaults apply)
+    // the mcp-authz address, which render.sh once required all the same.
+    for (cluster, unset) in [
+        ("mcp_authz_tcp", &[][..]),
+        ("mcp_authz_uds", &[][..]),
+        (
+            "mcp_authz_tcp",
+            &["AUTHZ_SOCKET", "AUTHZ_HOST", "AUTHZ_PORT"][..],
+        ),
+    ] {
+        let env: Vec<_> = k8s_envoy_env(cluster)
+            .into_iter()
+            .filter(|(k, _)| !unset.contains(k))
+            .collect();
         let by_binary = Command::new(BIN)
             .arg("render-envoy")
             .arg(&template)

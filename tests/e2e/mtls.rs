@@ -75,6 +75,7 @@ async fn envoy_reaches_mcp_authz_over_mtls() {
         .post("/mcp/github", Some(&carol), &initialize_body(1), &[])
         .await;
     assert_eq!((r.status, r.reason()), (403, "server_not_granted"));
+    assert_no_envoy_warnings(&env.envoy_log());
 }
 
 /// Attack: anything on the network that can reach mcp-authz's gRPC port asks it for decisions

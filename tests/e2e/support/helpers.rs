@@ -327,6 +327,20 @@ pub struct TestEnv {
     cfg_text: String,
 }
 
+/// Fails on any line Envoy logged at warning level or above (its log lines carry the level as
+/// `][warning][`, `][error][`, `][critical][`).
+pub fn assert_no_envoy_warnings(log: &str) {
+    let bad: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            ["][warning][", "][error][", "][critical]["]
+                .iter()
+                .any(|t| l.contains(t))
+        })
+        .collect();
+    assert!(bad.is_empty(), "Envoy warned:\n{}", bad.join("\n"));
+}
+
 pub fn envoy_bin() -> String {
     std::env::var("ENVOY_BIN").unwrap_or_else(|_| "envoy".into())
 }
@@ -417,7 +431,9 @@ impl TestEnv {
                         envoy_url.clone(),
                     ))),
                 );
-                tokio::spawn(async move { axum::serve(up_listener, up_router).await });
+                tokio::spawn(async move {
+                    axum::serve(mcp_authz_testkit::nodelay(up_listener), up_router).await
+                });
                 (None, up_port)
             }
         };
