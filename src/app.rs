@@ -274,7 +274,7 @@ pub async fn run(
         let stop = stop.clone();
         let l = listeners.admin;
         servers.spawn(async move {
-            axum::serve(l, router)
+            axum::serve(nodelay(l), router)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await
                 .context("admin server")
@@ -284,7 +284,7 @@ pub async fn run(
         let router = admin::metadata_router(parts.authorizer.clone(), parts.metadata.clone());
         let stop = stop.clone();
         servers.spawn(async move {
-            axum::serve(l, router)
+            axum::serve(nodelay(l), router)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await
                 .context("metadata server")
@@ -336,4 +336,18 @@ pub async fn run(
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// An HTTP listener whose connections send at once (`TCP_NODELAY`): an answer written in more
+/// than one segment is not held back for the client's delayed ACK (~40 ms on a kept-alive
+/// connection).
+fn nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
+    use axum::serve::ListenerExt as _;
+    listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set on an HTTP connection");
+        }
+    })
 }

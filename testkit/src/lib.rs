@@ -4,11 +4,26 @@
 //! - [`standin`]: the stand-in Entra ID / Microsoft Graph (wire format of the real ones).
 //! - [`sample_server`]: a sample upstream MCP server (rmcp) for tests, `make demo` and benchmarks.
 //! - [`free_port`]: a loopback port for a child process to bind later.
+//! - [`nodelay`]: a listener whose connections send at once (`TCP_NODELAY`).
 
 pub mod sample_server;
 pub mod standin;
 
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// `listener` for `axum::serve`, with `TCP_NODELAY` on every accepted connection. Without it a
+/// kept-alive connection stalls ~40 ms per answer written in more than one segment (an SSE
+/// answer is): Nagle holds the last segment until the client's delayed ACK arrives. The sample
+/// server answered 22 requests a second on one connection that way.
+pub fn nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
+    use axum::serve::ListenerExt as _;
+    listener.tap_io(|tcp| {
+        // Only fails on a socket already closed; the connection then ends on its own.
+        let _ = tcp.set_nodelay(true);
+    })
+}
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_now() -> u64 {

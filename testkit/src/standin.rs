@@ -378,7 +378,7 @@ impl Authority {
         {
             self.set_base_url(&format!("http://{addr}"));
         }
-        axum::serve(listener, self.router())
+        axum::serve(crate::nodelay(listener), self.router())
             .with_graceful_shutdown(shutdown)
             .await
     }

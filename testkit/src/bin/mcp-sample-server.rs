@@ -41,7 +41,7 @@ async fn main() -> std::process::ExitCode {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    match axum::serve(listener, app)
+    match axum::serve(mcp_authz_testkit::nodelay(listener), app)
         .with_graceful_shutdown(shutdown)
         .await
     {

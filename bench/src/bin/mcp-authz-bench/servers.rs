@@ -21,7 +21,7 @@ pub fn upstream(listen: std::net::SocketAddr) -> anyhow::Result<()> {
                 r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
             )
         });
-        axum::serve(listener, app).await?;
+        axum::serve(mcp_authz_testkit::nodelay(listener), app).await?;
         Ok(())
     })
 }
