@@ -380,3 +380,30 @@ fn public_base_url_is_required_unless_host_derived_urls_are_allowed() {
     .expect("allowed for development");
     assert_eq!(c.mcp.public_base_url, None);
 }
+
+mod keys;
+
+/// The example configuration is the reference of every key (README says so): a field added to
+/// a config type and not to deploy/examples/config.yaml fails here, as does a key written
+/// there that no config type reads (a typo, or a key since removed). Once, `graph`, `obo` and
+/// four `entra` keys were missing from it.
+#[test]
+fn the_example_config_documents_every_key_and_only_real_ones() {
+    let keys = keys::key_paths::<Config>().expect("walk the config types");
+    assert!(
+        keys.contains("entra.tenants") && keys.contains("listen.grpc_tls.cert_file"),
+        "the walk found too little: {keys:?}"
+    );
+    let example = include_str!("../../deploy/examples/config.yaml");
+    let documented = keys::documented_paths(example);
+    let missing: Vec<&String> = keys.difference(&documented).collect();
+    let unknown: Vec<&String> = documented.difference(&keys).collect();
+    assert!(
+        missing.is_empty(),
+        "deploy/examples/config.yaml does not document: {missing:#?}"
+    );
+    assert!(
+        unknown.is_empty(),
+        "deploy/examples/config.yaml names keys no config type reads: {unknown:#?}"
+    );
+}
