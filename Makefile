@@ -30,7 +30,9 @@ deny:
 # project's .venv; the TypeScript MCP SDK from npm; PostgreSQL and Redis from Debian, on loopback
 # in temp dirs, stopped afterwards), checks the deployment (Kubernetes schemas, checkov, envoy
 # --mode validate: tests/env/check-deploy.sh) and runs lint + all tests.
-test: lint
+test:
+	@tests/env/requirements.sh test
+	$(MAKE) lint
 	ENVOY_BIN="$$(tests/env/ensure-envoy.sh)"; export ENVOY_BIN; \
 	echo "using Envoy: $$($$ENVOY_BIN --version 2>&1 | grep -m1 -o 'version: .*')"; \
 	MCP_AUTHZ_TEST_PYTHON="$$(tests/env/ensure-peers.sh)"; export MCP_AUTHZ_TEST_PYTHON; \
@@ -47,16 +49,24 @@ unit:
 	$(CARGO) nextest run --workspace --lib
 
 # Envoy + mcp-authz + stand-in Entra + sample MCP server on localhost. DEMO_ARGS=--check runs
-# the sample requests, asserts their answers and exits.
-demo: release
-	ENVOY_BIN="$$(tests/env/ensure-envoy.sh)"; export ENVOY_BIN; \
-	deploy/examples/demo.sh $(DEMO_ARGS)
+# the sample requests, asserts their answers and exits. Builds only the three programs the demo
+# runs, with the `demo` profile (Cargo.toml), while Envoy is installed beside the build.
+DEMO_BINS = --bin mcp-authz --bin entra-standin --bin mcp-sample-server
+demo:
+	@tests/env/requirements.sh demo
+	@mkdir -p .demo-build; (tests/env/ensure-envoy.sh > .demo-build/envoy-path 2> .demo-build/envoy.log; echo $$? > .demo-build/envoy-rc) & \
+	$(CARGO) build --profile demo --features test-util $(DEMO_BINS); rc=$$?; wait; \
+	[ "$$rc" = 0 ] || exit "$$rc"; \
+	[ "$$(cat .demo-build/envoy-rc)" = 0 ] || { cat .demo-build/envoy.log >&2; exit 1; }; \
+	ENVOY_BIN="$$(cat .demo-build/envoy-path)" BIN=target/demo deploy/examples/demo.sh $(DEMO_ARGS)
 
 # Envoy + mcp-authz against Envoy alone, Envoy's jwt_authn and a no-op Check server, in one run
 # (about 5 minutes after the release build, loopback only; installs wrk and Envoy when missing);
 # writes BENCHMARKS.md.
 # BENCH_ARGS passes options to mcp-authz-bench (e.g. BENCH_ARGS="--rounds 5").
-bench: release
+bench:
+	@tests/env/requirements.sh bench
+	$(MAKE) release
 	ENVOY_BIN="$$(tests/env/ensure-envoy.sh)"; export ENVOY_BIN; \
 	WRK_BIN="$$(tests/env/ensure-wrk.sh)"; export WRK_BIN; \
 	target/release/mcp-authz-bench $(BENCH_ARGS) --write BENCHMARKS.md
@@ -83,9 +93,22 @@ fuzz:
 # stage `prebuilt`). Needs docker or podman; IMAGE=registry/name:tag to name it.
 IMAGE ?= mcp-authz:$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 CONTAINER ?= $(shell command -v podman || command -v docker)
-image: release
-	@test -n "$(CONTAINER)" || { echo "make image: needs podman or docker (target/release/mcp-authz is built)"; exit 1; }
+# The image, built from source in deploy/Dockerfile's `build` stage: works from any host with
+# podman or docker. IMAGE_FROM=prebuilt copies this host's target/release/mcp-authz instead
+# (quicker), which is only right from an x86-64 host with glibc 2.36 or older (Debian 12, the
+# runtime image's glibc): it checks both and stops otherwise.
+IMAGE_FROM ?= source
+image:
+	@test -n "$(CONTAINER)" || { echo "make image: needs podman or docker"; exit 1; }
+ifeq ($(IMAGE_FROM),prebuilt)
+	@test "$$(uname -m)" = x86_64 || { echo "make image IMAGE_FROM=prebuilt: this host is $$(uname -m), the image is x86-64; use make image"; exit 1; }
+	@v=$$(getconf GNU_LIBC_VERSION | sed 's/glibc //'); \
+	  printf '%s\n2.36\n' "$$v" | sort -V -C || { echo "make image IMAGE_FROM=prebuilt: host glibc $$v is newer than the runtime image's 2.36; use make image"; exit 1; }
+	$(MAKE) release
 	$(CONTAINER) build -f deploy/Dockerfile --target prebuilt -t $(IMAGE) .
+else
+	$(CONTAINER) build -f deploy/Dockerfile --target runtime -t $(IMAGE) .
+endif
 
 # The Kubernetes manifests of both layouts, as kubectl would apply them.
 manifests:
@@ -96,4 +119,4 @@ check-deploy:
 
 clean:
 	$(CARGO) clean
-	rm -rf .demo
+	rm -rf .demo .demo-build

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
-BIN=${BIN:-$ROOT/target/release}
+BIN=${BIN:-$ROOT/target/demo}
 ENVOY_BIN=${ENVOY_BIN:-envoy}
 DEMO_PORT=${DEMO_PORT:-8080}
 ENVOY_ADMIN_PORT=${ENVOY_ADMIN_PORT:-9901}
