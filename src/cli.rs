@@ -66,6 +66,19 @@ pub async fn import(
     let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
     let doc: PolicyDocument = serde_yaml_ng::from_str(&text)
         .with_context(|| format!("{} is not a policy document", file.display()))?;
+    // A dry run needs no database: without one it says what an empty database would get.
+    if dry_run && cfg.database.is_none() {
+        let changes = policy::postgres::changes_into_empty(&doc, &cfg.entra.tenants)?;
+        for c in &changes {
+            writeln!(out, "{c}")?;
+        }
+        writeln!(
+            out,
+            "would change {} rows (dry run without a database section: the rows an empty database would get; with one, the difference from its rows)",
+            changes.len()
+        )?;
+        return Ok(());
+    }
     // import_document refuses what the server would refuse, before touching the database.
     let pool = database(cfg)?;
     let changes =

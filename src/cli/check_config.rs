@@ -2,7 +2,9 @@
 
 use crate::app::{Parts, build};
 use crate::config::Config;
+use crate::config::DatabaseConfig;
 use crate::db::{migration_status, pool};
+use crate::identity::JwksError;
 use crate::policy::{self, Source};
 
 /// `mcp-authz check-config`: every check prints one line; false when any failed.
@@ -52,6 +54,9 @@ pub async fn check_config(
             Err(e) => {
                 ok = false;
                 let _ = writeln!(out, "FAIL  database: {e:#}");
+                if let Some(db) = &cfg.database {
+                    let _ = writeln!(out, "      {}", database_cause(db).await);
+                }
             }
         }
     }
@@ -105,6 +110,16 @@ pub async fn check_config(
         Err(e) => {
             ok = false;
             let _ = writeln!(out, "FAIL  policy: {e}");
+            if e.starts_with("cannot read ") {
+                let _ = writeln!(
+                    out,
+                    "      fix: policy.file names a file that cannot be read; a relative path is relative to {} (the config file's directory)",
+                    path.parent()
+                        .map(|p| p.display().to_string())
+                        .filter(|p| !p.is_empty())
+                        .unwrap_or_else(|| ".".into())
+                );
+            }
         }
     }
     match &built {
@@ -123,6 +138,7 @@ pub async fn check_config(
                 Err(e) => {
                     ok = false;
                     let _ = writeln!(out, "FAIL  discovery/JWKS: {e}");
+                    let _ = writeln!(out, "      fix: {}", discovery_fix(&e, cfg));
                 }
             }
         }
@@ -159,4 +175,84 @@ pub async fn check_config(
         }
     );
     ok
+}
+
+/// What to change when discovery or the JWKS fails: the key and the fix, for the failures a
+/// new deployment meets.
+fn discovery_fix(e: &JwksError, cfg: &Config) -> String {
+    let directory = match &cfg.entra.discovery_tenant {
+        Some(t) => format!("entra.discovery_tenant ({t})"),
+        None => format!(
+            "entra.tenants[0] ({})",
+            cfg.entra.tenants.first().map(String::as_str).unwrap_or("?")
+        ),
+    };
+    match e {
+        JwksError::Status {
+            entra_error: Some(code),
+            ..
+        } if code.contains("AADSTS90002") || code.starts_with("invalid_tenant") => format!(
+            "{directory} is not a directory Entra knows: use the Directory (tenant) ID from the Entra admin center → Overview"
+        ),
+        JwksError::Status { status: 404, .. } => format!(
+            "entra.authority ({}) answers 404 for discovery: it is the authority host alone (https://login.microsoftonline.com, or your cloud's), without a tenant or /v2.0",
+            cfg.entra.authority
+        ),
+        JwksError::Http { .. } => format!(
+            "entra.authority ({}) cannot be reached from here: check the URL (https://login.microsoftonline.com for the public cloud) and that this host may connect to it (egress rules, proxy)",
+            cfg.entra.authority
+        ),
+        JwksError::Status { .. } | JwksError::Json { .. } => format!(
+            "entra.authority ({}) did not answer as Entra does: check that it is Entra's authority host",
+            cfg.entra.authority
+        ),
+        JwksError::ForeignJwksUri(_) => format!(
+            "the discovery document of entra.authority ({}) points its keys elsewhere: entra.authority must be the host that issues the tokens",
+            cfg.entra.authority
+        ),
+        JwksError::NoUsableKeys { .. } => {
+            "the key set has no RS256 signing key: entra.authority must be Entra's (or the stand-in's)".to_string()
+        }
+    }
+}
+
+/// Why the database cannot be used, from one direct connection (a pool only says it timed
+/// out): the server's own reason (`password authentication failed for user "…"`, `database
+/// "…" does not exist`, connection refused), never the URL's password.
+async fn database_cause(db: &DatabaseConfig) -> String {
+    use sqlx::ConnectOptions as _;
+    use std::str::FromStr as _;
+    let fix = "check database.url (MCP_AUTHZ__DATABASE__URL): host, port, user, password, database name and sslmode";
+    let options = match sqlx::postgres::PgConnectOptions::from_str(db.url.expose()) {
+        Ok(o) => o,
+        Err(_) => {
+            return format!(
+                "fix: database.url is not a PostgreSQL URL (postgres://user@host:5432/db?sslmode=require); {fix}"
+            );
+        }
+    };
+    let timeout = std::time::Duration::from_millis(db.acquire_timeout_ms);
+    let cause = match tokio::time::timeout(timeout, options.connect()).await {
+        Err(_) => format!("no answer within database.acquire_timeout_ms ({} ms)", db.acquire_timeout_ms),
+        Ok(Err(sqlx::Error::Database(e))) => e.message().to_owned(),
+        Ok(Err(sqlx::Error::Io(e))) => e.to_string(),
+        Ok(Err(sqlx::Error::Tls(_))) => "the TLS handshake failed (sslmode, the server's certificate)".into(),
+        Ok(Err(_)) => "the connection failed".into(),
+        Ok(Ok(_)) => return "fix: a direct connection works: the pool's limits (database.max_connections, acquire_timeout_ms) or the server's load".into(),
+    };
+    format!(
+        "cause: {}; fix: {fix}",
+        without_secret(&cause, db.url.expose())
+    )
+}
+
+/// `text` with the URL's password, if any, masked (a server message can echo what it was sent).
+fn without_secret(text: &str, url: &str) -> String {
+    match url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.password().map(str::to_owned))
+    {
+        Some(p) if !p.is_empty() => text.replace(&p, "***"),
+        _ => text.to_owned(),
+    }
 }

@@ -25,8 +25,14 @@ const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 pub enum JwksError {
     #[error("GET {url}: {reason}")]
     Http { url: String, reason: String },
-    #[error("GET {url}: HTTP {status}")]
-    Status { url: String, status: u16 },
+    /// `entra_error`: Entra's `error` and first `AADSTS` code when the body is its error JSON
+    /// (`invalid_tenant AADSTS90002` for a directory it does not know); never the body itself.
+    #[error("GET {url}: HTTP {status}{}", entra_error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default())]
+    Status {
+        url: String,
+        status: u16,
+        entra_error: Option<String>,
+    },
     #[error("{url}: not the expected JSON: {reason}")]
     Json { url: String, reason: String },
     #[error("jwks_uri {0} is not on the configured authority")]
@@ -240,9 +246,18 @@ pub(crate) async fn get_capped(http: &reqwest::Client, url: &str) -> Result<Vec<
     };
     let mut resp = http.get(url).send().await.map_err(http_err)?;
     if !resp.status().is_success() {
+        let status = resp.status().as_u16();
+        let mut body = Vec::new();
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            if body.len() + chunk.len() > MAX_ERROR_BYTES {
+                break;
+            }
+            body.extend_from_slice(&chunk);
+        }
         return Err(JwksError::Status {
             url: url.to_owned(),
-            status: resp.status().as_u16(),
+            status,
+            entra_error: entra_error(&body),
         });
     }
     let mut body = Vec::new();
@@ -256,6 +271,29 @@ pub(crate) async fn get_capped(http: &reqwest::Client, url: &str) -> Result<Vec<
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// Largest error body read for Entra's error code.
+const MAX_ERROR_BYTES: usize = 16 * 1024;
+
+/// `invalid_tenant AADSTS90002` from Entra's error JSON (`error`, `error_codes`), or `None`.
+/// Only the code and a name from a closed vocabulary leave here: descriptions can echo input.
+fn entra_error(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct EntraError {
+        error: String,
+        #[serde(default)]
+        error_codes: Vec<u64>,
+    }
+    let e: EntraError = serde_json::from_slice(body).ok()?;
+    let name_ok = !e.error.is_empty()
+        && e.error.len() <= 64
+        && e.error.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    let name = if name_ok { e.error.as_str() } else { "error" };
+    Some(match e.error_codes.first() {
+        Some(code) => format!("{name} AADSTS{code}"),
+        None => name.to_owned(),
+    })
 }
 
 fn without_url(e: &reqwest::Error) -> String {

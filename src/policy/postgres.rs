@@ -16,6 +16,6 @@ mod rows;
 mod tables;
 
 pub use error::DbError;
-pub use import::{Change, import_document};
+pub use import::{Change, changes_into_empty, import_document};
 pub use live::{CHANNEL, PostgresSource, load_snapshot};
 pub use rows::read_document;

@@ -17,6 +17,177 @@ fn write_config(dir: &std::path::Path, authority_url: &str, policy: &str) -> std
     cfg
 }
 
+/// `mcp-authz check-config --config cfg` with `env` added: (exit code, stdout, stderr).
+async fn check_config(
+    cfg: &std::path::Path,
+    env: &[(&str, String)],
+) -> (Option<i32>, String, String) {
+    let mut c = tokio::process::Command::new(BIN);
+    c.arg("check-config").arg("--config").arg(cfg);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().await.expect("run mcp-authz");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Likely mistake 1: a directory id that is a GUID, but not one Entra knows (a typo, the
+/// client id pasted instead). Entra answers discovery with AADSTS90002; the operator is told
+/// which key and where the right value is.
+#[tokio::test]
+async fn check_config_explains_an_unknown_tenant_id() {
+    let (_authority, url) = standin().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = write_config(dir.path(), &url, POLICY);
+    let typo = "3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2d";
+    let (code, out, _) =
+        check_config(&cfg, &[("MCP_AUTHZ__ENTRA__TENANTS", format!("[{typo}]"))]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("invalid_tenant AADSTS90002"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "fix: entra.tenants[0] ({typo}) is not a directory Entra knows"
+        )) && out.contains("Directory (tenant) ID"),
+        "{out}"
+    );
+}
+
+/// Likely mistake 2: the authority cannot be reached (a typo in the host, no egress).
+#[tokio::test]
+async fn check_config_explains_an_unreachable_authority() {
+    let (_authority, url) = standin().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = write_config(dir.path(), &url, POLICY);
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let dead = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let (code, out, _) = check_config(&cfg, &[("MCP_AUTHZ__ENTRA__AUTHORITY", dead.clone())]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "fix: entra.authority ({dead}) cannot be reached from here"
+        )) && out.contains("egress"),
+        "{out}"
+    );
+}
+
+/// Likely mistake 3: no audience (or an empty one): the configuration is refused, naming the
+/// key and what belongs in it.
+#[tokio::test]
+async fn check_config_explains_a_missing_audience() {
+    let (_authority, url) = standin().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = write_config(dir.path(), &url, POLICY);
+    let (code, _, err) = check_config(&cfg, &[("MCP_AUTHZ__ENTRA__AUDIENCES", "[]".into())]).await;
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("entra.audiences: list the API's client id (and App ID URI for v1)"),
+        "{err}"
+    );
+}
+
+/// Likely mistake 4: a typo in the policy file's name: the key, and what a relative path is
+/// relative to.
+#[tokio::test]
+async fn check_config_explains_a_policy_file_that_is_not_there() {
+    let (_authority, url) = standin().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = write_config(dir.path(), &url, POLICY);
+    let (code, out, _) =
+        check_config(&cfg, &[("MCP_AUTHZ__POLICY__FILE", "polciy.yaml".into())]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("FAIL  policy: cannot read"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "fix: policy.file names a file that cannot be read; a relative path is relative to {}",
+            dir.path().display()
+        )),
+        "{out}"
+    );
+}
+
+/// Likely mistake 5: a database URL that reaches the server but names the wrong database:
+/// the server's own reason (a pool alone only says it timed out), the key, and no password.
+#[tokio::test]
+async fn check_config_explains_a_wrong_database_url() {
+    let (_authority, url) = standin().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = write_config(dir.path(), &url, POLICY);
+    let (admin, _server) = crate::support::pg::TestDb::admin();
+    let (base, _) = admin.rsplit_once('/').expect("admin url has a database");
+    let mut wrong = url::Url::parse(&format!("{base}/no_such_database")).expect("url");
+    let _ = wrong.set_password(Some("s3cret-pw"));
+    let (code, out, _) = check_config(
+        &cfg,
+        &[
+            ("MCP_AUTHZ__DATABASE__URL", wrong.to_string()),
+            ("MCP_AUTHZ__DATABASE__ACQUIRE_TIMEOUT_MS", "1500".into()),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("FAIL  database"), "{out}");
+    assert!(
+        out.contains("database \"no_such_database\" does not exist")
+            && out.contains("fix: check database.url (MCP_AUTHZ__DATABASE__URL)"),
+        "{out}"
+    );
+    assert!(!out.contains("s3cret-pw"), "the password leaked: {out}");
+}
+
+/// A newcomer tries an import before there is a database: `--dry-run` compiles the file and
+/// lists the rows an empty database would get (it once said only "needs a database section");
+/// the real import still needs one.
+#[tokio::test]
+async fn policy_import_dry_run_needs_no_database() {
+    let (_authority, url) = standin().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = write_config(dir.path(), &url, POLICY);
+    let policy = dir.path().join("policy.yaml");
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let path = policy.to_str().expect("path");
+    let (code, out, err) = run(&["policy", "import", path, "--dry-run"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("+ tenants name=engineering"), "{out}");
+    assert!(out.contains("+ mcp_servers name=github"), "{out}");
+    let rows = out.lines().filter(|l| l.starts_with("+ ")).count();
+    assert!(
+        out.contains(&format!(
+            "would change {rows} rows (dry run without a database section"
+        )),
+        "{out}"
+    );
+    let (code, _, err) = run(&["policy", "import", path]);
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("needs a database section (database.url)"),
+        "{err}"
+    );
+    // A file the server would refuse is refused by the dry run too.
+    std::fs::write(&policy, "tenants:\n  - name: a\n    servers: [nope]\n").expect("write");
+    let (code, _, err) = run(&["policy", "import", path, "--dry-run"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("unknown server \"nope\""), "{err}");
+}
+
 #[test]
 fn version_flag_prints_the_version() {
     let out = Command::new(BIN).arg("--version").output().expect("run");

@@ -51,6 +51,27 @@ pub(super) fn show(t: &Table, key: &Cells, value: &Cells) -> String {
         .join(" ")
 }
 
+/// What an import would write into an empty database: every row of the document, as the
+/// inserts `import_document` would make, after the document compiles (for `--dry-run` without
+/// a database).
+pub fn changes_into_empty(
+    doc: &PolicyDocument,
+    directories: &[String],
+) -> Result<Vec<Change>, DbError> {
+    Snapshot::compile(doc, "postgres", directories)?;
+    let wanted = document_to_rows(doc);
+    let mut changes = Vec::new();
+    for (t, want) in TABLES.iter().zip(&wanted) {
+        for (key, (value, _)) in &want.rows {
+            changes.push(Change::Insert {
+                table: t.name,
+                row: show(t, key, value),
+            });
+        }
+    }
+    Ok(changes)
+}
+
 /// Makes the database hold exactly `doc`, in one transaction; with `dry_run` only reports.
 /// Idempotent: importing the same document twice changes nothing the second time.
 pub async fn import_document(
