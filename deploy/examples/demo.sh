@@ -90,26 +90,39 @@ SALES_TOKEN=$(mint 00000000-0000-4000-8000-00000000ca01 "[\"$SALES_GROUP\"]" car
 echo "$TOKEN" > "$STATE/token"
 
 GW=http://127.0.0.1:$DEMO_PORT
-INIT='{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"curl","version":"0"}}}'
-CALL_DELETE='{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"delete_repository","arguments":{"name":"prod"}}}'
+# MCP 2026-07-28, the newest revision the SDKs speak: no initialize handshake (server/discover
+# instead), the protocol version and client capabilities in every request's _meta, and the
+# Mcp-Method / Mcp-Name headers that mcp-authz checks against the body.
+PV=2026-07-28
+META='"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/clientInfo":{"name":"curl","version":"0"}}'
+DISCOVER='{"jsonrpc":"2.0","id":1,"method":"server/discover","params":{'"$META"'}}'
+CALL_ECHO='{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello"},'"$META"'}}'
+CALL_DELETE='{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"delete_repository","arguments":{"name":"prod"},'"$META"'}}'
+# The revision before it, with its initialize handshake: still served.
+INIT='{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"curl","version":"0"}}}'
 H=(-H 'content-type: application/json' -H 'accept: application/json, text/event-stream')
+H26=("${H[@]}" -H "mcp-protocol-version: $PV")
 
 cat <<EOT
 
 The gateway is up on $GW (Envoy → mcp-authz → sample MCP server).
 
-A token for bob (engineering group) is in .demo/token. This request is allowed:
+A token for bob (engineering group) is in .demo/token. These requests speak MCP $PV.
+bob asks the server what it offers (allowed):
 
   curl -i $GW/mcp/github -H "authorization: Bearer \$(cat .demo/token)" \\
     -H 'content-type: application/json' -H 'accept: application/json, text/event-stream' \\
-    -d '$INIT'
+    -H 'mcp-protocol-version: $PV' -H 'mcp-method: server/discover' \\
+    -d '$DISCOVER'
 
 Without the token it is 401 with a WWW-Authenticate pointing at the metadata:
-  curl -i $GW/mcp/github -H 'content-type: application/json' -d '$INIT'
+  curl -i $GW/mcp/github -H 'content-type: application/json' -d '$DISCOVER'
   curl -s $GW/.well-known/oauth-protected-resource/mcp/github
 
 Calling the denied tool delete_repository is 403 (tool_denied):
-  curl -i $GW/mcp/github -H "authorization: Bearer \$(cat .demo/token)" -H 'content-type: application/json' -d '$CALL_DELETE'
+  curl -i $GW/mcp/github -H "authorization: Bearer \$(cat .demo/token)" -H 'content-type: application/json' \\
+    -H 'accept: application/json, text/event-stream' -H 'mcp-protocol-version: $PV' \\
+    -H 'mcp-method: tools/call' -H 'mcp-name: delete_repository' -d '$CALL_DELETE'
 
 Logs: .demo/*.log. Ctrl-C stops everything.
 EOT
@@ -123,12 +136,14 @@ expect() { # want, label, curl args...
 }
 echo
 echo "Running the sample requests:"
-expect 200 "bob initializes on /mcp/github" "$GW/mcp/github" "${H[@]}" -H "authorization: Bearer $TOKEN" -d "$INIT"
-expect 401 "no token" "$GW/mcp/github" "${H[@]}" -d "$INIT"
+expect 200 "bob discovers /mcp/github ($PV)" "$GW/mcp/github" "${H26[@]}" -H 'mcp-method: server/discover' -H "authorization: Bearer $TOKEN" -d "$DISCOVER"
+expect 200 "bob calls echo ($PV)" "$GW/mcp/github" "${H26[@]}" -H 'mcp-method: tools/call' -H 'mcp-name: echo' -H "authorization: Bearer $TOKEN" -d "$CALL_ECHO"
+expect 401 "no token" "$GW/mcp/github" "${H26[@]}" -d "$DISCOVER"
 grep -qi '^www-authenticate: Bearer resource_metadata=' "$STATE/last.headers" || { echo "  FAIL 401 without WWW-Authenticate"; failed=1; }
-expect 403 "bob calls delete_repository" "$GW/mcp/github" "${H[@]}" -H "authorization: Bearer $TOKEN" -d "$CALL_DELETE"
-expect 403 "carol (sales) on /mcp/github" "$GW/mcp/github" "${H[@]}" -H "authorization: Bearer $SALES_TOKEN" -d "$INIT"
-expect 200 "carol (sales) on /mcp/jira" "$GW/mcp/jira" "${H[@]}" -H "authorization: Bearer $SALES_TOKEN" -d "$INIT"
+expect 403 "bob calls delete_repository" "$GW/mcp/github" "${H26[@]}" -H 'mcp-method: tools/call' -H 'mcp-name: delete_repository' -H "authorization: Bearer $TOKEN" -d "$CALL_DELETE"
+expect 403 "carol (sales) on /mcp/github" "$GW/mcp/github" "${H26[@]}" -H 'mcp-method: server/discover' -H "authorization: Bearer $SALES_TOKEN" -d "$DISCOVER"
+expect 200 "carol (sales) on /mcp/jira" "$GW/mcp/jira" "${H26[@]}" -H 'mcp-method: server/discover' -H "authorization: Bearer $SALES_TOKEN" -d "$DISCOVER"
+expect 200 "bob initializes with 2025-11-25 (the older revision)" "$GW/mcp/github" "${H[@]}" -H "authorization: Bearer $TOKEN" -d "$INIT"
 expect 200 "protected-resource metadata" "$GW/.well-known/oauth-protected-resource/mcp/github"
 
 if [ "$CHECK" = 1 ]; then

@@ -12,6 +12,7 @@ mod load;
 mod procs;
 mod report;
 mod rows;
+mod sanity;
 mod servers;
 mod stage;
 mod tokens;
@@ -354,6 +355,8 @@ runtime: {{worker_threads: {}}}
         }
     }
     eprintln!("bench: sanity checks passed (valid 200, missing/forged 401, denied tool 403)");
+    let rate = sanity::sample_server_one_connection(&exe, dir).await?;
+    eprintln!("bench: the sample MCP server answers {rate:.0} requests/s on one connection");
 
     let mut stage = Stage {
         dir: dir.to_path_buf(),
