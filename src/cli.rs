@@ -1,4 +1,4 @@
-//! Operator commands: `migrate`, `policy export`, `policy import`, `explain`. Each writes its
+//! Operator commands: `migrate`, `policy export/import/validate/test`, `explain`. Each writes its
 //! report to `out` and returns whether it succeeded; `main` maps that to the exit code.
 
 use std::io::Write;
@@ -7,17 +7,14 @@ use std::path::Path;
 use anyhow::Context;
 
 mod check_config;
+mod policy_test;
 
 pub use check_config::check_config;
+pub use policy_test::{policy_directories, policy_test, policy_validate};
 
 use crate::config::{Config, PolicySourceKind};
 use crate::db::{MIGRATOR, migration_status, pool};
-use crate::ids::{DirectoryId, GroupId, ObjectId, ServerName, ToolName};
-
-/// The object id an `explain` for a upn runs under: the nil GUID, which Entra never assigns.
-const NO_OBJECT: &str = "00000000-0000-0000-0000-000000000000";
-use crate::mcp::{Call, RequestFacts, RpcFacts};
-use crate::policy::{self, PolicyDocument, Subject};
+use crate::policy::{self, PolicyDocument};
 
 fn database(cfg: &Config) -> anyhow::Result<sqlx::PgPool> {
     let db = cfg
@@ -101,15 +98,7 @@ pub async fn import(
 }
 
 /// What `explain` asks about.
-pub struct ExplainQuery {
-    /// An object id (GUID), or a upn when the policy allows upn grants.
-    pub user: String,
-    pub tid: Option<String>,
-    pub groups: Vec<String>,
-    pub server: String,
-    pub tool: Option<String>,
-    pub method: Option<String>,
-}
+pub type ExplainQuery = policy::cases::Ask;
 
 /// `mcp-authz explain`: the decision the server would make, and the rows behind it.
 pub async fn explain(cfg: &Config, q: &ExplainQuery, out: &mut impl Write) -> anyhow::Result<bool> {
@@ -122,56 +111,11 @@ pub async fn explain(cfg: &Config, q: &ExplainQuery, out: &mut impl Write) -> an
             &cfg.entra.tenants,
         )?,
     };
-    let tid = q.tid.as_deref().unwrap_or(&cfg.entra.tenants[0]);
-    let tid = DirectoryId::parse(tid).with_context(|| format!("--tid {tid:?} is not a GUID"))?;
-    let (oid, upn) = match ObjectId::parse(&q.user) {
-        Some(oid) => (oid, None),
-        // A upn names no object: only upn grants (if enabled) can match it.
-        None => (
-            ObjectId::parse(NO_OBJECT).context("the nil GUID")?,
-            Some(q.user.as_str()),
-        ),
-    };
-    let groups = q
-        .groups
-        .iter()
-        .map(|g| {
-            GroupId::parse(g)
-                .with_context(|| format!("--group {g:?} is not a group object id (GUID)"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let method = q.method.clone().unwrap_or_else(|| {
-        if q.tool.is_some() {
-            "tools/call".into()
-        } else {
-            "initialize".into()
-        }
-    });
-    let facts = RequestFacts {
-        server: ServerName::parse(&q.server).with_context(|| {
-            format!(
-                "server {:?} is not a server name ([A-Za-z0-9._-]+)",
-                q.server
-            )
-        })?,
-        call: Call::Rpc(RpcFacts {
-            method: Some(method.clone()),
-            tool: q
-                .tool
-                .as_deref()
-                .map(|t| ToolName::parse(t).context("--tool must not be empty"))
-                .transpose()?,
-            uri: None,
-            prompt: None,
-        }),
-    };
-    let subject = Subject {
-        tid: &tid,
-        oid: &oid,
-        upn,
-        groups: &groups,
-    };
-    let decision = policy::decide(&snapshot, &subject, &facts);
+    let asked = q
+        .resolve(cfg.entra.tenants.first().map(String::as_str))
+        .map_err(|e| anyhow::anyhow!("explain: {e}"))?;
+    let decision = asked.decide(&snapshot);
+    let (tid, groups, method) = (&asked.tid, &asked.groups, &asked.method);
     writeln!(
         out,
         "policy:   {} version {}",

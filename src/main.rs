@@ -1,4 +1,4 @@
-//! `mcp-authz`: serve, check-config, --version.
+//! `mcp-authz`: serve, check-config, migrate, policy, explain, render-envoy, --version.
 
 // The command line is where output meets the operator: the library writes through `impl Write`
 // and `tracing`, the binary prints what a command answers and why it could not start.
@@ -42,7 +42,7 @@ enum Command {
         #[arg(long, short, env = "MCP_AUTHZ_CONFIG")]
         config: PathBuf,
     },
-    /// Export or import the PostgreSQL policy as a YAML document.
+    /// The policy: export/import the PostgreSQL rows as YAML, validate or test a file offline.
     Policy {
         #[command(subcommand)]
         action: PolicyAction,
@@ -101,6 +101,31 @@ enum PolicyAction {
         #[arg(long)]
         dry_run: bool,
     },
+    /// A policy file compiles as the server would compile it (no database, no network).
+    Validate {
+        file: PathBuf,
+        #[command(flatten)]
+        directories: Directories,
+    },
+    /// Runs a YAML file of cases (user, groups, server, method, tool → the decision expected)
+    /// through the gateway's decision; exit 1 when any fails (no database, no network).
+    Test {
+        file: PathBuf,
+        cases: PathBuf,
+        #[command(flatten)]
+        directories: Directories,
+    },
+}
+
+/// The allowed directories a policy compiles against.
+#[derive(clap::Args)]
+struct Directories {
+    /// Take them from this configuration's entra.tenants.
+    #[arg(long, short, env = "MCP_AUTHZ_CONFIG")]
+    config: Option<PathBuf>,
+    /// Or name them (repeatable); without either, grants that name no tid are not scoped.
+    #[arg(long = "tenant", conflicts_with = "config")]
+    tenants: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -118,6 +143,21 @@ fn main() -> ExitCode {
                     ExitCode::from(EXIT_BAD_CONFIG)
                 }
             };
+        }
+        Command::Policy {
+            action:
+                PolicyAction::Validate { file, directories }
+                | PolicyAction::Test {
+                    file, directories, ..
+                },
+        } => {
+            let cases = match &cli.command {
+                Command::Policy {
+                    action: PolicyAction::Test { cases, .. },
+                } => Some(cases),
+                _ => None,
+            };
+            return offline_policy(file, cases.map(|c| c.as_path()), directories);
         }
         Command::Serve { config }
         | Command::CheckConfig { config }
@@ -147,7 +187,10 @@ fn main() -> ExitCode {
     };
     match cli.command {
         // Answered before the config was read.
-        Command::RenderEnvoy { .. } => ExitCode::SUCCESS,
+        Command::RenderEnvoy { .. }
+        | Command::Policy {
+            action: PolicyAction::Validate { .. } | PolicyAction::Test { .. },
+        } => ExitCode::SUCCESS,
         Command::Serve { .. } => runtime.block_on(serve(config)),
         Command::CheckConfig { .. } => {
             let ok = runtime.block_on(mcp_authz::cli::check_config(
@@ -205,6 +248,35 @@ fn main() -> ExitCode {
                 Ok(false) => ExitCode::from(2),
                 Err(e) => report(Err(e)),
             }
+        }
+    }
+}
+
+/// `policy validate` and `policy test`: 0 when the policy compiles (and every case passes),
+/// 1 when not, 64 when a file or the configuration cannot be read.
+fn offline_policy(
+    file: &std::path::Path,
+    cases: Option<&std::path::Path>,
+    directories: &Directories,
+) -> ExitCode {
+    let dirs = match cli::policy_directories(directories.config.as_deref(), &directories.tenants) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("mcp-authz: {e:#}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let mut out = std::io::stdout();
+    let result = match cases {
+        None => cli::policy_validate(file, &dirs, &mut out),
+        Some(c) => cli::policy_test(file, c, &dirs, &mut out),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("mcp-authz: {e:#}");
+            ExitCode::from(EXIT_BAD_CONFIG)
         }
     }
 }

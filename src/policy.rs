@@ -7,8 +7,10 @@
 //! - `snapshot`: the compiled snapshot and its lookups;
 //! - `decision`: the decision over a snapshot, and the rate-limit buckets of an allow;
 //! - `handle`: the current snapshot and the health of its reloads;
-//! - `source`: which of the two sources, `file` or [`postgres`], feeds it.
+//! - `source`: which of the two sources, `file` or [`postgres`], feeds it;
+//! - [`cases`]: questions asked of a snapshot offline (`explain`, `policy test`).
 
+pub mod cases;
 pub(crate) mod compile;
 mod decision;
 pub(crate) mod document;

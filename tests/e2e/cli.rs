@@ -188,6 +188,143 @@ async fn policy_import_dry_run_needs_no_database() {
     assert!(err.contains("unknown server \"nope\""), "{err}");
 }
 
+/// `mcp-authz policy ARGS` with no configuration in the environment: (exit code, stdout, stderr).
+fn policy_cmd(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN)
+        .arg("policy")
+        .args(args)
+        .env_remove("MCP_AUTHZ_CONFIG")
+        .output()
+        .expect("run mcp-authz policy");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The shipped example cases pass against the shipped example policy, offline, through the
+/// gateway's decision function (make test runs them, as a GitOps job would).
+#[test]
+fn policy_test_runs_the_example_cases() {
+    let policy = crate::support::helpers::repo_path("deploy/examples/policy.yaml");
+    let cases = crate::support::helpers::repo_path("deploy/examples/policy-tests.yaml");
+    let (code, out, err) = policy_cmd(&[
+        "test",
+        policy.to_str().expect("path"),
+        cases.to_str().expect("path"),
+        "--tenant",
+        TID,
+    ]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("9 cases: 9 passed, 0 failed"), "{out}");
+    assert!(
+        out.contains("ok    nobody deletes a repository through the gateway: deny (tool_denied)"),
+        "{out}"
+    );
+    // --config compiles against its entra.tenants, as the server does.
+    let (code, out, err) = policy_cmd(&[
+        "test",
+        policy.to_str().expect("path"),
+        cases.to_str().expect("path"),
+        "--config",
+        crate::support::helpers::repo_path("deploy/examples/config.yaml")
+            .to_str()
+            .expect("path"),
+    ]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(!out.contains("note  compiled without"), "{out}");
+}
+
+/// A case that does not get the answer it expects fails the run (exit 1) and says what it
+/// wanted, what it got and the rows behind it; a case that cannot be asked fails too.
+#[test]
+fn policy_test_reports_each_failing_case() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let policy = crate::support::helpers::repo_path("deploy/examples/policy.yaml");
+    let cases = dir.path().join("cases.yaml");
+    std::fs::write(
+        &cases,
+        format!(
+            "tid: {TID}\ncases:\n  - name: wrongly expected\n    user: 00000000-0000-4000-8000-000000000b0b\n    groups: [e0000000-0000-4000-8000-0000000000e1]\n    server: github\n    tool: delete_repository\n    expect: allow\n  - name: wrong tenant\n    user: 00000000-0000-4000-8000-000000000b0b\n    groups: [e0000000-0000-4000-8000-0000000000e1]\n    server: github\n    expect: allow\n    tenant: sales\n  - name: not a group id\n    user: 00000000-0000-4000-8000-000000000b0b\n    groups: [engineers]\n    server: github\n    expect: deny\n  - name: right\n    user: 00000000-0000-4000-8000-000000000b0b\n    groups: [e0000000-0000-4000-8000-0000000000e1]\n    server: github\n    expect: allow\n"
+        ),
+    )
+    .expect("write");
+    let (code, out, _) = policy_cmd(&[
+        "test",
+        policy.to_str().expect("path"),
+        cases.to_str().expect("path"),
+        "--tenant",
+        TID,
+    ]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(
+            "FAIL  wrongly expected\n        want: allow\n        got:  deny (tool_denied)"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("        row:  tool_rules[0]"), "{out}");
+    assert!(out.contains("FAIL  wrong tenant\n        want: allow as sales\n        got:  allow as engineering (write)"), "{out}");
+    assert!(
+        out.contains("got:  not asked: group \"engineers\" is not a group object id (GUID)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("ok    right: allow as engineering (write)"),
+        "{out}"
+    );
+    assert!(out.contains("4 cases: 1 passed, 3 failed"), "{out}");
+    // A key the case format does not have is refused, not ignored.
+    std::fs::write(&cases, "cases:\n  - name: x\n    user: u\n    server: github\n    expect: allow\n    tools: echo\n").expect("write");
+    let (code, _, err) = policy_cmd(&[
+        "test",
+        policy.to_str().expect("path"),
+        cases.to_str().expect("path"),
+        "--tenant",
+        TID,
+    ]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("unknown field `tools`"), "{err}");
+}
+
+/// `policy validate` compiles a file as the server would, without a database or a network:
+/// every problem on a line of its own, exit 1.
+#[test]
+fn policy_validate_lists_every_problem() {
+    let policy = crate::support::helpers::repo_path("deploy/examples/policy.yaml");
+    let (code, out, err) =
+        policy_cmd(&["validate", policy.to_str().expect("path"), "--tenant", TID]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(
+        out.contains("ok    policy") && out.contains("3 servers, 2 tenants"),
+        "{out}"
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "tenants:\n  - name: a\n    servers: [nope]\ngroup_grants:\n  - {group: not-a-guid, tenant: a, access_level: read}\n",
+    )
+    .expect("write");
+    let (code, out, _) = policy_cmd(&["validate", bad.to_str().expect("path")]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("note  compiled without allowed directories"),
+        "{out}"
+    );
+    assert!(
+        out.contains("FAIL  tenants[0] a: unknown server \"nope\"")
+            || out.contains("unknown server \"nope\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("is not an Entra group object id (GUID)"),
+        "{out}"
+    );
+    assert_eq!(out.matches("FAIL  ").count(), 2, "{out}");
+}
+
 #[test]
 fn version_flag_prints_the_version() {
     let out = Command::new(BIN).arg("--version").output().expect("run");
