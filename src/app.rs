@@ -122,7 +122,19 @@ pub async fn run(
             Some(auditor)
         }
     };
-    let parts = build(&cfg, audit.clone(), db_pool)?;
+    let decision_log = cfg.decision_log.enabled.then(|| {
+        let (writer, task) = Auditor::start(Sink::Stdout, cfg.decision_log.queue_capacity, 500);
+        writers.push(task);
+        tracing::info!(
+            allow_sample_rate = cfg.decision_log.allow_sample_rate,
+            "decision log on stdout: every denial and this share of allows"
+        );
+        Arc::new(crate::audit::DecisionLog::new(
+            writer,
+            cfg.decision_log.allow_sample_rate,
+        ))
+    });
+    let parts = build(&cfg, audit.clone(), decision_log.clone(), db_pool)?;
     if let (Some(pool), Some(db)) = (&parts.pool, &cfg.database)
         && db.migrate_on_start
     {
@@ -324,8 +336,15 @@ pub async fn run(
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
     // Let the audit writer drain what is queued (bounded by the drain period).
+    if let Some(a) = &audit {
+        a.close();
+    }
+    if let Some(d) = &decision_log {
+        d.writer.close();
+    }
     drop(parts);
     drop(audit);
+    drop(decision_log);
     for w in writers {
         let _ = tokio::time::timeout(drain, w).await;
     }

@@ -79,6 +79,8 @@ pub enum Sink {
     Postgres(PgPool),
     /// JSON lines appended to a file (the embedded default).
     JsonLines(PathBuf),
+    /// JSON lines on stdout: the decision log (logs go to stderr, so stdout holds only these).
+    Stdout,
 }
 
 #[derive(Debug, Default)]
@@ -104,6 +106,8 @@ pub struct Auditor {
     tx: mpsc::Sender<AuditEvent>,
     pub stats: Arc<AuditStats>,
     capacity: usize,
+    /// Tells the writer to write what is queued and end (see [`Auditor::close`]).
+    stop: tokio_util::sync::CancellationToken,
 }
 
 impl Auditor {
@@ -115,15 +119,30 @@ impl Auditor {
     ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let stats = Arc::new(AuditStats::default());
-        let writer = tokio::spawn(write_loop(sink, rx, batch_size.max(1), stats.clone()));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let writer = tokio::spawn(write_loop(
+            sink,
+            rx,
+            batch_size.max(1),
+            stats.clone(),
+            stop.clone(),
+        ));
         (
             Arc::new(Self {
                 tx,
                 stats,
                 capacity,
+                stop,
             }),
             writer,
         )
+    }
+
+    /// At shutdown: the writer writes what is queued and ends, whoever still holds the
+    /// auditor (the scrape-time collector does, through the authorizer). Events recorded
+    /// after this are dropped and counted.
+    pub fn close(&self) {
+        self.stop.cancel();
     }
 
     /// Never blocks: a full queue drops the event and counts it.
@@ -146,13 +165,22 @@ async fn write_loop(
     mut rx: mpsc::Receiver<AuditEvent>,
     batch_size: usize,
     stats: Arc<AuditStats>,
+    stop: tokio_util::sync::CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(batch_size);
     let mut backoff = Duration::from_millis(100);
     let mut file = None;
     loop {
         batch.clear();
-        if rx.recv_many(&mut batch, batch_size).await == 0 {
+        let received = tokio::select! {
+            n = rx.recv_many(&mut batch, batch_size) => n,
+            () = stop.cancelled(), if !rx.is_closed() => {
+                // No new events; what is queued is still received, then 0 ends the loop.
+                rx.close();
+                rx.recv_many(&mut batch, batch_size).await
+            }
+        };
+        if received == 0 {
             return;
         }
         let n = batch.len() as u64;
@@ -168,6 +196,15 @@ async fn write_loop(
                 )
                 .await
             }
+            Sink::Stdout => write_stdout(&batch)
+                .map(|()| BatchOutcome {
+                    written: n,
+                    refused: 0,
+                })
+                .map_err(|e| Unreachable {
+                    so_far: BatchOutcome::default(),
+                    error: e.to_string(),
+                }),
             Sink::JsonLines(path) => append_lines(&mut file, path, &batch)
                 .map(|()| BatchOutcome {
                     written: n,
@@ -303,6 +340,52 @@ fn append_lines(
     match file.as_mut() {
         Some(f) => f.write_all(&buf),
         None => Ok(()),
+    }
+}
+
+/// A batch as JSON lines on stdout, in one write, flushed.
+fn write_stdout(batch: &[AuditEvent]) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(batch.len() * 256);
+    for e in batch {
+        serde_json::to_writer(&mut buf, e)?;
+        buf.push(b'\n');
+    }
+    let mut out = std::io::stdout().lock();
+    out.write_all(&buf)?;
+    out.flush()
+}
+
+/// The decision log: every denial, and a share of the allows, as JSON lines on stdout with the
+/// audit trail's fields (never a token: the event holds none), for the log pipeline of the
+/// platform (Loki, Elastic, Cloud Logging) beside whatever audit sink is configured.
+pub struct DecisionLog {
+    pub writer: Arc<Auditor>,
+    /// Allows are written when the decision id's hash falls below this, of `u32::MAX`.
+    allow_threshold: u64,
+}
+
+impl DecisionLog {
+    pub fn new(writer: Arc<Auditor>, allow_sample_rate: f64) -> Self {
+        let rate = allow_sample_rate.clamp(0.0, 1.0);
+        Self {
+            writer,
+            allow_threshold: (rate * f64::from(u32::MAX)).round() as u64,
+        }
+    }
+
+    /// Whether this decision is written: a denial always; an allow by its id, so the same
+    /// decision is sampled alike everywhere it is looked up.
+    pub fn wants(&self, allowed: bool, decision_id: &str) -> bool {
+        if !allowed || self.allow_threshold >= u64::from(u32::MAX) {
+            return true;
+        }
+        // FNV-1a over the id: the random tail of a UUIDv7 spreads it evenly.
+        let mut h: u32 = 0x811c_9dc5;
+        for b in decision_id.bytes() {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        u64::from(h) < self.allow_threshold
     }
 }
 

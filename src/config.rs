@@ -45,6 +45,9 @@ pub struct Config {
     pub database: Option<DatabaseConfig>,
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Decisions as JSON lines on stdout, beside the audit sink.
+    #[serde(default)]
+    pub decision_log: DecisionLogConfig,
     /// Microsoft Graph, to resolve groups overage. Without it an overage token is refused.
     pub graph: Option<GraphConfig>,
     /// On-behalf-of exchange, for servers with `token_forwarding: obo`.

@@ -25,6 +25,8 @@ pub struct Authorizer {
     pub settings: ResponseSettings,
     /// The audit trail; `None` when no sink is configured.
     pub audit: Option<Arc<crate::audit::Auditor>>,
+    /// Decisions as JSON lines on stdout (`decision_log`), when enabled.
+    pub decision_log: Option<Arc<crate::audit::DecisionLog>>,
     /// On-behalf-of exchange, for servers with `token_forwarding: obo`.
     pub obo: Option<Arc<crate::obo::OboClient>>,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -77,15 +79,31 @@ impl Authorizer {
         if let Some(hit) = outcome.seen.token_cache_hit {
             self.metrics.token_cache_lookup(hit);
         }
-        // What the client chose is cleaned and bounded for the audit and the denial log line,
-        // once; an allowed Check without an audit needs neither.
-        let chosen = (self.audit.is_some() || !outcome.allowed()).then(|| outcome.chosen());
-        if let (Some(audit), Some(chosen)) = (&self.audit, &chosen) {
-            audit.record(outcome.audit_event(
+        // What the client chose is cleaned and bounded for the audit, the decision log and the
+        // denial log line, once; an allowed Check that none of them records needs none of it.
+        let logged = self
+            .decision_log
+            .as_ref()
+            .filter(|d| d.wants(outcome.allowed(), &outcome.decision_id));
+        let chosen = (self.audit.is_some() || logged.is_some() || !outcome.allowed())
+            .then(|| outcome.chosen());
+        if let Some(chosen) = &chosen
+            && (self.audit.is_some() || logged.is_some())
+        {
+            let event = outcome.audit_event(
                 chosen,
                 crate::clock::unix_seconds_f64(),
                 crate::audit::trace_id(input.view.traceparent),
-            ));
+            );
+            match (&self.audit, logged) {
+                (Some(audit), Some(log)) => {
+                    log.writer.record(event.clone());
+                    audit.record(event);
+                }
+                (Some(audit), None) => audit.record(event),
+                (None, Some(log)) => log.writer.record(event),
+                (None, None) => {}
+            }
         }
         outcome.log(chosen.as_ref(), elapsed.as_micros() as u64);
         outcome
@@ -154,7 +172,7 @@ mcp: {{public_base_url: "https://gw.example"}}
             Vec::new(),
         )
         .expect("config");
-        let parts = crate::app::build(&cfg, None, None).expect("build");
+        let parts = crate::app::build(&cfg, None, None, None).expect("build");
         let req = crate::grpc::http_check_request(Some("a.b.c"), "/mcp/github", b"{}");
         let headers = crate::grpc::RequestHeaders::from_check(&req);
         let input = crate::grpc::check_input(&req, &headers);

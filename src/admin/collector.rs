@@ -53,6 +53,7 @@ pub struct Readings {
     pub policy_failing: Option<Rejection>,
     pub sessions_bound_here: Option<u64>,
     pub audit: Option<AuditReadings>,
+    pub decision_log: Option<AuditReadings>,
 }
 
 pub struct GraphReadings {
@@ -61,6 +62,30 @@ pub struct GraphReadings {
     pub failures: u64,
     pub token_requests: u64,
     pub token_failures: u64,
+}
+
+impl AuditReadings {
+    fn of(au: &crate::audit::Auditor) -> Self {
+        let st = &au.stats;
+        AuditReadings {
+            recorded: st.recorded.load(Relaxed),
+            written: st.written.load(Relaxed),
+            dropped: [
+                ("queue_full", st.dropped_queue_full.load(Relaxed)),
+                ("sink_error", st.dropped_sink_error.load(Relaxed)),
+                ("rejected", st.dropped_rejected.load(Relaxed)),
+            ],
+            queue_depth: au.queue_depth(),
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let mut v = json!({"recorded": self.recorded, "written": self.written, "queue_depth": self.queue_depth});
+        for (cause, n) in self.dropped {
+            v[format!("dropped_{cause}")] = json!(n);
+        }
+        v
+    }
 }
 
 pub struct AuditReadings {
@@ -120,19 +145,11 @@ impl Observed {
             policy_rejected,
             policy_failing: self.policy_source.health().failing(),
             sessions_bound_here: a.sessions.as_ref().map(|s| s.local_count()),
-            audit: self.audit.as_ref().map(|au| {
-                let st = &au.stats;
-                AuditReadings {
-                    recorded: st.recorded.load(Relaxed),
-                    written: st.written.load(Relaxed),
-                    dropped: [
-                        ("queue_full", st.dropped_queue_full.load(Relaxed)),
-                        ("sink_error", st.dropped_sink_error.load(Relaxed)),
-                        ("rejected", st.dropped_rejected.load(Relaxed)),
-                    ],
-                    queue_depth: au.queue_depth(),
-                }
-            }),
+            audit: self.audit.as_deref().map(AuditReadings::of),
+            decision_log: a
+                .decision_log
+                .as_ref()
+                .map(|d| AuditReadings::of(&d.writer)),
         }
     }
 }
@@ -165,13 +182,8 @@ impl Readings {
             "obo": self.obo.map(|(exchanges, failures)| json!({"exchanges": exchanges, "failures": failures})),
             "ratelimit_local": self.ratelimit_local.map(|(buckets, evictions)| json!({"buckets": buckets, "evictions": evictions})),
             "sessions_bound_here": self.sessions_bound_here,
-            "audit": self.audit.as_ref().map(|au| {
-                let mut v = json!({"recorded": au.recorded, "written": au.written, "queue_depth": au.queue_depth});
-                for (cause, n) in au.dropped {
-                    v[format!("dropped_{cause}")] = json!(n);
-                }
-                v
-            }),
+            "audit": self.audit.as_ref().map(AuditReadings::status),
+            "decision_log": self.decision_log.as_ref().map(AuditReadings::status),
         })
     }
 }
@@ -361,6 +373,21 @@ impl Collector for Observed {
                 "audit_queue_depth",
                 "Audit events waiting to be written",
                 au.queue_depth as f64,
+            )?;
+        }
+        if let Some(d) = &r.decision_log {
+            counter(
+                e,
+                "decision_log_lines_written",
+                "Decision log lines written to stdout",
+                d.written,
+            )?;
+            labelled_counter(
+                e,
+                "decision_log_lines_dropped",
+                "Decision log lines dropped",
+                "cause",
+                &d.dropped,
             )?;
         }
         Ok(())

@@ -67,6 +67,7 @@ pub struct Parts {
 pub fn build(
     cfg: &Config,
     audit: Option<Arc<Auditor>>,
+    decision_log: Option<Arc<crate::audit::DecisionLog>>,
     pool: Option<sqlx::PgPool>,
 ) -> anyhow::Result<Parts> {
     let http = http_client(cfg.http_timeout())?;
@@ -160,6 +161,7 @@ pub fn build(
         policy,
         settings: response.clone(),
         audit,
+        decision_log,
         limiter: Some(limiter),
         sessions: if cfg.sessions.enabled {
             Some(Arc::new(crate::sessions::SessionBinder::new(

@@ -31,7 +31,7 @@ pub async fn check_config(
         .as_ref()
         .map(pool)
         .transpose()
-        .and_then(|p| build(cfg, None, p));
+        .and_then(|p| build(cfg, None, None, p));
     if let Ok(parts) = &built
         && let Some(pool) = &parts.pool
     {

@@ -147,6 +147,34 @@ impl Default for AuditConfig {
     }
 }
 
+/// `decision_log`: one JSON line per decision on stdout, where container log pipelines read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionLogConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// The share of allows written (0.0 to 1.0, by decision id); every denial is written.
+    #[serde(default = "default_allow_sample_rate")]
+    pub allow_sample_rate: f64,
+    /// Lines waiting to be written; past it, lines are dropped and counted.
+    #[serde(default = "default_audit_capacity")]
+    pub queue_capacity: usize,
+}
+
+impl Default for DecisionLogConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            allow_sample_rate: default_allow_sample_rate(),
+            queue_capacity: default_audit_capacity(),
+        }
+    }
+}
+
+fn default_allow_sample_rate() -> f64 {
+    1.0
+}
+
 fn default_max_connections() -> u32 {
     8
 }

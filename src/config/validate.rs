@@ -135,6 +135,15 @@ impl Config {
             }
             _ => {}
         }
+        let rate = self.decision_log.allow_sample_rate;
+        if !(0.0..=1.0).contains(&rate) {
+            return bad(format!(
+                "decision_log.allow_sample_rate: {rate} is not between 0.0 (denials only) and 1.0 (every allow)"
+            ));
+        }
+        if self.decision_log.queue_capacity == 0 {
+            return bad("decision_log.queue_capacity must be positive".into());
+        }
         if self.audit.sink == AuditSinkKind::Postgres && self.database.is_none() {
             return bad("audit.sink postgres needs a database section (database.url)".into());
         }

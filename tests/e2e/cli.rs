@@ -325,6 +325,134 @@ fn policy_validate_lists_every_problem() {
     assert_eq!(out.matches("FAIL  ").count(), 2, "{out}");
 }
 
+/// The decision log (issue: decision logs where log pipelines read them): every denial and
+/// the sampled share of allows, one JSON line each on stdout, with the audit trail's fields and
+/// never the token. At rate 0 only denials are written; at 1 every decision.
+#[tokio::test]
+async fn decision_log_writes_denials_and_sampled_allows_to_stdout() {
+    use crate::support::helpers::{
+        BOB, Checker, ENG_GROUP, initialize_body, mint_user, tool_call_body,
+    };
+    let (authority, url) = standin().await;
+    let token = mint_user(&authority, BOB, &[ENG_GROUP]);
+    for (rate, allows) in [("0.0", 0), ("1.0", 1)] {
+        let dir = tempfile::tempdir().expect("tmp");
+        let cfg = write_config(dir.path(), &url, POLICY);
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env("MCP_AUTHZ__LOG__FORMAT", "json")
+            .env("MCP_AUTHZ__DECISION_LOG__ENABLED", "true")
+            .env("MCP_AUTHZ__DECISION_LOG__ALLOW_SAMPLE_RATE", rate)
+            .env("MCP_AUTHZ__LISTEN__DRAIN_SECONDS", "1")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let (grpc, admin) = loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("serve logs");
+            if line.contains("mcp-authz serving") {
+                let field = |name: &str, end: char| {
+                    let at = line.find(name).expect("address in log") + name.len();
+                    let rest = &line[at..];
+                    rest[..rest.find(end).expect("end")].to_string()
+                };
+                break (field("grpc: Some(", ')'), field("admin: ", ','));
+            }
+        };
+        let http = reqwest::Client::new();
+        crate::support::helpers::wait_until("ready", Duration::from_secs(20), || {
+            let http = http.clone();
+            let url = format!("http://{admin}/readyz");
+            async move { http.get(url).send().await.is_ok_and(|r| r.status() == 200) }
+        })
+        .await;
+        let mut checker = Checker::connect(grpc.parse().expect("grpc address")).await;
+        let allowed = checker
+            .check(Some(&token), "github", &initialize_body(1), None)
+            .await
+            .expect("check");
+        assert_eq!(allowed.http_status, 200);
+        let denied = checker
+            .check(
+                Some(&token),
+                "github",
+                &tool_call_body(2, "delete_repository"),
+                None,
+            )
+            .await
+            .expect("check");
+        assert_eq!(denied.http_status, 403);
+        let anonymous = checker
+            .check(None, "github", &initialize_body(3), None)
+            .await
+            .expect("check");
+        assert_eq!(anonymous.http_status, 401);
+        let metrics = http
+            .get(format!("http://{admin}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        assert!(
+            metrics.contains("mcp_authz_decision_log_lines_written_total")
+                && metrics
+                    .contains("mcp_authz_decision_log_lines_dropped_total{cause=\"queue_full\"} 0"),
+            "{metrics}"
+        );
+        // SIGTERM: the writer writes what is queued before the process exits.
+        drop(checker);
+        let kill = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(kill.success());
+        let out = child.wait_with_output().expect("serve exits");
+        assert!(out.status.success());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!stdout.contains(&token), "a token reached the decision log");
+        let lines: Vec<serde_json::Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is one JSON object"))
+            .collect();
+        let reasons: Vec<&str> = lines.iter().filter_map(|l| l["reason"].as_str()).collect();
+        assert_eq!(lines.len(), 2 + allows, "rate {rate}: {stdout}");
+        assert!(
+            reasons.contains(&"tool_denied") && reasons.contains(&"token_missing"),
+            "{stdout}"
+        );
+        assert_eq!(
+            reasons.contains(&"allowed"),
+            allows == 1,
+            "rate {rate}: {stdout}"
+        );
+        let denial = lines
+            .iter()
+            .find(|l| l["reason"] == "tool_denied")
+            .expect("denial");
+        assert_eq!(denial["result"], "deny");
+        assert_eq!(denial["user_oid"], BOB);
+        assert_eq!(denial["server"], "github");
+        assert_eq!(denial["tool"], "delete_repository");
+        assert!(
+            denial["decision_id"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty())
+        );
+    }
+}
+
 #[test]
 fn version_flag_prints_the_version() {
     let out = Command::new(BIN).arg("--version").output().expect("run");
