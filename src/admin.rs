@@ -20,6 +20,7 @@ use crate::pipeline::Authorizer;
 use crate::response::{ResponseSettings, WELL_KNOWN_PRM, public_base};
 
 mod collector;
+mod process;
 
 pub use collector::{Observed, Readings};
 

@@ -54,6 +54,7 @@ pub struct Readings {
     pub sessions_bound_here: Option<u64>,
     pub audit: Option<AuditReadings>,
     pub decision_log: Option<AuditReadings>,
+    pub process: super::process::ProcessReadings,
 }
 
 pub struct GraphReadings {
@@ -150,6 +151,7 @@ impl Observed {
                 .decision_log
                 .as_ref()
                 .map(|d| AuditReadings::of(&d.writer)),
+            process: super::process::ProcessReadings::read(),
         }
     }
 }
@@ -222,6 +224,47 @@ impl Collector for Observed {
     fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
         let r = self.read();
         let e = &mut e;
+        {
+            let mut family = e.encode_descriptor(
+                "build_info",
+                "1, labelled with the version of the running binary",
+                None,
+                ConstGauge::<i64>::TYPE,
+            )?;
+            let labels = [("version", env!("CARGO_PKG_VERSION"))];
+            ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
+        }
+        let p = &r.process;
+        if let Some(cpu) = p.cpu_seconds {
+            let c = ConstCounter::new(cpu);
+            c.encode(e.encode_descriptor(
+                "process_cpu_seconds",
+                "User and system CPU time of the process",
+                None,
+                c.metric_type(),
+            )?)?;
+        }
+        for (name, help, v) in [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory of the process",
+                p.resident_bytes,
+            ),
+            (
+                "process_open_fds",
+                "Open file descriptors of the process",
+                p.open_fds,
+            ),
+            (
+                "process_max_fds",
+                "The process's limit of open file descriptors",
+                p.max_fds,
+            ),
+        ] {
+            if let Some(v) = v {
+                gauge(e, name, help, v as f64)?;
+            }
+        }
         gauge(
             e,
             "ready",

@@ -629,6 +629,31 @@ async fn prometheus_metrics_are_scraped_with_exact_values() {
             .any(|l| l.starts_with("mcp_authz_policy_reloads_total ")),
         "{text}"
     );
+    // Build information and the process's own figures (the alert rules and a platform's
+    // dashboards read them).
+    assert!(
+        text.lines().any(|l| l
+            == format!(
+                "mcp_authz_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            )),
+        "{text}"
+    );
+    for name in [
+        "mcp_authz_process_cpu_seconds_total ",
+        "mcp_authz_process_resident_memory_bytes ",
+        "mcp_authz_process_open_fds ",
+        "mcp_authz_process_max_fds ",
+    ] {
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.parse::<f64>().ok());
+        assert!(
+            value.is_some_and(|v| v > 0.0),
+            "{name}: {value:?} in\n{text}"
+        );
+    }
     assert_eq!(text.lines().last(), Some("# EOF"));
 }
 
