@@ -271,3 +271,53 @@ fn only_the_gateway_may_reach_the_mcp_servers() {
         );
     }
 }
+
+/// The Prometheus Operator's PrometheusRule carries exactly the rules that promtool tests
+/// (deploy/prometheus/mcp-authz-rules.yaml), so the two cannot drift; the PodMonitor selects
+/// the pods of both layouts by a label they carry and scrapes a port their mcp-authz
+/// container names.
+#[test]
+fn operator_manifests_match_the_rules_and_the_pods() {
+    use serde_yaml_ng::Value;
+    let read = |p: &str| -> Value {
+        serde_yaml_ng::from_str(&std::fs::read_to_string(repo_path(p)).expect(p)).expect(p)
+    };
+    let rules = read("deploy/prometheus/mcp-authz-rules.yaml");
+    let operator = read("deploy/prometheus/operator/prometheusrule.yaml");
+    assert_eq!(operator["kind"], Value::from("PrometheusRule"));
+    assert_eq!(
+        operator["apiVersion"],
+        Value::from("monitoring.coreos.com/v1")
+    );
+    assert_eq!(operator["spec"]["groups"], rules["groups"]);
+
+    let monitor = read("deploy/prometheus/operator/podmonitor.yaml");
+    assert_eq!(monitor["kind"], Value::from("PodMonitor"));
+    let port = monitor["spec"]["podMetricsEndpoints"][0]["port"]
+        .as_str()
+        .expect("port");
+    let names: Vec<&str> = monitor["spec"]["selector"]["matchExpressions"][0]["values"]
+        .as_sequence()
+        .expect("values")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for (file, label) in [
+        (
+            "deploy/kubernetes/overlays/shared/mcp-authz.yaml",
+            "mcp-authz",
+        ),
+        (
+            "deploy/kubernetes/overlays/sidecar/gateway.yaml",
+            "mcp-gateway",
+        ),
+    ] {
+        let text = std::fs::read_to_string(repo_path(file)).expect(file);
+        assert!(names.contains(&label), "{label} not selected");
+        assert!(
+            text.contains(&format!("labels: {{ app.kubernetes.io/name: {label}"))
+                && text.contains(&format!("{{ name: {port}, containerPort: 9002 }}")),
+            "{file}: no pod labelled {label} with a port named {port}"
+        );
+    }
+}

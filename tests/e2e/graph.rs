@@ -659,7 +659,8 @@ async fn prometheus_metrics_are_scraped_with_exact_values() {
     assert_eq!(text.lines().last(), Some("# EOF"));
 }
 
-/// The Grafana dashboard in `deploy/grafana` queries only metrics mcp-authz exposes: every
+/// The Grafana dashboard in `deploy/grafana` and the alert rules in `deploy/prometheus` read
+/// only metrics mcp-authz exposes: every
 /// name in its expressions has samples in a scrape of an instance with every component on
 /// (Graph, on-behalf-of, audit, rate limits).
 #[tokio::test]
@@ -680,7 +681,7 @@ async fn grafana_dashboard_queries_only_metrics_that_exist() {
     )
     .expect("policy");
     cfg.push_str(&format!(
-        "obo: {{client_id: \"{API_CLIENT_ID}\", client_secret: {API_SECRET}}}\naudit: {{sink: jsonl, file: {}}}\n",
+        "obo: {{client_id: \"{API_CLIENT_ID}\", client_secret: {API_SECRET}}}\naudit: {{sink: jsonl, file: {}}}\ndecision_log: {{enabled: true}}\n",
         dir.path().join("audit.jsonl").display()
     ));
     let inst = Instance::start(&cfg).await;
@@ -729,5 +730,27 @@ async fn grafana_dashboard_queries_only_metrics_that_exist() {
     assert!(
         missing.is_empty(),
         "the dashboard queries metrics with no samples: {missing:?}\n{text}"
+    );
+    // The alert rules too: an alert on a metric that does not exist never fires.
+    let rules = std::fs::read_to_string(repo_path("deploy/prometheus/mcp-authz-rules.yaml"))
+        .expect("rules");
+    let mut alerted = Vec::new();
+    let mut rest = rules.as_str();
+    while let Some(i) = rest.find("mcp_authz_") {
+        let name: String = rest[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[i + name.len()..];
+        alerted.push(name);
+    }
+    assert!(alerted.len() >= 12, "{alerted:?}");
+    let missing: Vec<&String> = alerted
+        .iter()
+        .filter(|n| !sampled.contains(n.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the alert rules read metrics with no samples: {missing:?}\n{text}"
     );
 }
