@@ -19,6 +19,7 @@ mod gateway;
 mod graph;
 mod matrix;
 mod mtls;
+mod operations;
 mod proxy;
 mod ratelimit;
 mod sessions;
