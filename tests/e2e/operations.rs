@@ -136,3 +136,45 @@ async fn prometheus_fires_the_shipped_alert_on_a_replica_without_keys() {
     drop(keyless);
     drop(healthy);
 }
+
+/// Envoy's metrics are scrapeable without its admin API: the stats listener answers
+/// `GET /stats/prometheus` and nothing else (the admin API can dump the config, with its
+/// secrets' names, and stop Envoy). Attack: a scraper-reachable port used for
+/// /config_dump, /quitquitquit or a POST.
+#[tokio::test]
+async fn envoy_stats_are_scrapeable_and_the_admin_api_is_not() {
+    use crate::support::helpers::{Options, TestEnv};
+    let env = TestEnv::start(Options::default()).await;
+    let stats = env.envoy_stats();
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(format!("{stats}{path}")).send();
+    let r = get("/stats/prometheus").await.expect("stats");
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.expect("text");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("envoy_cluster_upstream_cx_total{")),
+        "{}",
+        &text[..text.len().min(2000)]
+    );
+    for path in ["/config_dump", "/stats", "/clusters", "/server_info", "/"] {
+        assert_eq!(get(path).await.expect(path).status(), 404, "GET {path}");
+    }
+    for path in [
+        "/quitquitquit",
+        "/healthcheck/fail",
+        "/stats/prometheus",
+        "/logging",
+    ] {
+        let r = http
+            .post(format!("{stats}{path}"))
+            .send()
+            .await
+            .expect(path);
+        assert_eq!(r.status(), 404, "POST {path}");
+    }
+    // Still up, and still ready on the real admin listener.
+    assert_eq!(get("/stats/prometheus").await.expect("stats").status(), 200);
+    let admin = format!("http://{}/ready", env.envoy_admin());
+    assert_eq!(http.get(admin).send().await.expect("ready").status(), 200);
+}

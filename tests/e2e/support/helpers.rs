@@ -556,10 +556,16 @@ impl TestEnv {
             }
             templates.push(repo_path("envoy/authz-mtls.yaml"));
         }
+        // The stats listener reaches the admin API by its port, so it is a real one.
+        let stats_port = free_port();
+        std::fs::write(dir.join("envoy-stats-port.txt"), stats_port.to_string())
+            .expect("stats port");
         let out = std::process::Command::new(repo_path("envoy/render.sh"))
             .args(&templates)
             .envs(tls_env.iter().map(|(k, v)| (k, v)))
-            .env("ENVOY_ADMIN_PORT", "0")
+            .env("ENVOY_ADMIN_PORT", free_port().to_string())
+            .env("ENVOY_STATS_ADDRESS", "127.0.0.1")
+            .env("ENVOY_STATS_PORT", stats_port.to_string())
             .env("ENVOY_LISTEN_ADDRESS", "127.0.0.1")
             .env("ENVOY_LISTEN_PORT", listen_port.to_string())
             .env("PUBLIC_BASE_URL", &self.envoy_url)
@@ -635,8 +641,11 @@ impl TestEnv {
                 .await
                 && let Ok(v) = r.json::<Value>().await
             {
-                port = v["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
-                    .as_u64()
+                // The MCP listener by name: the stats listener comes first.
+                port = v["listener_statuses"]
+                    .as_array()
+                    .and_then(|ls| ls.iter().find(|l| l["name"] == "mcp"))
+                    .and_then(|l| l["local_address"]["socket_address"]["port_value"].as_u64())
                     .unwrap_or(0) as u16;
             }
             if port == 0 {
@@ -688,6 +697,13 @@ impl TestEnv {
             .expect("envoy admin address")
             .trim()
             .to_owned()
+    }
+
+    /// Envoy's stats listener (`http://127.0.0.1:port`): /stats/prometheus, nothing else.
+    pub fn envoy_stats(&self) -> String {
+        let port = std::fs::read_to_string(self.dir.path().join("envoy-stats-port.txt"))
+            .expect("envoy stats port");
+        format!("http://127.0.0.1:{}", port.trim())
     }
 
     pub fn envoy_log(&self) -> String {

@@ -84,7 +84,11 @@ pub fn render(
 fn http_filters(doc: &mut Value) -> anyhow::Result<&mut Vec<Value>> {
     doc.get_mut("static_resources")
         .and_then(|v| v.get_mut("listeners"))
-        .and_then(|v| v.get_mut(0))
+        .and_then(Value::as_sequence_mut)
+        .and_then(|ls| {
+            ls.iter_mut()
+                .find(|l| l.get("name").and_then(Value::as_str) == Some("mcp"))
+        })
         .and_then(|v| v.get_mut("filter_chains"))
         .and_then(|v| v.get_mut(0))
         .and_then(|v| v.get_mut("filters"))
@@ -94,7 +98,7 @@ fn http_filters(doc: &mut Value) -> anyhow::Result<&mut Vec<Value>> {
         .and_then(Value::as_sequence_mut)
         .ok_or_else(|| {
             anyhow::anyhow!(
-                "envoy.yaml: no static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters"
+                "envoy.yaml: no listener mcp with filter_chains[0].filters[0].typed_config.http_filters"
             )
         })
 }
