@@ -196,24 +196,21 @@ async fn write_loop(
                 )
                 .await
             }
-            Sink::Stdout => write_stdout(&batch)
-                .map(|()| BatchOutcome {
-                    written: n,
-                    refused: 0,
-                })
-                .map_err(|e| Unreachable {
-                    so_far: BatchOutcome::default(),
-                    error: e.to_string(),
-                }),
-            Sink::JsonLines(path) => append_lines(&mut file, path, &batch)
-                .map(|()| BatchOutcome {
-                    written: n,
-                    refused: 0,
-                })
-                .map_err(|e| Unreachable {
-                    so_far: BatchOutcome::default(),
-                    error: e.to_string(),
-                }),
+            Sink::JsonLines(_) | Sink::Stdout => {
+                let path = match &sink {
+                    Sink::JsonLines(path) => Some(path.as_path()),
+                    _ => None,
+                };
+                write_lines(path, &mut file, &batch)
+                    .map(|()| BatchOutcome {
+                        written: n,
+                        refused: 0,
+                    })
+                    .map_err(|e| Unreachable {
+                        so_far: BatchOutcome::default(),
+                        error: e.to_string(),
+                    })
+            }
         };
         let (done, unreachable) = match result {
             Ok(done) => (done, None),
@@ -318,41 +315,37 @@ async fn insert_batch(pool: &PgPool, batch: &[AuditEvent]) -> Result<(), sqlx::E
     Ok(())
 }
 
-fn append_lines(
+/// A batch as JSON lines, in one write: appended to the file at `path` (opened once), or to
+/// stdout (flushed) without one. A batch is written whole or the error is reported.
+fn write_lines(
+    path: Option<&std::path::Path>,
     file: &mut Option<std::fs::File>,
-    path: &PathBuf,
     batch: &[AuditEvent],
 ) -> std::io::Result<()> {
-    if file.is_none() {
-        *file = Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?,
-        );
-    }
     let mut buf = Vec::with_capacity(batch.len() * 256);
     for e in batch {
         serde_json::to_writer(&mut buf, e)?;
         buf.push(b'\n');
     }
-    // One write per batch: a batch is appended whole or the error is reported.
-    match file.as_mut() {
-        Some(f) => f.write_all(&buf),
-        None => Ok(()),
+    match path {
+        Some(path) => {
+            let f = match file {
+                Some(f) => f,
+                None => file.insert(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)?,
+                ),
+            };
+            f.write_all(&buf)
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&buf)?;
+            out.flush()
+        }
     }
-}
-
-/// A batch as JSON lines on stdout, in one write, flushed.
-fn write_stdout(batch: &[AuditEvent]) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(batch.len() * 256);
-    for e in batch {
-        serde_json::to_writer(&mut buf, e)?;
-        buf.push(b'\n');
-    }
-    let mut out = std::io::stdout().lock();
-    out.write_all(&buf)?;
-    out.flush()
 }
 
 /// The decision log: every denial, and a share of the allows, as JSON lines on stdout with the

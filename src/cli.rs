@@ -278,12 +278,16 @@ fn write_whole(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
 mod render_tests {
     use super::render_template;
 
-    #[test]
-    fn placeholders_are_filled_and_unset_ones_named() {
-        let env = [("A_1", "x"), ("PORT", "9001")]
+    fn env(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+        pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn placeholders_are_filled_and_unset_ones_named() {
+        let env = env(&[("A_1", "x"), ("PORT", "9001")]);
         assert_eq!(
             render_template("a ${A_1} b ${PORT} ${lower} $${ ${1X} end", &env),
             Ok("a x b 9001 ${lower} $${ ${1X} end".to_string())
@@ -298,10 +302,7 @@ mod render_tests {
     /// setup) has a default, so it need not be set.
     #[test]
     fn defaults_fill_unset_or_empty_names_only() {
-        let env = [("SET", "x"), ("EMPTY", "")]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let env = env(&[("SET", "x"), ("EMPTY", "")]);
         assert_eq!(
             render_template(
                 "${SET:-d} ${EMPTY:-d} ${UNSET:-/run/a.sock} ${EMPTY} ${UNSET:-}",

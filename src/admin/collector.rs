@@ -200,6 +200,12 @@ fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: f64) -> std::fmt:
     g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
 }
 
+/// An info metric: the gauge 1, labelled `version`.
+fn info(e: &mut DescriptorEncoder, name: &str, help: &str, version: &str) -> std::fmt::Result {
+    let mut family = e.encode_descriptor(name, help, None, ConstGauge::<i64>::TYPE)?;
+    ConstGauge::new(1i64).encode(family.encode_family(&[("version", version)])?)
+}
+
 fn labelled_counter(
     e: &mut DescriptorEncoder,
     name: &str,
@@ -224,16 +230,12 @@ impl Collector for Observed {
     fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
         let r = self.read();
         let e = &mut e;
-        {
-            let mut family = e.encode_descriptor(
-                "build_info",
-                "1, labelled with the version of the running binary",
-                None,
-                ConstGauge::<i64>::TYPE,
-            )?;
-            let labels = [("version", env!("CARGO_PKG_VERSION"))];
-            ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
-        }
+        info(
+            e,
+            "build_info",
+            "1, labelled with the version of the running binary",
+            env!("CARGO_PKG_VERSION"),
+        )?;
         let p = &r.process;
         if let Some(cpu) = p.cpu_seconds {
             let c = ConstCounter::new(cpu);
@@ -388,14 +390,12 @@ impl Collector for Observed {
             r.policy_age_seconds.unwrap_or(-1.0),
         )?;
         if let Some(version) = &r.policy_version {
-            let mut family = e.encode_descriptor(
+            info(
+                e,
                 "policy_version",
                 "The current policy version (label)",
-                None,
-                ConstGauge::<i64>::TYPE,
+                version,
             )?;
-            let labels = [("version", version.as_str())];
-            ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
         }
         if let Some(au) = &r.audit {
             counter(

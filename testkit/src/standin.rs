@@ -330,8 +330,22 @@ impl Authority {
     }
 
     fn known_tenant(&self, tenant: &str) -> bool {
-        matches!(tenant, "common" | "organizations")
-            || self.tenants.iter().any(|t| t.eq_ignore_ascii_case(tenant))
+        matches!(tenant, "common" | "organizations") || self.serves(tenant)
+    }
+
+    /// `tenant` is one of the directories this authority serves (not `common`/`organizations`).
+    fn serves(&self, tenant: &str) -> bool {
+        self.tenants.iter().any(|t| t.eq_ignore_ascii_case(tenant))
+    }
+
+    /// The `tid` in the issuers an endpoint under `tenant` shows: the directory (lower case) on
+    /// a directory's own endpoints, Entra's `{tenantid}` template on `common`/`organizations`.
+    fn issuer_tid(&self, tenant: &str) -> String {
+        if self.serves(tenant) {
+            tenant.to_ascii_lowercase()
+        } else {
+            "{tenantid}".into()
+        }
     }
 
     /// The HTTP interface.

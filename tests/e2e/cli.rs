@@ -5,7 +5,9 @@ use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::helpers::{POLICY, TID, config_yaml, free_port, standin};
+use crate::support::helpers::{
+    POLICY, TID, closed_addr, config_yaml, free_port, run_mcp_authz, standin,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mcp-authz");
 
@@ -22,17 +24,16 @@ async fn check_config(
     cfg: &std::path::Path,
     env: &[(&str, String)],
 ) -> (Option<i32>, String, String) {
-    let mut c = tokio::process::Command::new(BIN);
-    c.arg("check-config").arg("--config").arg(cfg);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let out = c.output().await.expect("run mcp-authz");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    use std::ffi::OsStr;
+    run_mcp_authz(
+        &[
+            OsStr::new("check-config"),
+            OsStr::new("--config"),
+            cfg.as_os_str(),
+        ],
+        env,
     )
+    .await
 }
 
 /// Likely mistake 1: a directory id that is a GUID, but not one Entra knows (a typo, the
@@ -62,11 +63,7 @@ async fn check_config_explains_an_unreachable_authority() {
     let (_authority, url) = standin().await;
     let dir = tempfile::tempdir().expect("tmp");
     let cfg = write_config(dir.path(), &url, POLICY);
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let dead = format!("http://{}", closed.local_addr().expect("addr"));
-    drop(closed);
+    let dead = format!("http://{}", closed_addr().await);
     let (code, out, _) = check_config(&cfg, &[("MCP_AUTHZ__ENTRA__AUTHORITY", dead.clone())]).await;
     assert_eq!(code, Some(1), "{out}");
     assert!(
@@ -150,21 +147,13 @@ async fn policy_import_dry_run_needs_no_database() {
     let dir = tempfile::tempdir().expect("tmp");
     let cfg = write_config(dir.path(), &url, POLICY);
     let policy = dir.path().join("policy.yaml");
-    let run = |args: &[&str]| {
-        let out = Command::new(BIN)
-            .args(args)
-            .arg("--config")
-            .arg(&cfg)
-            .output()
-            .expect("run");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let config = cfg.to_str().expect("path");
     let path = policy.to_str().expect("path");
-    let (code, out, err) = run(&["policy", "import", path, "--dry-run"]);
+    let (code, out, err) = run_mcp_authz(
+        &["policy", "import", path, "--dry-run", "--config", config],
+        &[],
+    )
+    .await;
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("+ tenants name=engineering"), "{out}");
     assert!(out.contains("+ mcp_servers name=github"), "{out}");
@@ -175,7 +164,7 @@ async fn policy_import_dry_run_needs_no_database() {
         )),
         "{out}"
     );
-    let (code, _, err) = run(&["policy", "import", path]);
+    let (code, _, err) = run_mcp_authz(&["policy", "import", path, "--config", config], &[]).await;
     assert_ne!(code, Some(0));
     assert!(
         err.contains("needs a database section (database.url)"),
@@ -183,30 +172,27 @@ async fn policy_import_dry_run_needs_no_database() {
     );
     // A file the server would refuse is refused by the dry run too.
     std::fs::write(&policy, "tenants:\n  - name: a\n    servers: [nope]\n").expect("write");
-    let (code, _, err) = run(&["policy", "import", path, "--dry-run"]);
+    let (code, _, err) = run_mcp_authz(
+        &["policy", "import", path, "--dry-run", "--config", config],
+        &[],
+    )
+    .await;
     assert_ne!(code, Some(0));
     assert!(err.contains("unknown server \"nope\""), "{err}");
 }
 
-/// `mcp-authz policy ARGS` with no configuration in the environment: (exit code, stdout, stderr).
-fn policy_cmd(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(BIN)
-        .arg("policy")
-        .args(args)
-        .env_remove("MCP_AUTHZ_CONFIG")
-        .output()
-        .expect("run mcp-authz policy");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+/// `mcp-authz policy ARGS`.
+async fn policy_cmd(args: &[&str]) -> (Option<i32>, String, String) {
+    let args: Vec<&str> = std::iter::once("policy")
+        .chain(args.iter().copied())
+        .collect();
+    run_mcp_authz(&args, &[]).await
 }
 
 /// The shipped example cases pass against the shipped example policy, offline, through the
 /// gateway's decision function (make test runs them, as a GitOps job would).
-#[test]
-fn policy_test_runs_the_example_cases() {
+#[tokio::test]
+async fn policy_test_runs_the_example_cases() {
     let policy = crate::support::helpers::repo_path("deploy/examples/policy.yaml");
     let cases = crate::support::helpers::repo_path("deploy/examples/policy-tests.yaml");
     let (code, out, err) = policy_cmd(&[
@@ -215,7 +201,8 @@ fn policy_test_runs_the_example_cases() {
         cases.to_str().expect("path"),
         "--tenant",
         TID,
-    ]);
+    ])
+    .await;
     assert_eq!(code, Some(0), "{out}\n{err}");
     assert!(out.contains("9 cases: 9 passed, 0 failed"), "{out}");
     assert!(
@@ -231,15 +218,16 @@ fn policy_test_runs_the_example_cases() {
         crate::support::helpers::repo_path("deploy/examples/config.yaml")
             .to_str()
             .expect("path"),
-    ]);
+    ])
+    .await;
     assert_eq!(code, Some(0), "{out}\n{err}");
     assert!(!out.contains("note  compiled without"), "{out}");
 }
 
 /// A case that does not get the answer it expects fails the run (exit 1) and says what it
 /// wanted, what it got and the rows behind it; a case that cannot be asked fails too.
-#[test]
-fn policy_test_reports_each_failing_case() {
+#[tokio::test]
+async fn policy_test_reports_each_failing_case() {
     let dir = tempfile::tempdir().expect("tmp");
     let policy = crate::support::helpers::repo_path("deploy/examples/policy.yaml");
     let cases = dir.path().join("cases.yaml");
@@ -256,7 +244,8 @@ fn policy_test_reports_each_failing_case() {
         cases.to_str().expect("path"),
         "--tenant",
         TID,
-    ]);
+    ])
+    .await;
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains(
@@ -283,18 +272,19 @@ fn policy_test_reports_each_failing_case() {
         cases.to_str().expect("path"),
         "--tenant",
         TID,
-    ]);
+    ])
+    .await;
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("unknown field `tools`"), "{err}");
 }
 
 /// `policy validate` compiles a file as the server would, without a database or a network:
 /// every problem on a line of its own, exit 1.
-#[test]
-fn policy_validate_lists_every_problem() {
+#[tokio::test]
+async fn policy_validate_lists_every_problem() {
     let policy = crate::support::helpers::repo_path("deploy/examples/policy.yaml");
     let (code, out, err) =
-        policy_cmd(&["validate", policy.to_str().expect("path"), "--tenant", TID]);
+        policy_cmd(&["validate", policy.to_str().expect("path"), "--tenant", TID]).await;
     assert_eq!(code, Some(0), "{out}\n{err}");
     assert!(
         out.contains("ok    policy") && out.contains("3 servers, 2 tenants"),
@@ -307,7 +297,7 @@ fn policy_validate_lists_every_problem() {
         "tenants:\n  - name: a\n    servers: [nope]\ngroup_grants:\n  - {group: not-a-guid, tenant: a, access_level: read}\n",
     )
     .expect("write");
-    let (code, out, _) = policy_cmd(&["validate", bad.to_str().expect("path")]);
+    let (code, out, _) = policy_cmd(&["validate", bad.to_str().expect("path")]).await;
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains("note  compiled without allowed directories"),
@@ -338,45 +328,18 @@ async fn decision_log_writes_denials_and_sampled_allows_to_stdout() {
     for (rate, allows) in [("0.0", 0), ("1.0", 1)] {
         let dir = tempfile::tempdir().expect("tmp");
         let cfg = write_config(dir.path(), &url, POLICY);
-        let mut child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .env("MCP_AUTHZ__LOG__FORMAT", "json")
-            .env("MCP_AUTHZ__DECISION_LOG__ENABLED", "true")
-            .env("MCP_AUTHZ__DECISION_LOG__ALLOW_SAMPLE_RATE", rate)
-            .env("MCP_AUTHZ__LISTEN__DRAIN_SECONDS", "1")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn serve");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let (grpc, admin) = loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(20))
-                .expect("serve logs");
-            if line.contains("mcp-authz serving") {
-                let field = |name: &str, end: char| {
-                    let at = line.find(name).expect("address in log") + name.len();
-                    let rest = &line[at..];
-                    rest[..rest.find(end).expect("end")].to_string()
-                };
-                break (field("grpc: Some(", ')'), field("admin: ", ','));
-            }
-        };
-        let http = reqwest::Client::new();
-        crate::support::helpers::wait_until("ready", Duration::from_secs(20), || {
-            let http = http.clone();
-            let url = format!("http://{admin}/readyz");
-            async move { http.get(url).send().await.is_ok_and(|r| r.status() == 200) }
-        })
+        let served = Served::start(
+            &cfg,
+            &[
+                ("MCP_AUTHZ__DECISION_LOG__ENABLED", "true"),
+                ("MCP_AUTHZ__DECISION_LOG__ALLOW_SAMPLE_RATE", rate),
+                ("MCP_AUTHZ__LISTEN__DRAIN_SECONDS", "1"),
+            ],
+            Stdio::piped(),
+        )
         .await;
-        let mut checker = Checker::connect(grpc.parse().expect("grpc address")).await;
+        let (http, admin) = (&served.http, &served.admin);
+        let mut checker = Checker::connect(served.grpc.parse().expect("grpc address")).await;
         let allowed = checker
             .check(Some(&token), "github", &initialize_body(1), None)
             .await
@@ -413,12 +376,8 @@ async fn decision_log_writes_denials_and_sampled_allows_to_stdout() {
         );
         // SIGTERM: the writer writes what is queued before the process exits.
         drop(checker);
-        let kill = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(kill.success());
-        let out = child.wait_with_output().expect("serve exits");
+        served.sigterm();
+        let out = served.child.wait_with_output().expect("serve exits");
         assert!(out.status.success());
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(!stdout.contains(&token), "a token reached the decision log");
@@ -522,11 +481,7 @@ async fn check_config_reports_each_check() {
     );
 
     // The issuer unreachable: exit 1 with the failing check named.
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let dead = format!("http://{}", closed.local_addr().expect("addr"));
-    drop(closed);
+    let dead = format!("http://{}", closed_addr().await);
     let down = run(
         arg(&cfg.display().to_string()),
         vec![("MCP_AUTHZ__ENTRA__AUTHORITY", dead)],
@@ -576,61 +531,92 @@ async fn check_config_reports_each_check() {
     assert!(stdout.contains("unknown server \"nope\""), "{stdout}");
 }
 
+/// `mcp-authz serve` as an operator starts it, JSON logs on stderr (read line by line into
+/// `logs`), ready before this returns.
+struct Served {
+    child: std::process::Child,
+    logs: std::sync::mpsc::Receiver<String>,
+    /// From the "mcp-authz serving" line.
+    grpc: String,
+    admin: String,
+    http: reqwest::Client,
+}
+
+impl Served {
+    async fn start(cfg: &std::path::Path, env: &[(&str, &str)], stdout: Stdio) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(cfg)
+            .env("MCP_AUTHZ__LOG__FORMAT", "json")
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped())
+            .stdout(stdout)
+            .spawn()
+            .expect("spawn serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, logs) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let (grpc, admin) = loop {
+            let line = logs
+                .recv_timeout(Duration::from_secs(20))
+                .expect("serve logs");
+            if line.contains("mcp-authz serving") {
+                let field = |name: &str, end: char| {
+                    let at = line.find(name).expect("address in log") + name.len();
+                    let rest = &line[at..];
+                    rest[..rest.find(end).expect("end")].to_string()
+                };
+                break (field("grpc: Some(", ')'), field("admin: ", ','));
+            }
+        };
+        let http = reqwest::Client::new();
+        crate::support::helpers::wait_until("ready", Duration::from_secs(20), || {
+            let http = http.clone();
+            let url = format!("http://{admin}/readyz");
+            async move { http.get(url).send().await.is_ok_and(|r| r.status() == 200) }
+        })
+        .await;
+        Served {
+            child,
+            logs,
+            grpc,
+            admin,
+            http,
+        }
+    }
+
+    fn sigterm(&self) {
+        let kill = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(kill.success());
+    }
+}
+
 /// `serve` as a process: becomes ready, drains and exits 0 on SIGTERM.
 #[tokio::test]
 async fn serve_becomes_ready_and_stops_on_sigterm() {
     let (_authority, url) = standin().await;
     let dir = tempfile::tempdir().expect("tmp");
     let cfg = write_config(dir.path(), &url, POLICY);
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env("MCP_AUTHZ__LOG__FORMAT", "json")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let admin = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("serve logs");
-        if line.contains("mcp-authz serving") {
-            let at = line.find("admin: ").expect("admin address in log") + "admin: ".len();
-            let rest = &line[at..];
-            break rest[..rest.find(',').expect("end")].to_string();
-        }
-        assert!(Instant::now() < deadline);
-    };
-    let http = reqwest::Client::new();
-    crate::support::helpers::wait_until("ready", Duration::from_secs(20), || {
-        let http = http.clone();
-        let url = format!("http://{admin}/readyz");
-        async move { http.get(url).send().await.is_ok_and(|r| r.status() == 200) }
-    })
-    .await;
-    let health = http
-        .get(format!("http://{admin}/healthz"))
+    let mut served = Served::start(&cfg, &[], Stdio::null()).await;
+    let health = served
+        .http
+        .get(format!("http://{}/healthz", served.admin))
         .send()
         .await
         .expect("healthz");
     assert_eq!(health.status(), 200);
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(kill.success());
+    served.sigterm();
     let started = Instant::now();
     loop {
-        if let Some(status) = child.try_wait().expect("wait") {
+        if let Some(status) = served.child.try_wait().expect("wait") {
             assert!(status.success(), "exit status {status}");
             break;
         }
@@ -640,7 +626,7 @@ async fn serve_becomes_ready_and_stops_on_sigterm() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let lines: Vec<String> = rx.try_iter().collect();
+    let lines: Vec<String> = served.logs.try_iter().collect();
     assert!(
         lines.iter().any(|l| l.contains("shutdown requested")),
         "{lines:?}"

@@ -671,14 +671,7 @@ async fn audit_drops_are_counted_when_the_queue_is_full_or_the_database_down() {
     assert_eq!(in_table as u64, written);
 
     // The database down: batches fail whole and are counted.
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let dead = format!(
-        "postgres://postgres@{}/none",
-        closed.local_addr().expect("addr")
-    );
-    drop(closed);
+    let dead = format!("postgres://postgres@{}/none", closed_addr().await);
     let dead_pool = sqlx::postgres::PgPoolOptions::new()
         .acquire_timeout(Duration::from_millis(300))
         .connect_lazy(&dead)

@@ -710,16 +710,7 @@ async fn grafana_dashboard_queries_only_metrics_that_exist() {
     let mut queried = Vec::new();
     for panel in dashboard["panels"].as_array().expect("panels") {
         for target in panel["targets"].as_array().into_iter().flatten() {
-            let expr = target["expr"].as_str().expect("expr");
-            let mut rest = expr;
-            while let Some(i) = rest.find("mcp_authz_") {
-                let name: String = rest[i..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                rest = &rest[i + name.len()..];
-                queried.push(name);
-            }
+            queried.extend(metric_names(target["expr"].as_str().expect("expr")));
         }
     }
     assert!(queried.len() > 20, "{queried:?}");
@@ -734,16 +725,7 @@ async fn grafana_dashboard_queries_only_metrics_that_exist() {
     // The alert rules too: an alert on a metric that does not exist never fires.
     let rules = std::fs::read_to_string(repo_path("deploy/prometheus/mcp-authz-rules.yaml"))
         .expect("rules");
-    let mut alerted = Vec::new();
-    let mut rest = rules.as_str();
-    while let Some(i) = rest.find("mcp_authz_") {
-        let name: String = rest[i..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        rest = &rest[i + name.len()..];
-        alerted.push(name);
-    }
+    let alerted = metric_names(&rules);
     assert!(alerted.len() >= 12, "{alerted:?}");
     let missing: Vec<&String> = alerted
         .iter()
@@ -753,4 +735,19 @@ async fn grafana_dashboard_queries_only_metrics_that_exist() {
         missing.is_empty(),
         "the alert rules read metrics with no samples: {missing:?}\n{text}"
     );
+}
+
+/// Every `mcp_authz_…` metric name a PromQL text names, in order.
+fn metric_names(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("mcp_authz_") {
+        let name: String = rest[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[i + name.len()..];
+        names.push(name);
+    }
+    names
 }

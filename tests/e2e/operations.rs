@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::support::helpers::{
-    Instance, POLICY, config_yaml, free_port, repo_path, standin, wait_until,
+    Instance, POLICY, closed_addr, config_yaml, free_port, repo_path, standin, wait_until,
 };
 
 /// The Prometheus server: `MCP_AUTHZ_TEST_PROMETHEUS`, or `prometheus` on PATH (make test
@@ -34,11 +34,7 @@ async fn prometheus_fires_the_shipped_alert_on_a_replica_without_keys() {
     let policy = dir.path().join("policy.yaml");
     std::fs::write(&policy, POLICY).expect("policy");
     let healthy = Instance::start(&config_yaml(&url, &policy, None, 300)).await;
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let dead = format!("http://{}", closed.local_addr().expect("addr"));
-    drop(closed);
+    let dead = format!("http://{}", closed_addr().await);
     let keyless = Instance::start_with(&config_yaml(&dead, &policy, None, 300), false).await;
 
     let rules = std::fs::read_to_string(repo_path("deploy/prometheus/mcp-authz-rules.yaml"))

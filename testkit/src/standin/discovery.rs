@@ -30,11 +30,7 @@ pub(super) async fn discovery_v2(
         return resp;
     }
     let base = a.base_url();
-    let issuer_tid = if a.tenants.iter().any(|t| t.eq_ignore_ascii_case(&tenant)) {
-        tenant.to_ascii_lowercase()
-    } else {
-        "{tenantid}".into()
-    };
+    let issuer_tid = a.issuer_tid(&tenant);
     Json(json!({
         "token_endpoint": format!("{base}/{tenant}/oauth2/v2.0/token"),
         "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
@@ -71,11 +67,7 @@ pub(super) async fn discovery_v1(
         return resp;
     }
     let base = a.base_url();
-    let issuer_tid = if a.tenants.iter().any(|t| t.eq_ignore_ascii_case(&tenant)) {
-        tenant.to_ascii_lowercase()
-    } else {
-        "{tenantid}".into()
-    };
+    let issuer_tid = a.issuer_tid(&tenant);
     Json(json!({
         "token_endpoint": format!("{base}/{tenant}/oauth2/token"),
         "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
@@ -110,12 +102,7 @@ pub(super) async fn keys_v2(
     }
     a.jwks_requests.fetch_add(1, Ordering::Relaxed);
     // The tenant-specific endpoint names that tenant; common/organizations the template.
-    let issuer = if a.tenants.iter().any(|t| t.eq_ignore_ascii_case(&tenant)) {
-        a.v2_issuer(&tenant.to_ascii_lowercase())
-    } else {
-        format!("{}/{{tenantid}}/v2.0", a.base_url())
-    };
-    Json(a.jwks(Some(&issuer))).into_response()
+    Json(a.jwks(Some(&a.v2_issuer(&a.issuer_tid(&tenant))))).into_response()
 }
 
 pub(super) async fn keys_v1(

@@ -184,7 +184,7 @@ pub(super) async fn token_endpoint(
     if a.token_endpoint_down.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response();
     }
-    if !a.tenants.iter().any(|t| t.eq_ignore_ascii_case(&tenant)) {
+    if !a.serves(&tenant) {
         return unknown_tenant(&tenant);
     }
     let obo = form.grant_type.as_deref() == Some(OBO_GRANT);

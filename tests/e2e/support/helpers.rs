@@ -341,6 +341,34 @@ pub fn assert_no_envoy_warnings(log: &str) {
     assert!(bad.is_empty(), "Envoy warned:\n{}", bad.join("\n"));
 }
 
+/// A loopback address nothing listens on (bound, then released): a dependency that is down.
+pub async fn closed_addr() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// The `mcp-authz` binary with `args`, and `env` on top of the test's environment without
+/// `MCP_AUTHZ_CONFIG` (a command is told its config): (exit code, stdout, stderr).
+pub async fn run_mcp_authz<A: AsRef<std::ffi::OsStr>>(
+    args: &[A],
+    env: &[(&str, String)],
+) -> (Option<i32>, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-authz"))
+        .args(args)
+        .env_remove("MCP_AUTHZ_CONFIG")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .await
+        .expect("run mcp-authz");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub fn envoy_bin() -> String {
     std::env::var("ENVOY_BIN").unwrap_or_else(|_| "envoy".into())
 }
