@@ -75,6 +75,7 @@ wait_http "http://127.0.0.1:$ADMIN_PORT/readyz" mcp-authz
 ENVOY_ADMIN_PORT=$ENVOY_ADMIN_PORT ENVOY_LISTEN_ADDRESS=127.0.0.1 ENVOY_LISTEN_PORT=$DEMO_PORT \
 AUTHZ_CLUSTER=mcp_authz_tcp AUTHZ_HOST=127.0.0.1 AUTHZ_PORT=$AUTHZ_PORT AUTHZ_SOCKET=$STATE/unused.sock \
 METADATA_HOST=127.0.0.1 METADATA_PORT=$METADATA_PORT PUBLIC_BASE_URL="http://127.0.0.1:$DEMO_PORT" \
+CORS_ALLOWED_ORIGINS="${CORS_ALLOWED_ORIGINS:-http://localhost:6274}" \
 UPSTREAM_HOST=127.0.0.1 UPSTREAM_PORT=${UPSTREAM##*:} \
   envoy/render.sh > "$STATE/envoy.yaml"
 "$ENVOY_BIN" -c "$STATE/envoy.yaml" --disable-hot-restart --concurrency 2 -l warning 2> "$STATE/envoy.log" &

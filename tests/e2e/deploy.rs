@@ -137,6 +137,7 @@ fn render_envoy_matches_render_sh_and_refuses_unset_values() {
     }
     let dir = tempfile::tempdir().expect("tmp");
     let target = dir.path().join("envoy.yaml");
+    origins_render_alike_and_wildcards_are_refused_by_both(&template, &target);
     let missing = Command::new(BIN)
         .arg("render-envoy")
         .arg(&template)
@@ -153,6 +154,56 @@ fn render_envoy_matches_render_sh_and_refuses_unset_values() {
     assert_eq!(missing.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not set: UPSTREAM_HOST"));
     assert!(!target.exists(), "a half-rendered config was written");
+}
+
+/// CORS origins: the binary and render.sh render the same exact matchers, and both refuse a
+/// `*` (which would let any site's page drive a signed-in user's MCP client) without writing.
+fn origins_render_alike_and_wildcards_are_refused_by_both(
+    template: &std::path::Path,
+    target: &std::path::Path,
+) {
+    let render = |origins: &str, script: bool| {
+        let mut cmd = if script {
+            Command::new(repo_path("envoy/render.sh"))
+        } else {
+            let mut c = Command::new(BIN);
+            c.arg("render-envoy");
+            c
+        };
+        cmd.arg(template)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(k8s_envoy_env("mcp_authz_tcp"))
+            .env("CORS_ALLOWED_ORIGINS", origins);
+        if !script {
+            cmd.arg("--output").arg(target);
+        }
+        cmd.output().expect("render")
+    };
+    let origins = "https://inspector.example, http://localhost:6274";
+    let (by_binary, by_script) = (render(origins, false), render(origins, true));
+    assert!(by_binary.status.success() && by_script.status.success());
+    let written = std::fs::read_to_string(target).expect("rendered");
+    assert_eq!(written, String::from_utf8_lossy(&by_script.stdout));
+    assert!(
+        written.contains(
+            r#"allow_origin_string_match: [{exact: "https://inspector.example"}, {exact: "http://localhost:6274"}]"#
+        ),
+        "origins not rendered as exact matchers"
+    );
+    std::fs::remove_file(target).expect("rm");
+    for bad in ["*", "https://ok.example, https://*.example"] {
+        for script in [false, true] {
+            let out = render(bad, script);
+            assert_eq!(out.status.code(), Some(64), "{bad} (script: {script})");
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("CORS_ALLOWED_ORIGINS"),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(!target.exists(), "a config with {bad} was written");
+        }
+    }
 }
 
 /// deploy/kubernetes/base/config.yaml with settings.env and the Secret's keys, as the pods

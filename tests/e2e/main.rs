@@ -12,6 +12,7 @@
 mod assertion;
 mod attacks;
 mod cli;
+mod cors;
 mod db;
 mod deploy;
 mod faults;

@@ -5,7 +5,9 @@
 #   2. a security scan (checkov) of the rendered manifests and of deploy/Dockerfile has no
 #      failed check (every skip carries its reason in the manifests);
 #   3. the Envoy config each overlay renders at start passes `envoy --mode validate`;
-#   4. the Prometheus alerting rules (deploy/prometheus) pass `promtool check rules`, and each
+#   4. nothing in them is immutable on re-apply (no Job), and every pod that serves runs
+#      `mcp-authz migrate` first with the same database settings;
+#   5. the Prometheus alerting rules (deploy/prometheus) pass `promtool check rules`, and each
 #      rule's unit tests (deploy/prometheus/tests) pass `promtool test rules`.
 # Tools come from PyPI into a virtualenv under target/ (pinned versions), installed once.
 set -euo pipefail
@@ -40,6 +42,38 @@ for overlay in shared sidecar; do
     echo "check-deploy: $overlay: checkov FAILED" >&2; failed=1
   else
     echo "check-deploy: $overlay: checkov $(grep -o 'Passed checks: [0-9]*, Failed checks: [0-9]*, Skipped checks: [0-9]*' "$out/$overlay.checkov")"
+  fi
+  # Re-appliable: nothing immutable once created (a Job's pod template), and every pod that
+  # serves migrates first, with the database settings the server gets.
+  if ! "$TOOLS/bin/python" - "$out/$overlay.yaml" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+bad = [f"{d['kind']}/{d['metadata']['name']}" for d in docs if d["kind"] in ("Job", "CronJob")]
+if bad:
+    sys.exit(f"immutable on re-apply: {bad}")
+serving = 0
+for d in docs:
+    if d["kind"] != "Deployment":
+        continue
+    spec = d["spec"]["template"]["spec"]
+    every = spec.get("initContainers", []) + spec["containers"]
+    servers = [c for c in every if c.get("args", [])[:1] == ["serve"]]
+    if not servers:
+        continue
+    serving += 1
+    first = spec.get("initContainers", [{}])[0]
+    if first.get("args", [])[:1] != ["migrate"]:
+        sys.exit(f"{d['metadata']['name']}: the first init container does not run migrate")
+    db = lambda c: [e for e in c.get("env", []) if e["name"] == "MCP_AUTHZ__DATABASE__URL"]
+    if db(first) != db(servers[0]) or first.get("envFrom") != servers[0].get("envFrom"):
+        sys.exit(f"{d['metadata']['name']}: migrate and serve see different settings")
+if serving == 0:
+    sys.exit("no Deployment runs mcp-authz serve")
+PY
+  then
+    echo "check-deploy: $overlay: re-apply check FAILED" >&2; failed=1
+  else
+    echo "check-deploy: $overlay: re-appliable (no Job; migrate runs first in every serving pod)"
   fi
   # The render-envoy init container's environment and templates (its args, as files of envoy/),
   # applied as the pod applies them.

@@ -97,6 +97,9 @@ pub struct Options {
     pub mtls: bool,
 }
 
+/// The web origins every test Envoy admits for CORS (`CORS_ALLOWED_ORIGINS`).
+pub const CORS_TEST_ORIGINS: &str = "https://inspector.example, http://localhost:6274";
+
 /// The SNI and DNS name of mcp-authz's server certificate in mTLS tests.
 pub const AUTHZ_TLS_NAME: &str = "mcp-authz.test";
 
@@ -597,6 +600,7 @@ impl TestEnv {
             .env("ENVOY_LISTEN_ADDRESS", "127.0.0.1")
             .env("ENVOY_LISTEN_PORT", listen_port.to_string())
             .env("PUBLIC_BASE_URL", &self.envoy_url)
+            .env("CORS_ALLOWED_ORIGINS", CORS_TEST_ORIGINS)
             .env(
                 "AUTHZ_CLUSTER",
                 match (unix, self.pki.is_some()) {

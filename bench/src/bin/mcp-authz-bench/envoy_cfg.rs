@@ -37,7 +37,7 @@ pub fn render(
     };
     vars.insert("AUTHZ_CLUSTER".into(), cluster.into());
     let text = mcp_authz::cli::render_template(template, &vars)
-        .map_err(|names| anyhow::anyhow!("envoy template: not set: {}", names.join(", ")))?;
+        .map_err(|e| anyhow::anyhow!("envoy template: {e}"))?;
     if let Variant::ExtAuthz { .. } = variant {
         return Ok(text);
     }
