@@ -190,6 +190,16 @@ pub async fn run(
         tasks.spawn(async move { assertions.run(stop.cancelled_owned()).await });
     }
 
+    if cfg.audit.sink == AuditSinkKind::Postgres
+        && let (Some(pool), Some(auditor)) = (parts.pool.clone(), &audit)
+    {
+        let (stats, stop) = (auditor.stats.clone(), stop.clone());
+        let days = cfg.audit.retention_days;
+        tasks.spawn(async move {
+            crate::audit::partitions::maintain(pool, days, stats, stop.cancelled_owned()).await
+        });
+    }
+
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     {
         let authorizer = parts.authorizer.clone();

@@ -23,6 +23,8 @@ use serde::Serialize;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
+pub mod partitions;
+
 /// Longest text kept of a field (characters); what is cut ends in `…`.
 pub const MAX_FIELD_CHARS: usize = 256;
 /// Longest text kept of a field an unauthenticated request chose (method, tool, server).
@@ -91,6 +93,8 @@ pub struct AuditStats {
     pub dropped_sink_error: AtomicU64,
     /// Events the database refused for their content, each on its own.
     pub dropped_rejected: AtomicU64,
+    /// Failed runs of [`partitions::maintain`].
+    pub partition_failures: AtomicU64,
 }
 
 impl AuditStats {
@@ -262,7 +266,19 @@ async fn write_postgres(pool: &PgPool, batch: &[AuditEvent]) -> Result<BatchOutc
         so_far,
         error: e.to_string(),
     };
-    match insert_batch(pool, batch).await {
+    let mut first = insert_batch(pool, batch).await;
+    if let Err(sqlx::Error::Database(e)) = &first
+        && no_partition(e.as_ref())
+    {
+        // A month without its partition yet (maintenance failed, or the clock crossed into a
+        // month it had not reached): make it and write the batch again.
+        let instants: Vec<f64> = batch.iter().map(|e| e.at).collect();
+        match partitions::ensure_for(pool, &instants).await {
+            Ok(()) => first = insert_batch(pool, batch).await,
+            Err(e) => tracing::warn!(error = %e, "audit: making a missing month partition failed"),
+        }
+    }
+    match first {
         Ok(()) => out.written = batch.len() as u64,
         Err(sqlx::Error::Database(e)) => {
             tracing::warn!(error = %e, events = batch.len(), "audit batch refused; writing its rows one by one");
@@ -281,6 +297,11 @@ async fn write_postgres(pool: &PgPool, batch: &[AuditEvent]) -> Result<BatchOutc
         Err(e) => return Err(unreachable(out, e)),
     }
     Ok(out)
+}
+
+/// PostgreSQL's answer to a row whose month has no partition.
+fn no_partition(e: &dyn sqlx::error::DatabaseError) -> bool {
+    e.code().as_deref() == Some("23514") && e.message().contains("no partition")
 }
 
 /// One statement per batch: all rows or none.

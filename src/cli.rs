@@ -6,10 +6,12 @@ use std::path::Path;
 
 use anyhow::Context;
 
+mod audit;
 mod check_config;
 mod policy_test;
 mod render;
 
+pub use audit::{audit_partitions, audit_prune};
 pub use check_config::check_config;
 pub use policy_test::{policy_directories, policy_test, policy_validate};
 pub use render::{RenderError, origin_matchers, render_envoy, render_template};
@@ -18,7 +20,7 @@ use crate::config::{Config, PolicySourceKind};
 use crate::db::{MIGRATOR, migration_status, pool};
 use crate::policy::{self, PolicyDocument};
 
-fn database(cfg: &Config) -> anyhow::Result<sqlx::PgPool> {
+pub(crate) fn database(cfg: &Config) -> anyhow::Result<sqlx::PgPool> {
     let db = cfg
         .database
         .as_ref()

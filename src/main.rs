@@ -47,6 +47,11 @@ enum Command {
         #[command(subcommand)]
         action: PolicyAction,
     },
+    /// The PostgreSQL audit trail's month partitions: list them, drop those past retention.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
     /// Fill the `${NAME}` placeholders of a template (envoy/envoy.yaml) from the environment;
     /// refuses to leave one unset. For an init container (no shell in the image).
     RenderEnvoy {
@@ -117,6 +122,26 @@ enum PolicyAction {
     },
 }
 
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Each month partition of audit_events, its approximate rows, and whether retention
+    /// would drop it.
+    Partitions {
+        #[arg(long, short, env = "MCP_AUTHZ_CONFIG")]
+        config: PathBuf,
+    },
+    /// Drops the months whose last day is older than the retention (audit.retention_days,
+    /// or --retention-days); --dry-run names them only.
+    Prune {
+        #[arg(long, short, env = "MCP_AUTHZ_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        retention_days: Option<u32>,
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
 /// The allowed directories a policy compiles against.
 #[derive(clap::Args)]
 struct Directories {
@@ -162,6 +187,9 @@ fn main() -> ExitCode {
         Command::Serve { config }
         | Command::CheckConfig { config }
         | Command::Migrate { config }
+        | Command::Audit {
+            action: AuditAction::Partitions { config } | AuditAction::Prune { config, .. },
+        }
         | Command::Explain { config, .. }
         | Command::Policy {
             action: PolicyAction::Export { config, .. } | PolicyAction::Import { config, .. },
@@ -207,6 +235,22 @@ fn main() -> ExitCode {
         Command::Migrate { .. } => {
             report(runtime.block_on(cli::migrate(&config, &mut std::io::stdout())))
         }
+        Command::Audit {
+            action: AuditAction::Partitions { .. },
+        } => report(runtime.block_on(cli::audit_partitions(&config, &mut std::io::stdout()))),
+        Command::Audit {
+            action:
+                AuditAction::Prune {
+                    retention_days,
+                    dry_run,
+                    ..
+                },
+        } => report(runtime.block_on(cli::audit_prune(
+            &config,
+            retention_days,
+            dry_run,
+            &mut std::io::stdout(),
+        ))),
         Command::Policy {
             action: PolicyAction::Export { output, .. },
         } => match output {

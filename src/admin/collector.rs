@@ -77,11 +77,12 @@ impl AuditReadings {
                 ("rejected", st.dropped_rejected.load(Relaxed)),
             ],
             queue_depth: au.queue_depth(),
+            partition_failures: st.partition_failures.load(Relaxed),
         }
     }
 
     fn status(&self) -> serde_json::Value {
-        let mut v = json!({"recorded": self.recorded, "written": self.written, "queue_depth": self.queue_depth});
+        let mut v = json!({"recorded": self.recorded, "written": self.written, "queue_depth": self.queue_depth, "partition_maintenance_failures": self.partition_failures});
         for (cause, n) in self.dropped {
             v[format!("dropped_{cause}")] = json!(n);
         }
@@ -95,6 +96,8 @@ pub struct AuditReadings {
     /// Dropped events by cause: (cause label, count).
     pub dropped: [(&'static str, u64); 3],
     pub queue_depth: usize,
+    /// Failed runs of the PostgreSQL month-partition maintenance (making months, retention).
+    pub partition_failures: u64,
 }
 
 impl Observed {
@@ -416,6 +419,12 @@ impl Collector for Observed {
                 "audit_queue_depth",
                 "Audit events waiting to be written",
                 au.queue_depth as f64,
+            )?;
+            counter(
+                e,
+                "audit_partition_maintenance_failures",
+                "Failed runs of the audit table's month-partition maintenance (PostgreSQL sink)",
+                au.partition_failures,
             )?;
         }
         if let Some(d) = &r.decision_log {

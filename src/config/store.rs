@@ -134,6 +134,9 @@ pub struct AuditConfig {
     pub queue_capacity: usize,
     #[serde(default = "default_audit_batch")]
     pub batch_size: usize,
+    /// For `postgres`: months of `audit_events` whose last day is older than this are dropped
+    /// (hourly by `serve`, or `mcp-authz audit prune`). Absent: kept forever.
+    pub retention_days: Option<u32>,
 }
 
 impl Default for AuditConfig {
@@ -143,6 +146,7 @@ impl Default for AuditConfig {
             file: None,
             queue_capacity: default_audit_capacity(),
             batch_size: default_audit_batch(),
+            retention_days: None,
         }
     }
 }

@@ -150,6 +150,17 @@ impl Config {
         if self.audit.sink == AuditSinkKind::Jsonl && self.audit.file.is_none() {
             return bad("audit.sink jsonl needs audit.file".into());
         }
+        if let Some(days) = self.audit.retention_days {
+            if self.audit.sink != AuditSinkKind::Postgres {
+                return bad("audit.retention_days applies to sink: postgres only (rotate a jsonl file with your log tooling)".into());
+            }
+            if days == 0 {
+                return bad(
+                    "audit.retention_days must be at least 1 (leave it out to keep every event)"
+                        .into(),
+                );
+            }
+        }
         if self.audit.queue_capacity == 0 || self.audit.batch_size == 0 {
             return bad("audit.queue_capacity and audit.batch_size must be positive".into());
         }

@@ -23,6 +23,7 @@ mod mtls;
 mod operations;
 mod proxy;
 mod ratelimit;
+mod retention;
 mod sessions;
 mod support;
 mod traces;
