@@ -38,7 +38,7 @@ def fill(m):
         return origins(m.group(1))
     return os.environ.get(m.group(1)) or (m.group(2) if m.group(2) is not None else os.environ[m.group(1)])
 
-rendered = pattern.sub(fill, text)
+rendered = pattern.sub(fill, text) if not missing else ""
 for p in problems:
     print(f"render.sh: {p}", file=sys.stderr)
 if problems:

@@ -24,7 +24,7 @@ CREATE TABLE audit_events (
     server         text,
     method         text,
     tool           text,
-    result         text NOT NULL CHECK (result IN ('allow', 'deny')),
+    result         text NOT NULL CONSTRAINT audit_events_result_check CHECK (result IN ('allow', 'deny')),
     reason         text NOT NULL,
     policy_version text,
     trace_id       text,

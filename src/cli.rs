@@ -147,6 +147,15 @@ pub async fn explain(cfg: &Config, q: &ExplainQuery, out: &mut impl Write) -> an
         }
         Err(reason) => {
             writeln!(out, "decision: DENY ({})", reason.code())?;
+            if policy::shadow_permit(&snapshot, &asked.facts, *reason).is_some() {
+                writeln!(
+                    out,
+                    "shadow:   server {} is in shadow mode: the gateway allows this request (tenant {}, level read) and records it as would_deny ({})",
+                    asked.facts.server,
+                    policy::SHADOW_TENANT,
+                    reason.code()
+                )?;
+            }
             false
         }
     };

@@ -109,16 +109,21 @@ impl Metrics {
         }
     }
 
-    /// Counts one decision in `mcp_authz_decisions_total`.
-    pub fn decision(&self, allowed: bool, reason: &'static str) {
-        let labels = |result| DecisionLabels { result, reason };
-        if allowed && reason == "allowed" {
+    /// Counts one decision in `mcp_authz_decisions_total` (`result` is `allow`, `deny` or
+    /// `would_deny`).
+    pub fn decision(&self, result: &'static str, reason: &'static str) {
+        if result == "allow" && reason == "allowed" {
             self.allowed
-                .get_or_init(|| self.decisions.get_or_create_owned(&labels("allow")))
+                .get_or_init(|| {
+                    self.decisions.get_or_create_owned(&DecisionLabels {
+                        result: "allow",
+                        reason,
+                    })
+                })
                 .inc();
         } else {
             self.decisions
-                .get_or_create(&labels(if allowed { "allow" } else { "deny" }))
+                .get_or_create(&DecisionLabels { result, reason })
                 .inc();
         }
     }

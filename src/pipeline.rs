@@ -75,7 +75,7 @@ impl Authorizer {
         };
         let elapsed = started.elapsed();
         self.metrics.check_seconds.observe(elapsed.as_secs_f64());
-        self.metrics.decision(outcome.allowed(), outcome.reason);
+        self.metrics.decision(outcome.result(), outcome.reason);
         if let Some(hit) = outcome.seen.token_cache_hit {
             self.metrics.token_cache_lookup(hit);
         }
@@ -84,8 +84,8 @@ impl Authorizer {
         let logged = self
             .decision_log
             .as_ref()
-            .filter(|d| d.wants(outcome.allowed(), &outcome.decision_id));
-        let chosen = (self.audit.is_some() || logged.is_some() || !outcome.allowed())
+            .filter(|d| d.wants(outcome.plain_allow(), &outcome.decision_id));
+        let chosen = (self.audit.is_some() || logged.is_some() || !outcome.plain_allow())
             .then(|| outcome.chosen());
         if let Some(chosen) = &chosen
             && (self.audit.is_some() || logged.is_some())

@@ -47,6 +47,8 @@ pub struct Readings {
     pub ratelimit_local: Option<(usize, u64)>,
     pub policy_source: &'static str,
     pub policy_version: Option<String>,
+    /// The servers in shadow mode under the current policy.
+    pub shadow_servers: Vec<String>,
     pub policy_age_seconds: Option<f64>,
     pub policy_reloads: u64,
     pub policy_rejected: u64,
@@ -141,6 +143,10 @@ impl Observed {
                 .map(|l| (l.local().len(), l.local().evictions())),
             policy_source: self.policy_source.kind(),
             policy_version: snapshot.as_ref().map(|s| s.version.clone()),
+            shadow_servers: snapshot
+                .as_ref()
+                .map(|s| s.shadowed().into_iter().map(str::to_owned).collect())
+                .unwrap_or_default(),
             policy_age_seconds: snapshot
                 .as_ref()
                 .and_then(|s| s.loaded_at.elapsed().ok())
@@ -178,7 +184,9 @@ impl Readings {
                        "reloads": self.policy_reloads, "rejected": self.policy_rejected,
                        // The newest version the compiler refused, while no later one compiled:
                        // until it is fixed, every later change (revocations too) waits.
-                       "failing": failing},
+                       "failing": failing,
+                       // Shadow mode: the policy's denials on these servers are allowed.
+                       "shadow_servers": self.shadow_servers},
             "token_cache_entries": self.token_cache_entries,
             "groups": pairs(&self.groups),
             "graph": self.graph.as_ref().map(|g| json!({
@@ -391,6 +399,12 @@ impl Collector for Observed {
             "policy_snapshot_age_seconds",
             "Seconds since the current policy was installed",
             r.policy_age_seconds.unwrap_or(-1.0),
+        )?;
+        gauge(
+            e,
+            "policy_shadow_servers",
+            "Servers in shadow mode (policy denials allowed and counted as would_deny); 0 in normal operation",
+            r.shadow_servers.len() as f64,
         )?;
         if let Some(version) = &r.policy_version {
             info(

@@ -30,6 +30,8 @@ pub struct Seen {
     /// The policy tenant the request was allowed under (set from the policy phase on, so a
     /// later refusal, a rate limit say, names it too).
     pub tenant: Option<String>,
+    /// Shadow mode allowed a request the policy denied, for this reason.
+    pub would_deny: Option<crate::reason::Reason>,
 }
 
 impl Seen {
@@ -49,7 +51,7 @@ pub struct CheckOutcome {
     pub decision_id: String,
     /// What Envoy is told: allow with headers, or deny with a status and body.
     pub verdict: Verdict,
-    /// [`ALLOWED`], or the denial's reason code.
+    /// [`ALLOWED`], or the denial's reason code (also of a shadow mode `would_deny`).
     pub reason: &'static str,
     pub seen: Seen,
 }
@@ -81,9 +83,20 @@ impl CheckOutcome {
         matches!(self.verdict, Verdict::Allow { .. })
     }
 
-    /// `allow` or `deny`.
+    /// `allow`, `deny`, or `would_deny` (allowed by shadow mode; `reason` says why the
+    /// policy refused).
     pub fn result(&self) -> &'static str {
-        if self.allowed() { "allow" } else { "deny" }
+        match (self.allowed(), self.seen.would_deny.is_some()) {
+            (true, false) => "allow",
+            (true, true) => "would_deny",
+            (false, _) => "deny",
+        }
+    }
+
+    /// An allow the policy made: logged at debug, sampled by the decision log. A `would_deny`
+    /// is written and logged as a denial is.
+    pub fn plain_allow(&self) -> bool {
+        self.allowed() && self.seen.would_deny.is_none()
     }
 
     /// A valid token came with the request.
@@ -126,7 +139,7 @@ impl CheckOutcome {
     /// audit: a request cannot write a quarter megabyte into every log line.
     pub fn log(&self, chosen: Option<&Chosen>, elapsed_us: u64) {
         match chosen {
-            Some(c) if !self.allowed() => check_line!(
+            Some(c) if !self.plain_allow() => check_line!(
                 tracing::Level::INFO,
                 self,
                 c.server.as_deref(),

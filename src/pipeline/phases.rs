@@ -38,7 +38,8 @@ impl Authorizer {
             .phases(input, parsed.facts, &decision_id, &mut seen)
             .await
         {
-            Ok(allow) => (allow, ALLOWED),
+            // A shadow mode allow carries the reason the policy refused.
+            Ok(allow) => (allow, seen.would_deny.map_or(ALLOWED, |r| r.code())),
             Err(denial) => {
                 let code = denial.code();
                 let verdict = response::deny(
@@ -73,7 +74,17 @@ impl Authorizer {
         let facts = facts.map_err(Denial::from)?;
         let snapshot = self.snapshot(seen)?;
         let groups = self.groups_of(&principal, seen).await?;
-        let allow = Self::policy(&snapshot, &principal, &groups, &facts)?;
+        let allow = match Self::policy(&snapshot, &principal, &groups, &facts) {
+            Ok(permit) => permit,
+            Err(reason) => match policy::shadow_permit(&snapshot, &facts, reason) {
+                // Shadow mode: the denial is recorded (`would_deny`) and the request allowed.
+                Some(permit) => {
+                    seen.would_deny = Some(reason.reason());
+                    permit
+                }
+                None => return Err(Denial::Refused(reason.reason())),
+            },
+        };
         seen.tenant = Some(allow.tenant.to_string());
         self.limits(&snapshot, &allow, &principal, &facts).await?;
         self.session(input.view.session_id, &principal).await?;
@@ -130,16 +141,14 @@ impl Authorizer {
         principal: &Principal,
         groups: &[GroupId],
         facts: &RequestFacts,
-    ) -> Result<policy::Permit, Denial> {
+    ) -> Result<policy::Permit, policy::DenyReason> {
         let subject = Subject {
             tid: &principal.tid,
             oid: &principal.oid,
             upn: principal.label.as_deref(),
             groups,
         };
-        policy::decide(snapshot, &subject, facts)
-            .result
-            .map_err(|reason| Denial::Refused(reason.reason()))
+        policy::decide(snapshot, &subject, facts).result
     }
 
     /// Limits: the rate-limit buckets the allow is charged to.

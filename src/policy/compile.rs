@@ -137,6 +137,12 @@ impl Snapshot {
             if server_by_route.insert(route_key.clone(), idx).is_some() {
                 problems.push(format!("servers[{i}]: duplicate route_key {route_key:?}"));
             }
+            if s.shadow && s.sensitive {
+                problems.push(format!(
+                    "servers[{i}] {}: shadow and sensitive: a sensitive server is never in shadow mode",
+                    s.name
+                ));
+            }
             servers.push(Arc::new(Server {
                 name,
                 route_key,
@@ -144,6 +150,8 @@ impl Snapshot {
                 token_forwarding: s.token_forwarding,
                 obo_scope: s.obo_scope.clone(),
                 tools_default: s.tools_default,
+                shadow: s.shadow || (doc.shadow_all_servers && !s.sensitive),
+                sensitive: s.sensitive,
                 origin,
             }));
         }

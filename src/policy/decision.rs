@@ -80,6 +80,34 @@ pub struct Decision {
 /// The pseudo-tenant reported for an admin who has no tenant grant for the server.
 pub const ADMIN_TENANT: &str = "admin";
 
+/// The pseudo-tenant of a request allowed by shadow mode (its level is `read`).
+pub const SHADOW_TENANT: &str = "shadow";
+
+impl DenyReason {
+    /// Whether shadow mode may turn this denial into an allow: the policy's answers about a
+    /// known, enabled server only. An unknown or disabled server stays refused (shadow mode
+    /// rolls out a policy; it does not reach servers the policy does not serve).
+    pub fn shadowable(&self) -> bool {
+        !matches!(self, DenyReason::UnknownServer | DenyReason::ServerDisabled)
+    }
+}
+
+/// The permit of a request the policy denied for `reason` on a server in shadow mode:
+/// tenant [`SHADOW_TENANT`], level `read`, the server's own token forwarding. `None` when the
+/// server is not in shadow mode (or is sensitive) or the reason is not shadowable.
+pub fn shadow_permit(snap: &Snapshot, facts: &RequestFacts, reason: DenyReason) -> Option<Permit> {
+    if !reason.shadowable() {
+        return None;
+    }
+    let server = snap.server_by_route(&facts.server)?;
+    (server.shadow && !server.sensitive && server.enabled).then(|| Permit {
+        server: server.clone(),
+        tenant: SHADOW_TENANT.into(),
+        level: AccessLevel::Read,
+        token_forwarding: server.token_forwarding,
+    })
+}
+
 pub fn decide(snap: &Snapshot, who: &Subject<'_>, facts: &RequestFacts) -> Decision {
     let mut basis = Vec::new();
     let deny = |reason, basis| Decision {

@@ -78,6 +78,13 @@ pub struct PolicyDocument {
     /// Per-tenant limits and fairness weights are on the tenants.
     #[serde(default, skip_serializing_if = "RateLimitsDoc::is_default")]
     pub rate_limits: RateLimitsDoc,
+    /// Shadow mode on every server not marked `sensitive` (see [`ServerDoc::shadow`]).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub shadow_all_servers: bool,
+}
+
+pub(super) fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -248,6 +255,14 @@ pub struct ServerDoc {
     /// (e.g. `api://github-mcp/.default`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub obo_scope: Option<String>,
+    /// Shadow (dry-run) mode, for rolling a policy out: the policy's denials on this server are
+    /// audited and counted as `would_deny` with their reason, and allowed. Authentication and
+    /// request checks are never shadowed.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub shadow: bool,
+    /// Never shadowed: `shadow: true` is refused, `shadow_all_servers` passes it by.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub sensitive: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

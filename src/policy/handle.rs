@@ -100,6 +100,15 @@ impl PolicyHandle {
     }
 
     pub fn install(&self, snapshot: Snapshot) {
+        let shadowed = snapshot.shadowed();
+        if !shadowed.is_empty() {
+            // Loud on every install (start and each reload), for as long as it lasts.
+            tracing::warn!(
+                servers = ?shadowed,
+                policy_version = %snapshot.version,
+                "SHADOW MODE: policy denials on these servers are allowed and recorded as would_deny"
+            );
+        }
         self.current.store(Arc::new(Some(Arc::new(snapshot))));
     }
 

@@ -19,3 +19,9 @@ pub use error::DbError;
 pub use import::{Change, changes_into_empty, import_document};
 pub use live::{CHANNEL, PostgresSource, load_snapshot};
 pub use rows::read_document;
+
+/// The document as rows and back, as `import` writes them and the server reads them.
+#[cfg(test)]
+pub(crate) fn round_trip(doc: &super::PolicyDocument) -> Result<super::PolicyDocument, DbError> {
+    rows::rows_to_document(&rows::document_to_rows(doc))
+}

@@ -19,6 +19,10 @@ pub struct Server {
     pub token_forwarding: TokenForwarding,
     pub obo_scope: Option<String>,
     pub tools_default: Effect,
+    /// In shadow mode (its own `shadow`, or `shadow_all_servers` and not sensitive): the
+    /// policy's denials here are allowed and recorded as `would_deny`.
+    pub shadow: bool,
+    pub sensitive: bool,
     pub origin: Origin,
 }
 
@@ -89,6 +93,15 @@ impl Snapshot {
 
     pub fn servers(&self) -> &[Arc<Server>] {
         &self.servers
+    }
+
+    /// The enabled servers in shadow mode, by name (a disabled one serves nothing).
+    pub fn shadowed(&self) -> Vec<&str> {
+        self.servers
+            .iter()
+            .filter(|s| s.shadow && s.enabled)
+            .map(|s| &*s.name)
+            .collect()
     }
 
     pub fn tenant_count(&self) -> usize {

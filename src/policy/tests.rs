@@ -654,3 +654,5 @@ fn directories_are_not_interchangeable() {
         "{err}"
     );
 }
+
+mod shadow;

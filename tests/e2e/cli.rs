@@ -536,6 +536,8 @@ async fn check_config_reports_each_check() {
 struct Served {
     child: std::process::Child,
     logs: std::sync::mpsc::Receiver<String>,
+    /// The lines up to and including "mcp-authz serving".
+    startup: Vec<String>,
     /// From the "mcp-authz serving" line.
     grpc: String,
     admin: String,
@@ -560,10 +562,12 @@ impl Served {
                 let _ = tx.send(line);
             }
         });
+        let mut startup = Vec::new();
         let (grpc, admin) = loop {
             let line = logs
                 .recv_timeout(Duration::from_secs(20))
                 .expect("serve logs");
+            startup.push(line.clone());
             if line.contains("mcp-authz serving") {
                 let field = |name: &str, end: char| {
                     let at = line.find(name).expect("address in log") + name.len();
@@ -583,6 +587,7 @@ impl Served {
         Served {
             child,
             logs,
+            startup,
             grpc,
             admin,
             http,
@@ -631,6 +636,54 @@ async fn serve_becomes_ready_and_stops_on_sigterm() {
         lines.iter().any(|l| l.contains("shutdown requested")),
         "{lines:?}"
     );
+}
+
+/// Shadow mode is loud: a warning naming the servers when the policy is installed at start,
+/// and again on every reload while it lasts; none once it is off.
+#[tokio::test]
+async fn shadow_mode_is_logged_at_start_and_on_every_reload() {
+    let (_authority, url) = standin().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let shadowed = POLICY.replace("  - name: github\n", "  - name: github\n    shadow: true\n");
+    assert_ne!(shadowed, POLICY);
+    let cfg = write_config(dir.path(), &url, &shadowed);
+    let served = Served::start(&cfg, &[], Stdio::null()).await;
+    let shadow_lines = |wait: Duration| {
+        let until = Instant::now() + wait;
+        let mut n = 0;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match served.logs.recv_timeout(left) {
+                Ok(l) if l.contains("SHADOW MODE") && l.contains("github") => n += 1,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        n
+    };
+    assert!(
+        served
+            .startup
+            .iter()
+            .any(|l| l.contains("SHADOW MODE") && l.contains("github")),
+        "no warning at start: {:?}",
+        served.startup
+    );
+    std::fs::write(
+        dir.path().join("policy.yaml"),
+        format!("{shadowed}\n# edited\n"),
+    )
+    .expect("edit");
+    assert!(
+        shadow_lines(Duration::from_secs(3)) >= 1,
+        "no warning on reload"
+    );
+    std::fs::write(dir.path().join("policy.yaml"), POLICY).expect("shadow off");
+    assert_eq!(
+        shadow_lines(Duration::from_secs(2)),
+        0,
+        "warned with shadow mode off"
+    );
+    served.sigterm();
 }
 
 /// `make demo` runs this script; its `--check` mode asserts the sample requests' answers.

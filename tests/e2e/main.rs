@@ -25,5 +25,6 @@ mod proxy;
 mod ratelimit;
 mod retention;
 mod sessions;
+mod shadow;
 mod support;
 mod traces;

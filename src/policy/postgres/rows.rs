@@ -92,6 +92,7 @@ pub(super) fn rows_to_document(tables: &[Rows]) -> Result<PolicyDocument, DbErro
         rl.global_burst_factor = parse_num("policy_settings", key, cell(v, 2))?;
         rl.user_per_minute = parse_opt("policy_settings", key, cell(v, 3))?;
         rl.user_burst_factor = parse_num("policy_settings", key, cell(v, 4))?;
+        doc.shadow_all_servers = cell(v, 5).as_deref() == Some("true");
     }
     for (key, (v, id)) in &tool_limits.rows {
         doc.rate_limits.tools.push(ToolLimitDoc {
@@ -129,6 +130,8 @@ pub(super) fn rows_to_document(tables: &[Rows]) -> Result<PolicyDocument, DbErro
             token_forwarding: parse_enum::<TokenForwarding>("mcp_servers", key, cell(v, 2))?,
             tools_default: parse_enum::<Effect>("mcp_servers", key, cell(v, 3))?,
             obo_scope: cell(v, 4),
+            shadow: cell(v, 5).as_deref() == Some("true"),
+            sensitive: cell(v, 6).as_deref() == Some("true"),
             name,
         });
     }
@@ -206,6 +209,7 @@ pub(super) fn document_to_rows(doc: &PolicyDocument) -> Vec<Rows> {
             factor(rl.global_burst_factor),
             number(rl.user_per_minute),
             factor(rl.user_burst_factor),
+            boolean(doc.shadow_all_servers),
         ],
     );
     let mut tool_limits = Rows::default();
@@ -241,6 +245,8 @@ pub(super) fn document_to_rows(doc: &PolicyDocument) -> Vec<Rows> {
                 enum_text(&s.token_forwarding),
                 enum_text(&s.tools_default),
                 s.obo_scope.clone(),
+                boolean(s.shadow),
+                boolean(s.sensitive),
             ],
         );
     }

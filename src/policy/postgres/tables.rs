@@ -38,6 +38,8 @@ pub(super) const SERVERS: Table = Table {
         Col("token_forwarding", "text"),
         Col("tools_default", "text"),
         Col("obo_scope", "text"),
+        Col("shadow", "boolean"),
+        Col("sensitive", "boolean"),
     ],
     has_id: false,
 };
@@ -98,6 +100,7 @@ pub(super) const SETTINGS: Table = Table {
         Col("global_burst_factor", "numeric"),
         Col("user_rate_limit_per_minute", "integer"),
         Col("user_burst_factor", "numeric"),
+        Col("shadow_all_servers", "boolean"),
     ],
     has_id: false,
 };

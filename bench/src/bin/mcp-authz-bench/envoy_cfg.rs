@@ -137,6 +137,9 @@ mod tests {
         .collect()
     }
 
+    /// Every row keeps the shipped CORS filter (it answers only requests with an Origin).
+    const CORS: &str = "envoy.filters.http.cors";
+
     fn filters(text: &str) -> Vec<Value> {
         let mut doc: Value = serde_yaml_ng::from_str(text).expect("yaml");
         http_filters(&mut doc).expect("filters").clone()
@@ -160,12 +163,12 @@ mod tests {
     fn each_row_gets_the_filter_chain_it_claims() {
         let t = template();
         let tcp = render(&t, &vars(), &Variant::ExtAuthz { unix: false }).expect("tcp");
-        assert_eq!(names(&tcp), [EXT_AUTHZ, "envoy.filters.http.router"]);
+        assert_eq!(names(&tcp), [CORS, EXT_AUTHZ, "envoy.filters.http.router"]);
         assert!(tcp.contains("cluster_name: mcp_authz_tcp"));
         let uds = render(&t, &vars(), &Variant::ExtAuthz { unix: true }).expect("uds");
         assert!(uds.contains("cluster_name: mcp_authz_uds"));
         let none = render(&t, &vars(), &Variant::NoAuth).expect("no auth");
-        assert_eq!(names(&none), ["envoy.filters.http.router"]);
+        assert_eq!(names(&none), [CORS, "envoy.filters.http.router"]);
         for cache in [None, Some(1000)] {
             let jwt = render(
                 &t,
@@ -180,10 +183,14 @@ mod tests {
             .expect("jwt_authn");
             assert_eq!(
                 names(&jwt),
-                ["envoy.filters.http.jwt_authn", "envoy.filters.http.router"]
+                [
+                    CORS,
+                    "envoy.filters.http.jwt_authn",
+                    "envoy.filters.http.router"
+                ]
             );
             let f = filters(&jwt);
-            let provider = &f[0]["typed_config"]["providers"]["entra"];
+            let provider = &f[1]["typed_config"]["providers"]["entra"];
             assert_eq!(provider["issuer"].as_str(), Some("https://issuer/v2.0"));
             assert_eq!(
                 provider["jwt_cache_config"]["jwt_cache_size"].as_u64(),
