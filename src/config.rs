@@ -32,6 +32,7 @@ pub use secret::Secret;
 pub use serve::*;
 pub use store::*;
 mod validate;
+mod workload;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -124,11 +125,14 @@ impl Config {
         }
         let mut overrides: BTreeMap<String, String> = BTreeMap::new();
         let mut otel: BTreeMap<String, String> = BTreeMap::new();
+        let mut azure: BTreeMap<String, String> = BTreeMap::new();
         for (k, v) in env {
             if k.starts_with(ENV_PREFIX) {
                 overrides.insert(k, v);
             } else if k.starts_with("OTEL_") {
                 otel.insert(k, v);
+            } else if workload::VARS.contains(&k.as_str()) && !v.is_empty() {
+                azure.insert(k, v);
             }
         }
         let mut applied = Vec::with_capacity(overrides.len());
@@ -144,6 +148,7 @@ impl Config {
         }
         let mut config: Config = deserialize_with_overrides(tree, &applied)?;
         config.traces = traces::TracesConfig::from_env(&otel).map_err(ConfigError::Invalid)?;
+        config.apply_workload_identity(&azure)?;
         config.validate()?;
         Ok(config)
     }

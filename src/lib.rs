@@ -45,6 +45,7 @@ pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod credential;
 pub mod db;
 pub mod groups;
 pub mod grpc;

@@ -32,7 +32,8 @@ pub enum OboError {
 pub struct OboSettings {
     pub authority: String,
     pub client_id: String,
-    pub client_secret: String,
+    /// A secret, a certificate or the workload's federated token.
+    pub credential: crate::credential::Credential,
 }
 
 #[derive(Clone)]
@@ -107,27 +108,32 @@ impl OboClient {
         }
         self.exchanges.fetch_add(1, Ordering::Relaxed);
         let url = format!("{}/{tid}/oauth2/v2.0/token", self.s.authority);
-        let resp = self
-            .http
-            .post(&url)
-            .form(&[
-                ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
-                ("client_id", self.s.client_id.as_str()),
-                ("client_secret", self.s.client_secret.as_str()),
-                ("assertion", assertion),
-                ("scope", scope),
-                ("requested_token_use", "on_behalf_of"),
-            ])
-            .send()
+        let auth = self
+            .s
+            .credential
+            .form_fields(&self.s.client_id, &url)
             .await
             .map_err(|e| {
                 self.failures.fetch_add(1, Ordering::Relaxed);
-                OboError::Transport(if e.is_timeout() {
-                    "timed out"
-                } else {
-                    "request failed"
-                })
+                tracing::warn!(error = %e, "on-behalf-of: no client credential to present");
+                OboError::Transport("client credential unavailable")
             })?;
+        let mut form: Vec<(&str, &str)> = vec![
+            ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+            ("client_id", self.s.client_id.as_str()),
+            ("assertion", assertion),
+            ("scope", scope),
+            ("requested_token_use", "on_behalf_of"),
+        ];
+        form.extend(auth.iter().map(|(k, v)| (*k, v.as_str())));
+        let resp = self.http.post(&url).form(&form).send().await.map_err(|e| {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            OboError::Transport(if e.is_timeout() {
+                "timed out"
+            } else {
+                "request failed"
+            })
+        })?;
         let status = resp.status();
         let body = resp
             .bytes()

@@ -27,30 +27,40 @@ pub fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
         .context("build HTTP client")
 }
 
-fn graph_credential(
-    g: &crate::config::GraphConfig,
-) -> anyhow::Result<crate::groups::graph::Credential> {
-    use crate::groups::graph::{CertificateKey, Credential};
-    match (&g.client_secret, &g.client_certificate) {
-        (Some(secret), _) => Ok(Credential::Secret(secret.expose().to_owned())),
-        (None, Some(files)) => {
-            let key = std::fs::read_to_string(&files.key_file).with_context(|| {
-                format!(
-                    "graph.client_certificate.key_file {}",
-                    files.key_file.display()
-                )
-            })?;
-            let cert = std::fs::read_to_string(&files.cert_file).with_context(|| {
-                format!(
-                    "graph.client_certificate.cert_file {}",
-                    files.cert_file.display()
-                )
-            })?;
+/// The credential a section names (validated: exactly one), loaded.
+fn credential(
+    section: &str,
+    secret: Option<&crate::config::Secret>,
+    certificate: Option<&crate::config::CertificateFiles>,
+    workload_identity: Option<&crate::config::WorkloadIdentity>,
+) -> anyhow::Result<crate::credential::Credential> {
+    use crate::credential::{CertificateKey, Credential, FederatedToken};
+    match (secret, certificate, workload_identity) {
+        (Some(secret), _, _) => Ok(Credential::Secret(secret.expose().to_owned())),
+        (None, Some(files), _) => {
+            let read = |path: &std::path::Path, key: &str| {
+                std::fs::read_to_string(path).with_context(|| {
+                    format!("{section}.client_certificate.{key} {}", path.display())
+                })
+            };
+            let key = read(&files.key_file, "key_file")?;
+            let cert = read(&files.cert_file, "cert_file")?;
             let loaded = CertificateKey::from_pem(&key, &cert)
-                .map_err(|e| anyhow::anyhow!("graph.client_certificate: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("{section}.client_certificate: {e}"))?;
             Ok(Credential::Certificate(Arc::new(loaded)))
         }
-        (None, None) => anyhow::bail!("graph: no credential (validated config expected)"),
+        (None, None, Some(wi)) => {
+            let path = wi
+                .token_file
+                .clone()
+                .with_context(|| format!("{section}.workload_identity.token_file"))?;
+            tracing::info!(section, token_file = %path.display(), "workload identity: the federated token file is the client credential");
+            Ok(Credential::Federated(Arc::new(FederatedToken::new(
+                path,
+                Duration::from_secs(wi.reread_seconds),
+            ))))
+        }
+        (None, None, None) => anyhow::bail!("{section}: no credential (validated config expected)"),
     }
 }
 
@@ -121,7 +131,12 @@ pub fn build(
                     authority: cfg.entra.authority.clone(),
                     base_url: g.base_url.clone(),
                     client_id: g.client_id.clone(),
-                    credential: graph_credential(g)?,
+                    credential: credential(
+                        "graph",
+                        g.client_secret.as_ref(),
+                        g.client_certificate.as_ref(),
+                        g.workload_identity.as_ref(),
+                    )?,
                     method: g.method,
                     security_enabled_only: g.security_enabled_only,
                     max_retries: g.max_retries,
@@ -143,7 +158,12 @@ pub fn build(
             crate::obo::OboSettings {
                 authority: cfg.entra.authority.clone(),
                 client_id: o.client_id.clone(),
-                client_secret: o.client_secret.expose().to_owned(),
+                credential: credential(
+                    "obo",
+                    o.client_secret.as_ref(),
+                    o.client_certificate.as_ref(),
+                    o.workload_identity.as_ref(),
+                )?,
             },
             o.cache_capacity,
         ))),

@@ -11,9 +11,14 @@ use super::secret::Secret;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OboConfig {
-    /// The API's own app registration: the `aud` of the tokens clients send.
+    /// The API's own app registration: the `aud` of the tokens clients send. With
+    /// `workload_identity`, `AZURE_CLIENT_ID` when left empty.
+    #[serde(default)]
     pub client_id: String,
-    pub client_secret: Secret,
+    /// Exactly one of `client_secret`, `client_certificate` and `workload_identity`.
+    pub client_secret: Option<Secret>,
+    pub client_certificate: Option<CertificateFiles>,
+    pub workload_identity: Option<WorkloadIdentity>,
     #[serde(default = "default_obo_capacity")]
     pub cache_capacity: u64,
     #[serde(default = "default_graph_timeout")]
@@ -30,14 +35,19 @@ pub struct GraphConfig {
     #[serde(default = "default_graph_base")]
     pub base_url: String,
     /// The app registration that calls Graph (application permission GroupMember.Read.All,
-    /// User.Read.All or Directory.Read.All, admin-consented).
+    /// User.Read.All or Directory.Read.All, admin-consented). With `workload_identity`,
+    /// `AZURE_CLIENT_ID` when left empty.
+    #[serde(default)]
     pub client_id: String,
     /// Usually `MCP_AUTHZ__GRAPH__CLIENT_SECRET` from a Kubernetes Secret. Exactly one of
-    /// `client_secret` and `client_certificate`.
+    /// `client_secret`, `client_certificate` and `workload_identity`.
     pub client_secret: Option<Secret>,
     /// A certificate credential (PEM files, e.g. a mounted Secret): a signed client assertion
     /// instead of a secret.
     pub client_certificate: Option<CertificateFiles>,
+    /// A federated credential: the pod's projected service-account token as the client
+    /// assertion (Azure Workload Identity), no secret at all.
+    pub workload_identity: Option<WorkloadIdentity>,
     #[serde(default)]
     pub method: GraphMethod,
     #[serde(default = "yes")]
@@ -56,6 +66,24 @@ pub struct GraphConfig {
     /// A `Retry-After` longer than this fails the request now instead of waiting.
     #[serde(default = "default_graph_retry_wait")]
     pub max_retry_wait_ms: u64,
+}
+
+/// Azure Workload Identity: the webhook projects a service-account token into the pod and sets
+/// `AZURE_FEDERATED_TOKEN_FILE`, `AZURE_CLIENT_ID`, `AZURE_TENANT_ID` and
+/// `AZURE_AUTHORITY_HOST`; the app registration holds a federated credential for the cluster's
+/// issuer and the service account.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadIdentity {
+    /// The token file; `AZURE_FEDERATED_TOKEN_FILE` when absent.
+    pub token_file: Option<PathBuf>,
+    /// The file is read again once the copy held is this old (it rotates).
+    #[serde(default = "default_token_reread")]
+    pub reread_seconds: u64,
+}
+
+fn default_token_reread() -> u64 {
+    60
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -234,15 +234,12 @@ impl Config {
             if g.client_id.is_empty() {
                 return bad("graph.client_id is required".into());
             }
-            match (&g.client_secret, &g.client_certificate) {
-                (Some(secret), None) if !secret.expose().is_empty() => {}
-                (None, Some(_)) => {}
-                _ => {
-                    return bad(
-                        "graph: set exactly one of client_secret and client_certificate".into(),
-                    );
-                }
-            }
+            one_credential(
+                "graph",
+                g.client_secret.as_ref(),
+                g.client_certificate.is_some(),
+                g.workload_identity.is_some(),
+            )?;
             if g.cache_ttl_seconds == 0 || g.max_stale_seconds < g.cache_ttl_seconds {
                 return bad(
                     "graph: cache_ttl_seconds > 0 and max_stale_seconds >= cache_ttl_seconds"
@@ -259,8 +256,14 @@ impl Config {
     /// The on-behalf-of exchange.
     fn validate_obo(&self) -> Result<(), ConfigError> {
         if let Some(o) = &self.obo {
-            if o.client_id.is_empty() || o.client_secret.expose().is_empty() {
-                return bad("obo: client_id and client_secret are required".into());
+            one_credential(
+                "obo",
+                o.client_secret.as_ref(),
+                o.client_certificate.is_some(),
+                o.workload_identity.is_some(),
+            )?;
+            if o.client_id.is_empty() {
+                return bad("obo: client_id is required".into());
             }
             if !self.entra.audiences.contains(&o.client_id) {
                 return bad("obo.client_id must be one of entra.audiences (the API whose tokens are exchanged)".into());
@@ -315,4 +318,26 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Exactly one way to authenticate at the token endpoint.
+fn one_credential(
+    section: &str,
+    secret: Option<&super::secret::Secret>,
+    certificate: bool,
+    workload_identity: bool,
+) -> Result<(), ConfigError> {
+    let set = [secret.is_some(), certificate, workload_identity]
+        .iter()
+        .filter(|s| **s)
+        .count();
+    if set != 1 {
+        return bad(format!(
+            "{section}: set exactly one of client_secret, client_certificate and workload_identity"
+        ));
+    }
+    if secret.is_some_and(|s| s.expose().is_empty()) {
+        return bad(format!("{section}.client_secret is empty"));
+    }
+    Ok(())
 }

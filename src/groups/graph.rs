@@ -50,9 +50,8 @@ pub enum GraphError {
 }
 
 pub use crate::config::GraphMethod;
-pub use credential::{CertificateKey, Credential};
+pub use crate::credential::{CertificateKey, Credential};
 
-mod credential;
 mod token;
 
 #[derive(Debug, Clone)]

@@ -2,10 +2,12 @@
 //! build, and independent of mcp-authz so that the fakes do not share the code they test.
 //!
 //! - [`standin`]: the stand-in Entra ID / Microsoft Graph (wire format of the real ones).
+//! - [`sa_issuer`]: a cluster's service-account token issuer, for workload identity.
 //! - [`sample_server`]: a sample upstream MCP server (rmcp) for tests, `make demo` and benchmarks.
 //! - [`free_port`]: a loopback port for a child process to bind later.
 //! - [`nodelay`]: a listener whose connections send at once (`TCP_NODELAY`).
 
+pub mod sa_issuer;
 pub mod sample_server;
 pub mod standin;
 

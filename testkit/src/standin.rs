@@ -7,6 +7,7 @@
 //! tokens, rotating keys, injecting Graph faults. Never part of `mcp-authz serve`.
 
 mod discovery;
+mod federated;
 mod graph;
 pub mod jwt;
 mod keys;
@@ -24,6 +25,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+pub use federated::FederatedCredential;
 pub use keys::SigningKey;
 
 use discovery::*;
@@ -46,6 +48,8 @@ pub struct Client {
     pub graph_roles: Vec<String>,
     /// An uploaded certificate, for client assertions.
     pub certificate: Option<ClientCertificate>,
+    /// Federated identity credentials (workload identity): assertions from these issuers.
+    pub federated: Vec<FederatedCredential>,
 }
 
 /// A certificate credential: its SHA-1 thumbprint (`x5t`) and public key. Entra derives the key
@@ -94,6 +98,8 @@ pub struct Authority {
     pub graph_calls: AtomicU64,
     pub token_requests: AtomicU64,
     pub jwks_requests: AtomicU64,
+    /// For federated credentials: the issuers' discovery and keys.
+    http: reqwest::Client,
 }
 
 /// What to put in a minted user (or app) token.
@@ -166,6 +172,10 @@ impl Authority {
             graph_calls: AtomicU64::new(0),
             token_requests: AtomicU64::new(0),
             jwks_requests: AtomicU64::new(0),
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
         })
     }
 

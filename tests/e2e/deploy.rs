@@ -265,10 +265,57 @@ fn the_kubernetes_config_is_valid_with_the_environment_the_pods_get() {
         "MCP_AUTHZ__RATE_LIMIT__REDIS_URL".into(),
         "redis://redis:6379/0".into(),
     ));
-    let sidecar = mcp_authz::config::Config::load_with_env(&base.join("config.yaml"), env)
+    let sidecar = mcp_authz::config::Config::load_with_env(&base.join("config.yaml"), env.clone())
         .expect("sidecar config");
     assert!(sidecar.listen.grpc_unix.is_some());
     assert!(sidecar.rate_limit.redis_url.is_some());
+
+    // overlays/sidecar-workload-identity: no secret; its override and what the Azure Workload
+    // Identity webhook sets (the annotations' client and tenant id) make Graph use the token.
+    let wi_patch = std::fs::read_to_string(repo_path(
+        "deploy/kubernetes/overlays/sidecar-workload-identity/workload-identity.yaml",
+    ))
+    .expect("patch");
+    assert!(wi_patch.contains("MCP_AUTHZ__GRAPH__CLIENT_SECRET, $patch: delete"));
+    let annotation = |name: &str| {
+        wi_patch
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix(&format!("azure.workload.identity/{name}: "))
+            })
+            .and_then(|v| v.split('"').nth(1))
+            .expect("annotation")
+            .to_owned()
+    };
+    let mut wi_env: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k != "MCP_AUTHZ__GRAPH__CLIENT_SECRET")
+        .collect();
+    wi_env.extend([
+        (
+            "MCP_AUTHZ__GRAPH__WORKLOAD_IDENTITY__REREAD_SECONDS".to_string(),
+            "60".to_string(),
+        ),
+        ("AZURE_CLIENT_ID".into(), annotation("client-id")),
+        ("AZURE_TENANT_ID".into(), annotation("tenant-id")),
+        (
+            "AZURE_FEDERATED_TOKEN_FILE".into(),
+            "/var/run/secrets/azure/tokens/azure-identity-token".into(),
+        ),
+        (
+            "AZURE_AUTHORITY_HOST".into(),
+            "https://login.microsoftonline.com/".into(),
+        ),
+    ]);
+    let wi = mcp_authz::config::Config::load_with_env(&base.join("config.yaml"), wi_env)
+        .expect("workload identity config");
+    let graph = wi.graph.expect("graph");
+    assert!(graph.client_secret.is_none());
+    assert_eq!(
+        graph.workload_identity.and_then(|w| w.token_file),
+        Some("/var/run/secrets/azure/tokens/azure-identity-token".into())
+    );
 }
 
 /// Outside review: anything that reached an upstream could send `x-mcp-user-oid` itself. Both

@@ -45,6 +45,7 @@ pub(super) async fn setup(
             secret: "s3cret".into(),
             graph_roles: roles.iter().map(|r| r.to_string()).collect(),
             certificate: None,
+            federated: Vec::new(),
         },
     );
     let dir = tempfile::tempdir().expect("tmp");
@@ -412,6 +413,7 @@ async fn graph_token_with_a_certificate_credential() {
                 x5t,
                 public_key_der: spki,
             }),
+            federated: Vec::new(),
         },
     );
     let policy = dir.path().join("policy.yaml");
@@ -673,6 +675,7 @@ async fn grafana_dashboard_queries_only_metrics_that_exist() {
             secret: API_SECRET.into(),
             graph_roles: Vec::new(),
             certificate: None,
+            federated: Vec::new(),
         },
     );
     std::fs::write(

@@ -28,3 +28,4 @@ mod sessions;
 mod shadow;
 mod support;
 mod traces;
+mod workload;

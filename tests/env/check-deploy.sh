@@ -27,7 +27,7 @@ fi
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 failed=0
-for overlay in shared sidecar; do
+for overlay in shared sidecar sidecar-workload-identity; do
   dir=deploy/kubernetes/overlays/$overlay
   "$TOOLS/bin/kubectl" kustomize "$dir" > "$out/$overlay.yaml"
   echo "check-deploy: $overlay: $(grep -c '^kind:' "$out/$overlay.yaml") resources rendered"

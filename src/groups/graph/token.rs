@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use std::sync::atomic::Ordering;
 
-use super::{AppToken, Credential, GraphClient, GraphError, RENEW_BEFORE, jitter, transport};
+use super::{AppToken, GraphClient, GraphError, RENEW_BEFORE, jitter, transport};
 
 /// How long use-time renewal waits after a failure, so an outage of the token endpoint is not
 /// met with one request per Graph lookup.
@@ -112,19 +112,13 @@ impl GraphClient {
             ("client_id", self.s.client_id.clone()),
             ("scope", scope),
         ];
-        match &self.s.credential {
-            Credential::Secret(secret) => form.push(("client_secret", secret.clone())),
-            Credential::Certificate(cert) => {
-                let assertion = cert
-                    .assertion(&self.s.client_id, &url)
-                    .map_err(|e| fail(GraphError::Token(e)))?;
-                form.push((
-                    "client_assertion_type",
-                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
-                ));
-                form.push(("client_assertion", assertion));
-            }
-        }
+        let auth = self
+            .s
+            .credential
+            .form_fields(&self.s.client_id, &url)
+            .await
+            .map_err(|e| fail(GraphError::Token(e)))?;
+        form.extend(auth);
         let sent = self.http.post(&url).form(&form).send().await;
         let resp = sent.map_err(|e| fail(GraphError::Token(transport(&e).into())))?;
         let status = resp.status();

@@ -54,6 +54,7 @@ async fn main() -> std::process::ExitCode {
                 secret: secret.to_owned(),
                 graph_roles: roles,
                 certificate: None,
+                federated: Vec::new(),
             },
         );
     }

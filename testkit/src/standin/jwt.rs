@@ -45,3 +45,25 @@ pub fn verified_claims(authority: &Authority, token: &str) -> Option<Value> {
     key.verify(d.signed.as_bytes(), &d.signature)
         .then_some(d.claims)
 }
+
+impl Decoded<'_> {
+    /// Whether the RSA key of `jwk` (`n`, `e`) verifies this RS256 signature.
+    pub fn verify_with_jwk(&self, jwk: &Value) -> bool {
+        use aws_lc_rs::signature::{RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents};
+        let part = |name: &str| {
+            jwk[name]
+                .as_str()
+                .and_then(|v| URL_SAFE_NO_PAD.decode(v).ok())
+        };
+        let (Some(n), Some(e)) = (part("n"), part("e")) else {
+            return false;
+        };
+        RsaPublicKeyComponents { n: &n, e: &e }
+            .verify(
+                &RSA_PKCS1_2048_8192_SHA256,
+                self.signed.as_bytes(),
+                &self.signature,
+            )
+            .is_ok()
+    }
+}

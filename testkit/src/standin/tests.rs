@@ -26,6 +26,7 @@ fn register_apps(a: &Authority) {
             secret: "s3cret".into(),
             graph_roles: vec!["GroupMember.Read.All".into()],
             certificate: None,
+            federated: Vec::new(),
         },
     );
     a.register_client(
@@ -34,6 +35,7 @@ fn register_apps(a: &Authority) {
             secret: "s3cret".into(),
             graph_roles: vec![],
             certificate: None,
+            federated: Vec::new(),
         },
     );
 }

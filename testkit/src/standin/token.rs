@@ -218,25 +218,38 @@ pub(super) async fn token_endpoint(
     };
     let client = read(&a.clients).get(&client_id).cloned();
     let endpoint = format!("{}/{tenant}/oauth2/v2.0/token", a.base_url());
-    let authenticated = |c: &Client| match (
-        &form.client_secret,
-        &form.client_assertion_type,
-        &form.client_assertion,
-    ) {
-        (Some(secret), None, None) => !c.secret.is_empty() && *secret == c.secret,
-        (None, Some(t), Some(assertion)) if t == CLIENT_ASSERTION_TYPE => {
-            assertion_ok(c, &client_id, &endpoint, assertion)
-        }
-        _ => false,
-    };
-    let Some(client) = client.filter(|c| authenticated(c)) else {
-        return aad_error(
+    let wrong_secret = || {
+        aad_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             7000215,
             "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app.",
-        );
+        )
     };
+    let Some(client) = client else {
+        return wrong_secret();
+    };
+    match (
+        &form.client_secret,
+        &form.client_assertion_type,
+        &form.client_assertion,
+    ) {
+        (Some(secret), None, None) if !client.secret.is_empty() && *secret == client.secret => {}
+        // An assertion the app signed itself (`iss` = the app) is a certificate credential;
+        // any other issuer's is matched against its federated credentials.
+        (None, Some(t), Some(assertion)) if t == CLIENT_ASSERTION_TYPE => {
+            let self_signed = jwt::decode(assertion)
+                .is_some_and(|d| d.claims["iss"].as_str() == Some(client_id.as_str()));
+            if self_signed {
+                if !assertion_ok(&client, &client_id, &endpoint, assertion) {
+                    return wrong_secret();
+                }
+            } else if let Err(refusal) = federated::check(&a.http, &client, assertion).await {
+                return refusal;
+            }
+        }
+        _ => return wrong_secret(),
+    }
     if obo {
         return on_behalf_of(&a, &tenant, &client_id, &form);
     }

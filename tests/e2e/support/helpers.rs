@@ -478,6 +478,7 @@ impl TestEnv {
                 secret: API_SECRET.into(),
                 graph_roles: Vec::new(),
                 certificate: None,
+                federated: Vec::new(),
             },
         );
         let mut cfg_text = config_yaml(
@@ -498,6 +499,7 @@ impl TestEnv {
                     secret: "s3cret".into(),
                     graph_roles: vec!["GroupMember.Read.All".into()],
                     certificate: None,
+                    federated: Vec::new(),
                 },
             );
             cfg_text.push_str(&format!(
