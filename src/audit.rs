@@ -74,6 +74,29 @@ pub struct AuditEvent {
     pub reason: &'static str,
     pub policy_version: Option<String>,
     pub trace_id: Option<String>,
+    /// The object ids of the groups the policy decided with (a valid token only): what
+    /// `mcp-authz policy replay` needs to ask a candidate policy the same question.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<String>>,
+}
+
+impl AuditEvent {
+    /// The id of its group set in `audit_group_sets`: the first 16 bytes of the SHA-256 of
+    /// the sorted, lower-case, comma-joined object ids.
+    pub fn group_set_id(&self) -> Option<(Vec<u8>, String)> {
+        use sha2::Digest as _;
+        let mut groups: Vec<String> = self
+            .groups
+            .as_ref()?
+            .iter()
+            .map(|g| g.to_ascii_lowercase())
+            .collect();
+        groups.sort_unstable();
+        groups.dedup();
+        let joined = groups.join(",");
+        let id = sha2::Sha256::digest(joined.as_bytes())[..16].to_vec();
+        Some((id, joined))
+    }
 }
 
 /// Where events go.
@@ -304,18 +327,51 @@ fn no_partition(e: &dyn sqlx::error::DatabaseError) -> bool {
     e.code().as_deref() == Some("23514") && e.message().contains("no partition")
 }
 
-/// One statement per batch: all rows or none.
+/// One transaction per batch: all rows or none. The batch's distinct group sets first (each
+/// stored once, its `last_seen` renewed at most daily), then the events naming them.
 async fn insert_batch(pool: &PgPool, batch: &[AuditEvent]) -> Result<(), sqlx::Error> {
     macro_rules! col {
         ($f:expr) => {
             batch.iter().map($f).collect::<Vec<_>>()
         };
     }
+    let sets: Vec<Option<(Vec<u8>, String)>> = col!(AuditEvent::group_set_id);
+    let mut distinct: Vec<(&Vec<u8>, &String)> = sets
+        .iter()
+        .flatten()
+        .map(|(id, groups)| (id, groups))
+        .collect();
+    distinct.sort_unstable();
+    distinct.dedup_by(|a, b| a.0 == b.0);
+    let mut tx = pool.begin().await?;
+    if !distinct.is_empty() {
+        sqlx::query(
+            "INSERT INTO audit_group_sets (id, groups)
+             SELECT id, CASE WHEN g = '' THEN '{}'::uuid[] ELSE string_to_array(g, ',')::uuid[] END
+             FROM UNNEST($1::bytea[], $2::text[]) AS t(id, g)
+             ON CONFLICT (id) DO UPDATE SET last_seen = now()
+               WHERE audit_group_sets.last_seen < now() - interval '1 day'",
+        )
+        .bind(
+            distinct
+                .iter()
+                .map(|(id, _)| (*id).clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            distinct
+                .iter()
+                .map(|(_, g)| (*g).clone())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
     sqlx::query(
-        "INSERT INTO audit_events (at, decision_id, user_oid, upn, directory_tid, tenant, server, method, tool, result, reason, policy_version, trace_id, authenticated)
-         SELECT to_timestamp(at), decision_id::uuid, user_oid::uuid, upn, directory_tid::uuid, tenant, server, method, tool, result, reason, policy_version, trace_id, authenticated
-         FROM UNNEST($1::float8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::bool[])
-           AS t(at, decision_id, user_oid, upn, directory_tid, tenant, server, method, tool, result, reason, policy_version, trace_id, authenticated)",
+        "INSERT INTO audit_events (at, decision_id, user_oid, upn, directory_tid, tenant, server, method, tool, result, reason, policy_version, trace_id, authenticated, group_set)
+         SELECT to_timestamp(at), decision_id::uuid, user_oid::uuid, upn, directory_tid::uuid, tenant, server, method, tool, result, reason, policy_version, trace_id, authenticated, group_set
+         FROM UNNEST($1::float8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::bool[], $15::bytea[])
+           AS t(at, decision_id, user_oid, upn, directory_tid, tenant, server, method, tool, result, reason, policy_version, trace_id, authenticated, group_set)",
     )
     .bind(col!(|e| e.at))
     .bind(col!(|e| e.decision_id.clone()))
@@ -331,9 +387,14 @@ async fn insert_batch(pool: &PgPool, batch: &[AuditEvent]) -> Result<(), sqlx::E
     .bind(col!(|e| e.policy_version.clone()))
     .bind(col!(|e| e.trace_id.clone()))
     .bind(col!(|e| e.authenticated))
-    .execute(pool)
+    .bind(
+        sets.into_iter()
+            .map(|s| s.map(|(id, _)| id))
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut *tx)
     .await?;
-    Ok(())
+    tx.commit().await
 }
 
 /// A batch as JSON lines, in one write: appended to the file at `path` (opened once), or to

@@ -10,11 +10,13 @@ mod audit;
 mod check_config;
 mod policy_test;
 mod render;
+mod replay;
 
 pub use audit::{audit_partitions, audit_prune};
 pub use check_config::check_config;
 pub use policy_test::{policy_directories, policy_test, policy_validate};
 pub use render::{RenderError, origin_matchers, render_envoy, render_template};
+pub use replay::{AuditSource, Past, Report, policy_replay};
 
 use crate::config::{Config, PolicySourceKind};
 use crate::db::{MIGRATOR, migration_status, pool};

@@ -112,6 +112,26 @@ enum PolicyAction {
         #[command(flatten)]
         directories: Directories,
     },
+    /// Which past decisions a candidate policy would change: the audit trail (a JSON-lines file
+    /// with --audit, else PostgreSQL of --config) asked again of the candidate. Exit 0, or 1
+    /// with --fail-on-change when any decision changes (or the candidate does not compile).
+    Replay {
+        #[arg(long)]
+        candidate: PathBuf,
+        /// A JSON-lines audit file (audit.sink: jsonl, or a captured decision log).
+        #[arg(long)]
+        audit: Option<PathBuf>,
+        /// PostgreSQL: how far back.
+        #[arg(long, default_value_t = 168)]
+        since_hours: u32,
+        /// PostgreSQL: at most this many events, newest first.
+        #[arg(long, default_value_t = 200_000)]
+        limit: i64,
+        #[arg(long)]
+        fail_on_change: bool,
+        #[command(flatten)]
+        directories: Directories,
+    },
     /// Runs a YAML file of cases (user, groups, server, method, tool → the decision expected)
     /// through the gateway's decision; exit 1 when any fails (no database, no network).
     Test {
@@ -171,6 +191,25 @@ fn main() -> ExitCode {
         }
         Command::Policy {
             action:
+                PolicyAction::Replay {
+                    candidate,
+                    audit,
+                    since_hours,
+                    limit,
+                    fail_on_change,
+                    directories,
+                },
+        } => {
+            return replay(
+                candidate,
+                audit.as_deref(),
+                (*since_hours, *limit),
+                *fail_on_change,
+                directories,
+            );
+        }
+        Command::Policy {
+            action:
                 PolicyAction::Validate { file, directories }
                 | PolicyAction::Test {
                     file, directories, ..
@@ -217,7 +256,8 @@ fn main() -> ExitCode {
         // Answered before the config was read.
         Command::RenderEnvoy { .. }
         | Command::Policy {
-            action: PolicyAction::Validate { .. } | PolicyAction::Test { .. },
+            action:
+                PolicyAction::Validate { .. } | PolicyAction::Test { .. } | PolicyAction::Replay { .. },
         } => ExitCode::SUCCESS,
         Command::Serve { .. } => runtime.block_on(serve(config)),
         Command::CheckConfig { .. } => {
@@ -322,6 +362,64 @@ fn offline_policy(
             eprintln!("mcp-authz: {e:#}");
             ExitCode::from(EXIT_BAD_CONFIG)
         }
+    }
+}
+
+/// `policy replay`: from a JSON-lines file offline, or from PostgreSQL of `--config`.
+fn replay(
+    candidate: &std::path::Path,
+    audit: Option<&std::path::Path>,
+    (since_hours, limit): (u32, i64),
+    fail_on_change: bool,
+    directories: &Directories,
+) -> ExitCode {
+    let fail = |e: anyhow::Error| {
+        eprintln!("mcp-authz policy replay: {e:#}");
+        ExitCode::from(EXIT_BAD_CONFIG)
+    };
+    let dirs = match cli::policy_directories(directories.config.as_deref(), &directories.tenants) {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(e.into()),
+    };
+    let result = runtime.block_on(async {
+        let source = match (audit, directories.config.as_deref()) {
+            (Some(file), _) => cli::AuditSource::Jsonl(file),
+            (None, Some(path)) => {
+                let cfg = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let db = cfg.database.as_ref().ok_or_else(|| {
+                    anyhow::anyhow!("no --audit file and no database section in the config")
+                })?;
+                anyhow::ensure!(limit > 0, "--limit must be positive");
+                cli::AuditSource::Postgres {
+                    pool: mcp_authz::db::pool(db)?,
+                    since_hours,
+                    limit,
+                }
+            }
+            (None, None) => {
+                anyhow::bail!("give --audit FILE, or --config for the PostgreSQL audit")
+            }
+        };
+        cli::policy_replay(
+            candidate,
+            &dirs,
+            source,
+            fail_on_change,
+            &mut std::io::stdout(),
+        )
+        .await
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => fail(e),
     }
 }
 

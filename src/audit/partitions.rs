@@ -90,7 +90,7 @@ pub async fn prune(
         .into_iter()
         .filter(|p| p.expired)
         .collect();
-    if dry_run || expired.is_empty() {
+    if dry_run {
         return Ok(expired);
     }
     // One transaction: the months go together or not at all; a replica that pruned them first
@@ -111,6 +111,15 @@ pub async fn prune(
             dropped.push(p);
         }
     }
+    // Group sets no kept event can name: a kept event is at most a month older than the
+    // cutoff, and its set's last_seen at most a day older than the event.
+    sqlx::query(
+        "DELETE FROM audit_group_sets
+         WHERE last_seen < now() - make_interval(days => $1::int) - interval '32 days'",
+    )
+    .bind(retention_days as i32)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(dropped)
 }

@@ -32,6 +32,28 @@ pub struct Seen {
     pub tenant: Option<String>,
     /// Shadow mode allowed a request the policy denied, for this reason.
     pub would_deny: Option<crate::reason::Reason>,
+    /// The groups the policy decided with, when something records decisions (the audit,
+    /// the decision log): shared, never copied on the Check's path.
+    pub groups: Option<SeenGroups>,
+}
+
+/// The subject's groups, held by reference: the token's (in the cached principal) or Graph's.
+#[derive(Debug, Clone)]
+pub enum SeenGroups {
+    Token(std::sync::Arc<crate::identity::Principal>),
+    Graph(std::sync::Arc<[crate::ids::GroupId]>),
+}
+
+impl SeenGroups {
+    pub fn as_slice(&self) -> &[crate::ids::GroupId] {
+        match self {
+            SeenGroups::Token(p) => match &p.groups {
+                crate::identity::GroupsClaim::Listed(g) => g,
+                _ => &[],
+            },
+            SeenGroups::Graph(g) => g,
+        }
+    }
 }
 
 impl Seen {
@@ -131,6 +153,11 @@ impl CheckOutcome {
             reason: self.reason,
             policy_version: text(&self.seen.policy_version),
             trace_id,
+            groups: self
+                .seen
+                .groups
+                .as_ref()
+                .map(|g| g.as_slice().iter().map(ToString::to_string).collect()),
         }
     }
 

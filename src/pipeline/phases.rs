@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use super::outcome::{ALLOWED, CheckOutcome, Seen};
+use super::outcome::{ALLOWED, CheckOutcome, Seen, SeenGroups};
 use super::{Authorizer, CheckInput};
 use crate::groups::Groups;
 use crate::identity::{self, Principal, PrincipalKind, TokenError};
@@ -74,6 +74,12 @@ impl Authorizer {
         let facts = facts.map_err(Denial::from)?;
         let snapshot = self.snapshot(seen)?;
         let groups = self.groups_of(&principal, seen).await?;
+        if self.audit.is_some() || self.decision_log.is_some() {
+            seen.groups = Some(match &groups {
+                Groups::Token(_) => SeenGroups::Token(principal.clone()),
+                Groups::Graph(g) => SeenGroups::Graph(g.clone()),
+            });
+        }
         let allow = match Self::policy(&snapshot, &principal, &groups, &facts) {
             Ok(permit) => permit,
             Err(reason) => match policy::shadow_permit(&snapshot, &facts, reason) {

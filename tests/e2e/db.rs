@@ -637,6 +637,7 @@ fn event(i: u64) -> AuditEvent {
         reason: "allowed",
         policy_version: None,
         trace_id: None,
+        groups: Some(vec![ENG_GROUP.into()]),
     }
 }
 

@@ -23,6 +23,7 @@ mod mtls;
 mod operations;
 mod proxy;
 mod ratelimit;
+mod replay;
 mod retention;
 mod sessions;
 mod shadow;

@@ -30,6 +30,7 @@ fn event(at: f64, tool: &str) -> AuditEvent {
         reason: "allowed",
         policy_version: None,
         trace_id: None,
+        groups: Some(vec![ENG_GROUP.into()]),
     }
 }
 
@@ -236,12 +237,25 @@ async fn retention_drops_the_months_past_it_and_nothing_else() {
         .fetch_one(&db.pool)
         .await
         .expect("days");
+    // A group set last named long before the cutoff goes with the months; a current one stays.
+    db.exec(
+        "INSERT INTO audit_group_sets (id, groups, last_seen) VALUES
+           (decode(repeat('ab', 16), 'hex'), '{}', '2023-12-01'),
+           (decode(repeat('cd', 16), 'hex'), '{}', now())",
+    )
+    .await;
     let (code, stdout, stderr) = run(&[
         "audit",
         "prune",
         "--retention-days",
         &days_to_feb.to_string(),
     ]);
+    let sets: Vec<String> =
+        sqlx::query_scalar("SELECT encode(id, 'hex') FROM audit_group_sets ORDER BY 1")
+            .fetch_all(&db.pool)
+            .await
+            .expect("sets");
+    assert_eq!(sets, vec!["cd".repeat(16)]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("dropped audit_events_2024_01"), "{stdout}");
     assert!(!stdout.contains("audit_events_2024_02"), "{stdout}");
