@@ -254,18 +254,6 @@ mod tests {
             Ok("${UNSET:-open".to_string())
         );
     }
-}
-
-#[cfg(test)]
-mod origin_tests {
-    use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     #[test]
     fn origins_render_as_exact_matchers() {

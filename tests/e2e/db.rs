@@ -17,30 +17,7 @@ fn doc(text: &str) -> PolicyDocument {
 }
 
 async fn import(db: &TestDb, text: &str, dry_run: bool) -> Vec<String> {
-    let changes =
-        mcp_authz::policy::postgres::import_document(&db.pool, &doc(text), dry_run, &directories())
-            .await
-            .expect("import");
-    changes.iter().map(|c| c.to_string()).collect()
-}
-
-/// Until the audit table holds exactly `n` rows (15 s at most).
-async fn wait_for_audit_rows(db: &TestDb, n: i64) {
-    wait_until(
-        &format!("{n} audit events"),
-        Duration::from_secs(15),
-        || {
-            let pool = db.pool.clone();
-            async move {
-                sqlx::query_scalar::<_, i64>("SELECT count(*) FROM audit_events")
-                    .fetch_one(&pool)
-                    .await
-                    .unwrap_or(0)
-                    == n
-            }
-        },
-    )
-    .await;
+    db.import(text, dry_run).await
 }
 
 fn db_cfg(authority: &str, db: &TestDb) -> Config {
@@ -578,7 +555,7 @@ async fn audit_events_arrive_for_every_decision() {
             .await
             .expect("check");
     }
-    wait_for_audit_rows(&db, 300).await;
+    db.wait_for_audit_rows(300).await;
     let rows: Vec<(String, String, i64)> = sqlx::query_as(
         "SELECT result, reason, count(*) FROM audit_events GROUP BY 1, 2 ORDER BY 1, 2",
     )
@@ -823,7 +800,7 @@ async fn hostile_fields_cannot_erase_the_audit_trail() {
         assert_eq!(r.status, 200, "{r:?}");
     }
     // 180, and the session's initialize and notifications/initialized.
-    wait_for_audit_rows(&db, 182).await;
+    db.wait_for_audit_rows(182).await;
     type Row = (bool, String, Option<String>, Option<String>, i64);
     let mut rows: Vec<Row> = sqlx::query_as(
         "SELECT authenticated, reason, method, tool, count(*) FROM audit_events WHERE method NOT LIKE '%initialize%' GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",

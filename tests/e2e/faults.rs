@@ -364,10 +364,7 @@ async fn redis_killed_and_restarted_under_traffic() {
 #[tokio::test]
 async fn postgres_stopped_and_restarted_under_traffic() {
     let db = crate::support::pg::TestDb::create_private().await;
-    let doc: mcp_authz::policy::PolicyDocument = serde_yaml_ng::from_str(POLICY).expect("policy");
-    mcp_authz::policy::postgres::import_document(&db.pool, &doc, false, &directories())
-        .await
-        .expect("import");
+    db.import(POLICY, false).await;
     let env = TestEnv::start(Options {
         database_url: Some(db.url.clone()),
         ..Default::default()

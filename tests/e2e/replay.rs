@@ -4,8 +4,6 @@
 use crate::support::helpers::*;
 use crate::support::pg::TestDb;
 
-const BIN: &str = env!("CARGO_BIN_EXE_mcp-authz");
-
 /// The test policy with two changes: github leaves tenant engineering (its users lose it, an
 /// admin keeps it), and delete_* is no longer denied on github.
 fn candidate() -> String {
@@ -32,7 +30,12 @@ async fn traffic(env: &TestEnv) {
     let admin = env.user_token(CAROL, &[ADMIN_GROUP]);
     for (token, path, body, status) in [
         (Some(&bob), "/mcp/github", initialize_body(1), 200),
-        (Some(&admin), "/mcp/github", call(2, "delete_repository"), 403),
+        (
+            Some(&admin),
+            "/mcp/github",
+            call(2, "delete_repository"),
+            403,
+        ),
         (Some(&bob), "/mcp/jira", initialize_body(3), 200),
         (Some(&carol), "/mcp/github", initialize_body(4), 403),
         (Some(&admin), "/mcp/github", initialize_body(5), 200),
@@ -43,16 +46,8 @@ async fn traffic(env: &TestEnv) {
     }
 }
 
-fn run(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = std::process::Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("run");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+async fn run(args: &[&str]) -> (Option<i32>, String, String) {
+    run_mcp_authz(args, &[]).await
 }
 
 /// The report of both sources: bob's github initialize becomes a denial, the admin's
@@ -111,7 +106,8 @@ async fn replay_names_the_decisions_a_candidate_changes_from_a_jsonl_audit() {
         a,
         "--tenant",
         TID,
-    ]);
+    ])
+    .await;
     assert_eq!(code, Some(0), "{err}");
     assert_report(&out);
     let (code, _, _) = run(&[
@@ -124,7 +120,8 @@ async fn replay_names_the_decisions_a_candidate_changes_from_a_jsonl_audit() {
         "--tenant",
         TID,
         "--fail-on-change",
-    ]);
+    ])
+    .await;
     assert_eq!(code, Some(1), "--fail-on-change with changes");
     // The current policy as candidate changes nothing; a line that is no event is named.
     let same = dir.path().join("same.yaml");
@@ -142,7 +139,8 @@ async fn replay_names_the_decisions_a_candidate_changes_from_a_jsonl_audit() {
         "--tenant",
         TID,
         "--fail-on-change",
-    ]);
+    ])
+    .await;
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(
         out.contains("unchanged  5") && out.contains("1 lines of"),
@@ -153,10 +151,7 @@ async fn replay_names_the_decisions_a_candidate_changes_from_a_jsonl_audit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_reads_the_postgresql_audit_with_its_group_sets() {
     let db = TestDb::create().await;
-    let doc: mcp_authz::policy::PolicyDocument = serde_yaml_ng::from_str(POLICY).expect("policy");
-    mcp_authz::policy::postgres::import_document(&db.pool, &doc, false, &directories())
-        .await
-        .expect("import");
+    db.import(POLICY, false).await;
     let env = TestEnv::start(Options {
         database_url: Some(db.url.clone()),
         extra_config: "audit: {sink: postgres, queue_capacity: 1000, batch_size: 2}\n".into(),
@@ -164,17 +159,7 @@ async fn replay_reads_the_postgresql_audit_with_its_group_sets() {
     })
     .await;
     traffic(&env).await;
-    wait_until("6 audit rows", std::time::Duration::from_secs(10), || {
-        let pool = db.pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM audit_events")
-                .fetch_one(&pool)
-                .await
-                .unwrap_or(0)
-                >= 6
-        }
-    })
-    .await;
+    db.wait_for_audit_rows(6).await;
     // One set per distinct membership: bob's, carol's (none), carol-the-admin's.
     let sets: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_group_sets")
         .fetch_one(&db.pool)
@@ -194,7 +179,8 @@ async fn replay_reads_the_postgresql_audit_with_its_group_sets() {
         cand.to_str().expect("path"),
         "--config",
         cfg.to_str().expect("path"),
-    ]);
+    ])
+    .await;
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("PostgreSQL audit_events"), "{out}");
     assert_report(&out);

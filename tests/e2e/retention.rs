@@ -198,24 +198,19 @@ async fn retention_drops_the_months_past_it_and_nothing_else() {
     let dir = tempfile::tempdir().expect("tmp");
     let cfg = dir.path().join("config.yaml");
     std::fs::write(&cfg, db_config_yaml(&idp, &db.url, true)).expect("config");
+    let cfg_arg = cfg.clone();
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(BIN)
-            .args(args)
-            .arg("--config")
-            .arg(&cfg)
-            .output()
-            .expect("run");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let mut args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+        args.push("--config".into());
+        args.push(cfg_arg.clone().into());
+        async move { run_mcp_authz(&args, &[]).await }
     };
-    let (code, _, stderr) = run(&["audit", "prune"]);
+    let (code, _, stderr) = run(&["audit", "prune"]).await;
     assert_eq!(code, Some(1));
     assert!(stderr.contains("audit.retention_days"), "{stderr}");
 
-    let (code, stdout, stderr) = run(&["audit", "prune", "--retention-days", "30", "--dry-run"]);
+    let (code, stdout, stderr) =
+        run(&["audit", "prune", "--retention-days", "30", "--dry-run"]).await;
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stdout.contains("would drop audit_events_2024_01"),
@@ -249,7 +244,8 @@ async fn retention_drops_the_months_past_it_and_nothing_else() {
         "prune",
         "--retention-days",
         &days_to_feb.to_string(),
-    ]);
+    ])
+    .await;
     let sets: Vec<String> =
         sqlx::query_scalar("SELECT encode(id, 'hex') FROM audit_group_sets ORDER BY 1")
             .fetch_all(&db.pool)
@@ -278,7 +274,7 @@ async fn retention_drops_the_months_past_it_and_nothing_else() {
         }
     })
     .await;
-    let listed = run(&["audit", "partitions"]).1;
+    let listed = run(&["audit", "partitions"]).await.1;
     assert!(listed.contains(&month), "{listed}");
     assert!(!listed.contains("2024"), "{listed}");
     instance.stop().await;
@@ -287,7 +283,7 @@ async fn retention_drops_the_months_past_it_and_nothing_else() {
     let jsonl = db_config_yaml(&idp, &db.url, false)
         + "audit: {sink: jsonl, file: /tmp/x.jsonl, retention_days: 30}\n";
     std::fs::write(&cfg, jsonl).expect("config");
-    let (code, _, stderr) = run(&["check-config"]);
+    let (code, _, stderr) = run(&["check-config"]).await;
     assert_eq!(code, Some(64), "{stderr}");
     assert!(stderr.contains("audit.retention_days"), "{stderr}");
 }

@@ -39,11 +39,7 @@ fn call(id: u64, tool: &str) -> String {
 #[tokio::test]
 async fn shadow_mode_allows_and_records_policy_denials_only() {
     let db = TestDb::create().await;
-    let doc: mcp_authz::policy::PolicyDocument =
-        serde_yaml_ng::from_str(SHADOW_POLICY).expect("policy");
-    mcp_authz::policy::postgres::import_document(&db.pool, &doc, false, &directories())
-        .await
-        .expect("import");
+    db.import(SHADOW_POLICY, false).await;
     let env = TestEnv::start(Options {
         database_url: Some(db.url.clone()),
         extra_config: "audit: {sink: postgres, queue_capacity: 1000, batch_size: 10}\n".into(),

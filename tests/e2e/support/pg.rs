@@ -126,4 +126,38 @@ impl TestDb {
             Err(e) => e.to_string(),
         }
     }
+
+    /// Makes the database's policy exactly `text` (`policy import`); the changes, as printed.
+    pub async fn import(&self, text: &str, dry_run: bool) -> Vec<String> {
+        let doc: mcp_authz::policy::PolicyDocument =
+            serde_yaml_ng::from_str(text).expect("policy yaml");
+        let changes = mcp_authz::policy::postgres::import_document(
+            &self.pool,
+            &doc,
+            dry_run,
+            &super::helpers::directories(),
+        )
+        .await
+        .expect("import");
+        changes.iter().map(|c| c.to_string()).collect()
+    }
+
+    /// Until the audit table holds exactly `n` rows (15 s at most).
+    pub async fn wait_for_audit_rows(&self, n: i64) {
+        super::helpers::wait_until(
+            &format!("{n} audit events"),
+            std::time::Duration::from_secs(15),
+            || {
+                let pool = self.pool.clone();
+                async move {
+                    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM audit_events")
+                        .fetch_one(&pool)
+                        .await
+                        .unwrap_or(0)
+                        == n
+                }
+            },
+        )
+        .await;
+    }
 }
