@@ -599,23 +599,7 @@ async fn audit_events_arrive_for_every_decision() {
 }
 
 fn event(i: u64) -> AuditEvent {
-    AuditEvent {
-        at: mcp_authz::clock::unix_seconds_f64(),
-        decision_id: uuid::Uuid::now_v7().to_string(),
-        authenticated: true,
-        user_oid: Some(BOB.into()),
-        upn: None,
-        directory_tid: Some(TID.into()),
-        tenant: Some("engineering".into()),
-        server: Some("github".into()),
-        method: Some("tools/call".into()),
-        tool: Some(format!("t{i}")),
-        result: "allow",
-        reason: "allowed",
-        policy_version: None,
-        trace_id: None,
-        groups: Some(vec![ENG_GROUP.into()]),
-    }
+    crate::support::pg::audit_event(mcp_authz::clock::unix_seconds_f64(), &format!("t{i}"))
 }
 
 /// A full queue drops and counts, never blocks; every event is either written or counted as

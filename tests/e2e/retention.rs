@@ -15,23 +15,7 @@ use crate::support::pg::TestDb;
 const BIN: &str = env!("CARGO_BIN_EXE_mcp-authz");
 
 fn event(at: f64, tool: &str) -> AuditEvent {
-    AuditEvent {
-        at,
-        decision_id: uuid::Uuid::now_v7().to_string(),
-        authenticated: true,
-        user_oid: Some(BOB.into()),
-        upn: None,
-        directory_tid: Some(TID.into()),
-        tenant: Some("engineering".into()),
-        server: Some("github".into()),
-        method: Some("tools/call".into()),
-        tool: Some(tool.into()),
-        result: "allow",
-        reason: "allowed",
-        policy_version: None,
-        trace_id: None,
-        groups: Some(vec![ENG_GROUP.into()]),
-    }
+    crate::support::pg::audit_event(at, tool)
 }
 
 /// (partition, tool) of every audit row, ordered by tool.

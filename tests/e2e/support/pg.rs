@@ -161,3 +161,25 @@ impl TestDb {
         .await;
     }
 }
+
+/// An allowed `tools/call` of `tool` by BOB (engineering, one group) at `at`, for the writer.
+pub fn audit_event(at: f64, tool: &str) -> mcp_authz::audit::AuditEvent {
+    use super::helpers::{BOB, ENG_GROUP, TID};
+    mcp_authz::audit::AuditEvent {
+        at,
+        decision_id: uuid::Uuid::now_v7().to_string(),
+        authenticated: true,
+        user_oid: Some(BOB.into()),
+        upn: None,
+        directory_tid: Some(TID.into()),
+        tenant: Some("engineering".into()),
+        server: Some("github".into()),
+        method: Some("tools/call".into()),
+        tool: Some(tool.into()),
+        result: "allow",
+        reason: "allowed",
+        policy_version: None,
+        trace_id: None,
+        groups: Some(vec![ENG_GROUP.into()]),
+    }
+}
