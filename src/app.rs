@@ -132,6 +132,7 @@ pub async fn run(
         Arc::new(crate::audit::DecisionLog::new(
             writer,
             cfg.decision_log.allow_sample_rate,
+            cfg.decision_log.include_groups,
         ))
     });
     let parts = build(&cfg, audit.clone(), decision_log.clone(), db_pool)?;

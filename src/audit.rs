@@ -437,15 +437,26 @@ pub struct DecisionLog {
     pub writer: Arc<Auditor>,
     /// Allows are written when the decision id's hash falls below this, of `u32::MAX`.
     allow_threshold: u64,
+    /// Lines carry the subject's groups (for `policy replay` from a captured log).
+    include_groups: bool,
 }
 
 impl DecisionLog {
-    pub fn new(writer: Arc<Auditor>, allow_sample_rate: f64) -> Self {
+    pub fn new(writer: Arc<Auditor>, allow_sample_rate: f64, include_groups: bool) -> Self {
         let rate = allow_sample_rate.clamp(0.0, 1.0);
         Self {
             writer,
             allow_threshold: (rate * f64::from(u32::MAX)).round() as u64,
+            include_groups,
         }
+    }
+
+    /// Queues the line (without the groups unless they are included).
+    pub fn record(&self, mut event: AuditEvent) {
+        if !self.include_groups {
+            event.groups = None;
+        }
+        self.writer.record(event);
     }
 
     /// Whether this decision is written: a denial always; an allow by its id, so the same

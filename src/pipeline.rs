@@ -97,11 +97,11 @@ impl Authorizer {
             );
             match (&self.audit, logged) {
                 (Some(audit), Some(log)) => {
-                    log.writer.record(event.clone());
+                    log.record(event.clone());
                     audit.record(event);
                 }
                 (Some(audit), None) => audit.record(event),
-                (None, Some(log)) => log.writer.record(event),
+                (None, Some(log)) => log.record(event),
                 (None, None) => {}
             }
         }

@@ -163,6 +163,10 @@ pub struct DecisionLogConfig {
     /// Lines waiting to be written; past it, lines are dropped and counted.
     #[serde(default = "default_audit_capacity")]
     pub queue_capacity: usize,
+    /// Lines carry `groups` (the object ids decided with, as `policy replay` needs them). A
+    /// user in hundreds of groups makes a line of kilobytes: off keeps lines short.
+    #[serde(default = "super::defaults::yes")]
+    pub include_groups: bool,
 }
 
 impl Default for DecisionLogConfig {
@@ -170,6 +174,7 @@ impl Default for DecisionLogConfig {
         Self {
             enabled: false,
             allow_sample_rate: default_allow_sample_rate(),
+            include_groups: true,
             queue_capacity: default_audit_capacity(),
         }
     }

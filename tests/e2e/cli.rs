@@ -325,7 +325,7 @@ async fn decision_log_writes_denials_and_sampled_allows_to_stdout() {
     };
     let (authority, url) = standin().await;
     let token = mint_user(&authority, BOB, &[ENG_GROUP]);
-    for (rate, allows) in [("0.0", 0), ("1.0", 1)] {
+    for (rate, allows, groups) in [("0.0", 0, "true"), ("1.0", 1, "false")] {
         let dir = tempfile::tempdir().expect("tmp");
         let cfg = write_config(dir.path(), &url, POLICY);
         let served = Served::start(
@@ -333,6 +333,7 @@ async fn decision_log_writes_denials_and_sampled_allows_to_stdout() {
             &[
                 ("MCP_AUTHZ__DECISION_LOG__ENABLED", "true"),
                 ("MCP_AUTHZ__DECISION_LOG__ALLOW_SAMPLE_RATE", rate),
+                ("MCP_AUTHZ__DECISION_LOG__INCLUDE_GROUPS", groups),
                 ("MCP_AUTHZ__LISTEN__DRAIN_SECONDS", "1"),
             ],
             Stdio::piped(),
@@ -404,6 +405,11 @@ async fn decision_log_writes_denials_and_sampled_allows_to_stdout() {
         assert_eq!(denial["user_oid"], BOB);
         assert_eq!(denial["server"], "github");
         assert_eq!(denial["tool"], "delete_repository");
+        // The groups decided with (for policy replay), unless left out.
+        match groups {
+            "true" => assert_eq!(denial["groups"], serde_json::json!([ENG_GROUP])),
+            _ => assert!(denial.get("groups").is_none(), "{denial}"),
+        }
         assert!(
             denial["decision_id"]
                 .as_str()
