@@ -21,7 +21,7 @@ use crate::mcp::{Call, RequestFacts, RpcFacts};
 use crate::policy::{DenyReason, Snapshot, Subject, decide};
 
 /// One past decision, as the audit trail stores it.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, sqlx::FromRow)]
 pub struct Past {
     #[serde(default)]
     pub authenticated: bool,
@@ -258,20 +258,6 @@ pub fn read_jsonl(
     Ok(())
 }
 
-/// A row of `audit_events` with its group set.
-type Row = (
-    bool,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    String,
-    String,
-    Option<Vec<String>>,
-);
-
 /// The audit rows of the last `since_hours` hours (at most `limit`, newest first), with their
 /// group sets; how many were read.
 pub async fn read_postgres(
@@ -280,9 +266,10 @@ pub async fn read_postgres(
     limit: i64,
     mut each: impl FnMut(&Past),
 ) -> anyhow::Result<usize> {
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT e.authenticated, e.user_oid::text, e.upn, e.directory_tid::text, e.server, e.method, e.tool,
-                e.result, e.reason, g.groups::text[]
+    let rows: Vec<Past> = sqlx::query_as(
+        "SELECT e.authenticated, e.user_oid::text AS user_oid, e.upn,
+                e.directory_tid::text AS directory_tid, e.server, e.method, e.tool,
+                e.result, e.reason, g.groups::text[] AS groups
          FROM audit_events e LEFT JOIN audit_group_sets g ON g.id = e.group_set
          WHERE e.at >= now() - make_interval(hours => $1::int)
          ORDER BY e.at DESC LIMIT $2",
@@ -292,34 +279,8 @@ pub async fn read_postgres(
     .fetch_all(pool)
     .await
     .context("read audit_events")?;
-    let n = rows.len();
-    for (
-        authenticated,
-        user_oid,
-        upn,
-        directory_tid,
-        server,
-        method,
-        tool,
-        result,
-        reason,
-        groups,
-    ) in rows
-    {
-        each(&Past {
-            authenticated,
-            user_oid,
-            upn,
-            directory_tid,
-            server,
-            method,
-            tool,
-            result,
-            reason,
-            groups,
-        });
-    }
-    Ok(n)
+    rows.iter().for_each(&mut each);
+    Ok(rows.len())
 }
 
 /// Where the past decisions come from.

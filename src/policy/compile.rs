@@ -150,8 +150,7 @@ impl Snapshot {
                 token_forwarding: s.token_forwarding,
                 obo_scope: s.obo_scope.clone(),
                 tools_default: s.tools_default,
-                shadow: s.shadow || (doc.shadow_all_servers && !s.sensitive),
-                sensitive: s.sensitive,
+                shadow: s.enabled && (s.shadow || (doc.shadow_all_servers && !s.sensitive)),
                 origin,
             }));
         }

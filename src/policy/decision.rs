@@ -100,7 +100,7 @@ pub fn shadow_permit(snap: &Snapshot, facts: &RequestFacts, reason: DenyReason) 
         return None;
     }
     let server = snap.server_by_route(&facts.server)?;
-    (server.shadow && !server.sensitive && server.enabled).then(|| Permit {
+    server.shadow.then(|| Permit {
         server: server.clone(),
         tenant: SHADOW_TENANT.into(),
         level: AccessLevel::Read,

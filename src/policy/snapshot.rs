@@ -19,10 +19,10 @@ pub struct Server {
     pub token_forwarding: TokenForwarding,
     pub obo_scope: Option<String>,
     pub tools_default: Effect,
-    /// In shadow mode (its own `shadow`, or `shadow_all_servers` and not sensitive): the
-    /// policy's denials here are allowed and recorded as `would_deny`.
+    /// In shadow mode: enabled, and its own `shadow` or `shadow_all_servers` and not sensitive
+    /// (a sensitive server with `shadow` does not compile). The policy's denials here are
+    /// allowed and recorded as `would_deny`.
     pub shadow: bool,
-    pub sensitive: bool,
     pub origin: Origin,
 }
 
@@ -95,11 +95,11 @@ impl Snapshot {
         &self.servers
     }
 
-    /// The enabled servers in shadow mode, by name (a disabled one serves nothing).
+    /// The servers in shadow mode, by name.
     pub fn shadowed(&self) -> Vec<&str> {
         self.servers
             .iter()
-            .filter(|s| s.shadow && s.enabled)
+            .filter(|s| s.shadow)
             .map(|s| &*s.name)
             .collect()
     }
