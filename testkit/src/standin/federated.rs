@@ -27,15 +27,18 @@ fn invalid_client(code: u32, text: &str) -> Response {
     aad_error(StatusCode::BAD_REQUEST, "invalid_client", code, text)
 }
 
-/// Checks `assertion` against `client`'s federated credentials; the refusal Entra would send.
+/// Entra's answer to a client assertion that is not a JWT at all.
+pub(super) fn malformed() -> Response {
+    invalid_client(50027, "JWT token is invalid or malformed.")
+}
+
+/// Checks the assertion `d` against `client`'s federated credentials; the refusal Entra would
+/// send.
 pub(super) async fn check(
     http: &reqwest::Client,
     client: &Client,
-    assertion: &str,
+    d: &jwt::Decoded<'_>,
 ) -> Result<(), Response> {
-    let Some(d) = jwt::decode(assertion) else {
-        return Err(invalid_client(50027, "JWT token is invalid or malformed."));
-    };
     let iss = d.claims["iss"].as_str().unwrap_or_default();
     let sub = d.claims["sub"].as_str().unwrap_or_default();
     let audiences: Vec<&str> = match &d.claims["aud"] {
@@ -78,7 +81,7 @@ pub(super) async fn check(
             ),
         ));
     }
-    if !signed_by_issuer(http, iss, &d).await {
+    if !signed_by_issuer(http, iss, d).await {
         return Err(invalid_client(
             700027,
             "Client assertion failed signature validation.",

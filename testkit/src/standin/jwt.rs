@@ -47,6 +47,14 @@ pub fn verified_claims(authority: &Authority, token: &str) -> Option<Value> {
 }
 
 impl Decoded<'_> {
+    /// Whether the RSA key in `spki_der` (SubjectPublicKeyInfo) verifies this RS256 signature.
+    pub fn verify_with_spki(&self, spki_der: &[u8]) -> bool {
+        use aws_lc_rs::signature::{RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
+        UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, spki_der)
+            .verify(self.signed.as_bytes(), &self.signature)
+            .is_ok()
+    }
+
     /// Whether the RSA key of `jwk` (`n`, `e`) verifies this RS256 signature.
     pub fn verify_with_jwk(&self, jwk: &Value) -> bool {
         use aws_lc_rs::signature::{RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents};

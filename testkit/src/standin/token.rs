@@ -22,30 +22,16 @@ pub(super) fn assertion_ok(
     client: &Client,
     client_id: &str,
     token_endpoint: &str,
-    assertion: &str,
+    d: &jwt::Decoded<'_>,
 ) -> bool {
-    use aws_lc_rs::signature::{RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
     let Some(cert) = &client.certificate else {
         return false;
     };
-    let mut parts = assertion.split('.');
-    let (Some(h), Some(p), Some(sig), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return false;
-    };
-    let b64 =
-        |s: &str| base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, s).ok();
-    let (Some(header), Some(payload), Some(sig)) = (b64(h), b64(p), b64(sig)) else {
-        return false;
-    };
-    let header: Value = serde_json::from_slice(&header).unwrap_or_default();
-    let claims: Value = serde_json::from_slice(&payload).unwrap_or_default();
-    let key = UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, &cert.public_key_der);
     let now = unix_now();
+    let (header, claims) = (&d.header, &d.claims);
     header["alg"] == "RS256"
         && header["x5t"].as_str() == Some(cert.x5t.as_str())
-        && key.verify(format!("{h}.{p}").as_bytes(), &sig).is_ok()
+        && d.verify_with_spki(&cert.public_key_der)
         && claims["aud"].as_str() == Some(token_endpoint)
         && claims["iss"].as_str() == Some(client_id)
         && claims["sub"].as_str() == Some(client_id)
@@ -238,13 +224,14 @@ pub(super) async fn token_endpoint(
         // An assertion the app signed itself (`iss` = the app) is a certificate credential;
         // any other issuer's is matched against its federated credentials.
         (None, Some(t), Some(assertion)) if t == CLIENT_ASSERTION_TYPE => {
-            let self_signed = jwt::decode(assertion)
-                .is_some_and(|d| d.claims["iss"].as_str() == Some(client_id.as_str()));
-            if self_signed {
-                if !assertion_ok(&client, &client_id, &endpoint, assertion) {
+            let Some(d) = jwt::decode(assertion) else {
+                return federated::malformed();
+            };
+            if d.claims["iss"].as_str() == Some(client_id.as_str()) {
+                if !assertion_ok(&client, &client_id, &endpoint, &d) {
                     return wrong_secret();
                 }
-            } else if let Err(refusal) = federated::check(&a.http, &client, assertion).await {
+            } else if let Err(refusal) = federated::check(&a.http, &client, &d).await {
                 return refusal;
             }
         }
