@@ -233,6 +233,13 @@ pub async fn run(
     }
 
     let authz = AuthorizationServer::new(AuthorizationService::new(parts.authorizer.clone()));
+    // The list filter (Envoy's ext_proc) on the same listeners, from the same snapshot. A
+    // buffered list answer is one message: room for the largest one read, and its framing.
+    let lists = crate::lists::ExternalProcessorServer::new(crate::lists::ListFilterService::new(
+        parts.authorizer.policy.clone(),
+        parts.authorizer.metrics.clone(),
+    ))
+    .max_decoding_message_size(crate::lists::MAX_LIST_BYTES + (64 << 10));
     let addrs = listeners.addrs();
     let mut servers = tokio::task::JoinSet::new();
     let grpc_tls = match &cfg.listen.grpc_tls {
@@ -245,22 +252,34 @@ pub async fn run(
     if let Some(tls) = grpc_tls
         && let Some(l) = listeners.grpc.take()
     {
-        let (authz, health, stop) = (authz.clone(), health_service.clone(), stop.clone());
+        let (authz, lists, health, stop) = (
+            authz.clone(),
+            lists.clone(),
+            health_service.clone(),
+            stop.clone(),
+        );
         servers.spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(health)
                 .add_service(authz)
+                .add_service(lists)
                 .serve_with_incoming_shutdown(tls.incoming(l, stop.clone()), stop.cancelled_owned())
                 .await
                 .context("gRPC (TCP, mTLS) server")
         });
     }
     if let Some(l) = listeners.grpc {
-        let (authz, health, stop) = (authz.clone(), health_service.clone(), stop.clone());
+        let (authz, lists, health, stop) = (
+            authz.clone(),
+            lists.clone(),
+            health_service.clone(),
+            stop.clone(),
+        );
         servers.spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(health)
                 .add_service(authz)
+                .add_service(lists)
                 .serve_with_incoming_shutdown(
                     // Small gRPC frames must not wait for Nagle's algorithm (40 ms with delayed ACKs).
                     tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true)),
@@ -271,11 +290,17 @@ pub async fn run(
         });
     }
     if let Some((l, path)) = listeners.grpc_unix {
-        let (authz, health, stop) = (authz.clone(), health_service.clone(), stop.clone());
+        let (authz, lists, health, stop) = (
+            authz.clone(),
+            lists.clone(),
+            health_service.clone(),
+            stop.clone(),
+        );
         servers.spawn(async move {
             let result = tonic::transport::Server::builder()
                 .add_service(health)
                 .add_service(authz)
+                .add_service(lists)
                 .serve_with_incoming_shutdown(UnixListenerStream::new(l), stop.cancelled_owned())
                 .await
                 .context("gRPC (unix) server");

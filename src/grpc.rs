@@ -1,4 +1,4 @@
-//! The only module that touches Envoy's protos: `CheckRequest` → [`CheckInput`], and
+//! The only module that touches Envoy's ext_authz protos (`lists` has ext_proc's): `CheckRequest` → [`CheckInput`], and
 //! [`Verdict`] → `CheckResponse`.
 //!
 //! Headers arrive either as Envoy's merged map (repeated headers joined with ",") or, with
@@ -189,7 +189,7 @@ fn header(key: &str, value: String, action: HeaderAppendAction) -> HeaderValueOp
 
 pub fn to_check_response(verdict: Verdict) -> CheckResponse {
     match verdict {
-        Verdict::Allow { set, remove } => CheckResponse {
+        Verdict::Allow { set, remove, list } => CheckResponse {
             status: Some(Status {
                 code: GRPC_OK,
                 ..Default::default()
@@ -200,9 +200,19 @@ pub fn to_check_response(verdict: Verdict) -> CheckResponse {
                     .map(|(k, v)| header(k, v, HeaderAppendAction::OverwriteIfExistsOrAdd))
                     .collect(),
                 headers_to_remove: remove,
+                // A list answer is marked for Envoy's ext_proc filter, which filters it and
+                // removes the mark.
+                response_headers_to_add: match &list {
+                    Some(c) => vec![header(
+                        crate::lists::MARK_HEADER,
+                        c.kind.method().to_owned(),
+                        HeaderAppendAction::OverwriteIfExistsOrAdd,
+                    )],
+                    None => Vec::new(),
+                },
                 ..Default::default()
             })),
-            dynamic_metadata: None,
+            dynamic_metadata: list.map(|c| crate::lists::to_metadata(&c)),
         },
         Verdict::Deny {
             status,

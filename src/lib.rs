@@ -15,12 +15,14 @@
 //! - [`mcp`]: request facts (target server, media type, JSON-RPC method, tool).
 //! - [`policy`]: the document, compiled into an immutable snapshot, the pure decision over it,
 //!   and its sources (file, PostgreSQL) with hot reload.
+//! - [`lists`]: filtered lists (ext_proc): a list answer rewritten to the items the caller
+//!   may use, by the policy's own decision; its ext_proc protos ⇄ domain types.
 //! - [`response`]: how a decision becomes headers, status codes and bodies (MCP/RFC 6750/9728).
 //! - [`assertion`]: the signed identity assertion an upstream can verify (opt-in), and its JWKS.
 //! - [`audit`]: one event per decision through a bounded queue to PostgreSQL or JSON lines.
 //! - [`telemetry`]: logging, the OTLP trace exporter, trace context and spans.
 //! - [`pipeline`]: token → identity → request facts → groups → policy → limits → response.
-//! - [`grpc`]: the only module that touches Envoy's protos; CheckRequest ⇄ domain types.
+//! - [`grpc`]: the only module that touches Envoy's ext_authz protos; CheckRequest ⇄ domain types.
 //! - [`admin`]: HTTP listeners: health, readiness, `/status` and `/metrics` from one reading,
 //!   RFC 9728 protected-resource metadata.
 //! - [`tls`]: mTLS on the gRPC listener; [`db`]: the PostgreSQL pool and migrations.
@@ -29,9 +31,7 @@
 //!
 //! Rooms for what comes next, each a module of its own above [`policy`] and beside
 //! [`pipeline`], wired in [`app`]: `login` (the OAuth authorization server in front of Entra
-//! that MCP clients sign in to), `filter` (ext_proc: list answers filtered to what the caller
-//! may use, from the same snapshot and decision) and `xds` (routes and clusters for Envoy from
-//! the server rows).
+//! that MCP clients sign in to) and `xds` (routes and clusters for Envoy from the server rows).
 //!
 //! Not here: the stand-in Entra ID / Microsoft Graph and the sample MCP server (crate
 //! `mcp-authz-testkit`, `testkit/`), and `make bench` / `make soak` (crate `mcp-authz-bench`,
@@ -51,6 +51,7 @@ pub mod groups;
 pub mod grpc;
 pub mod identity;
 pub mod ids;
+pub mod lists;
 pub mod mcp;
 pub mod metrics;
 pub mod obo;

@@ -27,6 +27,14 @@ pub struct CacheLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListLabels {
+    /// `tools/list`, `prompts/list`, `resources/list`, `resources/templates/list`.
+    pub method: &'static str,
+    /// `filtered`, `unchanged` (an error answer, no list) or the failure's reason code.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ScopeLabels {
     pub scope: &'static str,
 }
@@ -39,6 +47,10 @@ pub struct Metrics {
     pub rate_limited: Family<ScopeLabels, Counter>,
     pub ratelimit_redis_errors: Counter,
     pub ratelimit_redis_fallback: prometheus_client::metrics::gauge::Gauge,
+    /// List answers through the ext_proc filter, by method and result.
+    pub lists: Family<ListLabels, Counter>,
+    /// Items left out of list answers.
+    pub list_items_hidden: Counter,
     /// The series every warm Check touches, resolved once on first use: a Family lookup takes
     /// a read lock and hashes the labels, which two workers do on every Check otherwise.
     allowed: OnceLock<Counter>,
@@ -95,8 +107,22 @@ impl Metrics {
             "1 while Redis is failing and this replica limits in process",
             ratelimit_redis_fallback.clone(),
         );
+        let lists = Family::<ListLabels, Counter>::default();
+        registry.register(
+            "lists",
+            "List answers (tools, prompts, resources) through the ext_proc filter, by method and result",
+            lists.clone(),
+        );
+        let list_items_hidden = Counter::default();
+        registry.register(
+            "list_items_hidden",
+            "Items left out of list answers because the caller may not use them",
+            list_items_hidden.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
+            lists,
+            list_items_hidden,
             decisions,
             check_seconds,
             token_cache,

@@ -38,6 +38,8 @@ pub enum Verdict {
         /// Set on the upstream request, replacing any value the client sent.
         set: Vec<(&'static str, String)>,
         remove: Vec<String>,
+        /// For a list request: who asked, for the ext_proc filter that filters the answer.
+        list: Option<Box<crate::lists::ListCaller>>,
     },
     Deny {
         status: u16,
@@ -324,7 +326,11 @@ pub fn allow<'h>(
         UpstreamAuth::Keep => {}
         UpstreamAuth::Replace(value) => set.push(("authorization", value)),
     }
-    Verdict::Allow { set, remove }
+    Verdict::Allow {
+        set,
+        remove,
+        list: None,
+    }
 }
 
 /// Printable ASCII stays; anything else (and `%`) is percent-encoded as UTF-8, so a label can

@@ -16,11 +16,13 @@ use super::{Authorizer, CheckInput};
 use crate::groups::Groups;
 use crate::identity::{self, Principal, PrincipalKind, TokenError};
 use crate::ids::GroupId;
+use crate::lists::{ListCaller, ListKind};
 use crate::mcp::{self, FactsError, HeaderField, RequestFacts};
 use crate::obo::OboError;
 use crate::policy::{self, Snapshot, Subject};
 use crate::reason::Reason;
 use crate::response::{self, Denial, Identity, RateLimitInfo, UpstreamAuth, Verdict};
+use serde_json::value::RawValue;
 
 /// The denial for a token the validator refused.
 fn token_denial(e: TokenError) -> Denial {
@@ -35,7 +37,7 @@ impl Authorizer {
         let mut seen = Seen::from_facts(parsed.facts.as_ref().ok());
         let rpc_id = parsed.rpc_id;
         let (verdict, reason) = match self
-            .phases(input, parsed.facts, &decision_id, &mut seen)
+            .phases(input, parsed.facts, rpc_id, &decision_id, &mut seen)
             .await
         {
             // A shadow mode allow carries the reason the policy refused.
@@ -66,6 +68,7 @@ impl Authorizer {
         &self,
         input: &CheckInput<'_>,
         facts: Result<RequestFacts, FactsError>,
+        rpc_id: Option<&RawValue>,
         decision_id: &str,
         seen: &mut Seen,
     ) -> Result<Verdict, Denial> {
@@ -96,12 +99,14 @@ impl Authorizer {
         self.session(input.view.session_id, &principal).await?;
         let upstream_auth = self.upstream_auth(&principal, &allow, token).await?;
         let assertion = self.assertion(&principal, &allow)?;
+        let list = list_caller(&facts, &principal, &groups, rpc_id);
         Ok(Self::allow(
             &principal,
             &allow,
             decision_id,
             upstream_auth,
             assertion,
+            list,
             input,
         ))
     }
@@ -270,6 +275,7 @@ impl Authorizer {
         decision_id: &str,
         upstream_auth: UpstreamAuth,
         assertion: Option<Arc<str>>,
+        list: Option<Box<ListCaller>>,
         input: &CheckInput<'_>,
     ) -> Verdict {
         let mut verdict = response::allow(
@@ -284,11 +290,44 @@ impl Authorizer {
             upstream_auth,
             input.header_names.iter().copied(),
         );
-        if let (Some(token), Verdict::Allow { set, remove }) = (assertion, &mut verdict) {
+        let Verdict::Allow {
+            set,
+            remove,
+            list: list_slot,
+        } = &mut verdict
+        else {
+            return verdict;
+        };
+        if let Some(token) = assertion {
             // Set (replacing a client's own), so not also removed: Envoy removes after it sets.
             remove.retain(|n| n != crate::assertion::HEADER);
             set.push((crate::assertion::HEADER, token.to_string()));
         }
+        if let Some(list) = list {
+            // The answer uncompressed, so that the list filter can read it (`grpc` marks the
+            // answer for it).
+            remove.push("accept-encoding".to_owned());
+            *list_slot = Some(list);
+        }
         verdict
     }
+}
+
+/// Who asks, for the ext_proc filter, when the request is a list request.
+fn list_caller(
+    facts: &RequestFacts,
+    principal: &Principal,
+    groups: &[GroupId],
+    rpc_id: Option<&RawValue>,
+) -> Option<Box<ListCaller>> {
+    let kind = ListKind::from_method(facts.call.method()?)?;
+    Some(Box::new(ListCaller {
+        kind,
+        server: facts.server.clone(),
+        tid: principal.tid.clone(),
+        oid: principal.oid.clone(),
+        upn: principal.label.as_deref().map(str::to_owned),
+        groups: groups.to_vec(),
+        rpc_id: rpc_id?.get().to_owned(),
+    }))
 }

@@ -184,7 +184,7 @@ fn allow_sets_identity_and_strips_spoofed_and_token_headers() {
         ]
         .into_iter(),
     );
-    let Verdict::Allow { set, remove } = v else {
+    let Verdict::Allow { set, remove, .. } = v else {
         panic!("not allow")
     };
     assert_eq!(
@@ -237,7 +237,7 @@ fn obo_replaces_the_token_and_claims_challenges_are_401() {
         UpstreamAuth::Replace("Bearer minted".into()),
         ["authorization"].into_iter(),
     );
-    let Verdict::Allow { set, remove } = v else {
+    let Verdict::Allow { set, remove, .. } = v else {
         panic!("not allow")
     };
     assert_eq!(

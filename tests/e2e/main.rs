@@ -18,6 +18,7 @@ mod deploy;
 mod faults;
 mod gateway;
 mod graph;
+mod lists;
 mod matrix;
 mod mtls;
 mod operations;

@@ -93,6 +93,8 @@ pub struct Options {
     pub graph: bool,
     /// The MCP server behind Envoy.
     pub upstream: Upstream,
+    /// The Python or TypeScript peer answers `application/json` instead of an event stream.
+    pub upstream_json: bool,
     /// Envoy reaches mcp-authz over TCP with mTLS (certificates made for the test, `Pki`).
     pub mtls: bool,
 }
@@ -213,7 +215,13 @@ impl Upstream {
 
     /// Starts an out-of-process peer, verifying identity assertions against `jwks_url` and
     /// `issuer`; `None` for the in-process rmcp server.
-    async fn spawn(self, dir: &Path, jwks_url: &str, issuer: &str) -> Option<(Child, u16)> {
+    async fn spawn(
+        self,
+        dir: &Path,
+        jwks_url: &str,
+        issuer: &str,
+        json: bool,
+    ) -> Option<(Child, u16)> {
         let (program, args): (String, Vec<String>) = match self {
             Upstream::Rmcp => return None,
             Upstream::Python => (
@@ -246,6 +254,7 @@ impl Upstream {
             .args(&args)
             .env("MCP_IDENTITY_JWKS_URL", jwks_url)
             .env("MCP_IDENTITY_ISSUER", issuer)
+            .env("MCP_JSON_RESPONSE", if json { "1" } else { "0" })
             .stdout(Stdio::piped())
             .stderr(log)
             .kill_on_drop(true)
@@ -296,6 +305,7 @@ impl Default for Options {
             database_url: None,
             env: Vec::new(),
             upstream: Upstream::Rmcp,
+            upstream_json: false,
             mtls: false,
         }
     }
@@ -442,7 +452,11 @@ impl TestEnv {
         let envoy_url = format!("http://127.0.0.1:{envoy_port}");
         let jwks_url = format!("{envoy_url}{}", mcp_authz::assertion::JWKS_PATH);
         let received = ReceivedLog::default();
-        let (peer, up_port) = match opts.upstream.spawn(dir.path(), &jwks_url, &envoy_url).await {
+        let (peer, up_port) = match opts
+            .upstream
+            .spawn(dir.path(), &jwks_url, &envoy_url, opts.upstream_json)
+            .await
+        {
             Some((child, port)) => (Some(child), port),
             None => {
                 let up_listener = tokio::net::TcpListener::bind("127.0.0.1:0")

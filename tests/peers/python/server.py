@@ -12,6 +12,7 @@ kernel picks, and prints "listening <port>" on stdout once it accepts connection
 """
 
 import json
+import os
 import re
 import socket
 import sys
@@ -58,8 +59,10 @@ def delete_repository(name: str) -> str:
 
 
 # Envoy forwards the upstream's name as Host: the SDK's localhost Host check stays off.
+# MCP_JSON_RESPONSE=1: answers as application/json instead of an event stream.
 inner = mcp.streamable_http_app(
     streamable_http_path="/mcp",
+    json_response=os.environ.get("MCP_JSON_RESPONSE") == "1",
     transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
 )
 

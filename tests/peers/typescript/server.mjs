@@ -72,6 +72,8 @@ async function handleMcp(req, res, parsedBody) {
     // No session yet: the transport itself refuses anything but initialize.
     transport = new StreamableHTTPServerTransport({
       sessionIdGenerator: () => randomUUID(),
+      // MCP_JSON_RESPONSE=1: answers as application/json instead of an event stream.
+      enableJsonResponse: process.env.MCP_JSON_RESPONSE === '1',
       onsessioninitialized: (id) => transports.set(id, transport),
     });
     transport.onclose = () => { if (transport.sessionId) transports.delete(transport.sessionId); };

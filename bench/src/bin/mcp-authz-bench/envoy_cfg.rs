@@ -1,6 +1,7 @@
 //! The Envoy configurations of the benchmark. Every one is the product's own `envoy/envoy.yaml`
 //! rendered as a deployment would render it; the baselines differ from it only in the HTTP
-//! filter chain: none (no auth), or Envoy's in-process `jwt_authn` in place of ext_authz.
+//! filter chain: none (no auth), or Envoy's in-process `jwt_authn` in place of ext_authz (and
+//! neither has the list filter, ext_proc to mcp-authz).
 
 use std::collections::HashMap;
 
@@ -22,6 +23,8 @@ pub enum Variant {
 }
 
 const EXT_AUTHZ: &str = "envoy.filters.http.ext_authz";
+/// The list filter (ext_proc to mcp-authz): part of the product, so not of a baseline.
+const EXT_PROC: &str = "envoy.filters.http.ext_proc";
 
 /// `template` rendered with `vars` (plus `AUTHZ_CLUSTER`, from the variant), then changed
 /// as the variant says.
@@ -43,6 +46,7 @@ pub fn render(
     }
     let mut doc: Value = serde_yaml_ng::from_str(&text).context("parse rendered envoy.yaml")?;
     let filters = http_filters(&mut doc)?;
+    filters.retain(|f| f.get("name").and_then(Value::as_str) != Some(EXT_PROC));
     let at = filters
         .iter()
         .position(|f| f.get("name").and_then(Value::as_str) == Some(EXT_AUTHZ))
@@ -163,7 +167,10 @@ mod tests {
     fn each_row_gets_the_filter_chain_it_claims() {
         let t = template();
         let tcp = render(&t, &vars(), &Variant::ExtAuthz { unix: false }).expect("tcp");
-        assert_eq!(names(&tcp), [CORS, EXT_AUTHZ, "envoy.filters.http.router"]);
+        assert_eq!(
+            names(&tcp),
+            [CORS, EXT_PROC, EXT_AUTHZ, "envoy.filters.http.router"]
+        );
         assert!(tcp.contains("cluster_name: mcp_authz_tcp"));
         let uds = render(&t, &vars(), &Variant::ExtAuthz { unix: true }).expect("uds");
         assert!(uds.contains("cluster_name: mcp_authz_uds"));
