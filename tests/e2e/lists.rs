@@ -148,3 +148,193 @@ async fn a_policy_change_changes_the_next_list_within_a_second() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A hostile upstream: answers every POST with the scripted content type and body, sent in the
+/// chunks given (flushed apart), whatever was asked.
+#[derive(Clone, Default)]
+struct Script(
+    std::sync::Arc<std::sync::Mutex<(String, Vec<(&'static str, &'static str)>, Vec<Vec<u8>>)>>,
+);
+
+impl Script {
+    fn set(
+        &self,
+        content_type: &str,
+        headers: Vec<(&'static str, &'static str)>,
+        chunks: Vec<Vec<u8>>,
+    ) {
+        if let Ok(mut s) = self.0.lock() {
+            *s = (content_type.to_owned(), headers, chunks);
+        }
+    }
+
+    async fn serve(self) -> u16 {
+        use axum::body::Body;
+        use futures::StreamExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let app = axum::Router::new().fallback(move || {
+            let script = self.clone();
+            async move {
+                let (ct, headers, chunks) = script.0.lock().map(|s| s.clone()).unwrap_or_default();
+                let stream = futures::stream::iter(chunks).then(|c| async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Ok::<_, std::io::Error>(bytes::Bytes::from(c))
+                });
+                let mut r = axum::response::Response::builder()
+                    .status(200)
+                    .header("content-type", ct);
+                for (k, v) in headers {
+                    r = r.header(k, v);
+                }
+                r.body(Body::from_stream(stream)).expect("response")
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+        port
+    }
+}
+
+/// Attack: a hostile upstream's list answer — invalid or truncated JSON, oversized, compressed,
+/// another charset or content type, duplicate keys, invalid JSON in an event, a stream cut
+/// mid-event, an event split mid-UTF-8 — never reaches the client unfiltered through real
+/// Envoy: it gets an error (or, for what a client itself would drop, nothing), and the one
+/// readable answer is filtered.
+#[tokio::test]
+async fn a_hostile_upstream_never_gets_an_unfiltered_list_to_the_client() {
+    let script = Script::default();
+    let port = script.clone().serve().await;
+    let env = TestEnv::start(Options {
+        upstream: Upstream::Port(port),
+        ..Options::default()
+    })
+    .await;
+    let token = env.user_token(BOB, &[ENG_GROUP]);
+    let list = r#"{"jsonrpc":"2.0","id":5,"result":{"tools":[{"name":"echo","description":"é"},{"name":"delete_repository"}]}}"#;
+    let sse = |data: &str| format!("event: message\ndata: {data}\n\n").into_bytes();
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":5,"result":{{"tools":[{{"name":"delete_repository","description":"{}"}}]}}}}"#,
+        "x".repeat(5 << 20)
+    );
+    let json = "application/json";
+    let cases: Vec<(&str, &str, Vec<(&'static str, &'static str)>, Vec<Vec<u8>>)> = vec![
+        (
+            "truncated JSON",
+            json,
+            vec![],
+            vec![list.as_bytes()[..60].to_vec()],
+        ),
+        (
+            "not JSON",
+            json,
+            vec![],
+            vec![b"delete_repository".to_vec()],
+        ),
+        (
+            "oversized JSON",
+            json,
+            vec![],
+            vec![big.clone().into_bytes()],
+        ),
+        (
+            "gzip",
+            json,
+            vec![("content-encoding", "gzip")],
+            vec![list.as_bytes().to_vec()],
+        ),
+        (
+            "charset=utf-16",
+            "application/json; charset=utf-16",
+            vec![],
+            vec![list.as_bytes().to_vec()],
+        ),
+        (
+            "text/plain",
+            "text/plain",
+            vec![],
+            vec![list.as_bytes().to_vec()],
+        ),
+        (
+            "invalid JSON in an event",
+            "text/event-stream",
+            vec![],
+            vec![sse(&list[..70])],
+        ),
+        (
+            "a stream cut mid-event",
+            "text/event-stream",
+            vec![],
+            vec![format!("data: {list}\n").into_bytes()],
+        ),
+        (
+            "an oversized event",
+            "text/event-stream",
+            vec![],
+            vec![sse(&big)],
+        ),
+    ];
+    for (attack, ct, headers, chunks) in cases {
+        script.set(ct, headers, chunks);
+        let r = env
+            .post(
+                "/mcp/github",
+                Some(&token),
+                &list_body(5, "tools/list"),
+                &[],
+            )
+            .await;
+        assert!(
+            !r.body.contains("delete_repository"),
+            "{attack}: the denied tool reached the client: {} {}",
+            r.status,
+            &r.body[..r.body.len().min(300)]
+        );
+        assert!(
+            r.status >= 500 || r.body.contains("list_") || r.body.is_empty(),
+            "{attack}: neither an error nor nothing: {r:?}"
+        );
+    }
+    // Duplicate names: the item is re-encoded with the one name decided on (the last, as
+    // most clients read it), so the client cannot read the other.
+    script.set(
+        json,
+        vec![],
+        vec![br#"{"jsonrpc":"2.0","id":5,"result":{"tools":[{"name":"delete_repository","name":"echo"}]}}"#.to_vec()],
+    );
+    let r = env
+        .post(
+            "/mcp/github",
+            Some(&token),
+            &list_body(5, "tools/list"),
+            &[],
+        )
+        .await;
+    assert!(!r.body.contains("delete_repository"), "{r:?}");
+    assert_eq!(tool_names(&message_of(&r)), ["echo"], "{r:?}");
+    // The one readable answer, split mid-UTF-8 (inside "é") over two chunks, is filtered.
+    let whole = sse(list);
+    let cut = whole
+        .windows(2)
+        .position(|w| w == "é".as_bytes())
+        .expect("é")
+        + 1;
+    script.set(
+        "text/event-stream",
+        vec![],
+        vec![whole[..cut].to_vec(), whole[cut..].to_vec()],
+    );
+    let r = env
+        .post(
+            "/mcp/github",
+            Some(&token),
+            &list_body(5, "tools/list"),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let msg = message_of(&r);
+    assert_eq!(tool_names(&msg), ["echo"], "{msg}");
+    assert_eq!(msg["result"]["tools"][0]["description"], "é");
+}

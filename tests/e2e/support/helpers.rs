@@ -203,6 +203,8 @@ pub enum Upstream {
     TypeScriptNodeHttp,
     /// `tests/peers/typescript/server.mjs express`: the TypeScript SDK's Express helper.
     TypeScriptExpress,
+    /// An upstream the test runs itself on this port (a hostile one, say).
+    Port(u16),
 }
 
 impl Upstream {
@@ -223,7 +225,7 @@ impl Upstream {
         json: bool,
     ) -> Option<(Child, u16)> {
         let (program, args): (String, Vec<String>) = match self {
-            Upstream::Rmcp => return None,
+            Upstream::Rmcp | Upstream::Port(_) => return None,
             Upstream::Python => (
                 peers_python(),
                 vec![
@@ -452,13 +454,14 @@ impl TestEnv {
         let envoy_url = format!("http://127.0.0.1:{envoy_port}");
         let jwks_url = format!("{envoy_url}{}", mcp_authz::assertion::JWKS_PATH);
         let received = ReceivedLog::default();
-        let (peer, up_port) = match opts
+        let spawned = opts
             .upstream
             .spawn(dir.path(), &jwks_url, &envoy_url, opts.upstream_json)
-            .await
-        {
-            Some((child, port)) => (Some(child), port),
-            None => {
+            .await;
+        let (peer, up_port) = match (opts.upstream, spawned) {
+            (_, Some((child, port))) => (Some(child), port),
+            (Upstream::Port(port), None) => (None, port),
+            (_, None) => {
                 let up_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                     .await
                     .expect("bind upstream");
