@@ -8,12 +8,14 @@ use anyhow::Context;
 
 mod audit;
 mod check_config;
+mod explain_list;
 mod policy_test;
 mod render;
 mod replay;
 
 pub use audit::{audit_partitions, audit_prune};
 pub use check_config::check_config;
+pub use explain_list::{ListItems, explain_list};
 pub use policy_test::{policy_directories, policy_test, policy_validate};
 pub use render::{RenderError, origin_matchers, render_envoy, render_template};
 pub use replay::{AuditSource, Past, Report, policy_replay};
@@ -103,12 +105,9 @@ pub async fn import(
     Ok(())
 }
 
-/// What `explain` asks about.
-pub type ExplainQuery = policy::cases::Ask;
-
-/// `mcp-authz explain`: the decision the server would make, and the rows behind it.
-pub async fn explain(cfg: &Config, q: &ExplainQuery, out: &mut impl Write) -> anyhow::Result<bool> {
-    let snapshot = match cfg.policy.source {
+/// The policy the server would decide on now: its file, or its rows.
+pub(crate) async fn current_snapshot(cfg: &Config) -> anyhow::Result<policy::Snapshot> {
+    Ok(match cfg.policy.source {
         PolicySourceKind::Postgres => {
             policy::postgres::load_snapshot(&database(cfg)?, &cfg.entra.tenants).await??
         }
@@ -116,7 +115,15 @@ pub async fn explain(cfg: &Config, q: &ExplainQuery, out: &mut impl Write) -> an
             cfg.policy.file.as_deref().context("policy.file")?,
             &cfg.entra.tenants,
         )?,
-    };
+    })
+}
+
+/// What `explain` asks about.
+pub type ExplainQuery = policy::cases::Ask;
+
+/// `mcp-authz explain`: the decision the server would make, and the rows behind it.
+pub async fn explain(cfg: &Config, q: &ExplainQuery, out: &mut impl Write) -> anyhow::Result<bool> {
+    let snapshot = current_snapshot(cfg).await?;
     let asked = q
         .resolve(cfg.entra.tenants.first().map(String::as_str))
         .map_err(|e| anyhow::anyhow!("explain: {e}"))?;

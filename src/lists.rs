@@ -66,6 +66,17 @@ impl ListKind {
         }
     }
 
+    /// From the name `explain --list` takes: `tools`, `prompts`, `resources`, `templates`.
+    pub fn from_cli(name: &str) -> Option<Self> {
+        match name {
+            "tools" => Some(ListKind::Tools),
+            "prompts" => Some(ListKind::Prompts),
+            "resources" => Some(ListKind::Resources),
+            "templates" | "resource-templates" => Some(ListKind::ResourceTemplates),
+            _ => None,
+        }
+    }
+
     pub fn from_method(method: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.method() == method)
     }

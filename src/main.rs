@@ -86,6 +86,16 @@ enum Command {
         /// JSON-RPC method; `tools/call` with --tool, else `initialize`.
         #[arg(long)]
         method: Option<String>,
+        /// What the user would see of a list instead: `tools`, `prompts`, `resources` or
+        /// `templates`, with the items from --item and --items.
+        #[arg(long, value_parser = ["tools", "prompts", "resources", "templates"])]
+        list: Option<String>,
+        /// With --list: an item's name (or URI); repeatable.
+        #[arg(long = "item", requires = "list")]
+        items: Vec<String>,
+        /// With --list: a saved answer of the server to the list method (JSON).
+        #[arg(long = "items", requires = "list")]
+        items_file: Option<PathBuf>,
     },
 }
 
@@ -316,6 +326,9 @@ fn main() -> ExitCode {
             server,
             tool,
             method,
+            list,
+            items,
+            items_file,
             ..
         } => {
             let q = cli::ExplainQuery {
@@ -326,6 +339,18 @@ fn main() -> ExitCode {
                 tool,
                 method,
             };
+            if let Some(kind) = list
+                .as_deref()
+                .and_then(mcp_authz::lists::ListKind::from_cli)
+            {
+                let items = cli::ListItems {
+                    names: items,
+                    file: items_file,
+                };
+                let mut stdout = std::io::stdout();
+                let run = cli::explain_list(&config, &q, kind, &items, &mut stdout);
+                return report(runtime.block_on(run).map(|_| ()));
+            }
             match runtime.block_on(cli::explain(&config, &q, &mut std::io::stdout())) {
                 Ok(true) => ExitCode::SUCCESS,
                 // A denial is an answer, not an error: exit 2 so scripts can tell them apart.

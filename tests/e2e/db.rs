@@ -258,6 +258,43 @@ async fn cli_migrate_export_import_and_explain() {
     ]);
     assert_eq!(code, Some(2));
     assert!(stdout.contains("DENY (server_not_granted)"), "{stdout}");
+    // explain --list: what Bob would see of a saved tools/list answer, and why each hidden
+    // tool is hidden (the row that refuses its call).
+    let answer = dir.path().join("tools.json");
+    std::fs::write(
+        &answer,
+        r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"echo"},{"name":"delete_repository"}]}}"#,
+    )
+    .expect("write answer");
+    let (code, stdout, stderr) = run(&[
+        "explain",
+        "--user",
+        BOB,
+        "--group",
+        ENG_GROUP,
+        "--server",
+        "github",
+        "--list",
+        "tools",
+        "--items",
+        answer.to_str().expect("path"),
+        "--item",
+        "whoami",
+    ]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("  shown   echo"), "{stdout}");
+    assert!(stdout.contains("  shown   whoami"), "{stdout}");
+    assert!(
+        stdout.contains("  hidden  delete_repository: tools/call delete_repository is refused (tool_denied); rows:")
+            && stdout.contains("tool_rules id="),
+        "{stdout}"
+    );
+    assert!(stdout.contains("list:     2 of 3 shown"), "{stdout}");
+    let (code, _, stderr) = run(&[
+        "explain", "--user", BOB, "--server", "github", "--list", "tools",
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("no items"), "{stderr}");
 }
 
 /// A committed change takes effect on every replica within 1 s (p99); measured with two
