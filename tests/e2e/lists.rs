@@ -152,9 +152,13 @@ async fn a_policy_change_changes_the_next_list_within_a_second() {
 /// A hostile upstream: answers every POST with the scripted content type and body, sent in the
 /// chunks given (flushed apart), whatever was asked.
 #[derive(Clone, Default)]
-struct Script(
-    std::sync::Arc<std::sync::Mutex<(String, Vec<(&'static str, &'static str)>, Vec<Vec<u8>>)>>,
-);
+struct Script(std::sync::Arc<std::sync::Mutex<Answer>>);
+
+/// Extra response headers.
+type Headers = Vec<(&'static str, &'static str)>;
+
+/// A scripted answer: content type, extra headers, body chunks.
+type Answer = (String, Headers, Vec<Vec<u8>>);
 
 impl Script {
     fn set(
@@ -219,7 +223,7 @@ async fn a_hostile_upstream_never_gets_an_unfiltered_list_to_the_client() {
         "x".repeat(5 << 20)
     );
     let json = "application/json";
-    let cases: Vec<(&str, &str, Vec<(&'static str, &'static str)>, Vec<Vec<u8>>)> = vec![
+    let cases: Vec<(&str, &str, Headers, Vec<Vec<u8>>)> = vec![
         (
             "truncated JSON",
             json,
