@@ -4,8 +4,9 @@
 //! The answer is re-encoded, never patched: every object on the way to an item (the message,
 //! its `result`, each item) is read as a map and written back with one value per key, so a
 //! duplicate key (`{"name":"echo","name":"delete_repository"}`) can never show the client
-//! another item than the one decided on. Everything else in `result` (`nextCursor`, `_meta`)
-//! and in an item is kept as it came.
+//! another item than the one decided on. Everything else in `result` (`nextCursor`, `_meta`,
+//! `ttlMs`) and in an item is kept as it came, but for `cacheScope`: a result with caching
+//! hints (MCP 2026-07-28) is marked `private`, as it now holds what one caller may use.
 
 use std::collections::BTreeMap;
 
@@ -144,6 +145,11 @@ pub fn rewrite(snap: &Snapshot, who: &ListCaller, message: &[u8]) -> Result<Rewr
     }
     let kept_count = kept.len();
     result.insert(key.to_owned(), to_raw(&kept)?);
+    // MCP 2026-07-28 caching hints: the list is now this caller's, never to be served to
+    // another authorization context from a shared cache, whatever the server said.
+    if result.contains_key("cacheScope") || result.contains_key("ttlMs") {
+        result.insert("cacheScope".to_owned(), to_raw(&"private")?);
+    }
     top.insert("result".to_owned(), to_raw(&result)?);
     let body = serde_json::to_vec(&top).map_err(|_| ListError::Malformed("re-encoding"))?;
     Ok(Rewrite::Filtered {

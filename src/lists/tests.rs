@@ -97,6 +97,26 @@ fn each_caller_sees_exactly_the_tools_it_may_call() {
     assert_eq!(v["result"]["tools"][0]["inputSchema"]["type"], "object");
 }
 
+/// A filtered list is the caller's own: a result with caching hints (MCP 2026-07-28) is marked
+/// private, so that no shared cache serves it to another caller; one without them gets none.
+#[test]
+fn a_filtered_list_with_caching_hints_is_marked_private() {
+    let snap = snap();
+    let who = caller(ListKind::Tools, ENG);
+    let body = br#"{"jsonrpc":"2.0","id":7,"result":{"tools":[{"name":"echo"}],"ttlMs":60000,"cacheScope":"public"}}"#;
+    let (out, _) = filtered(rewrite(&snap, &who, body));
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
+    assert_eq!(v["result"]["cacheScope"], "private");
+    assert_eq!(v["result"]["ttlMs"], 60000);
+    let (out, _) = filtered(rewrite(
+        &snap,
+        &who,
+        tools_answer("7", &["echo"]).as_bytes(),
+    ));
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
+    assert!(v["result"].get("cacheScope").is_none(), "{v}");
+}
+
 #[test]
 fn an_item_is_listed_if_and_only_if_its_call_is_allowed() {
     let snap = snap();
