@@ -123,20 +123,17 @@ async fn tools_list_through_envoy_shows_only_the_allowed_tools() {
     }
 }
 
-/// A policy change reaches the next list within a second: once the file allows
-/// delete_repository, the same caller's next list shows it; an admin sees everything.
-#[tokio::test]
-async fn a_policy_change_changes_the_next_list_within_a_second() {
-    let env = TestEnv::start(Options::default()).await;
+/// The next list after `change` shows delete_repository within a second.
+async fn next_list_shows_the_change(env: &TestEnv, change: impl std::future::Future<Output = ()>) {
     let token = env.user_token(BOB, &[ENG_GROUP]);
     let sid = env.open_session("/mcp/github", &token).await;
-    let before = message_of(&list_tools(&env, &token, &sid, 2).await);
+    let before = message_of(&list_tools(env, &token, &sid, 2).await);
     assert_eq!(tool_names(&before), ["echo", "whoami"], "{before}");
-    env.write_policy(&POLICY.replace("effect: deny", "effect: allow"));
+    change.await;
     let changed = std::time::Instant::now();
     let mut id = 3;
     loop {
-        let now = message_of(&list_tools(&env, &token, &sid, id).await);
+        let now = message_of(&list_tools(env, &token, &sid, id).await);
         if tool_names(&now) == ["delete_repository", "echo", "whoami"] {
             break;
         }
@@ -147,6 +144,36 @@ async fn a_policy_change_changes_the_next_list_within_a_second() {
         id += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A policy change reaches the next list within a second: once the policy file allows
+/// delete_repository, the same caller's next list shows it.
+#[tokio::test]
+async fn a_policy_file_change_changes_the_next_list_within_a_second() {
+    let env = TestEnv::start(Options::default()).await;
+    next_list_shows_the_change(&env, async {
+        env.write_policy(&POLICY.replace("effect: deny", "effect: allow"));
+    })
+    .await;
+}
+
+/// The same with the policy in PostgreSQL: the rule's row deleted.
+#[tokio::test]
+async fn a_policy_row_change_changes_the_next_list_within_a_second() {
+    let db = crate::support::pg::TestDb::create().await;
+    db.import(POLICY, false).await;
+    let env = TestEnv::start(Options {
+        database_url: Some(db.url.clone()),
+        ..Options::default()
+    })
+    .await;
+    next_list_shows_the_change(&env, async {
+        sqlx::query("DELETE FROM tool_rules WHERE server = 'github' AND tool_pattern = 'delete_*'")
+            .execute(&db.pool)
+            .await
+            .expect("delete the rule");
+    })
+    .await;
 }
 
 /// A hostile upstream: answers every POST with the scripted content type and body, sent in the
