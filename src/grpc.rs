@@ -214,6 +214,31 @@ pub fn to_check_response(verdict: Verdict) -> CheckResponse {
             })),
             dynamic_metadata: list.map(|c| crate::lists::to_metadata(&c)),
         },
+        // Envoy answers a non-OK Check itself, with the status given: 200 here.
+        Verdict::Answer { body } => CheckResponse {
+            status: Some(Status {
+                code: GRPC_PERMISSION_DENIED,
+                ..Default::default()
+            }),
+            http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                status: Some(HttpStatus { code: 200 }),
+                headers: vec![
+                    header(
+                        "content-type",
+                        "application/json".into(),
+                        HeaderAppendAction::OverwriteIfExistsOrAdd,
+                    ),
+                    // The caller's own: never from a shared cache.
+                    header(
+                        "cache-control",
+                        "no-store".into(),
+                        HeaderAppendAction::OverwriteIfExistsOrAdd,
+                    ),
+                ],
+                body,
+            })),
+            dynamic_metadata: None,
+        },
         Verdict::Deny {
             status,
             headers,

@@ -225,6 +225,12 @@ pub fn parse<'a>(req: &HttpView<'a>, path_prefix: &str) -> Parsed<'a> {
     Parsed { facts, rpc_id }
 }
 
+/// A `GET` on the MCP prefix itself (`/mcp` or `/mcp/`): the server catalog, which names no
+/// server.
+pub fn is_catalog(req: &HttpView<'_>, prefix: &str) -> bool {
+    req.method == "GET" && req.path_only().trim_end_matches('/') == prefix.trim_end_matches('/')
+}
+
 fn server_of(req: &HttpView<'_>, prefix: &str) -> Result<ServerName, FactsError> {
     let path = req.path_only();
     if path.contains('%') || path.split('/').any(|s| s == "." || s == "..") {

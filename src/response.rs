@@ -46,6 +46,9 @@ pub enum Verdict {
         headers: Vec<(&'static str, String)>,
         body: String,
     },
+    /// mcp-authz answers the request itself, 200 with this JSON body (the server catalog); it
+    /// never reaches an upstream.
+    Answer { body: String },
 }
 
 /// Why a request is refused: a row of the reason table ([`Reason`]: code, status, JSON-RPC

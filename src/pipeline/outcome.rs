@@ -102,7 +102,7 @@ macro_rules! check_line {
 
 impl CheckOutcome {
     pub fn allowed(&self) -> bool {
-        matches!(self.verdict, Verdict::Allow { .. })
+        matches!(self.verdict, Verdict::Allow { .. } | Verdict::Answer { .. })
     }
 
     /// `allow`, `deny`, or `would_deny` (allowed by shadow mode; `reason` says why the

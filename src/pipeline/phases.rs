@@ -74,6 +74,11 @@ impl Authorizer {
     ) -> Result<Verdict, Denial> {
         let token = identity::bearer_token(&input.authorization).map_err(token_denial)?;
         let principal = self.identity(token, seen).await?;
+        if mcp::is_catalog(&input.view, &self.settings.path_prefix) {
+            let snapshot = self.snapshot(seen)?;
+            let groups = self.groups_of(&principal, seen).await?;
+            return Ok(self.catalog(&snapshot, &principal, &groups, &input.view));
+        }
         let facts = facts.map_err(Denial::from)?;
         let snapshot = self.snapshot(seen)?;
         let groups = self.groups_of(&principal, seen).await?;
@@ -109,6 +114,49 @@ impl Authorizer {
             list,
             input,
         ))
+    }
+
+    /// The server catalog: the enabled servers this caller may use (an `initialize` there
+    /// would be allowed now, shadow mode included), with their URL and description.
+    fn catalog(
+        &self,
+        snapshot: &Snapshot,
+        principal: &Principal,
+        groups: &[GroupId],
+        view: &mcp::HttpView<'_>,
+    ) -> Verdict {
+        let base = response::public_base(&self.settings, view).unwrap_or_default();
+        let prefix = self.settings.path_prefix.trim_end_matches('/');
+        let servers: Vec<serde_json::Value> = snapshot
+            .servers()
+            .iter()
+            .filter(|s| s.enabled)
+            .filter(|s| {
+                let facts = RequestFacts {
+                    server: s.route_key.clone(),
+                    call: mcp::Call::Rpc(mcp::RpcFacts {
+                        method: Some("initialize".into()),
+                        tool: None,
+                        uri: None,
+                        prompt: None,
+                    }),
+                };
+                Self::policy(snapshot, principal, groups, &facts).is_ok() || s.shadow
+            })
+            .map(|s| {
+                let mut entry = serde_json::json!({
+                    "name": s.name.as_str(),
+                    "url": format!("{base}{prefix}/{}", s.route_key),
+                });
+                if let Some(d) = &s.description {
+                    entry["description"] = d.as_str().into();
+                }
+                entry
+            })
+            .collect();
+        Verdict::Answer {
+            body: serde_json::json!({ "servers": servers }).to_string(),
+        }
     }
 
     /// Identity: the token verified (or found in the verified-token cache).

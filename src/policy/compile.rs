@@ -143,9 +143,18 @@ impl Snapshot {
                     s.name
                 ));
             }
+            if let Some(d) = &s.description
+                && (d.is_empty() || d.chars().count() > 1024 || d.chars().any(char::is_control))
+            {
+                problems.push(format!(
+                    "servers[{i}] {}: description must be 1-1024 characters of plain text (no control characters)",
+                    s.name
+                ));
+            }
             servers.push(Arc::new(Server {
                 name,
                 route_key,
+                description: s.description.clone(),
                 enabled: s.enabled,
                 token_forwarding: s.token_forwarding,
                 obo_scope: s.obo_scope.clone(),

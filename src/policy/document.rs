@@ -263,6 +263,10 @@ pub struct ServerDoc {
     /// Never shadowed: `shadow: true` is refused, `shadow_all_servers` passes it by.
     #[serde(default, skip_serializing_if = "is_false")]
     pub sensitive: bool,
+    /// What the server is for, shown in the server catalog (`GET` on the MCP prefix) to the
+    /// callers who may use it; plain text, 1–1024 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -15,6 +15,8 @@ pub type Origin = Arc<str>;
 pub struct Server {
     pub name: ServerName,
     pub route_key: ServerName,
+    /// Shown in the server catalog.
+    pub description: Option<String>,
     pub enabled: bool,
     pub token_forwarding: TokenForwarding,
     pub obo_scope: Option<String>,

@@ -587,6 +587,35 @@ fn bad_rate_limits_are_refused_with_every_problem() {
     }
 }
 
+/// A description the catalog would show must be plain text of a bounded length.
+#[test]
+fn bad_server_descriptions_are_refused() {
+    for bad in [
+        "\"\"",
+        "\"line\\nbreak\"",
+        &format!("\"{}\"", "d".repeat(1025)),
+    ] {
+        let doc = DOC.replace(
+            "{name: jira}",
+            &format!("{{name: jira, description: {bad}}}"),
+        );
+        let doc: PolicyDocument = serde_yaml_ng::from_str(&doc).expect("yaml");
+        let err = Snapshot::compile(&doc, "test", &[]).expect_err("refused");
+        assert!(
+            err.to_string().contains("jira: description must be"),
+            "{bad}: {err}"
+        );
+    }
+    let doc = DOC.replace(
+        "{name: jira}",
+        "{name: jira, description: \"Issues and sprints\"}",
+    );
+    let doc: PolicyDocument = serde_yaml_ng::from_str(&doc).expect("yaml");
+    let snap = Snapshot::compile(&doc, "test", &[]).expect("compiles");
+    let jira = snap.server_by_route("jira").expect("jira");
+    assert_eq!(jira.description.as_deref(), Some("Issues and sprints"));
+}
+
 fn compile_for(doc: &str, directories: &[&str]) -> Result<Snapshot, CompileError> {
     let doc: PolicyDocument = serde_yaml_ng::from_str(doc).expect("yaml");
     let dirs: Vec<String> = directories.iter().map(|s| s.to_string()).collect();

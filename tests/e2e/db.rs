@@ -58,6 +58,14 @@ async fn constraints_make_bad_rows_impossible() {
             "check constraint",
         ),
         (
+            "UPDATE mcp_servers SET description = E'two\\nlines' WHERE name = 'github'",
+            "check constraint",
+        ),
+        (
+            "UPDATE mcp_servers SET description = '' WHERE name = 'github'",
+            "check constraint",
+        ),
+        (
             "INSERT INTO mcp_servers (name, route_key, token_forwarding) VALUES ('s', 's', 'everything')",
             "check constraint",
         ),

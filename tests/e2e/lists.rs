@@ -369,3 +369,65 @@ async fn a_hostile_upstream_never_gets_an_unfiltered_list_to_the_client() {
     assert_eq!(tool_names(&msg), ["echo"], "{msg}");
     assert_eq!(msg["result"]["tools"][0]["description"], "é");
 }
+
+/// The server catalog: `GET /mcp` answers the servers this caller may use (name, URL,
+/// description from policy) and nothing else; 401 without a token; disabled servers and
+/// servers of other tenants are not in it.
+#[tokio::test]
+async fn the_server_catalog_lists_what_each_caller_may_use() {
+    let policy = POLICY.replace(
+        "  - name: github\n",
+        "  - name: github\n    description: \"Repositories, issues and pull requests\"\n",
+    );
+    let env = TestEnv::start(Options {
+        policy,
+        ..Options::default()
+    })
+    .await;
+    let catalog = |token: Option<String>| {
+        let req = env.http.get(format!("{}/mcp", env.envoy_url));
+        let req = match token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        async move { Reply::from(req.send().await.expect("GET /mcp")).await }
+    };
+    let names = |r: &Reply| -> Vec<String> {
+        r.json()["servers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let r = catalog(Some(env.user_token(BOB, &[ENG_GROUP]))).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("cache-control"), Some("no-store"), "{r:?}");
+    assert_eq!(names(&r), ["github", "jira"], "{r:?}");
+    let github = &r.json()["servers"][0];
+    assert_eq!(github["url"], format!("{}/mcp/github", env.envoy_url));
+    assert_eq!(
+        github["description"],
+        "Repositories, issues and pull requests"
+    );
+    let r = catalog(Some(env.user_token(CAROL, &[SALES_GROUP]))).await;
+    assert_eq!(names(&r), ["jira"], "{r:?}");
+    // An admin may use every enabled server; `legacy` is disabled.
+    let r = catalog(Some(env.user_token(CAROL, &[ADMIN_GROUP]))).await;
+    assert_eq!(names(&r), ["github", "jira"], "{r:?}");
+    // No grant: an empty catalog, not an error.
+    let r = catalog(Some(env.user_token(CAROL, &[]))).await;
+    assert_eq!((r.status, names(&r).len()), (200, 0), "{r:?}");
+    let r = catalog(None).await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(r.header("www-authenticate").is_some(), "{r:?}");
+    // Nothing of it reached the upstream.
+    let log = env.upstream_log().await;
+    assert!(
+        log.received.iter().all(|q| q.path != "/mcp"),
+        "{:?}",
+        log.received
+    );
+}

@@ -132,6 +132,7 @@ pub(super) fn rows_to_document(tables: &[Rows]) -> Result<PolicyDocument, DbErro
             obo_scope: cell(v, 4),
             shadow: cell(v, 5).as_deref() == Some("true"),
             sensitive: cell(v, 6).as_deref() == Some("true"),
+            description: cell(v, 7),
             name,
         });
     }
@@ -247,6 +248,7 @@ pub(super) fn document_to_rows(doc: &PolicyDocument) -> Vec<Rows> {
                 s.obo_scope.clone(),
                 boolean(s.shadow),
                 boolean(s.sensitive),
+                s.description.clone(),
             ],
         );
     }

@@ -40,6 +40,7 @@ pub(super) const SERVERS: Table = Table {
         Col("obo_scope", "text"),
         Col("shadow", "boolean"),
         Col("sensitive", "boolean"),
+        Col("description", "text"),
     ],
     has_id: false,
 };
