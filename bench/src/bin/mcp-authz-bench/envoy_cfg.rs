@@ -18,8 +18,9 @@ pub enum Variant {
         jwks: String,
         cache: Option<usize>,
     },
-    /// The product config: ext_authz to mcp-authz over TCP or the unix socket.
-    ExtAuthz { unix: bool },
+    /// The product config: ext_authz to mcp-authz over TCP or the unix socket; `lists: false`
+    /// without its list filter (ext_proc), for the unfiltered list row.
+    ExtAuthz { unix: bool, lists: bool },
 }
 
 const EXT_AUTHZ: &str = "envoy.filters.http.ext_authz";
@@ -35,18 +36,21 @@ pub fn render(
 ) -> anyhow::Result<String> {
     let mut vars = vars.clone();
     let cluster = match variant {
-        Variant::ExtAuthz { unix: true } => "mcp_authz_uds",
+        Variant::ExtAuthz { unix: true, .. } => "mcp_authz_uds",
         _ => "mcp_authz_tcp",
     };
     vars.insert("AUTHZ_CLUSTER".into(), cluster.into());
     let text = mcp_authz::cli::render_template(template, &vars)
         .map_err(|e| anyhow::anyhow!("envoy template: {e}"))?;
-    if let Variant::ExtAuthz { .. } = variant {
+    if let Variant::ExtAuthz { lists: true, .. } = variant {
         return Ok(text);
     }
     let mut doc: Value = serde_yaml_ng::from_str(&text).context("parse rendered envoy.yaml")?;
     let filters = http_filters(&mut doc)?;
     filters.retain(|f| f.get("name").and_then(Value::as_str) != Some(EXT_PROC));
+    if let Variant::ExtAuthz { .. } = variant {
+        return serde_yaml_ng::to_string(&doc).context("write envoy.yaml");
+    }
     let at = filters
         .iter()
         .position(|f| f.get("name").and_then(Value::as_str) == Some(EXT_AUTHZ))
@@ -166,14 +170,43 @@ mod tests {
     #[test]
     fn each_row_gets_the_filter_chain_it_claims() {
         let t = template();
-        let tcp = render(&t, &vars(), &Variant::ExtAuthz { unix: false }).expect("tcp");
+        let tcp = render(
+            &t,
+            &vars(),
+            &Variant::ExtAuthz {
+                unix: false,
+                lists: true,
+            },
+        )
+        .expect("tcp");
         assert_eq!(
             names(&tcp),
             [CORS, EXT_PROC, EXT_AUTHZ, "envoy.filters.http.router"]
         );
         assert!(tcp.contains("cluster_name: mcp_authz_tcp"));
-        let uds = render(&t, &vars(), &Variant::ExtAuthz { unix: true }).expect("uds");
+        let uds = render(
+            &t,
+            &vars(),
+            &Variant::ExtAuthz {
+                unix: true,
+                lists: true,
+            },
+        )
+        .expect("uds");
         assert!(uds.contains("cluster_name: mcp_authz_uds"));
+        let unfiltered = render(
+            &t,
+            &vars(),
+            &Variant::ExtAuthz {
+                unix: false,
+                lists: false,
+            },
+        )
+        .expect("no list filter");
+        assert_eq!(
+            names(&unfiltered),
+            [CORS, EXT_AUTHZ, "envoy.filters.http.router"]
+        );
         let none = render(&t, &vars(), &Variant::NoAuth).expect("no auth");
         assert_eq!(names(&none), [CORS, "envoy.filters.http.router"]);
         for cache in [None, Some(1000)] {

@@ -31,8 +31,8 @@ use load::Wrk;
 use mcp_authz_bench::free_port;
 use procs::{Proc, port_open, wait_for};
 pub(crate) use rows::{
-    CALL_BODY, DENIED_BODY, ENVOYS, FIRST_AUTHZ_ENVOY, LIST_BODY, Phase, ROWS, Run, Target, Tokens,
-    row_index,
+    CALL_BODY, DENIED_BODY, ENVOYS, FIRST_AUTHZ_ENVOY, LIST_BODY, LIST_TOOLS, PING_BODY, Phase,
+    ROWS, Run, Target, Tokens, row_index,
 };
 use stage::{Stage, expect_status};
 use tokens::{forged, mint, rs256_verify_us, write_tokens};
@@ -47,6 +47,7 @@ group_grants: [{group: "e0000000-0000-4000-8000-0000000000e1", tenant: engineeri
 tool_rules:
   - {server: github, tool: "delete_*", effect: deny}
   - {server: github, tool: "search_*", effect: allow, min_access_level: read}
+  - {server: github, tool: "odd_*", effect: deny}
 "#;
 const PATH: &str = "/mcp/github";
 
@@ -190,7 +191,11 @@ async fn run_in(args: &RunArgs, dir: &Path) -> anyhow::Result<String> {
     let (authority, idp) = Authority::spawn_local(vec![TID.into()]).await?;
     let (plain, paced) = load::write_wrk_scripts(dir)?;
     let mut bodies = HashMap::new();
-    for (name, body) in [("list", LIST_BODY), ("call", CALL_BODY)] {
+    for (name, body) in [
+        ("ping", PING_BODY),
+        ("list", LIST_BODY),
+        ("call", CALL_BODY),
+    ] {
         let p = dir.join(format!("body-{name}.json"));
         std::fs::write(&p, body)?;
         bodies.insert(body, p);
@@ -278,8 +283,18 @@ runtime: {{worker_threads: {}}}
         Variant::NoAuth,
         jwt(None),
         jwt(Some(args.users)),
-        Variant::ExtAuthz { unix: false },
-        Variant::ExtAuthz { unix: true },
+        Variant::ExtAuthz {
+            unix: false,
+            lists: true,
+        },
+        Variant::ExtAuthz {
+            unix: true,
+            lists: true,
+        },
+        Variant::ExtAuthz {
+            unix: false,
+            lists: false,
+        },
     ];
     let mut envoys = Vec::new();
     for (i, variant) in variants.iter().enumerate() {
@@ -309,7 +324,7 @@ runtime: {{worker_threads: {}}}
             &http,
             *port,
             Some(token),
-            LIST_BODY,
+            PING_BODY,
             200,
             &format!("{name}: valid token"),
         )
@@ -319,7 +334,7 @@ runtime: {{worker_threads: {}}}
             &http,
             *port,
             None,
-            LIST_BODY,
+            PING_BODY,
             none,
             &format!("{name}: no token"),
         )
@@ -328,7 +343,7 @@ runtime: {{worker_threads: {}}}
             &http,
             *port,
             Some(&bad),
-            LIST_BODY,
+            PING_BODY,
             forged_status,
             &format!("{name}: forged signature"),
         )
@@ -354,7 +369,19 @@ runtime: {{worker_threads: {}}}
             .await?;
         }
     }
-    eprintln!("bench: sanity checks passed (valid 200, missing/forged 401, denied tool 403)");
+    // The list rows measure what they claim: filtered to half through the list filter, whole
+    // without it.
+    for (i, want) in [(3, LIST_TOOLS / 2), (5, LIST_TOOLS)] {
+        let got = stage::list_len(&http, envoys[i].1, token, LIST_BODY).await?;
+        anyhow::ensure!(
+            got == want,
+            "sanity check failed: {}: tools/list holds {got} tools, want {want}",
+            ENVOYS[i]
+        );
+    }
+    eprintln!(
+        "bench: sanity checks passed (valid 200, missing/forged 401, denied tool 403, lists filtered 100 → 50)"
+    );
     let rate = sanity::sample_server_one_connection(&exe, dir).await?;
     eprintln!("bench: the sample MCP server answers {rate:.0} requests/s on one connection");
 

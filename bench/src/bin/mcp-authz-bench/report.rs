@@ -271,10 +271,10 @@ CPU: seconds on CPU (all threads, from /proc) per 10,000 requests.\n\n",
     md.push_str("\n<!-- analysis:start -->\n<!-- analysis:end -->\n");
 
     md.push_str("\n## How each row is configured\n\n");
-    md.push_str("- (c)–(f): `envoy/envoy.yaml` exactly as shipped, rendered with `AUTHZ_CLUSTER=mcp_authz_tcp` or `mcp_authz_uds`.\n");
-    md.push_str("- (a): the same file without the ext_authz filter. (b), (b'): the same file with Envoy's `jwt_authn` in place of ext_authz: one provider (issuer, audience, `local_jwks` inline, `forward: true`), required on every route; (b') adds `jwt_cache_config: {jwt_cache_size: ");
+    md.push_str("- (c)–(f), (l): `envoy/envoy.yaml` exactly as shipped (ext_authz and the list filter, ext_proc), rendered with `AUTHZ_CLUSTER=mcp_authz_tcp` or `mcp_authz_uds`. (a)–(e) send an MCP `ping`, which the list filter never sees; (f) a `tools/call`; (l) and (l0) a `tools/list` that the upstream answers with 100 tools (a description and an input schema each), of which the policy denies half: (l) filters it to 50 through ext_proc, (l0) is the same file without the list filter, so (l)/(l0) is the filter's cost.\n");
+    md.push_str("- (a): the same file without the ext_authz and ext_proc filters. (b), (b'): the same file with Envoy's `jwt_authn` in place of ext_authz: one provider (issuer, audience, `local_jwks` inline, `forward: true`), required on every route; (b') adds `jwt_cache_config: {jwt_cache_size: ");
     md.push_str(&format!("{}}}`.\n", a.users));
-    md.push_str("- mcp-authz: a file policy with one tenant, one server, a group grant and two tool rules (`delete_*` denied, `search_*` allowed from `read`); traces, rate limits and audit off (their costs are flag checks when off).\n");
+    md.push_str("- mcp-authz: a file policy with one tenant, one server, a group grant and three tool rules (`delete_*` and `odd_*` denied, `search_*` allowed from `read`); traces, rate limits and audit off (their costs are flag checks when off).\n");
     md.push_str(&format!(
         "- Load commands (paths are the run's temp dir), one of each kind:\n  - `{}`\n  - `{}`\n  - `{}`\n",
         sample_command(i, "c", Phase::Saturation),

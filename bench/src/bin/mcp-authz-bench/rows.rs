@@ -2,8 +2,14 @@
 
 use crate::load::Sample;
 
-/// The request of every row but (f): an MCP `tools/list`.
+/// The request of rows (a)-(e): an MCP `ping`, which the Check authorizes on the server grant
+/// and no list filter touches (before the list filter existed these rows sent `tools/list`).
+pub(crate) const PING_BODY: &str = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+/// Rows (l) and (l0): `tools/list`, which the upstream answers with [`LIST_TOOLS`] tools, half
+/// of them denied by the bench policy.
 pub(crate) const LIST_BODY: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#;
+/// Tools in the upstream's list answer (`even_NN` allowed, `odd_NN` denied).
+pub(crate) const LIST_TOOLS: usize = 100;
 /// Row (f): a `tools/call` that a per-tool rule decides.
 pub(crate) const CALL_BODY: &str = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"search_code","arguments":{"query":"fn main language:rust","per_page":30,"page":1}}}"#;
 pub(crate) const DENIED_BODY: &str = r#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"delete_repo","arguments":{"repo":"x"}}}"#;
@@ -36,56 +42,57 @@ pub struct Row {
 }
 
 /// The Envoys, by index in `Target::Envoy`; `run_in` builds their configs in this order.
-pub(crate) const ENVOYS: [&str; 5] = [
+pub(crate) const ENVOYS: [&str; 6] = [
     "no auth",
     "jwt_authn",
     "jwt_authn cached",
     "ext_authz tcp",
     "ext_authz uds",
+    "ext_authz tcp, no list filter",
 ];
 
-pub const ROWS: [Row; 10] = [
+pub const ROWS: [Row; 12] = [
     Row {
         key: "a",
         label: "Envoy, no auth",
         target: Target::Envoy(0),
         tokens: Tokens::Warm,
-        body: LIST_BODY,
+        body: PING_BODY,
     },
     Row {
         key: "b",
         label: "Envoy jwt_authn, default settings",
         target: Target::Envoy(1),
         tokens: Tokens::Warm,
-        body: LIST_BODY,
+        body: PING_BODY,
     },
     Row {
         key: "b'",
         label: "Envoy jwt_authn, jwt_cache_config sized to the pool",
         target: Target::Envoy(2),
         tokens: Tokens::Warm,
-        body: LIST_BODY,
+        body: PING_BODY,
     },
     Row {
         key: "c",
         label: "Envoy + mcp-authz, TCP, warm tokens",
         target: Target::Envoy(3),
         tokens: Tokens::Warm,
-        body: LIST_BODY,
+        body: PING_BODY,
     },
     Row {
         key: "d",
         label: "Envoy + mcp-authz, unix socket, warm tokens",
         target: Target::Envoy(4),
         tokens: Tokens::Warm,
-        body: LIST_BODY,
+        body: PING_BODY,
     },
     Row {
         key: "e",
         label: "Envoy + mcp-authz, TCP, every token new",
         target: Target::Envoy(3),
         tokens: Tokens::Cold,
-        body: LIST_BODY,
+        body: PING_BODY,
     },
     Row {
         key: "f",
@@ -93,6 +100,20 @@ pub const ROWS: [Row; 10] = [
         target: Target::Envoy(3),
         tokens: Tokens::Warm,
         body: CALL_BODY,
+    },
+    Row {
+        key: "l",
+        label: "Envoy + mcp-authz, TCP, tools/list of 100 filtered to 50 (ext_proc)",
+        target: Target::Envoy(3),
+        tokens: Tokens::Warm,
+        body: LIST_BODY,
+    },
+    Row {
+        key: "l0",
+        label: "Envoy + mcp-authz, TCP, the same tools/list unfiltered (no ext_proc)",
+        target: Target::Envoy(5),
+        tokens: Tokens::Warm,
+        body: LIST_BODY,
     },
     Row {
         key: "g0",

@@ -173,3 +173,27 @@ pub(crate) async fn expect_status(
     );
     Ok(())
 }
+
+/// The number of tools in the `tools/list` answer through the Envoy on `port`.
+pub(crate) async fn list_len(
+    http: &reqwest::Client,
+    port: u16,
+    token: &str,
+    body: &str,
+) -> anyhow::Result<usize> {
+    let text = http
+        .post(format!("http://127.0.0.1:{port}{PATH}"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("authorization", format!("Bearer {token}"))
+        .body(body.to_owned())
+        .send()
+        .await
+        .context("tools/list")?
+        .text()
+        .await
+        .context("tools/list body")?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("tools/list answered {text:.200}"))?;
+    Ok(v["result"]["tools"].as_array().map_or(0, Vec::len))
+}
