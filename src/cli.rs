@@ -118,6 +118,30 @@ pub(crate) async fn current_snapshot(cfg: &Config) -> anyhow::Result<policy::Sna
     })
 }
 
+/// The first lines of an `explain` answer: the policy, and the question as resolved.
+pub(crate) fn write_question(
+    out: &mut impl Write,
+    snapshot: &policy::Snapshot,
+    q: &ExplainQuery,
+    asked: &policy::cases::Resolved,
+    what: &str,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "policy:   {} version {}",
+        snapshot.source, snapshot.version
+    )?;
+    let groups: Vec<&str> = asked.groups.iter().map(|g| g.as_str()).collect();
+    writeln!(
+        out,
+        "request:  user {} (tid {}), groups [{}], server {}, {what}",
+        q.user,
+        asked.tid,
+        groups.join(", "),
+        q.server,
+    )
+}
+
 /// What `explain` asks about.
 pub type ExplainQuery = policy::cases::Ask;
 
@@ -128,22 +152,17 @@ pub async fn explain(cfg: &Config, q: &ExplainQuery, out: &mut impl Write) -> an
         .resolve(cfg.entra.tenants.first().map(String::as_str))
         .map_err(|e| anyhow::anyhow!("explain: {e}"))?;
     let decision = asked.decide(&snapshot);
-    let (tid, groups, method) = (&asked.tid, &asked.groups, &asked.method);
-    writeln!(
+    let tool = q
+        .tool
+        .as_deref()
+        .map(|t| format!(" {t}"))
+        .unwrap_or_default();
+    write_question(
         out,
-        "policy:   {} version {}",
-        snapshot.source, snapshot.version
-    )?;
-    writeln!(
-        out,
-        "request:  user {} (tid {tid}), groups [{}], server {}, {method}{}",
-        q.user,
-        groups.join(", "),
-        q.server,
-        q.tool
-            .as_deref()
-            .map(|t| format!(" {t}"))
-            .unwrap_or_default()
+        &snapshot,
+        q,
+        &asked,
+        &format!("{}{tool}", asked.method),
     )?;
     let allowed = match &decision.result {
         Ok(a) => {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use super::{ExplainQuery, current_snapshot};
+use super::{ExplainQuery, current_snapshot, write_question};
 use crate::config::Config;
 use crate::lists::{self, Hidden, ListCaller, ListKind};
 
@@ -82,25 +82,7 @@ pub async fn explain_list(
         groups: asked.groups.clone(),
         rpc_id: "1".into(),
     };
-    writeln!(
-        out,
-        "policy:   {} version {}",
-        snapshot.source, snapshot.version
-    )?;
-    writeln!(
-        out,
-        "request:  user {} (tid {}), groups [{}], server {}, {}",
-        q.user,
-        asked.tid,
-        asked
-            .groups
-            .iter()
-            .map(|g| g.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-        q.server,
-        kind.method()
-    )?;
+    write_question(out, &snapshot, q, &asked, kind.method())?;
     let mut shown = 0;
     for name in &names {
         match lists::visible(&snapshot, &caller, name) {

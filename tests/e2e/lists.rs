@@ -39,14 +39,15 @@ fn tool_names(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn list_tools(env: &TestEnv, token: &str, sid: &str, id: u64) -> Reply {
+async fn list_tools(env: &TestEnv, token: &str, sid: Option<&str>, id: u64) -> Reply {
+    let session: Vec<(&str, &str)> = sid.map(|s| ("mcp-session-id", s)).into_iter().collect();
     tokio::time::timeout(
         Duration::from_secs(10),
         env.post(
             "/mcp/github",
             Some(token),
             &list_body(id, "tools/list"),
-            &[("mcp-session-id", sid)],
+            &session,
         ),
     )
     .await
@@ -75,7 +76,7 @@ async fn tools_list_through_envoy_shows_only_the_allowed_tools() {
         .await;
         let token = env.user_token(BOB, &[ENG_GROUP]);
         let sid = env.open_session("/mcp/github", &token).await;
-        let r = list_tools(&env, &token, &sid, 5).await;
+        let r = list_tools(&env, &token, Some(&sid), 5).await;
         assert_eq!(r.status, 200, "{what}: {r:?}");
         let expected_type = if json {
             "application/json"
@@ -127,13 +128,13 @@ async fn tools_list_through_envoy_shows_only_the_allowed_tools() {
 async fn next_list_shows_the_change(env: &TestEnv, change: impl std::future::Future<Output = ()>) {
     let token = env.user_token(BOB, &[ENG_GROUP]);
     let sid = env.open_session("/mcp/github", &token).await;
-    let before = message_of(&list_tools(env, &token, &sid, 2).await);
+    let before = message_of(&list_tools(env, &token, Some(&sid), 2).await);
     assert_eq!(tool_names(&before), ["echo", "whoami"], "{before}");
     change.await;
     let changed = std::time::Instant::now();
     let mut id = 3;
     loop {
-        let now = message_of(&list_tools(env, &token, &sid, id).await);
+        let now = message_of(&list_tools(env, &token, Some(&sid), id).await);
         if tool_names(&now) == ["delete_repository", "echo", "whoami"] {
             break;
         }
@@ -308,14 +309,7 @@ async fn a_hostile_upstream_never_gets_an_unfiltered_list_to_the_client() {
     ];
     for (attack, ct, headers, chunks) in cases {
         script.set(ct, headers, chunks);
-        let r = env
-            .post(
-                "/mcp/github",
-                Some(&token),
-                &list_body(5, "tools/list"),
-                &[],
-            )
-            .await;
+        let r = list_tools(&env, &token, None, 5).await;
         assert!(
             !r.body.contains("delete_repository"),
             "{attack}: the denied tool reached the client: {} {}",
@@ -334,14 +328,7 @@ async fn a_hostile_upstream_never_gets_an_unfiltered_list_to_the_client() {
         vec![],
         vec![br#"{"jsonrpc":"2.0","id":5,"result":{"tools":[{"name":"delete_repository","name":"echo"}]}}"#.to_vec()],
     );
-    let r = env
-        .post(
-            "/mcp/github",
-            Some(&token),
-            &list_body(5, "tools/list"),
-            &[],
-        )
-        .await;
+    let r = list_tools(&env, &token, None, 5).await;
     assert!(!r.body.contains("delete_repository"), "{r:?}");
     assert_eq!(tool_names(&message_of(&r)), ["echo"], "{r:?}");
     // The one readable answer, split mid-UTF-8 (inside "é") over two chunks, is filtered.
@@ -356,14 +343,7 @@ async fn a_hostile_upstream_never_gets_an_unfiltered_list_to_the_client() {
         vec![],
         vec![whole[..cut].to_vec(), whole[cut..].to_vec()],
     );
-    let r = env
-        .post(
-            "/mcp/github",
-            Some(&token),
-            &list_body(5, "tools/list"),
-            &[],
-        )
-        .await;
+    let r = list_tools(&env, &token, None, 5).await;
     assert_eq!(r.status, 200, "{r:?}");
     let msg = message_of(&r);
     assert_eq!(tool_names(&msg), ["echo"], "{msg}");
