@@ -99,6 +99,7 @@ META='"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelc
 DISCOVER='{"jsonrpc":"2.0","id":1,"method":"server/discover","params":{'"$META"'}}'
 CALL_ECHO='{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello"},'"$META"'}}'
 CALL_DELETE='{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"delete_repository","arguments":{"name":"prod"},'"$META"'}}'
+LIST='{"jsonrpc":"2.0","id":4,"method":"tools/list","params":{'"$META"'}}'
 # The revision before it, with its initialize handshake: still served.
 INIT='{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"curl","version":"0"}}}'
 H=(-H 'content-type: application/json' -H 'accept: application/json, text/event-stream')
@@ -125,6 +126,14 @@ Calling the denied tool delete_repository is 403 (tool_denied):
     -H 'accept: application/json, text/event-stream' -H 'mcp-protocol-version: $PV' \\
     -H 'mcp-method: tools/call' -H 'mcp-name: delete_repository' -d '$CALL_DELETE'
 
+bob's tools/list holds only the tools he may call (delete_repository is filtered out):
+  curl -s $GW/mcp/github -H "authorization: Bearer \$(cat .demo/token)" -H 'content-type: application/json' \\
+    -H 'accept: application/json, text/event-stream' -H 'mcp-protocol-version: $PV' \\
+    -H 'mcp-method: tools/list' -d '$LIST'
+
+The servers bob may use (the server catalog):
+  curl -s $GW/mcp -H "authorization: Bearer \$(cat .demo/token)"
+
 Logs: .demo/*.log. Ctrl-C stops everything.
 EOT
 
@@ -146,6 +155,14 @@ expect 403 "carol (sales) on /mcp/github" "$GW/mcp/github" "${H26[@]}" -H 'mcp-m
 expect 200 "carol (sales) on /mcp/jira" "$GW/mcp/jira" "${H26[@]}" -H 'mcp-method: server/discover' -H "authorization: Bearer $SALES_TOKEN" -d "$DISCOVER"
 expect 200 "bob initializes with 2025-11-25 (the older revision)" "$GW/mcp/github" "${H[@]}" -H "authorization: Bearer $TOKEN" -d "$INIT"
 expect 200 "protected-resource metadata" "$GW/.well-known/oauth-protected-resource/mcp/github"
+expect 200 "bob lists the tools" "$GW/mcp/github" "${H26[@]}" -H 'mcp-method: tools/list' -H "authorization: Bearer $TOKEN" -d "$LIST"
+if grep -q delete_repository "$STATE/last.body" || ! grep -q '"echo"' "$STATE/last.body"; then
+  echo "  FAIL bob's tools/list is not filtered:"; cat "$STATE/last.body"; echo; failed=1
+else
+  echo "  ok   bob's list holds echo, not delete_repository"
+fi
+expect 200 "bob's server catalog" "$GW/mcp" -H "authorization: Bearer $TOKEN"
+grep -q '"name":"github"' "$STATE/last.body" || { echo "  FAIL the catalog does not name github:"; cat "$STATE/last.body"; echo; failed=1; }
 
 if [ "$CHECK" = 1 ]; then
   [ "$failed" = 0 ] && echo "demo check passed" || echo "demo check FAILED"

@@ -732,7 +732,7 @@ fn demo_script_check_passes() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("demo check passed"), "{stdout}");
-    assert_eq!(stdout.matches("  ok   ").count(), 8, "{stdout}");
+    assert_eq!(stdout.matches("  ok   ").count(), 11, "{stdout}");
     // The demo's check mode once left the stand-in Entra and the sample server running (their
     // PIDs were collected in a subshell, so its cleanup never saw them).
     let left: Vec<String> = processes_in_group(group)
