@@ -59,18 +59,25 @@ async fn list_tools(env: &TestEnv, token: &str, sid: Option<&str>, id: u64) -> R
 /// refused by name, and the mark never reaches the upstream or the client.
 #[tokio::test]
 async fn tools_list_through_envoy_shows_only_the_allowed_tools() {
+    // (upstream, JSON answers, Envoy reaches mcp-authz over the unix socket)
     let cases = [
-        (Upstream::Rmcp, false),
-        (Upstream::Python, false),
-        (Upstream::Python, true),
-        (Upstream::TypeScriptNodeHttp, false),
-        (Upstream::TypeScriptNodeHttp, true),
+        (Upstream::Rmcp, false, false),
+        (Upstream::Rmcp, false, true),
+        (Upstream::Python, false, false),
+        (Upstream::Python, true, false),
+        (Upstream::TypeScriptNodeHttp, false, false),
+        (Upstream::TypeScriptNodeHttp, true, false),
     ];
-    for (upstream, json) in cases {
-        let what = format!("{upstream:?} ({})", if json { "JSON" } else { "SSE" });
+    for (upstream, json, unix_socket) in cases {
+        let what = format!(
+            "{upstream:?} ({}{})",
+            if json { "JSON" } else { "SSE" },
+            if unix_socket { ", unix socket" } else { "" }
+        );
         let env = TestEnv::start(Options {
             upstream,
             upstream_json: json,
+            unix_socket,
             ..Options::default()
         })
         .await;
@@ -331,8 +338,10 @@ async fn a_hostile_upstream_never_gets_an_unfiltered_list_to_the_client() {
     let r = list_tools(&env, &token, None, 5).await;
     assert!(!r.body.contains("delete_repository"), "{r:?}");
     assert_eq!(tool_names(&message_of(&r)), ["echo"], "{r:?}");
-    // The one readable answer, split mid-UTF-8 (inside "é") over two chunks, is filtered.
-    let whole = sse(list);
+    // The one readable answer, split mid-UTF-8 (inside "é") over two chunks, is filtered; a
+    // notifications/tools/list_changed before it on the stream passes untouched.
+    let changed = r#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}"#;
+    let whole = [sse(changed), sse(list)].concat();
     let cut = whole
         .windows(2)
         .position(|w| w == "é".as_bytes())
@@ -348,6 +357,12 @@ async fn a_hostile_upstream_never_gets_an_unfiltered_list_to_the_client() {
     let msg = message_of(&r);
     assert_eq!(tool_names(&msg), ["echo"], "{msg}");
     assert_eq!(msg["result"]["tools"][0]["description"], "é");
+    assert!(
+        r.body
+            .starts_with(&format!("event: message\ndata: {changed}\n\n")),
+        "the notification did not pass untouched: {}",
+        r.body
+    );
 }
 
 /// The server catalog: `GET /mcp` answers the servers this caller may use (name, URL,
