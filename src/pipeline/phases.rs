@@ -376,6 +376,8 @@ fn list_caller(
         oid: principal.oid.clone(),
         upn: principal.label.as_deref().map(str::to_owned),
         groups: groups.to_vec(),
-        rpc_id: rpc_id?.get().to_owned(),
+        // A list "notification" (no id) gets no answer from a conforming server; one that
+        // answers anyway must answer with a null id, or its answer is refused.
+        rpc_id: rpc_id.map_or_else(|| "null".to_owned(), |id| id.get().to_owned()),
     }))
 }

@@ -328,6 +328,17 @@ async fn a_hostile_upstream_never_gets_an_unfiltered_list_to_the_client() {
             "{attack}: neither an error nor nothing: {r:?}"
         );
     }
+    // A list request sent as a notification (no id), which a lenient upstream answers anyway.
+    script.set(json, vec![], vec![list.as_bytes().to_vec()]);
+    let r = env
+        .post(
+            "/mcp/github",
+            Some(&token),
+            r#"{"jsonrpc":"2.0","method":"tools/list"}"#,
+            &[],
+        )
+        .await;
+    assert!(!r.body.contains("delete_repository"), "{r:?}");
     // Duplicate names: the item is re-encoded with the one name decided on (the last, as
     // most clients read it), so the client cannot read the other.
     script.set(
