@@ -51,7 +51,7 @@ pub(crate) const ENVOYS: [&str; 6] = [
     "ext_authz tcp, no list filter",
 ];
 
-pub const ROWS: [Row; 12] = [
+pub const ROWS: [Row; 13] = [
     Row {
         key: "a",
         label: "Envoy, no auth",
@@ -100,6 +100,13 @@ pub const ROWS: [Row; 12] = [
         target: Target::Envoy(3),
         tokens: Tokens::Warm,
         body: CALL_BODY,
+    },
+    Row {
+        key: "c0",
+        label: "as (c), through the shipped Envoy without the list filter",
+        target: Target::Envoy(5),
+        tokens: Tokens::Warm,
+        body: PING_BODY,
     },
     Row {
         key: "l",
