@@ -437,3 +437,68 @@ async fn the_server_catalog_lists_what_each_caller_may_use() {
         log.received
     );
 }
+
+/// Prompts, resources and resource templates of a real SDK server (Python) through the filter:
+/// each list arrives whole and well-formed for a caller who may use the server (the policy
+/// grants them with the server), with its id; a caller without the server is refused the list
+/// itself.
+#[tokio::test]
+async fn prompts_resources_and_templates_lists_of_a_python_server() {
+    let env = TestEnv::start(Options {
+        upstream: Upstream::Python,
+        ..Options::default()
+    })
+    .await;
+    let token = env.user_token(BOB, &[ENG_GROUP]);
+    let sid = env.open_session("/mcp/github", &token).await;
+    for (id, method, key, item, want) in [
+        (11, "prompts/list", "prompts", "name", "review"),
+        (
+            12,
+            "resources/list",
+            "resources",
+            "uri",
+            "file:///readme.md",
+        ),
+        (
+            13,
+            "resources/templates/list",
+            "resourceTemplates",
+            "uriTemplate",
+            "file:///repos/{name}",
+        ),
+    ] {
+        let r = env
+            .post(
+                "/mcp/github",
+                Some(&token),
+                &list_body(id, method),
+                &[("mcp-session-id", &sid)],
+            )
+            .await;
+        assert_eq!(r.status, 200, "{method}: {r:?}");
+        let msg = message_of(&r);
+        assert_eq!(msg["id"], id, "{method}: {msg}");
+        let names: Vec<&str> = msg["result"][key]
+            .as_array()
+            .map(|a| a.iter().filter_map(|i| i[item].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(names, [want], "{method}: {msg}");
+    }
+    let sales = env.user_token(CAROL, &[SALES_GROUP]);
+    let r = env
+        .post(
+            "/mcp/github",
+            Some(&sales),
+            &list_body(14, "prompts/list"),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 403, "{r:?}");
+    // Every one of them went through the filter (none was refused or passed unread).
+    let metrics = scrape_metrics(&env.http, env.authz.admin).await;
+    for method in ["prompts/list", "resources/list", "resources/templates/list"] {
+        let series = format!("mcp_authz_lists_total{{method=\"{method}\",result=\"filtered\"}} 1");
+        assert!(metrics.contains(&series), "{series} missing:\n{metrics}");
+    }
+}

@@ -2,7 +2,8 @@
 conformance matrix.
 
 Every /mcp/<name> path is one MCP endpoint (Streamable HTTP, with sessions), served by the SDK's
-own Starlette app. Tools: echo, whoami (the x-mcp-* headers the gateway set, and whether its
+own Starlette app. A prompt (review), a resource (file:///readme.md) and a resource template
+(file:///repos/{name}). Tools: echo, whoami (the x-mcp-* headers the gateway set, and whether its
 signed identity assertion verifies: identity.py), delete_repository
 (the tool the test policy denies). GET /_log answers what reached this upstream and which tools
 ran, so a test can prove that a denied tool never executed. Listens on 127.0.0.1, on the port the
@@ -56,6 +57,24 @@ def delete_repository(name: str) -> str:
     """Delete a repository (the test policy denies it)."""
     log["executed"].append("delete_repository")
     return f"deleted {name}"
+
+
+@mcp.prompt()
+def review(code: str) -> str:
+    """Ask for a code review."""
+    return f"Review this code:\n{code}"
+
+
+@mcp.resource("file:///readme.md")
+def readme() -> str:
+    """The project's README."""
+    return "# README"
+
+
+@mcp.resource("file:///repos/{name}")
+def repo(name: str) -> str:
+    """One repository."""
+    return name
 
 
 # Envoy forwards the upstream's name as Host: the SDK's localhost Host check stays off.
