@@ -21,7 +21,9 @@ pub(crate) mod snapshot;
 mod source;
 
 pub use compile::CompileError;
-pub use decision::{Decision, DenyReason, Permit, SHADOW_TENANT, Subject, decide, shadow_permit};
+pub use decision::{
+    Decision, DenyReason, Permit, SHADOW_TENANT, Subject, decide, lets_through, shadow_permit,
+};
 pub use document::*;
 pub use file::{FileSource, load_file};
 pub use handle::{PolicyHandle, Rejection, ReloadHealth};

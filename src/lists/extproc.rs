@@ -90,7 +90,8 @@ enum Body {
 struct Exchange {
     policy: Arc<PolicyHandle>,
     metrics: Arc<Metrics>,
-    caller: Option<ListCaller>,
+    /// Shared, so that each body chunk borrows it cheaply.
+    caller: Option<Arc<ListCaller>>,
     body: Body,
 }
 
@@ -159,7 +160,7 @@ impl Exchange {
     fn on_headers(&mut self, metadata: Option<&Metadata>, h: &HttpHeaders) -> ProcessingResponse {
         // Marked, yet without the Check's metadata: the filter is configured without
         // `metadata_options`, or the upstream sent the mark itself. Refused either way.
-        self.caller = metadata.and_then(from_metadata);
+        self.caller = metadata.and_then(from_metadata).map(Arc::new);
         if self.caller.is_none() {
             return self.refuse(ListError::NoCaller);
         }

@@ -141,7 +141,7 @@ impl Authorizer {
                         prompt: None,
                     }),
                 };
-                Self::policy(snapshot, principal, groups, &facts).is_ok() || s.shadow
+                policy::lets_through(snapshot, &subject(principal, groups), &facts).is_ok()
             })
             .map(|s| {
                 let mut entry = serde_json::json!({
@@ -201,13 +201,7 @@ impl Authorizer {
         groups: &[GroupId],
         facts: &RequestFacts,
     ) -> Result<policy::Permit, policy::DenyReason> {
-        let subject = Subject {
-            tid: &principal.tid,
-            oid: &principal.oid,
-            upn: principal.label.as_deref(),
-            groups,
-        };
-        policy::decide(snapshot, &subject, facts).result
+        policy::decide(snapshot, &subject(principal, groups), facts).result
     }
 
     /// Limits: the rate-limit buckets the allow is charged to.
@@ -358,6 +352,17 @@ impl Authorizer {
             *list_slot = Some(list);
         }
         verdict
+    }
+}
+
+/// Who asks, as the policy reads it (labels are not identities: the upn only counts where the
+/// policy opts in).
+fn subject<'a>(principal: &'a Principal, groups: &'a [GroupId]) -> Subject<'a> {
+    Subject {
+        tid: &principal.tid,
+        oid: &principal.oid,
+        upn: principal.label.as_deref(),
+        groups,
     }
 }
 

@@ -108,6 +108,23 @@ pub fn shadow_permit(snap: &Snapshot, facts: &RequestFacts, reason: DenyReason) 
     })
 }
 
+/// Whether the gateway lets `facts` through for `who` now: the policy allows it, or shadow
+/// mode does (what the Check allows, without recording why). The list filter and the server
+/// catalog ask this of calls nobody made yet.
+pub fn lets_through(
+    snap: &Snapshot,
+    who: &Subject<'_>,
+    facts: &RequestFacts,
+) -> Result<(), DenyReason> {
+    match decide(snap, who, facts).result {
+        Ok(_) => Ok(()),
+        Err(reason) => match shadow_permit(snap, facts, reason) {
+            Some(_) => Ok(()),
+            None => Err(reason),
+        },
+    }
+}
+
 pub fn decide(snap: &Snapshot, who: &Subject<'_>, facts: &RequestFacts) -> Decision {
     let mut basis = Vec::new();
     let deny = |reason, basis| Decision {
