@@ -43,6 +43,8 @@ pub struct SampleServer {
     /// The server's name (`/mcp/<name>`): the audience of the identity assertions it accepts.
     name: String,
     verifier: Option<Arc<IdentityVerifier>>,
+    /// Tools per `tools/list` page; `None` answers them all at once.
+    page_size: Option<usize>,
 }
 
 impl SampleServer {
@@ -52,8 +54,43 @@ impl SampleServer {
             log,
             name,
             verifier,
+            page_size: None,
         }
     }
+
+    /// The tools of one `tools/list` page. Paged, they come in name order and the cursor is
+    /// the index of the page's first tool (opaque to the client, as MCP requires).
+    fn tool_page(
+        &self,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<rmcp::model::Tool>, Option<String>), rmcp::ErrorData> {
+        let mut tools = self.tool_router.list_all();
+        let Some(size) = self.page_size.filter(|s| *s > 0) else {
+            return Ok((tools, None));
+        };
+        tools.sort_by(|a, b| a.name.cmp(&b.name));
+        let start = match cursor {
+            None => 0,
+            Some(c) => c
+                .parse::<usize>()
+                .ok()
+                .filter(|s| *s < tools.len())
+                .ok_or_else(|| rmcp::ErrorData::invalid_params("unknown cursor", None))?,
+        };
+        let end = (start + size).min(tools.len());
+        let next = (end < tools.len()).then(|| end.to_string());
+        Ok((tools.drain(start..end).collect(), next))
+    }
+}
+
+/// How the sample server answers: the Streamable HTTP answer form and `tools/list` paging.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Shape {
+    /// Stateless, answering `application/json` (rmcp's `json_response`, which it honours only
+    /// without legacy sessions); otherwise sessions and event streams.
+    pub json: bool,
+    /// Tools per `tools/list` page (`nextCursor`); `None` lists them all at once.
+    pub page_size: Option<usize>,
 }
 
 /// How an upstream written with rmcp verifies mcp-authz's identity assertion
@@ -215,6 +252,27 @@ impl SampleServer {
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for SampleServer {
+    async fn list_tools(
+        &self,
+        request: Option<rmcp::model::PaginatedRequestParams>,
+        context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::ListToolsResult, rmcp::ErrorData> {
+        let (tools, next_cursor) =
+            self.tool_page(request.as_ref().and_then(|r| r.cursor.as_deref()))?;
+        // As rmcp's own generated handler answers, with the cursor of the next page.
+        let supports_cache_hints = context
+            .protocol_version()
+            .is_some_and(|version| version >= rmcp::model::ProtocolVersion::V_2026_07_28);
+        Ok(rmcp::model::ListToolsResult {
+            result_type: Some(rmcp::model::ResultType::COMPLETE),
+            tools,
+            meta: None,
+            next_cursor,
+            ttl_ms: supports_cache_hints.then_some(0),
+            cache_scope: supports_cache_hints.then_some(rmcp::model::CacheScope::Public),
+        })
+    }
+
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
             .with_instructions("Sample MCP server behind mcp-authz")
@@ -289,20 +347,31 @@ pub fn router_verifying(
     log: ReceivedLog,
     verifier: Option<Arc<IdentityVerifier>>,
 ) -> Router {
+    router_shaped(names, log, verifier, Shape::default())
+}
+
+/// The router, answering in the given shape.
+pub fn router_shaped(
+    names: &[String],
+    log: ReceivedLog,
+    verifier: Option<Arc<IdentityVerifier>>,
+    shape: Shape,
+) -> Router {
     let mut app = Router::new();
     for name in names {
         let config = StreamableHttpServerConfig::default()
             .disable_allowed_hosts()
-            .with_sse_keep_alive(None);
+            .with_sse_keep_alive(None)
+            .with_legacy_session_mode(!shape.json)
+            .with_json_response(shape.json);
         let (for_tools, name_of, verifier) = (log.clone(), name.clone(), verifier.clone());
         let service: StreamableHttpService<SampleServer, LocalSessionManager> =
             StreamableHttpService::new(
                 move || {
-                    Ok(SampleServer::new(
-                        for_tools.clone(),
-                        name_of.clone(),
-                        verifier.clone(),
-                    ))
+                    let mut server =
+                        SampleServer::new(for_tools.clone(), name_of.clone(), verifier.clone());
+                    server.page_size = shape.page_size;
+                    Ok(server)
                 },
                 Default::default(),
                 config,

@@ -54,36 +54,58 @@ async fn list_tools(env: &TestEnv, token: &str, sid: Option<&str>, id: u64) -> R
     .unwrap_or_else(|_| panic!("tools/list did not answer in 10 s"))
 }
 
+/// How Envoy reaches mcp-authz (ext_authz and ext_proc both).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Via {
+    Tcp,
+    Unix,
+    Mtls,
+}
+
 /// Every SDK's upstream, in both answer forms of Streamable HTTP (an event stream; JSON): the
 /// list a caller gets holds exactly the tools the policy lets it call, the denied one is still
-/// refused by name, and the mark never reaches the upstream or the client.
+/// refused by name, and the mark never reaches the upstream or the client. Over each way Envoy
+/// reaches mcp-authz.
 #[tokio::test]
 async fn tools_list_through_envoy_shows_only_the_allowed_tools() {
-    // (upstream, JSON answers, Envoy reaches mcp-authz over the unix socket)
+    // (upstream, JSON answers, how Envoy reaches mcp-authz)
     let cases = [
-        (Upstream::Rmcp, false, false),
-        (Upstream::Rmcp, false, true),
-        (Upstream::Python, false, false),
-        (Upstream::Python, true, false),
-        (Upstream::TypeScriptNodeHttp, false, false),
-        (Upstream::TypeScriptNodeHttp, true, false),
+        (Upstream::Rmcp, false, Via::Tcp),
+        (Upstream::Rmcp, false, Via::Unix),
+        (Upstream::Rmcp, false, Via::Mtls),
+        // rmcp answers JSON only statelessly: no session.
+        (Upstream::Rmcp, true, Via::Tcp),
+        (Upstream::Python, false, Via::Tcp),
+        (Upstream::Python, true, Via::Tcp),
+        (Upstream::TypeScriptNodeHttp, false, Via::Tcp),
+        (Upstream::TypeScriptNodeHttp, true, Via::Tcp),
     ];
-    for (upstream, json, unix_socket) in cases {
+    for (upstream, json, via) in cases {
         let what = format!(
-            "{upstream:?} ({}{})",
+            "{upstream:?} ({}, {via:?})",
             if json { "JSON" } else { "SSE" },
-            if unix_socket { ", unix socket" } else { "" }
         );
         let env = TestEnv::start(Options {
             upstream,
             upstream_json: json,
-            unix_socket,
+            unix_socket: via == Via::Unix,
+            mtls: via == Via::Mtls,
             ..Options::default()
         })
         .await;
         let token = env.user_token(BOB, &[ENG_GROUP]);
-        let sid = env.open_session("/mcp/github", &token).await;
-        let r = list_tools(&env, &token, Some(&sid), 5).await;
+        let stateless = upstream == Upstream::Rmcp && json;
+        let sid = if stateless {
+            None
+        } else {
+            Some(env.open_session("/mcp/github", &token).await)
+        };
+        let session: Vec<(&str, &str)> = sid
+            .as_deref()
+            .map(|s| ("mcp-session-id", s))
+            .into_iter()
+            .collect();
+        let r = list_tools(&env, &token, sid.as_deref(), 5).await;
         assert_eq!(r.status, 200, "{what}: {r:?}");
         let expected_type = if json {
             "application/json"
@@ -117,7 +139,7 @@ async fn tools_list_through_envoy_shows_only_the_allowed_tools() {
                 "/mcp/github",
                 Some(&token),
                 &tool_call_body(6, "delete_repository"),
-                &[("mcp-session-id", &sid)],
+                &session,
             )
             .await;
         assert_eq!(r.status, 403, "{what}: {r:?}");
@@ -128,6 +150,87 @@ async fn tools_list_through_envoy_shows_only_the_allowed_tools() {
                 .all(|q| !q.headers.contains_key("x-mcp-authz-list")),
             "{what}: the list mark reached the upstream"
         );
+    }
+}
+
+/// Paged lists, as each SDK pages them: the upstream answers tools/list one tool a page in name
+/// order, so its first page holds only delete_repository, which the caller may not call. Each
+/// page is filtered on its own and keeps its `nextCursor`, so the first arrives empty with the
+/// cursor and a client that follows cursors reaches the rest; no page ever shows the denied
+/// tool. The SDK clients (Python and TypeScript following `nextCursor` by hand, as their APIs
+/// ask; rmcp's `list_all_tools`) see exactly the allowed tools.
+#[tokio::test]
+async fn paged_lists_are_filtered_page_by_page_and_the_sdk_clients_follow_the_cursor() {
+    for upstream in [
+        Upstream::Rmcp,
+        Upstream::Python,
+        Upstream::TypeScriptNodeHttp,
+    ] {
+        let env = TestEnv::start(Options {
+            upstream,
+            upstream_page_size: Some(1),
+            ..Options::default()
+        })
+        .await;
+        let token = env.user_token(BOB, &[ENG_GROUP]);
+        let sid = env.open_session("/mcp/github", &token).await;
+        let mut pages: Vec<Vec<String>> = Vec::new();
+        let mut cursor: Option<String> = None;
+        for id in 10..20 {
+            let params = match &cursor {
+                Some(c) => serde_json::json!({ "cursor": c }),
+                None => serde_json::json!({}),
+            };
+            let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/list", "params": params});
+            let r = env
+                .post(
+                    "/mcp/github",
+                    Some(&token),
+                    &body.to_string(),
+                    &[("mcp-session-id", &sid)],
+                )
+                .await;
+            assert_eq!(r.status, 200, "{upstream:?} page {}: {r:?}", pages.len());
+            let msg = message_of(&r);
+            assert_eq!(msg["id"], id, "{upstream:?}: {msg}");
+            pages.push(tool_names(&msg));
+            match msg["result"]["nextCursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => break,
+            }
+        }
+        assert_eq!(
+            pages,
+            [vec![], vec!["echo".to_owned()], vec!["whoami".to_owned()]],
+            "{upstream:?}: the pages as the caller got them"
+        );
+
+        let url = format!("{}/mcp/github", env.envoy_url);
+        for (client, report) in sdk_client_reports(&url, &token).await {
+            assert_eq!(
+                report["tools"],
+                serde_json::json!(["echo", "whoami"]),
+                "{client} client → {upstream:?}: {report}"
+            );
+            assert_eq!(
+                report["pages"], 3,
+                "{client} client → {upstream:?}: {report}"
+            );
+        }
+        let client = env
+            .mcp_client("/mcp/github", &token, Default::default())
+            .await
+            .unwrap_or_else(|e| panic!("rmcp client → {upstream:?}: {e}"));
+        let mut names: Vec<String> = client
+            .list_all_tools()
+            .await
+            .unwrap_or_else(|e| panic!("rmcp list_all_tools → {upstream:?}: {e}"))
+            .into_iter()
+            .map(|t| t.name.into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["echo", "whoami"], "rmcp client → {upstream:?}");
+        client.cancel().await.ok();
     }
 }
 

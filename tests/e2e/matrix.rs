@@ -8,8 +8,6 @@
 //! Check would execute them. A positive control (the same tool on a server whose policy allows
 //! it) proves that the log would have shown it.
 
-use std::time::Duration;
-
 use serde_json::Value;
 
 use crate::support::helpers::*;
@@ -339,27 +337,6 @@ async fn hostile_bodies_never_run_a_denied_tool_on_typescript_express() {
     hostile_bodies_never_run_a_denied_tool(Upstream::TypeScriptExpress).await;
 }
 
-/// A client script of one SDK (Python or TypeScript) against the gateway; its JSON report.
-async fn run_client(program: &str, args: &[String]) -> Value {
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(program)
-            .args(args)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("{program} client did not finish in 60 s"))
-    .unwrap_or_else(|e| panic!("run {program}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|e| {
-        panic!(
-            "{program} client printed no report ({e}): {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
 /// The clients of all three SDKs log in with a bearer token, list, call an allowed tool and are
 /// refused the denied one, against an upstream of every SDK.
 #[tokio::test]
@@ -372,36 +349,7 @@ async fn sdk_clients_through_the_gateway_against_every_upstream() {
         .await;
         let token = env.user_token(BOB, &[ENG_GROUP]);
         let url = format!("{}/mcp/github", env.envoy_url);
-        let reports = [
-            (
-                "python",
-                run_client(
-                    &peers_python(),
-                    &[
-                        repo_path("tests/peers/python/client.py")
-                            .display()
-                            .to_string(),
-                        url.clone(),
-                        token.clone(),
-                    ],
-                )
-                .await,
-            ),
-            (
-                "typescript",
-                run_client(
-                    "node",
-                    &[
-                        repo_path("tests/peers/typescript/client.mjs")
-                            .display()
-                            .to_string(),
-                        url.clone(),
-                        token.clone(),
-                    ],
-                )
-                .await,
-            ),
-        ];
+        let reports = sdk_client_reports(&url, &token).await;
         for (client, report) in reports {
             let what = format!("{client} client → {upstream:?} upstream");
             assert_eq!(report["initialized"], true, "{what}: {report}");

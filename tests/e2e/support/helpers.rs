@@ -93,8 +93,11 @@ pub struct Options {
     pub graph: bool,
     /// The MCP server behind Envoy.
     pub upstream: Upstream,
-    /// The Python or TypeScript peer answers `application/json` instead of an event stream.
+    /// The upstream answers `application/json` instead of an event stream (the rmcp server
+    /// then runs stateless: rmcp answers JSON only without legacy sessions).
     pub upstream_json: bool,
+    /// The upstream pages `tools/list`, this many tools a page, in name order (`nextCursor`).
+    pub upstream_page_size: Option<usize>,
     /// Envoy reaches mcp-authz over TCP with mTLS (certificates made for the test, `Pki`).
     pub mtls: bool,
 }
@@ -222,7 +225,7 @@ impl Upstream {
         dir: &Path,
         jwks_url: &str,
         issuer: &str,
-        json: bool,
+        shape: sample_server::Shape,
     ) -> Option<(Child, u16)> {
         let (program, args): (String, Vec<String>) = match self {
             Upstream::Rmcp | Upstream::Port(_) => return None,
@@ -256,7 +259,11 @@ impl Upstream {
             .args(&args)
             .env("MCP_IDENTITY_JWKS_URL", jwks_url)
             .env("MCP_IDENTITY_ISSUER", issuer)
-            .env("MCP_JSON_RESPONSE", if json { "1" } else { "0" })
+            .env("MCP_JSON_RESPONSE", if shape.json { "1" } else { "0" })
+            .env(
+                "MCP_PAGE_SIZE",
+                shape.page_size.map(|n| n.to_string()).unwrap_or_default(),
+            )
             .stdout(Stdio::piped())
             .stderr(log)
             .kill_on_drop(true)
@@ -308,6 +315,7 @@ impl Default for Options {
             env: Vec::new(),
             upstream: Upstream::Rmcp,
             upstream_json: false,
+            upstream_page_size: None,
             mtls: false,
         }
     }
@@ -454,9 +462,13 @@ impl TestEnv {
         let envoy_url = format!("http://127.0.0.1:{envoy_port}");
         let jwks_url = format!("{envoy_url}{}", mcp_authz::assertion::JWKS_PATH);
         let received = ReceivedLog::default();
+        let shape = sample_server::Shape {
+            json: opts.upstream_json,
+            page_size: opts.upstream_page_size,
+        };
         let spawned = opts
             .upstream
-            .spawn(dir.path(), &jwks_url, &envoy_url, opts.upstream_json)
+            .spawn(dir.path(), &jwks_url, &envoy_url, shape)
             .await;
         let (peer, up_port) = match (opts.upstream, spawned) {
             (_, Some((child, port))) => (Some(child), port),
@@ -466,7 +478,7 @@ impl TestEnv {
                     .await
                     .expect("bind upstream");
                 let up_port = up_listener.local_addr().expect("addr").port();
-                let up_router = sample_server::router_verifying(
+                let up_router = sample_server::router_shaped(
                     &[
                         "github".into(),
                         "jira".into(),
@@ -478,6 +490,7 @@ impl TestEnv {
                         jwks_url.clone(),
                         envoy_url.clone(),
                     ))),
+                    shape,
                 );
                 tokio::spawn(async move {
                     axum::serve(mcp_authz_testkit::nodelay(up_listener), up_router).await
@@ -1169,4 +1182,57 @@ impl Checker {
             reason,
         })
     }
+}
+
+/// A client script of one SDK (Python or TypeScript) against the gateway; its JSON report.
+pub async fn run_client(program: &str, args: &[String]) -> Value {
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(program)
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{program} client did not finish in 60 s"))
+    .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|e| {
+        panic!(
+            "{program} client printed no report ({e}): {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// The Python and TypeScript SDK clients (`tests/peers/*/client.*`) against `url` with a bearer
+/// token: each one's report, by name.
+pub async fn sdk_client_reports(url: &str, token: &str) -> [(&'static str, Value); 2] {
+    let script = |rel: &str| repo_path(rel).display().to_string();
+    [
+        (
+            "python",
+            run_client(
+                &peers_python(),
+                &[
+                    script("tests/peers/python/client.py"),
+                    url.into(),
+                    token.into(),
+                ],
+            )
+            .await,
+        ),
+        (
+            "typescript",
+            run_client(
+                "node",
+                &[
+                    script("tests/peers/typescript/client.mjs"),
+                    url.into(),
+                    token.into(),
+                ],
+            )
+            .await,
+        ),
+    ]
 }

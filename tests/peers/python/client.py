@@ -1,5 +1,6 @@
 """An MCP client written with the official Python SDK (PyPI `mcp`), for mcp-authz's conformance
-matrix: connects through the gateway with a bearer token, lists the tools, calls echo, then tries
+matrix: connects through the gateway with a bearer token, lists the tools (following nextCursor
+page by page, counting the pages), calls echo, then tries
 delete_repository, and prints what happened as one JSON object on stdout.
 
     python client.py <url> <token>
@@ -12,6 +13,9 @@ import sys
 import httpx2
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
+from mcp.types import PaginatedRequestParams
+
+MAX_PAGES = 100
 
 
 def text_of(result):
@@ -30,7 +34,16 @@ async def run(url, token):
                 async with ClientSession(read, write) as session:
                     await session.initialize()
                     out["initialized"] = True
-                    out["tools"] = sorted(t.name for t in (await session.list_tools()).tools)
+                    names, params, pages = [], None, 0
+                    while pages < MAX_PAGES:
+                        page = await session.list_tools(params=params)
+                        pages += 1
+                        names.extend(t.name for t in page.tools)
+                        if page.next_cursor is None:
+                            break
+                        params = PaginatedRequestParams(cursor=page.next_cursor)
+                    out["tools"] = sorted(names)
+                    out["pages"] = pages
                     out["echo"] = text_of(await session.call_tool("echo", {"text": "hello from python"}))
                     try:
                         r = await session.call_tool("delete_repository", {"name": "x"})

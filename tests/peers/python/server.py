@@ -6,7 +6,9 @@ own Starlette app. A prompt (review), a resource (file:///readme.md) and a resou
 (file:///repos/{name}). Tools: echo, whoami (the x-mcp-* headers the gateway set, and whether its
 signed identity assertion verifies: identity.py), delete_repository
 (the tool the test policy denies). GET /_log answers what reached this upstream and which tools
-ran, so a test can prove that a denied tool never executed. Listens on 127.0.0.1, on the port the
+ran, so a test can prove that a denied tool never executed. MCP_JSON_RESPONSE=1 answers
+application/json instead of event streams; MCP_PAGE_SIZE=N pages tools/list, N tools a page in
+name order, with an opaque nextCursor. Listens on 127.0.0.1, on the port the
 kernel picks, and prints "listening <port>" on stdout once it accepts connections.
 
     python server.py
@@ -20,6 +22,8 @@ import sys
 
 import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.shared.exceptions import MCPError
+from mcp.types import INVALID_PARAMS, ListToolsResult
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.responses import JSONResponse
 
@@ -29,7 +33,29 @@ LOG_CAPACITY = 1000
 log = {"received": [], "executed": []}
 MCP_PATH = re.compile(r"^/mcp/[A-Za-z0-9._-]+/?$")
 
-mcp = MCPServer("python-peer")
+PAGE_SIZE = int(os.environ.get("MCP_PAGE_SIZE") or 0)
+
+
+class PeerServer(MCPServer):
+    """MCPServer lists every tool at once; the SDK pages only through the low-level server's
+    on_list_tools handler (cursor in, next_cursor out), which this overrides when MCP_PAGE_SIZE
+    is set."""
+
+    async def _handle_list_tools(self, ctx, params):
+        if PAGE_SIZE <= 0:
+            return await super()._handle_list_tools(ctx, params)
+        tools = sorted(await self.list_tools(), key=lambda t: t.name)
+        cursor = params.cursor if params is not None else None
+        start = 0
+        if cursor is not None:
+            if not cursor.isdigit() or int(cursor) >= len(tools):
+                raise MCPError(INVALID_PARAMS, "unknown cursor")
+            start = int(cursor)
+        end = min(start + PAGE_SIZE, len(tools))
+        return ListToolsResult(tools=tools[start:end], next_cursor=str(end) if end < len(tools) else None)
+
+
+mcp = PeerServer("python-peer")
 
 
 @mcp.tool()

@@ -1,5 +1,6 @@
 // An MCP client written with the official TypeScript SDK, for mcp-authz's conformance matrix:
-// connects through the gateway with a bearer token, lists the tools, calls echo, then tries
+// connects through the gateway with a bearer token, lists the tools (following nextCursor page by
+// page, counting the pages), calls echo, then tries
 // delete_repository, and prints what happened as one JSON object on stdout.
 //
 //   node client.mjs <url> <token>
@@ -15,7 +16,17 @@ const client = new Client({ name: 'typescript-peer-client', version: '1.0.0' });
 try {
   await client.connect(transport);
   out.initialized = true;
-  out.tools = (await client.listTools()).tools.map((t) => t.name).sort();
+  const names = [];
+  let cursor;
+  let pages = 0;
+  do {
+    const page = await client.listTools(cursor === undefined ? undefined : { cursor });
+    pages += 1;
+    names.push(...page.tools.map((t) => t.name));
+    cursor = page.nextCursor;
+  } while (cursor !== undefined && pages < 100);
+  out.tools = names.sort();
+  out.pages = pages;
   const echo = await client.callTool({ name: 'echo', arguments: { text: 'hello from typescript' } });
   out.echo = echo.content?.[0]?.text ?? null;
   try {

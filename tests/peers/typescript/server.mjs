@@ -11,13 +11,16 @@
 // headers the gateway set, and whether its signed identity assertion verifies: identity.mjs),
 // delete_repository (the tool the test policy denies). GET /_log
 // answers what reached this upstream and which tools ran, so a test can prove that a denied
-// tool never executed. Listens on 127.0.0.1, on the port the kernel picks, and prints
+// tool never executed. MCP_JSON_RESPONSE=1 answers application/json instead of event streams;
+// MCP_PAGE_SIZE=N pages tools/list, N tools a page in name order, with an opaque nextCursor.
+// Listens on 127.0.0.1, on the port the kernel picks, and prints
 // "listening <port>" on stdout once it accepts connections.
 import http from 'node:http';
 import { randomUUID } from 'node:crypto';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
 import { createMcpExpressApp } from '@modelcontextprotocol/sdk/server/express.js';
+import { ErrorCode, McpError } from '@modelcontextprotocol/sdk/types.js';
 import { verifyIdentity } from './identity.mjs';
 import { z } from 'zod';
 
@@ -55,7 +58,34 @@ function newServer(requestHeaders) {
   server.registerTool('delete_repository',
     { description: 'Delete a repository (the test policy denies it)', inputSchema: { name: z.string() } },
     async ({ name }) => { ran('delete_repository'); return { content: [{ type: 'text', text: `deleted ${name}` }] }; });
+  if (PAGE_SIZE > 0) pageToolsList(server);
   return server;
+}
+
+const PAGE_SIZE = Number.parseInt(process.env.MCP_PAGE_SIZE ?? '', 10) || 0;
+
+// McpServer answers tools/list with every tool at once and offers no paging of its own. The
+// SDK's low-level Server does page (a handler reads params.cursor and returns nextCursor):
+// McpServer's own handler is wrapped here so that its answer is cut into pages.
+function pageToolsList(server) {
+  const handlers = server.server._requestHandlers;
+  const all = handlers.get('tools/list');
+  handlers.set('tools/list', async (request, extra) => {
+    const full = await all(request, extra);
+    const tools = [...full.tools].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    const cursor = request.params?.cursor;
+    let start = 0;
+    if (cursor !== undefined) {
+      if (!/^[0-9]+$/.test(cursor) || Number(cursor) >= tools.length) {
+        throw new McpError(ErrorCode.InvalidParams, 'unknown cursor');
+      }
+      start = Number(cursor);
+    }
+    const end = Math.min(start + PAGE_SIZE, tools.length);
+    const page = { ...full, tools: tools.slice(start, end) };
+    if (end < tools.length) page.nextCursor = String(end);
+    return page;
+  });
 }
 
 const transports = new Map();
