@@ -1,11 +1,14 @@
 //! A stand-in for Microsoft Entra ID and Microsoft Graph, for tests and `make demo` only.
 //!
 //! Entra cannot be reached from our machines, so this speaks its wire format (ENTRA.md): OIDC
-//! discovery (v1 and v2), JWKS with rotation, the v2 token endpoint (client credentials), and
+//! discovery (v1 and v2), JWKS with rotation, the v2 authorize and token endpoints (client
+//! credentials, on-behalf-of, authorization code with PKCE, refresh tokens), and
 //! Graph `getMemberObjects` / `transitiveMemberOf` with `@odata.nextLink` paging and throttling.
 //! Under `/_standin/` it adds what a real directory does through its portal: minting user
-//! tokens, rotating keys, injecting Graph faults. Never part of `mcp-authz serve`.
+//! tokens, rotating keys, injecting Graph faults, adding users and choosing who is signed in.
+//! Never part of `mcp-authz serve`.
 
+mod authorize;
 mod discovery;
 mod federated;
 mod graph;
@@ -25,9 +28,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+pub use authorize::{Api, User};
 pub use federated::FederatedCredential;
 pub use keys::SigningKey;
 
+use authorize::*;
 use discovery::*;
 use portal::*;
 use token::*;
@@ -50,6 +55,16 @@ pub struct Client {
     pub certificate: Option<ClientCertificate>,
     /// Federated identity credentials (workload identity): assertions from these issuers.
     pub federated: Vec<FederatedCredential>,
+    /// Redirect URIs of its web platform, for the authorization code flow.
+    pub redirect_uris: Vec<String>,
+}
+
+impl Client {
+    /// No credential at all: a public client (mobile and desktop platforms), which redeems
+    /// codes and refresh tokens without authenticating.
+    fn is_public(&self) -> bool {
+        self.secret.is_empty() && self.certificate.is_none() && self.federated.is_empty()
+    }
 }
 
 /// A certificate credential: its SHA-1 thumbprint (`x5t`) and public key. Entra derives the key
@@ -84,6 +99,14 @@ pub struct Authority {
     keys: RwLock<Vec<Arc<SigningKey>>>,
     directory: RwLock<HashMap<String, Vec<String>>>,
     clients: RwLock<HashMap<String, Client>>,
+    /// Users who can sign in, by object id.
+    users: RwLock<HashMap<String, User>>,
+    /// The user the browser is signed in as.
+    signed_in: RwLock<Option<String>>,
+    /// Apps that expose an API.
+    apis: RwLock<Vec<Api>>,
+    /// Authorization codes and refresh tokens issued.
+    grants: Mutex<Grants>,
     faults: Mutex<GraphFaults>,
     /// While set, discovery and JWKS answer 503 (an identity-provider outage).
     pub oidc_down: std::sync::atomic::AtomicBool,
@@ -163,6 +186,10 @@ impl Authority {
             keys: RwLock::new(vec![Arc::new(SigningKey::generate())]),
             directory: RwLock::new(HashMap::new()),
             clients: RwLock::new(HashMap::new()),
+            users: RwLock::new(HashMap::new()),
+            signed_in: RwLock::new(None),
+            apis: RwLock::new(Vec::new()),
+            grants: Mutex::new(Grants::default()),
             faults: Mutex::new(GraphFaults::default()),
             oidc_down: std::sync::atomic::AtomicBool::new(false),
             graph_page_size: std::sync::atomic::AtomicUsize::new(999),
@@ -372,6 +399,9 @@ impl Authority {
             .route("/{tenant}/discovery/v2.0/keys", get(keys_v2))
             .route("/{tenant}/discovery/keys", get(keys_v1))
             .route("/{tenant}/oauth2/v2.0/token", post(token_endpoint))
+            .route("/{tenant}/oauth2/v2.0/authorize", get(authorize_endpoint))
+            .route("/_standin/signin", post(signin_endpoint))
+            .route("/_standin/users", post(user_endpoint))
             .route("/_standin/tokens", post(mint_endpoint))
             .route("/_standin/keys/rotate", post(rotate_endpoint))
             .route("/_standin/graph/faults", post(faults_endpoint))
@@ -462,5 +492,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+#[cfg(test)]
+mod authorize_tests;
 #[cfg(test)]
 mod tests;

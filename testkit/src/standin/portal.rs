@@ -52,3 +52,52 @@ pub(super) async fn stats_endpoint(State(a): State<Arc<Authority>>) -> Response 
     }))
     .into_response()
 }
+
+#[derive(Deserialize)]
+pub(super) struct SignInRequest {
+    oid: Option<String>,
+}
+
+/// `POST /_standin/signin {"oid": …}`: the browser's session is now this user (`null`: nobody).
+pub(super) async fn signin_endpoint(
+    State(a): State<Arc<Authority>>,
+    Json(req): Json<SignInRequest>,
+) -> Response {
+    if let Some(oid) = &req.oid
+        && a.user(oid).is_none()
+    {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": "no such user" })),
+        )
+            .into_response();
+    }
+    a.sign_in(req.oid.as_deref());
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UserRequest {
+    tid: String,
+    oid: String,
+    upn: String,
+    name: String,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+/// `POST /_standin/users`: adds a user who can sign in, with their groups.
+pub(super) async fn user_endpoint(
+    State(a): State<Arc<Authority>>,
+    Json(req): Json<UserRequest>,
+) -> Response {
+    a.set_user_groups(&req.oid, req.groups);
+    a.add_user(User {
+        tid: req.tid,
+        oid: req.oid,
+        upn: req.upn,
+        name: req.name,
+    });
+    StatusCode::NO_CONTENT.into_response()
+}

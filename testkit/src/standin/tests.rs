@@ -27,6 +27,7 @@ fn register_apps(a: &Authority) {
             graph_roles: vec!["GroupMember.Read.All".into()],
             certificate: None,
             federated: Vec::new(),
+            redirect_uris: Vec::new(),
         },
     );
     a.register_client(
@@ -36,6 +37,7 @@ fn register_apps(a: &Authority) {
             graph_roles: vec![],
             certificate: None,
             federated: Vec::new(),
+            redirect_uris: Vec::new(),
         },
     );
 }

@@ -44,11 +44,17 @@ pub(super) struct TokenForm {
     grant_type: Option<String>,
     client_id: Option<String>,
     client_secret: Option<String>,
-    scope: Option<String>,
+    pub(super) scope: Option<String>,
     assertion: Option<String>,
     requested_token_use: Option<String>,
     client_assertion_type: Option<String>,
     client_assertion: Option<String>,
+    pub(super) code: Option<String>,
+    pub(super) redirect_uri: Option<String>,
+    pub(super) code_verifier: Option<String>,
+    pub(super) refresh_token: Option<String>,
+    /// RFC 8707: refused, as Entra refuses it.
+    pub(super) resource: Option<String>,
 }
 
 pub(super) const OBO_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -174,9 +180,14 @@ pub(super) async fn token_endpoint(
         return unknown_tenant(&tenant);
     }
     let obo = form.grant_type.as_deref() == Some(OBO_GRANT);
+    let user_grant = matches!(
+        form.grant_type.as_deref(),
+        Some("authorization_code") | Some("refresh_token")
+    );
     match form.grant_type.as_deref() {
         Some("client_credentials") => {}
         Some(OBO_GRANT) => {}
+        Some("authorization_code") | Some("refresh_token") => {}
         Some(other) => {
             return aad_error(
                 StatusCode::BAD_REQUEST,
@@ -235,7 +246,21 @@ pub(super) async fn token_endpoint(
                 return refusal;
             }
         }
+        (None, None, None) if user_grant && client.is_public() => {}
+        (None, None, None) => {
+            return aad_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                7000218,
+                "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+            );
+        }
         _ => return wrong_secret(),
+    }
+    match form.grant_type.as_deref() {
+        Some("authorization_code") => return authorize::redeem_code(&a, &client_id, &form),
+        Some("refresh_token") => return authorize::redeem_refresh(&a, &client_id, &form),
+        _ => {}
     }
     if obo {
         return on_behalf_of(&a, &tenant, &client_id, &form);
