@@ -54,6 +54,7 @@ pub mod ids;
 pub mod lists;
 pub mod mcp;
 pub mod metrics;
+pub mod oauth;
 pub mod obo;
 pub mod pipeline;
 pub mod policy;

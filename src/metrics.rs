@@ -35,6 +35,14 @@ pub struct ListLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OAuthLabels {
+    /// `login`, `registration`, `refresh`.
+    pub event: &'static str,
+    /// `success` (`registered`), or why it did not happen.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ScopeLabels {
     pub scope: &'static str,
 }
@@ -51,6 +59,8 @@ pub struct Metrics {
     pub lists: Family<ListLabels, Counter>,
     /// Items left out of list answers.
     pub list_items_hidden: Counter,
+    /// Sign-ins, registrations and refreshes of the OAuth facade, by outcome.
+    pub oauth: Family<OAuthLabels, Counter>,
     /// The series every warm Check touches, resolved once on first use: a Family lookup takes
     /// a read lock and hashes the labels, which two workers do on every Check otherwise.
     allowed: OnceLock<Counter>,
@@ -119,8 +129,15 @@ impl Metrics {
             "Items left out of list answers because the caller may not use them",
             list_items_hidden.clone(),
         );
+        let oauth = Family::<OAuthLabels, Counter>::default();
+        registry.register(
+            "oauth",
+            "The OAuth facade's sign-ins, client registrations and token refreshes, by event and result",
+            oauth.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
+            oauth,
             lists,
             list_items_hidden,
             decisions,

@@ -321,7 +321,7 @@ impl Config {
 }
 
 /// Exactly one way to authenticate at the token endpoint.
-fn one_credential(
+pub(super) fn one_credential(
     section: &str,
     secret: Option<&super::secret::Secret>,
     certificate: bool,

@@ -34,6 +34,7 @@ impl Config {
         {
             sections.push(("obo", &mut o.client_id, wi));
         }
+
         let used = !sections.is_empty();
         for (section, client_id, wi) in sections {
             if client_id.is_empty()

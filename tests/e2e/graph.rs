@@ -46,6 +46,7 @@ pub(super) async fn setup(
             graph_roles: roles.iter().map(|r| r.to_string()).collect(),
             certificate: None,
             federated: Vec::new(),
+            redirect_uris: Vec::new(),
         },
     );
     let dir = tempfile::tempdir().expect("tmp");
@@ -414,6 +415,7 @@ async fn graph_token_with_a_certificate_credential() {
                 public_key_der: spki,
             }),
             federated: Vec::new(),
+            redirect_uris: Vec::new(),
         },
     );
     let policy = dir.path().join("policy.yaml");
@@ -676,6 +678,7 @@ async fn grafana_dashboard_queries_only_metrics_that_exist() {
             graph_roles: Vec::new(),
             certificate: None,
             federated: Vec::new(),
+            redirect_uris: Vec::new(),
         },
     );
     std::fs::write(

@@ -67,6 +67,7 @@ async fn setup(subject_on_app: &str) -> Setup {
                 graph_roles: roles,
                 certificate: None,
                 federated: vec![fic.clone()],
+                redirect_uris: Vec::new(),
             },
         );
     }
@@ -182,6 +183,7 @@ async fn mismatches_are_named() {
                 subject: SUBJECT.to_owned(),
                 audience: TOKEN_EXCHANGE_AUDIENCE.to_owned(),
             }],
+            redirect_uris: Vec::new(),
         },
     );
     s.project(&s.issuer.token(SUBJECT, "api://other-audience", 3600));

@@ -55,6 +55,7 @@ async fn main() -> std::process::ExitCode {
                 graph_roles: roles,
                 certificate: None,
                 federated: Vec::new(),
+                redirect_uris: Vec::new(),
             },
         );
     }

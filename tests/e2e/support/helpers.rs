@@ -509,6 +509,7 @@ impl TestEnv {
                 graph_roles: Vec::new(),
                 certificate: None,
                 federated: Vec::new(),
+                redirect_uris: Vec::new(),
             },
         );
         let mut cfg_text = config_yaml(
@@ -530,6 +531,7 @@ impl TestEnv {
                     graph_roles: vec!["GroupMember.Read.All".into()],
                     certificate: None,
                     federated: Vec::new(),
+                    redirect_uris: Vec::new(),
                 },
             );
             cfg_text.push_str(&format!(
