@@ -96,9 +96,4 @@ impl Store {
     pub fn unuse_refresh(&self, id: &str) {
         self.used_refresh.invalidate(id);
     }
-
-    /// What `check-config` and `/status` say the store is.
-    pub fn kind(&self) -> &'static str {
-        "memory (one replica only)"
-    }
 }

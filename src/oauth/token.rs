@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::clients::{AuthMethod, Client};
 use super::entra::EntraError;
-use super::flow::{log_entra, params};
+use super::flow::{granted_scopes, log_entra, params};
 use super::seal::{Purpose, random_token, s256, same};
 use super::{Facade, json_error};
 use crate::clock::unix_now;
@@ -233,28 +233,18 @@ async fn by_refresh(
         f.count("refresh", "expired");
         return invalid_grant("the refresh token has expired; sign in again");
     }
-    // A narrower scope may be asked for, never a wider one (RFC 6749 §6).
-    let scope = match form.get("scope") {
-        None => refresh.scope.clone(),
-        Some(asked) => {
-            let held: Vec<&str> = refresh.scope.split(' ').collect();
-            let asked: Vec<&str> = asked
-                .split(' ')
-                .filter(|w| !w.is_empty() && *w != "offline_access")
-                .collect();
-            if asked.iter().any(|w| !held.contains(w)) {
-                f.count("refresh", "invalid_scope");
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_scope",
-                    "the scope exceeds the one granted",
-                );
-            }
-            if asked.is_empty() {
-                refresh.scope.clone()
-            } else {
-                asked.join(" ")
-            }
+    // A narrower scope may be asked for, never a wider one (RFC 6749 §6): the scopes held are
+    // what this refresh may grant, read as authorize reads what the gateway offers.
+    let held: Vec<String> = refresh.scope.split(' ').map(str::to_owned).collect();
+    let scope = match granted_scopes(&held, form.get("scope").map(String::as_str)) {
+        Ok(s) => s,
+        Err(_) => {
+            f.count("refresh", "invalid_scope");
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                "the scope exceeds the one granted",
+            );
         }
     };
     if let Some(resource) = form.get("resource")
