@@ -329,7 +329,10 @@ pub async fn run(
         });
     }
     if let Some(l) = listeners.metadata {
-        let router = admin::metadata_router(parts.authorizer.clone(), parts.metadata.clone());
+        let mut router = admin::metadata_router(parts.authorizer.clone(), parts.metadata.clone());
+        if let Some(f) = &parts.oauth {
+            router = router.merge(crate::oauth::router(f.clone()));
+        }
         let stop = stop.clone();
         servers.spawn(async move {
             axum::serve(nodelay(l), router)

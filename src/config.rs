@@ -66,6 +66,9 @@ pub struct Config {
     pub identity_assertion: IdentityAssertionConfig,
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// The gateway as the OAuth authorization server MCP clients sign in through, in front of
+    /// Entra. Off unless set.
+    pub oauth: Option<OAuthConfig>,
     /// OpenTelemetry traces, from the standard `OTEL_*` environment variables (off unless an
     /// OTLP endpoint or `OTEL_TRACES_EXPORTER=otlp` is set).
     #[serde(skip)]

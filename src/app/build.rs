@@ -71,6 +71,72 @@ pub struct Parts {
     pub policy_source: Source,
     pub metadata: MetadataSettings,
     pub pool: Option<sqlx::PgPool>,
+    /// The login facade, when `oauth` is configured.
+    pub oauth: Option<Arc<crate::oauth::Facade>>,
+}
+
+/// The login facade from the `oauth` section (validated).
+fn oauth_facade(
+    cfg: &Config,
+    o: &crate::config::OAuthConfig,
+    validator: Arc<Validator>,
+    policy: Arc<PolicyHandle>,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> anyhow::Result<crate::oauth::Facade> {
+    use crate::oauth::{
+        Facade, Settings, clients::Registry, entra::EntraClient, seal::Sealer, store::Store,
+    };
+    let issuer = cfg
+        .mcp
+        .public_base_url
+        .clone()
+        .context("oauth needs mcp.public_base_url (validated config expected)")?;
+    let keys = o
+        .seal_keys
+        .iter()
+        .map(crate::config::decode_seal_key)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("oauth.seal_keys: {e}"))?;
+    let sealer = Sealer::new(&keys).map_err(|e| anyhow::anyhow!("oauth.seal_keys: {e}"))?;
+    let day = Duration::from_secs(86_400);
+    let settings = Settings {
+        issuer: issuer.trim_end_matches('/').to_owned(),
+        path_prefix: cfg.mcp.path_prefix.clone(),
+        scopes: cfg.advertised_scopes().to_vec(),
+        registration: o.registration.enabled,
+        code_ttl: Duration::from_secs(o.code_seconds),
+        refresh_ttl: day * o.refresh_days as u32,
+        consent_ttl: day * o.consent_days as u32,
+    };
+    let entra = EntraClient::new(
+        http_client(Duration::from_millis(o.timeout_ms))?,
+        cfg.entra.authority.clone(),
+        o.tenant
+            .clone()
+            .unwrap_or_else(|| cfg.entra.tenants[0].clone()),
+        o.client_id.clone(),
+        credential(
+            "oauth",
+            o.client_secret.as_ref(),
+            o.client_certificate.as_ref(),
+            o.workload_identity.as_ref(),
+        )?,
+        &o.api_scope,
+        format!("{}{}", settings.issuer, crate::oauth::CALLBACK_PATH),
+    );
+    let registry = Registry::new(
+        o.registration.max_clients,
+        day * o.registration.lifetime_days as u32,
+        o.registration.per_minute,
+    );
+    let store = Store::memory(
+        Duration::from_secs(o.pending_seconds),
+        settings.code_ttl,
+        settings.refresh_ttl,
+    );
+    Ok(Facade::new(
+        settings, registry, store, sealer, entra, validator, policy, metrics,
+    ))
 }
 
 /// `pool` is the process's one database pool (see [`crate::db::pool`]), when a database is configured.
@@ -173,6 +239,16 @@ pub fn build(
         &cfg.rate_limit,
         metrics.clone(),
     )?);
+    let oauth = match &cfg.oauth {
+        None => None,
+        Some(o) => Some(Arc::new(oauth_facade(
+            cfg,
+            o,
+            validator.clone(),
+            policy.clone(),
+            metrics.clone(),
+        )?)),
+    };
     let authorizer = Arc::new(Authorizer {
         validator,
         groups,
@@ -205,12 +281,17 @@ pub fn build(
             .then(|| opentelemetry::global::tracer(crate::telemetry::TRACER)),
     });
     let metadata = MetadataSettings {
-        authorization_servers: cfg
-            .entra
-            .tenants
-            .iter()
-            .map(|t| format!("{}/{t}/v2.0", cfg.entra.authority))
-            .collect(),
+        // With the login facade the gateway is the authorization server clients talk to;
+        // without it, Entra's v2 issuers (clients registered in Entra by hand).
+        authorization_servers: match &oauth {
+            Some(f) => vec![f.settings.issuer.clone()],
+            None => cfg
+                .entra
+                .tenants
+                .iter()
+                .map(|t| format!("{}/{t}/v2.0", cfg.entra.authority))
+                .collect(),
+        },
         scopes,
         resource_name: cfg.mcp.resource_name.clone(),
         resource_documentation: cfg.mcp.resource_documentation.clone(),
@@ -222,5 +303,6 @@ pub fn build(
         policy_source,
         metadata,
         pool,
+        oauth,
     })
 }

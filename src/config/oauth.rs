@@ -116,8 +116,7 @@ fn default_per_minute() -> u32 {
 }
 
 impl OAuthConfig {
-    /// Checks the section against the rest of the configuration. Not yet called by
-    /// `Config::validate`: the section is not part of `Config` until the facade is served.
+    /// Checks the section against the rest of the configuration (from `Config::validate`).
     pub fn check(&self, cfg: &Config) -> Result<(), ConfigError> {
         let o = self;
         let bad = |m: String| Err(ConfigError::Invalid(m));
@@ -137,6 +136,14 @@ impl OAuthConfig {
         }
         if cfg.listen.metadata.is_none() {
             return bad("oauth is served on listen.metadata, which is not set".into());
+        }
+        if !cfg.entra.allowed_client_apps.is_empty()
+            && !cfg.entra.allowed_client_apps.contains(&o.client_id)
+        {
+            return bad(format!(
+                "entra.allowed_client_apps does not list oauth.client_id {}: the tokens the gateway obtains name it as the client (azp), so every one would be refused",
+                o.client_id
+            ));
         }
         if let Some(t) = &o.tenant
             && !cfg.entra.tenants.contains(t)

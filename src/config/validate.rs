@@ -19,6 +19,9 @@ impl Config {
         self.validate_obo()?;
         self.validate_paths()?;
         self.validate_public()?;
+        if let Some(o) = &self.oauth {
+            o.check(self)?;
+        }
         Ok(())
     }
 

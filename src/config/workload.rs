@@ -34,6 +34,11 @@ impl Config {
         {
             sections.push(("obo", &mut o.client_id, wi));
         }
+        if let Some(o) = self.oauth.as_mut()
+            && let Some(wi) = o.workload_identity.as_mut()
+        {
+            sections.push(("oauth", &mut o.client_id, wi));
+        }
 
         let used = !sections.is_empty();
         for (section, client_id, wi) in sections {

@@ -76,6 +76,12 @@ pub const GRAPH_APP: &str = "mcp-authz-graph";
 /// The API's client secret registered at the stand-in (for on-behalf-of).
 pub const API_SECRET: &str = "api-secret";
 
+/// The gateway's own Entra app of `Options { oauth: true, .. }` (the login facade's).
+pub const GATEWAY_APP: &str = "6a7e3a1e-0b5c-4d2e-9f80-5a1e6a7e3a1e";
+pub const GATEWAY_SECRET: &str = "gateway-secret";
+/// The seal key of those tests (32 bytes, base64).
+pub const SEAL_KEY: &str = "q1Xv3XqkzJ0m9r8bq8W2u2v7nq3Yk6H4e9Yx2M0p1aE=";
+
 pub struct Options {
     /// Adds an `obo` section (the API's credentials) to the config.
     pub obo: bool,
@@ -100,6 +106,10 @@ pub struct Options {
     pub upstream_page_size: Option<usize>,
     /// Envoy reaches mcp-authz over TCP with mTLS (certificates made for the test, `Pki`).
     pub mtls: bool,
+    /// The login facade: an `oauth` section (the gateway's app `GATEWAY_APP` registered at the
+    /// stand-in with its callback), the API exposed, and the users `ALICE` (engineering) and
+    /// `BOB` (sales) in the directory, Alice signed in.
+    pub oauth: bool,
 }
 
 /// The web origins every test Envoy admits for CORS (`CORS_ALLOWED_ORIGINS`).
@@ -317,6 +327,7 @@ impl Default for Options {
             upstream_json: false,
             upstream_page_size: None,
             mtls: false,
+            oauth: false,
         }
     }
 }
@@ -560,6 +571,40 @@ impl TestEnv {
                 ),
                 1,
             );
+        }
+        if opts.oauth {
+            use mcp_authz_testkit::standin::{Api, User};
+            authority.register_api(Api {
+                client_id: API_CLIENT_ID.into(),
+                app_id_uri: API_URI.into(),
+                scopes: vec![SCOPE.into()],
+            });
+            authority.register_client(
+                GATEWAY_APP,
+                mcp_authz_testkit::standin::Client {
+                    secret: GATEWAY_SECRET.into(),
+                    graph_roles: Vec::new(),
+                    certificate: None,
+                    federated: Vec::new(),
+                    redirect_uris: vec![format!("{envoy_url}/oauth/callback")],
+                },
+            );
+            for (oid, upn, name, group) in [
+                (ALICE, "alice@contoso.example", "Alice", ENG_GROUP),
+                (BOB, "bob@contoso.example", "Bob", SALES_GROUP),
+            ] {
+                authority.add_user(User {
+                    tid: TID.into(),
+                    oid: oid.into(),
+                    upn: upn.into(),
+                    name: name.into(),
+                });
+                authority.set_user_groups(oid, vec![group.into()]);
+            }
+            authority.sign_in(Some(ALICE));
+            cfg_text.push_str(&format!(
+                "oauth: {{client_id: \"{GATEWAY_APP}\", client_secret: {GATEWAY_SECRET}, api_scope: \"{API_URI}/{SCOPE}\", seal_keys: [\"{SEAL_KEY}\"], code_seconds: 60, timeout_ms: 2000}}\n"
+            ));
         }
         cfg_text.push_str(&opts.extra_config);
         let instance = Instance::start_with_env(&cfg_text, opts.env.clone(), true).await;
