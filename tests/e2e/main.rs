@@ -19,6 +19,7 @@ mod faults;
 mod gateway;
 mod graph;
 mod lists;
+mod login;
 mod matrix;
 mod mtls;
 mod operations;

@@ -1,0 +1,579 @@
+//! Login through the gateway (issue 16): an MCP client that holds nothing but the gateway's URL
+//! discovers the gateway as its authorization server, registers, sends the user through the
+//! consent page and Entra (the stand-in), trades its code for Entra's access token and calls a
+//! tool through Envoy with it. Every step goes through real Envoy; each refusal is the OAuth
+//! error the spec names.
+
+use serde_json::json;
+
+use crate::support::browser::{Browser, Landed, pkce};
+use crate::support::helpers::*;
+
+const MCP_SCOPE: &str = "api://mcp-gateway/mcp.access";
+
+async fn oauth_env() -> TestEnv {
+    TestEnv::start(Options {
+        oauth: true,
+        ..Options::default()
+    })
+    .await
+}
+
+/// A client as an MCP client registers itself (RFC 7591): public, native, a loopback redirect.
+struct App {
+    client_id: String,
+    redirect_uri: String,
+}
+
+async fn register(env: &TestEnv, name: &str) -> App {
+    let redirect_uri = format!("http://127.0.0.1:{}/callback", free_port());
+    let r = Reply::from(
+        env.http
+            .post(format!("{}/oauth/register", env.envoy_url))
+            .json(&json!({
+                "redirect_uris": [redirect_uri],
+                "token_endpoint_auth_method": "none",
+                "grant_types": ["authorization_code", "refresh_token"],
+                "response_types": ["code"],
+                "application_type": "native",
+                "client_name": name,
+            }))
+            .send()
+            .await
+            .expect("register"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "registration: {r:?}");
+    let doc = r.json();
+    assert_eq!(doc["redirect_uris"], json!([redirect_uri]));
+    assert!(
+        doc.get("client_secret").is_none(),
+        "a public client gets no secret: {doc}"
+    );
+    App {
+        client_id: doc["client_id"].as_str().expect("client_id").to_owned(),
+        redirect_uri,
+    }
+}
+
+fn authorize_url(env: &TestEnv, app: &App, challenge: &str, extra: &[(&str, &str)]) -> String {
+    let mut url = url::Url::parse(&format!("{}/oauth/authorize", env.envoy_url)).expect("url");
+    {
+        let mut q = url.query_pairs_mut();
+        q.append_pair("response_type", "code")
+            .append_pair("client_id", &app.client_id)
+            .append_pair("redirect_uri", &app.redirect_uri)
+            .append_pair("state", "st-123")
+            .append_pair("code_challenge", challenge)
+            .append_pair("code_challenge_method", "S256")
+            .append_pair("scope", MCP_SCOPE);
+        for (k, v) in extra {
+            q.append_pair(k, v);
+        }
+    }
+    url.to_string()
+}
+
+fn resource(env: &TestEnv, server: &str) -> String {
+    format!("{}/mcp/{server}", env.envoy_url)
+}
+
+async fn token_request(env: &TestEnv, form: &[(&str, &str)]) -> Reply {
+    Reply::from(
+        env.http
+            .post(format!("{}/oauth/token", env.envoy_url))
+            .form(form)
+            .send()
+            .await
+            .expect("token request"),
+    )
+    .await
+}
+
+async fn redeem(env: &TestEnv, app: &App, code: &str, verifier: &str) -> Reply {
+    token_request(
+        env,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", &app.redirect_uri),
+            ("client_id", &app.client_id),
+            ("code_verifier", verifier),
+        ],
+    )
+    .await
+}
+
+/// A full sign-in of the stand-in's current user for `app`, approved; the landing at the client.
+async fn signed_in(env: &TestEnv, browser: &Browser, app: &App, challenge: &str) -> Landed {
+    let url = authorize_url(
+        env,
+        app,
+        challenge,
+        &[("resource", &resource(env, "github"))],
+    );
+    browser
+        .sign_in(&url, "approve", &app.redirect_uri)
+        .await
+        .unwrap_or_else(|page| panic!("the sign-in stopped at a page: {page:?}"))
+}
+
+fn oauth_count(metrics: &str, event: &str, result: &str) -> u64 {
+    let prefix = format!("mcp_authz_oauth_total{{event=\"{event}\",result=\"{result}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_client_with_only_the_gateway_url_signs_in_and_calls_a_tool() {
+    let env = oauth_env().await;
+
+    // 1. Discovery: the 401 names the resource metadata, which names the gateway.
+    let r = env
+        .post("/mcp/github", None, &initialize_body(1), &[])
+        .await;
+    assert_eq!(r.status, 401, "{r:?}");
+    let challenge_header = r.header("www-authenticate").expect("WWW-Authenticate");
+    let prm_url = format!(
+        "{}/.well-known/oauth-protected-resource/mcp/github",
+        env.envoy_url
+    );
+    assert!(
+        challenge_header.contains(&format!("resource_metadata=\"{prm_url}\"")),
+        "{challenge_header}"
+    );
+    let prm = env
+        .get("/.well-known/oauth-protected-resource/mcp/github")
+        .await
+        .json();
+    assert_eq!(prm["authorization_servers"], json!([env.envoy_url]));
+    assert_eq!(prm["resource"], resource(&env, "github"));
+    assert!(
+        !prm["scopes_supported"]
+            .as_array()
+            .expect("scopes")
+            .contains(&json!("offline_access")),
+        "{prm}"
+    );
+
+    // 2. RFC 8414 metadata at both paths an MCP client tries, through Envoy.
+    for path in [
+        "/.well-known/oauth-authorization-server",
+        "/.well-known/openid-configuration",
+    ] {
+        let r = env.get(path).await;
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+        let doc = r.json();
+        assert_eq!(doc["issuer"], env.envoy_url);
+        assert_eq!(doc["code_challenge_methods_supported"], json!(["S256"]));
+        assert_eq!(
+            doc["authorization_endpoint"],
+            format!("{}/oauth/authorize", env.envoy_url)
+        );
+        assert_eq!(
+            doc["token_endpoint"],
+            format!("{}/oauth/token", env.envoy_url)
+        );
+        assert_eq!(
+            doc["registration_endpoint"],
+            format!("{}/oauth/register", env.envoy_url)
+        );
+        assert_eq!(doc["authorization_response_iss_parameter_supported"], true);
+    }
+
+    // 3. Registration, then the consent page.
+    let app = register(&env, "Login Test Client").await;
+    let (verifier, challenge) = pkce();
+    let browser = Browser::new();
+    let url = authorize_url(
+        &env,
+        &app,
+        &challenge,
+        &[("resource", &resource(&env, "github"))],
+    );
+    let page = browser.get(&url).await;
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(
+        page.body.contains("Login Test Client") && page.body.contains("127.0.0.1"),
+        "the consent page names the client and where it sends the user: {}",
+        page.body
+    );
+    let csp = page.header("content-security-policy").expect("CSP");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    let set_cookie: Vec<&str> = page
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    assert!(
+        set_cookie
+            .iter()
+            .any(|c| c.starts_with("__Host-mcp-authz-csrf=")
+                && c.contains("Secure")
+                && c.contains("HttpOnly")
+                && c.contains("SameSite=Lax")
+                && c.contains("Path=/")),
+        "{set_cookie:?}"
+    );
+
+    // 4. Approve: to Entra with the gateway's own client, PKCE pair and state; no `resource`.
+    let form = crate::support::browser::ConsentForm::read(&page.body).expect("consent form");
+    let r = browser
+        .post_form(
+            &form.action,
+            &[
+                ("request", &form.request),
+                ("csrf", &form.csrf),
+                ("decision", "approve"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 302, "{r:?}");
+    let to_entra = url::Url::parse(r.header("location").expect("Location")).expect("URL");
+    assert!(
+        to_entra.as_str().starts_with(&format!(
+            "{}/{TID}/oauth2/v2.0/authorize",
+            env.authority.base_url()
+        )),
+        "{to_entra}"
+    );
+    let q: std::collections::HashMap<_, _> = to_entra.query_pairs().into_owned().collect();
+    assert_eq!(q["client_id"], GATEWAY_APP);
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert_ne!(
+        q["code_challenge"], challenge,
+        "the gateway's own PKCE pair"
+    );
+    assert_ne!(q.get("state").map(String::as_str), Some("st-123"));
+    assert!(!q.contains_key("resource"), "resource is not sent to Entra");
+    assert!(
+        q["scope"].contains(MCP_SCOPE) && q["scope"].contains("offline_access"),
+        "{q:?}"
+    );
+    assert!(
+        browser
+            .cookie_names()
+            .iter()
+            .any(|n| n.starts_with("__Host-mcp-authz-consent-")),
+        "the approval is remembered: {:?}",
+        browser.cookie_names()
+    );
+    let landed = browser
+        .follow(r, &app.redirect_uri)
+        .await
+        .unwrap_or_else(|p| panic!("stopped at {p:?}"));
+    assert_eq!(landed.param("state").as_deref(), Some("st-123"));
+    assert_eq!(landed.param("iss").as_deref(), Some(env.envoy_url.as_str()));
+    let code = landed.param("code").expect("code");
+
+    // 5. The token: Entra's access token for the API, and the gateway's refresh token.
+    let r = redeem(&env, &app, &code, &verifier).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let tokens = r.json();
+    assert_eq!(tokens["token_type"], "Bearer");
+    assert_eq!(tokens["scope"], MCP_SCOPE);
+    let access = tokens["access_token"].as_str().expect("access_token");
+    let refresh = tokens["refresh_token"].as_str().expect("refresh_token");
+    assert!(
+        access.split('.').count() == 3,
+        "a JWS, Entra's own: {access:.20}"
+    );
+
+    // 6. A tool through Envoy with it: the request path validates Entra's token as always.
+    let sid = env.open_session("/mcp/github", access).await;
+    let r = env
+        .post(
+            "/mcp/github",
+            Some(access),
+            &tool_call_body(2, "echo"),
+            &[("mcp-session-id", &sid)],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = env
+        .post(
+            "/mcp/github",
+            Some(access),
+            &tool_call_body(3, "delete_repository"),
+            &[("mcp-session-id", &sid)],
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.reason()),
+        (403, "tool_denied"),
+        "policy still decides"
+    );
+
+    // 7. The code is single-use: the replay is invalid_grant.
+    let r = redeem(&env, &app, &code, &verifier).await;
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (400, json!("invalid_grant"))
+    );
+
+    // 8. Refresh: a new access token and a new refresh token; the used one is refused after.
+    let r = token_request(
+        &env,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh),
+            ("client_id", &app.client_id),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let renewed = r.json();
+    let access2 = renewed["access_token"].as_str().expect("access_token");
+    let refresh2 = renewed["refresh_token"].as_str().expect("refresh_token");
+    assert_ne!(refresh2, refresh, "rotated");
+    let r = env
+        .post("/mcp/github", Some(access2), &initialize_body(9), &[])
+        .await;
+    assert_eq!(r.status, 200, "the refreshed token works: {r:?}");
+    let r = token_request(
+        &env,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh),
+            ("client_id", &app.client_id),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (400, json!("invalid_grant")),
+        "attack: a stolen, already used refresh token replayed"
+    );
+
+    // 9. The family counts what happened.
+    let metrics = scrape_metrics(&env.http, env.authz.admin).await;
+    assert_eq!(oauth_count(&metrics, "registration", "registered"), 1);
+    assert_eq!(oauth_count(&metrics, "login", "success"), 1);
+    assert_eq!(oauth_count(&metrics, "login", "code_invalid"), 1);
+    assert_eq!(oauth_count(&metrics, "refresh", "success"), 1);
+    assert_eq!(oauth_count(&metrics, "refresh", "replayed"), 1);
+}
+
+#[tokio::test]
+async fn refusals_are_the_oauth_errors_the_spec_names() {
+    let env = oauth_env().await;
+    let app = register(&env, "Refusals").await;
+    let browser = Browser::new();
+
+    // Attack: a stolen code redeemed without the client's verifier.
+    let (verifier, challenge) = pkce();
+    let landed = signed_in(&env, &browser, &app, &challenge).await;
+    let code = landed.param("code").expect("code");
+    let (wrong, _) = pkce();
+    assert_ne!(wrong, verifier);
+    let r = redeem(&env, &app, &code, &wrong).await;
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (400, json!("invalid_grant")),
+        "{r:?}"
+    );
+    // ... and the code is gone after that one try (RFC 6749 §4.1.2: used once, whatever the outcome).
+    let r = redeem(&env, &app, &code, &verifier).await;
+    assert_eq!(r.json()["error"], "invalid_grant");
+
+    // Attack: a code sent to a redirect URI the client never registered (an open redirector).
+    let (_, challenge) = pkce();
+    let evil = App {
+        client_id: app.client_id.clone(),
+        redirect_uri: "https://evil.example/steal".into(),
+    };
+    let r = browser
+        .get(&authorize_url(&env, &evil, &challenge, &[]))
+        .await;
+    assert_eq!(r.status, 400, "an error page, no redirect: {r:?}");
+    assert!(r.header("location").is_none());
+    assert!(r.body.contains("redirect URI"), "{}", r.body);
+
+    // Attack: a token for another host's server (RFC 8707 audience confusion).
+    let r = browser
+        .get(&authorize_url(
+            &env,
+            &app,
+            &challenge,
+            &[("resource", "https://other.example/mcp/github")],
+        ))
+        .await;
+    assert_eq!(r.status, 302, "{r:?}");
+    let to = url::Url::parse(r.header("location").expect("Location")).expect("URL");
+    assert!(to.as_str().starts_with(&app.redirect_uri), "{to}");
+    let q: std::collections::HashMap<_, _> = to.query_pairs().into_owned().collect();
+    assert_eq!(q["error"], "invalid_target");
+    assert_eq!(q["state"], "st-123");
+    assert_eq!(q["iss"], env.envoy_url);
+    // ... and a disabled server of this gateway is not a resource either.
+    let r = browser
+        .get(&authorize_url(
+            &env,
+            &app,
+            &challenge,
+            &[("resource", &resource(&env, "legacy"))],
+        ))
+        .await;
+    assert!(
+        r.header("location")
+            .is_some_and(|l| l.contains("error=invalid_target")),
+        "{r:?}"
+    );
+
+    // Without PKCE there is no sign-in (OAuth 2.1).
+    let mut no_pkce = url::Url::parse(&format!("{}/oauth/authorize", env.envoy_url)).expect("url");
+    no_pkce
+        .query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", &app.client_id)
+        .append_pair("redirect_uri", &app.redirect_uri);
+    let r = browser.get(no_pkce.as_str()).await;
+    assert!(
+        r.header("location")
+            .is_some_and(|l| l.contains("error=invalid_request")),
+        "{r:?}"
+    );
+
+    // An unknown client id is an error page.
+    let ghost = App {
+        client_id: "never-registered".into(),
+        redirect_uri: app.redirect_uri.clone(),
+    };
+    let r = browser
+        .get(&authorize_url(&env, &ghost, &challenge, &[]))
+        .await;
+    assert_eq!(r.status, 400, "{r:?}");
+
+    // A token request for another client's code.
+    let other = register(&env, "Other").await;
+    let (verifier, challenge) = pkce();
+    let landed = signed_in(&env, &browser, &app, &challenge).await;
+    let r = token_request(
+        &env,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &landed.param("code").expect("code")),
+            ("redirect_uri", &app.redirect_uri),
+            ("client_id", &other.client_id),
+            ("code_verifier", &verifier),
+        ],
+    )
+    .await;
+    assert_eq!(r.json()["error"], "invalid_grant", "{r:?}");
+
+    // An unknown grant type.
+    let r = token_request(
+        &env,
+        &[("grant_type", "password"), ("client_id", &app.client_id)],
+    )
+    .await;
+    assert_eq!(r.json()["error"], "unsupported_grant_type");
+}
+
+#[tokio::test]
+async fn a_denial_returns_access_denied_and_remembers_nothing() {
+    let env = oauth_env().await;
+    let app = register(&env, "Denied").await;
+    let browser = Browser::new();
+    let (_, challenge) = pkce();
+    let landed = browser
+        .sign_in(
+            &authorize_url(&env, &app, &challenge, &[]),
+            "deny",
+            &app.redirect_uri,
+        )
+        .await
+        .unwrap_or_else(|p| panic!("{p:?}"));
+    assert_eq!(landed.param("error").as_deref(), Some("access_denied"));
+    assert_eq!(landed.param("state").as_deref(), Some("st-123"));
+    assert!(landed.param("code").is_none());
+    assert!(
+        !browser
+            .cookie_names()
+            .iter()
+            .any(|n| n.starts_with("__Host-mcp-authz-consent-")),
+        "{:?}",
+        browser.cookie_names()
+    );
+    // The next try asks again.
+    let r = browser
+        .get(&authorize_url(&env, &app, &challenge, &[]))
+        .await;
+    assert_eq!(r.status, 200, "the consent page again: {r:?}");
+}
+
+#[tokio::test]
+async fn a_consent_posted_from_another_site_is_refused() {
+    // Attack: a page on another site posts a consent form it got from the gateway (its own
+    // request, its csrf field) from the victim's browser: the browser sends no __Host- cookie
+    // with a cross-site POST (SameSite=Lax), so the approval is refused.
+    let env = oauth_env().await;
+    let app = register(&env, "Csrf").await;
+    let attacker = Browser::new();
+    let (_, challenge) = pkce();
+    let page = attacker
+        .get(&authorize_url(&env, &app, &challenge, &[]))
+        .await;
+    let form = crate::support::browser::ConsentForm::read(&page.body).expect("form");
+    let victim = Browser::new();
+    let r = victim
+        .post_form(
+            &form.action,
+            &[
+                ("request", &form.request),
+                ("csrf", &form.csrf),
+                ("decision", "approve"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.header("location").is_none());
+    // A forged csrf field with the attacker's own cookie fails the same way.
+    let r = attacker
+        .post_form(
+            &form.action,
+            &[
+                ("request", &form.request),
+                ("csrf", "forged"),
+                ("decision", "approve"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 403, "{r:?}");
+}
+
+#[tokio::test]
+async fn a_second_user_signs_in_and_is_refused_what_their_policy_denies() {
+    let env = oauth_env().await;
+    let app = register(&env, "Two Users").await;
+
+    env.authority.sign_in(Some(BOB));
+    // Bob's own browser: no consent remembered, the page again.
+    let browser = Browser::new();
+    let (verifier, challenge) = pkce();
+    let url = authorize_url(&env, &app, &challenge, &[]);
+    let landed = browser
+        .sign_in(&url, "approve", &app.redirect_uri)
+        .await
+        .unwrap_or_else(|p| panic!("{p:?}"));
+    let r = redeem(&env, &app, &landed.param("code").expect("code"), &verifier).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let access = r.json()["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned();
+    // Sales has jira, not github.
+    let r = env
+        .post("/mcp/github", Some(&access), &initialize_body(1), &[])
+        .await;
+    assert_eq!(r.status, 403, "{r:?}");
+    let r = env
+        .post("/mcp/jira", Some(&access), &initialize_body(1), &[])
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+}
