@@ -577,3 +577,68 @@ async fn a_second_user_signs_in_and_is_refused_what_their_policy_denies() {
         .await;
     assert_eq!(r.status, 200, "{r:?}");
 }
+
+/// What every SDK's OAuth client must have done: signed in through the consent page with
+/// nothing but the URL, called a tool, been refused the denied one, refreshed, and seen the used
+/// refresh token refused.
+fn assert_sdk_login(sdk: &str, report: &serde_json::Value) {
+    assert!(report.get("error").is_none(), "{sdk}: {report}");
+    assert_eq!(report["initialized"], true, "{sdk}: {report}");
+    assert_eq!(report["consent_page"], true, "{sdk}: {report}");
+    assert!(
+        report["tools"]
+            .as_array()
+            .is_some_and(|t| t.contains(&json!("echo"))),
+        "{sdk}: {report}"
+    );
+    assert_eq!(
+        report["echo"],
+        format!("hello from {sdk}"),
+        "{sdk}: {report}"
+    );
+    assert_eq!(report["delete"]["ok"], false, "{sdk}: {report}");
+    assert_eq!(report["refreshed"], true, "{sdk}: {report}");
+    assert_eq!(
+        report["tools_after_refresh"], report["tools"],
+        "{sdk}: {report}"
+    );
+    assert_eq!(
+        report["replayed_refresh"],
+        json!({"status": 400, "error": "invalid_grant"}),
+        "{sdk}: attack: the used refresh token replayed: {report}"
+    );
+}
+
+fn peer_script(rel: &str) -> String {
+    repo_path(rel).display().to_string()
+}
+
+#[tokio::test]
+async fn the_python_sdk_oauth_client_signs_in_by_registration() {
+    let env = oauth_env().await;
+    let report = run_client(
+        &peers_python(),
+        &[
+            peer_script("tests/peers/python/oauth_client.py"),
+            resource(&env, "github"),
+            "approve".into(),
+        ],
+    )
+    .await;
+    assert_sdk_login("python", &report);
+    assert_eq!(report["registered_by"], "dcr", "{report}");
+    let params = report["authorize_params"].as_array().expect("params");
+    for p in [
+        "code_challenge",
+        "code_challenge_method",
+        "resource",
+        "state",
+        "scope",
+    ] {
+        assert!(params.contains(&json!(p)), "{p} sent: {report}");
+    }
+    let metrics = scrape_metrics(&env.http, env.authz.admin).await;
+    assert_eq!(oauth_count(&metrics, "registration", "registered"), 1);
+    assert_eq!(oauth_count(&metrics, "login", "success"), 1);
+    assert_eq!(oauth_count(&metrics, "refresh", "success"), 1);
+}
