@@ -642,3 +642,31 @@ async fn the_python_sdk_oauth_client_signs_in_by_registration() {
     assert_eq!(oauth_count(&metrics, "login", "success"), 1);
     assert_eq!(oauth_count(&metrics, "refresh", "success"), 1);
 }
+
+#[tokio::test]
+async fn the_typescript_sdk_oauth_client_signs_in_by_registration() {
+    let env = oauth_env().await;
+    let report = run_client(
+        "node",
+        &[
+            peer_script("tests/peers/typescript/oauth_client.mjs"),
+            resource(&env, "github"),
+            "approve".into(),
+        ],
+    )
+    .await;
+    assert_sdk_login("typescript", &report);
+    assert_eq!(report["registered_by"], "dcr", "{report}");
+    assert_eq!(report["refresh_result"], "AUTHORIZED", "{report}");
+    assert_eq!(report["iss"], env.envoy_url, "{report}");
+    let params = report["authorize_params"].as_array().expect("params");
+    for p in [
+        "code_challenge",
+        "code_challenge_method",
+        "resource",
+        "state",
+        "scope",
+    ] {
+        assert!(params.contains(&json!(p)), "{p} sent: {report}");
+    }
+}
