@@ -670,3 +670,125 @@ async fn the_typescript_sdk_oauth_client_signs_in_by_registration() {
         assert!(params.contains(&json!(p)), "{p} sent: {report}");
     }
 }
+
+#[tokio::test]
+async fn the_rmcp_oauth_client_signs_in_by_registration() {
+    use rmcp::ServiceExt;
+    use rmcp::model::CallToolRequestParams;
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::auth::{AuthClient, AuthorizationRequest, OAuthState};
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+
+    let env = oauth_env().await;
+    let server = resource(&env, "github");
+    let redirect_uri = format!("http://127.0.0.1:{}/callback", free_port());
+
+    // The first request is refused; its challenge seeds the SDK's discovery.
+    let r = env
+        .post("/mcp/github", None, &initialize_body(1), &[])
+        .await;
+    assert_eq!(r.status, 401);
+    let challenge = r.header("www-authenticate").expect("challenge").to_owned();
+
+    let mut state = OAuthState::new(server.as_str(), None)
+        .await
+        .expect("oauth state");
+    state
+        .start_authorization(
+            AuthorizationRequest::new(redirect_uri.clone())
+                .with_client_name("rmcp login test")
+                .with_application_type("native")
+                .with_challenge(challenge),
+        )
+        .await
+        .expect("discovery and registration");
+    let authorize = state.get_authorization_url().await.expect("authorize URL");
+    let sent: std::collections::HashMap<_, _> = url::Url::parse(&authorize)
+        .expect("url")
+        .query_pairs()
+        .into_owned()
+        .collect();
+    assert_eq!(sent["code_challenge_method"], "S256");
+    assert_eq!(sent["resource"], server);
+    let landed = Browser::new()
+        .sign_in(&authorize, "approve", &redirect_uri)
+        .await
+        .unwrap_or_else(|p| panic!("{p:?}"));
+    state
+        .handle_callback_url(landed.url.as_str())
+        .await
+        .expect("the code redeemed, iss checked");
+    let manager = state
+        .into_authorization_manager()
+        .expect("authorized manager");
+    let (client_id, first) = manager.get_credentials().await.expect("credentials");
+    assert!(
+        client_id.starts_with("mcp-"),
+        "a registered client: {client_id}"
+    );
+    let first = first.expect("tokens");
+
+    // A tool through Envoy with the SDK's authorized client.
+    let transport = StreamableHttpClientTransport::with_client(
+        AuthClient::new(reqwest::Client::new(), manager),
+        StreamableHttpClientTransportConfig::with_uri(server.clone()),
+    );
+    let client = ().serve(transport).await.expect("initialize through Envoy");
+    let echo = client
+        .call_tool(
+            CallToolRequestParams::new("echo").with_arguments(
+                json!({"text": "hello from rmcp"})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+        )
+        .await
+        .expect("echo");
+    assert!(format!("{echo:?}").contains("hello from rmcp"), "{echo:?}");
+    let denied = client
+        .call_tool(CallToolRequestParams::new("delete_repository"))
+        .await;
+    assert!(denied.is_err(), "policy denies it: {denied:?}");
+    client.cancel().await.ok();
+
+    // Refresh with the SDK, then the used refresh token is refused.
+    let mut again = OAuthState::new(server.as_str(), None).await.expect("state");
+    again
+        .set_credentials(&client_id, first.clone())
+        .await
+        .expect("stored credentials");
+    again
+        .refresh_token()
+        .await
+        .expect("refresh through the gateway");
+    let manager = again.into_authorization_manager().expect("manager");
+    let (_, renewed) = manager.get_credentials().await.expect("credentials");
+    // The SDK's token response is oauth2's; its JSON form names the refresh token.
+    let refresh_of = |t: &rmcp::transport::auth::OAuthTokenResponse| {
+        serde_json::to_value(t).expect("token JSON")["refresh_token"]
+            .as_str()
+            .expect("refresh_token")
+            .to_owned()
+    };
+    let old_refresh = refresh_of(&first);
+    assert_ne!(
+        refresh_of(&renewed.expect("tokens")),
+        old_refresh,
+        "rotated"
+    );
+    let r = token_request(
+        &env,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &old_refresh),
+            ("client_id", &client_id),
+        ],
+    )
+    .await;
+    assert_eq!(
+        r.json()["error"],
+        "invalid_grant",
+        "attack: the used refresh token replayed"
+    );
+}
