@@ -34,6 +34,7 @@ use crate::identity::Validator;
 use crate::metrics::Metrics;
 use crate::policy::PolicyHandle;
 
+pub mod cimd;
 pub mod clients;
 pub mod entra;
 mod flow;
@@ -71,6 +72,8 @@ pub struct Settings {
 pub struct Facade {
     pub settings: Settings,
     pub registry: clients::Registry,
+    /// Client ID Metadata Documents, when accepted.
+    pub documents: Option<cimd::Documents>,
     pub store: store::Store,
     pub sealer: seal::Sealer,
     pub entra: entra::EntraClient,
@@ -94,6 +97,7 @@ impl Facade {
         Self {
             settings,
             registry,
+            documents: None,
             store,
             sealer,
             entra,
@@ -101,6 +105,27 @@ impl Facade {
             policy,
             metrics,
         }
+    }
+
+    pub fn with_documents(mut self, documents: Option<cimd::Documents>) -> Self {
+        self.documents = documents;
+        self
+    }
+
+    /// The client a `client_id` names: a registered one, or the one its metadata document
+    /// describes (an https URL, when documents are accepted). `Err` says why, safe to show.
+    async fn client(&self, client_id: &str) -> Result<Arc<clients::Client>, String> {
+        if cimd::is_document_id(client_id)
+            && let Some(docs) = &self.documents
+        {
+            return docs.client(client_id).await.map_err(|e| {
+                tracing::warn!(client_id = %format_args!("{client_id:.200}"), error = %e, "oauth: a client metadata document was refused");
+                e.to_string()
+            });
+        }
+        self.registry
+            .get(client_id)
+            .ok_or_else(|| "the application is not registered here (unknown client_id)".into())
     }
 
     fn url(&self, path: &str) -> String {
@@ -127,7 +152,7 @@ impl Facade {
             "code_challenge_methods_supported": ["S256"],
             "scopes_supported": self.settings.scopes,
             "authorization_response_iss_parameter_supported": true,
-            "client_id_metadata_document_supported": false,
+            "client_id_metadata_document_supported": self.documents.is_some(),
         });
         if self.settings.registration {
             doc["registration_endpoint"] = Value::from(self.url(REGISTER_PATH));

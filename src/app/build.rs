@@ -134,9 +134,35 @@ fn oauth_facade(
         settings.code_ttl,
         settings.refresh_ttl,
     );
+    let d = &o.client_metadata_documents;
+    let documents = if d.enabled {
+        let mut extra_roots = Vec::new();
+        if let Some(ca) = &d.ca_file {
+            let pem = std::fs::read(ca).with_context(|| format!("read {}", ca.display()))?;
+            extra_roots = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("{}: not a PEM bundle of certificates", ca.display()))?;
+        }
+        if d.allow_private_addresses {
+            tracing::warn!(
+                "oauth.client_metadata_documents.allow_private_addresses is on: client metadata documents may be fetched from loopback and private addresses (a test setting; never in production)"
+            );
+        }
+        Some(crate::oauth::cimd::Documents::new(
+            crate::oauth::cimd::Settings {
+                max_clients: d.max_clients,
+                max_ttl: Duration::from_secs(d.cache_seconds),
+                timeout: Duration::from_millis(o.timeout_ms),
+                allow_private_addresses: d.allow_private_addresses,
+                extra_roots,
+            },
+        )?)
+    } else {
+        None
+    };
     Ok(Facade::new(
         settings, registry, store, sealer, entra, validator, policy, metrics,
-    ))
+    )
+    .with_documents(documents))
 }
 
 /// `pool` is the process's one database pool (see [`crate::db::pool`]), when a database is configured.

@@ -38,6 +38,9 @@ pub struct OAuthConfig {
     /// Dynamic client registration (RFC 7591).
     #[serde(default)]
     pub registration: RegistrationConfig,
+    /// Client ID Metadata Documents: a `client_id` that is an https URL, fetched.
+    #[serde(default)]
+    pub client_metadata_documents: DocumentsConfig,
     /// A sign-in in flight (consent page to Entra's callback) expires after this.
     #[serde(default = "default_pending")]
     pub pending_seconds: u64,
@@ -88,6 +91,43 @@ impl Default for RegistrationConfig {
             per_minute: default_per_minute(),
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DocumentsConfig {
+    /// Accept `client_id` URLs (and advertise `client_id_metadata_document_supported`).
+    #[serde(default = "super::defaults::yes")]
+    pub enabled: bool,
+    /// Most documents cached.
+    #[serde(default = "default_max_clients")]
+    pub max_clients: u64,
+    /// A document is kept for its `Cache-Control: max-age`, at most this (default 300 s when
+    /// it names none).
+    #[serde(default = "default_document_cache")]
+    pub cache_seconds: u64,
+    /// A PEM bundle of extra roots trusted when fetching documents, besides the system's.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// FOR TEST SETUPS ONLY: let a document URL resolve to loopback and private addresses.
+    /// Off, the gateway refuses to fetch from anything but public addresses (SSRF).
+    #[serde(default)]
+    pub allow_private_addresses: bool,
+}
+
+impl Default for DocumentsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_clients: default_max_clients(),
+            cache_seconds: default_document_cache(),
+            ca_file: None,
+            allow_private_addresses: false,
+        }
+    }
+}
+
+fn default_document_cache() -> u64 {
+    3600
 }
 
 fn default_pending() -> u64 {
@@ -177,6 +217,21 @@ impl OAuthConfig {
         let r = &o.registration;
         if r.max_clients == 0 || r.lifetime_days == 0 || r.per_minute == 0 {
             return bad("oauth.registration: max_clients, lifetime_days and per_minute > 0".into());
+        }
+        let d = &o.client_metadata_documents;
+        if d.max_clients == 0 || d.cache_seconds > 86_400 {
+            return bad(
+                "oauth.client_metadata_documents: max_clients > 0, cache_seconds at most 86400"
+                    .into(),
+            );
+        }
+        if let Some(ca) = &d.ca_file
+            && !ca.is_file()
+        {
+            return bad(format!(
+                "oauth.client_metadata_documents.ca_file {} is not a readable file",
+                ca.display()
+            ));
         }
         if !(60..=3600).contains(&o.pending_seconds) {
             return bad("oauth.pending_seconds: 60 to 3600".into());

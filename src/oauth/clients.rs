@@ -120,6 +120,8 @@ fn refused(error: &'static str, description: impl Into<String>) -> Refused {
 /// The client metadata of a registration request (RFC 7591 §2), as far as the gateway uses it.
 #[derive(Debug, Deserialize)]
 struct Metadata {
+    /// Only in a metadata document (a registration's is ignored, RFC 7591 §2).
+    client_id: Option<String>,
     redirect_uris: Option<Vec<String>>,
     token_endpoint_auth_method: Option<String>,
     grant_types: Option<Vec<String>>,
@@ -129,20 +131,77 @@ struct Metadata {
     scope: Option<String>,
 }
 
-/// The checked registration: what is stored, and the answer (with the secret, shown once).
-pub fn register(body: &[u8], now: u64) -> Result<(Client, Value), Refused> {
+/// Client metadata that passed the checks.
+struct Checked {
+    uris: Vec<String>,
+    application_type: ApplicationType,
+    auth_method: AuthMethod,
+    grant_types: Vec<String>,
+    client_name: Option<String>,
+    scope: Option<String>,
+}
+
+fn parse_metadata(body: &[u8], what: &str) -> Result<Metadata, Refused> {
     if body.len() > MAX_REGISTRATION_BYTES {
         return Err(refused(
             "invalid_client_metadata",
-            format!("the registration is larger than {MAX_REGISTRATION_BYTES} bytes"),
+            format!("the {what} is larger than {MAX_REGISTRATION_BYTES} bytes"),
         ));
     }
-    let m: Metadata = serde_json::from_slice(body).map_err(|_| {
+    serde_json::from_slice(body).map_err(|_| {
         refused(
             "invalid_client_metadata",
-            "the registration is not a JSON object of client metadata",
+            format!("the {what} is not a JSON object of client metadata"),
         )
-    })?;
+    })
+}
+
+/// The checked registration: what is stored, and the answer (with the secret, shown once).
+pub fn register(body: &[u8], now: u64) -> Result<(Client, Value), Refused> {
+    let m = parse_metadata(body, "registration")?;
+    let Checked {
+        uris,
+        application_type,
+        auth_method,
+        grant_types,
+        client_name,
+        scope,
+    } = check(m)?;
+    let client_id = format!("mcp-{}", random_token(18));
+    let secret = (auth_method != AuthMethod::None).then(|| random_token(32));
+    let client = Client {
+        client_id: client_id.clone(),
+        client_name: client_name.clone(),
+        redirect_uris: uris.clone(),
+        application_type,
+        auth_method,
+        secret_hash: secret.as_deref().map(s256),
+        issued_at: now,
+    };
+    let mut answer = serde_json::json!({
+        "client_id": client_id,
+        "client_id_issued_at": now,
+        "redirect_uris": uris,
+        "grant_types": grant_types,
+        "response_types": ["code"],
+        "token_endpoint_auth_method": auth_method,
+        "application_type": application_type,
+    });
+    if let Some(n) = client_name {
+        answer["client_name"] = Value::from(n);
+    }
+    if let Some(s) = scope {
+        answer["scope"] = Value::from(s);
+    }
+    if let Some(s) = secret {
+        answer["client_secret"] = Value::from(s);
+        answer["client_secret_expires_at"] = Value::from(0);
+    }
+    Ok((client, answer))
+}
+
+/// The rules every client's metadata follows, registered or published.
+fn check(m: Metadata) -> Result<Checked, Refused> {
     let uris = m.redirect_uris.unwrap_or_default();
     if uris.is_empty() || uris.len() > MAX_REDIRECT_URIS {
         return Err(refused(
@@ -221,37 +280,42 @@ pub fn register(body: &[u8], now: u64) -> Result<(Client, Value), Refused> {
         Some(n) if n.trim().is_empty() => None,
         other => other,
     };
-    let client_id = format!("mcp-{}", random_token(18));
-    let secret = (auth_method != AuthMethod::None).then(|| random_token(32));
-    let client = Client {
-        client_id: client_id.clone(),
-        client_name: client_name.clone(),
-        redirect_uris: uris.clone(),
+    Ok(Checked {
+        uris,
         application_type,
         auth_method,
-        secret_hash: secret.as_deref().map(s256),
+        grant_types,
+        client_name,
+        scope: m.scope,
+    })
+}
+
+/// A client from its Client ID Metadata Document at `url`: the document must name `url` as its
+/// `client_id` and, having no way to hold a shared secret, be a public client.
+pub fn from_document(url: &str, body: &[u8], now: u64) -> Result<Client, Refused> {
+    let m = parse_metadata(body, "metadata document")?;
+    if m.client_id.as_deref() != Some(url) {
+        return Err(refused(
+            "invalid_client_metadata",
+            "its client_id is not the URL it was fetched from",
+        ));
+    }
+    let c = check(m)?;
+    if c.auth_method != AuthMethod::None {
+        return Err(refused(
+            "invalid_client_metadata",
+            "a metadata document client is public: token_endpoint_auth_method none (no shared secret can be published)",
+        ));
+    }
+    Ok(Client {
+        client_id: url.to_owned(),
+        client_name: c.client_name,
+        redirect_uris: c.uris,
+        application_type: c.application_type,
+        auth_method: AuthMethod::None,
+        secret_hash: None,
         issued_at: now,
-    };
-    let mut answer = serde_json::json!({
-        "client_id": client_id,
-        "client_id_issued_at": now,
-        "redirect_uris": uris,
-        "grant_types": grant_types,
-        "response_types": ["code"],
-        "token_endpoint_auth_method": auth_method,
-        "application_type": application_type,
-    });
-    if let Some(n) = client_name {
-        answer["client_name"] = Value::from(n);
-    }
-    if let Some(s) = m.scope {
-        answer["scope"] = Value::from(s);
-    }
-    if let Some(s) = secret {
-        answer["client_secret"] = Value::from(s);
-        answer["client_secret_expires_at"] = Value::from(0);
-    }
-    Ok((client, answer))
+    })
 }
 
 #[derive(Debug, PartialEq, Eq)]

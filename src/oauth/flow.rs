@@ -88,12 +88,19 @@ pub(super) async fn authorize(
         }
     };
     let get = |k: &str| q.get(k).map(String::as_str).filter(|v| !v.is_empty());
-    let Some(client) = get("client_id").and_then(|id| f.registry.get(id)) else {
-        f.count("login", "invalid_client");
-        return page::error(
-            StatusCode::BAD_REQUEST,
-            "The application is not registered here (unknown client_id). Register it again and retry.",
-        );
+    let client = match get("client_id") {
+        Some(id) => f.client(id).await,
+        None => Err("the request names no client_id".into()),
+    };
+    let client = match client {
+        Ok(c) => c,
+        Err(why) => {
+            f.count("login", "invalid_client");
+            return page::error(
+                StatusCode::BAD_REQUEST,
+                &format!("This application cannot sign in here: {why}."),
+            );
+        }
     };
     let redirect_uri = match get("redirect_uri") {
         Some(r) if client.redirect_allowed(r) => r.to_owned(),

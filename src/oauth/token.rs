@@ -36,7 +36,7 @@ fn invalid_grant(description: &str) -> Response {
 /// The client named by the request, authenticated as it registered (RFC 6749 §2.3): a public
 /// client by its id, a confidential one by its secret (form or Basic).
 #[allow(clippy::result_large_err)] // the refusal is the response, built once per request
-fn authenticate(
+async fn authenticate(
     f: &Facade,
     headers: &HeaderMap,
     form: &std::collections::HashMap<String, String>,
@@ -86,7 +86,7 @@ fn authenticate(
             ));
         }
     };
-    let client = f.registry.get(&client_id).ok_or_else(unauthorized)?;
+    let client = f.client(&client_id).await.map_err(|_| unauthorized())?;
     if client.auth_method != method || !client.secret_matches(secret.as_deref()) {
         return Err(unauthorized());
     }
@@ -131,7 +131,7 @@ pub(super) async fn token(
         Ok(p) => p,
         Err(why) => return json_error(StatusCode::BAD_REQUEST, "invalid_request", &why),
     };
-    let client = match authenticate(&f, &headers, &form) {
+    let client = match authenticate(&f, &headers, &form).await {
         Ok(c) => c,
         Err(resp) => return resp,
     };

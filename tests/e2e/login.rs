@@ -792,3 +792,205 @@ async fn the_rmcp_oauth_client_signs_in_by_registration() {
         "attack: the used refresh token replayed"
     );
 }
+
+// Client ID Metadata Documents.
+
+use crate::support::docserver::{Answer, DocServer};
+
+async fn documents_env(docs: &DocServer) -> TestEnv {
+    TestEnv::start(Options {
+        oauth: true,
+        oauth_documents_ca: Some(docs.ca_file.clone()),
+        ..Options::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_client_id_metadata_document_client_signs_in_without_registering() {
+    let dir = tempfile::tempdir().expect("dir");
+    let docs = DocServer::start(dir.path()).await;
+    let env = documents_env(&docs).await;
+    let meta = env
+        .get("/.well-known/oauth-authorization-server")
+        .await
+        .json();
+    assert_eq!(meta["client_id_metadata_document_supported"], true);
+
+    let redirect_uri = format!("http://127.0.0.1:{}/callback", free_port());
+    let client_id = docs.publish_client("/apps/tool.json", "Published Tool", &[&redirect_uri]);
+    let app = App {
+        client_id: client_id.clone(),
+        redirect_uri,
+    };
+    let (verifier, challenge) = pkce();
+    let browser = Browser::new();
+    let page = browser
+        .get(&authorize_url(&env, &app, &challenge, &[]))
+        .await;
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(page.body.contains("Published Tool"), "{}", page.body);
+    let landed = browser
+        .sign_in(
+            &authorize_url(&env, &app, &challenge, &[]),
+            "approve",
+            &app.redirect_uri,
+        )
+        .await
+        .unwrap_or_else(|p| panic!("{p:?}"));
+    let r = redeem(&env, &app, &landed.param("code").expect("code"), &verifier).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let access = r.json()["access_token"].as_str().expect("token").to_owned();
+    let r = env
+        .post("/mcp/github", Some(&access), &initialize_body(1), &[])
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        docs.hits("/apps/tool.json"),
+        1,
+        "two authorizes and a token request, one fetch: the document is cached"
+    );
+}
+
+#[tokio::test]
+async fn a_client_id_url_at_a_private_address_is_never_fetched() {
+    // Attack (SSRF): a client_id URL that points the gateway at its own network: loopback, a
+    // name that resolves to loopback, the cloud metadata address, a private range. The gateway
+    // must refuse each without connecting.
+    let dir = tempfile::tempdir().expect("dir");
+    let docs = DocServer::start(dir.path()).await;
+    let env = oauth_env().await; // the production setting: private addresses refused
+    let port = docs.base.rsplit(':').next().expect("port").to_owned();
+    let redirect_uri = format!("http://127.0.0.1:{}/callback", free_port());
+    docs.publish_client("/c.json", "Internal", &[&redirect_uri]);
+    let (_, challenge) = pkce();
+    let browser = Browser::new();
+    for client_id in [
+        format!("https://127.0.0.1:{port}/c.json"),
+        format!("https://localhost:{port}/c.json"),
+        format!("https://[::1]:{port}/c.json"),
+        "https://169.254.169.254/latest/meta-data/c.json".to_owned(),
+        "https://10.0.0.1/c.json".to_owned(),
+        format!("https://[::ffff:127.0.0.1]:{port}/c.json"),
+    ] {
+        let app = App {
+            client_id: client_id.clone(),
+            redirect_uri: redirect_uri.clone(),
+        };
+        let r = browser
+            .get(&authorize_url(&env, &app, &challenge, &[]))
+            .await;
+        assert_eq!(r.status, 400, "{client_id}: {r:?}");
+        assert!(
+            r.body.contains("not a public address"),
+            "{client_id}: {}",
+            r.body
+        );
+        let r = token_request(
+            &env,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", "x"),
+                ("code_verifier", &"v".repeat(43)),
+                ("client_id", &client_id),
+            ],
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.json()["error"].clone()),
+            (401, json!("invalid_client")),
+            "{client_id}"
+        );
+    }
+    assert_eq!(docs.hits("/c.json"), 0, "no connection was made");
+}
+
+#[tokio::test]
+async fn metadata_documents_that_break_the_rules_are_refused() {
+    let dir = tempfile::tempdir().expect("dir");
+    let docs = DocServer::start(dir.path()).await;
+    let env = documents_env(&docs).await;
+    let redirect_uri = format!("http://127.0.0.1:{}/callback", free_port());
+    let doc = |client_id: &str| {
+        json!({"client_id": client_id, "client_name": "x", "redirect_uris": [redirect_uri],
+               "token_endpoint_auth_method": "none"})
+    };
+    let cases: Vec<(&str, Answer, &str)> = vec![
+        // Attack: a document that claims another client's id (impersonation).
+        (
+            "/claims-other.json",
+            Answer::json(&doc("https://trusted.example/app.json")),
+            "client_id is not the URL",
+        ),
+        // A shared secret cannot be published.
+        (
+            "/secret.json",
+            Answer::json(&{
+                let mut d = doc(&format!("{}/secret.json", docs.base));
+                d["token_endpoint_auth_method"] = json!("client_secret_basic");
+                d
+            }),
+            "public",
+        ),
+        // Attack: a redirect to an internal address, which must not be followed.
+        (
+            "/moved.json",
+            Answer {
+                status: 302,
+                content_type: "text/plain".into(),
+                headers: vec![("location".into(), "http://169.254.169.254/".into())],
+                body: String::new(),
+            },
+            "HTTP 302",
+        ),
+        (
+            "/huge.json",
+            Answer::json(&json!({"client_id": format!("{}/huge.json", docs.base),
+                "redirect_uris": [redirect_uri], "pad": "x".repeat(40_000)})),
+            "larger than",
+        ),
+        (
+            "/page.json",
+            Answer {
+                status: 200,
+                content_type: "text/html".into(),
+                headers: Vec::new(),
+                body: "<html></html>".into(),
+            },
+            "not application/json",
+        ),
+        (
+            "/bad-redirect.json",
+            Answer::json(
+                &json!({"client_id": format!("{}/bad-redirect.json", docs.base),
+                "redirect_uris": ["http://evil.example/cb"]}),
+            ),
+            "loopback",
+        ),
+    ];
+    let (_, challenge) = pkce();
+    let browser = Browser::new();
+    for (path, answer, why) in cases {
+        let client_id = docs.publish(path, answer);
+        let app = App {
+            client_id,
+            redirect_uri: redirect_uri.clone(),
+        };
+        let r = browser
+            .get(&authorize_url(&env, &app, &challenge, &[]))
+            .await;
+        assert_eq!(r.status, 400, "{path}: {r:?}");
+        assert!(r.body.contains(why), "{path}: {why}: {}", r.body);
+        assert!(r.header("location").is_none(), "{path}");
+    }
+    // A valid document, but the authorize request's redirect URI is not one it lists.
+    let client_id = docs.publish_client("/ok.json", "Ok", &[&redirect_uri]);
+    let app = App {
+        client_id,
+        redirect_uri: "https://evil.example/steal".into(),
+    };
+    let r = browser
+        .get(&authorize_url(&env, &app, &challenge, &[]))
+        .await;
+    assert_eq!(r.status, 400, "{r:?}");
+}

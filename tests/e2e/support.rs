@@ -2,6 +2,7 @@
 //! ([`helpers`]), and servers of their own ([`pg`], [`redis_server`]).
 
 pub mod browser;
+pub mod docserver;
 pub mod helpers;
 pub mod pg;
 pub mod redis_server;

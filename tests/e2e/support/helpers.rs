@@ -110,6 +110,9 @@ pub struct Options {
     /// stand-in with its callback), the API exposed, and the users `ALICE` (engineering) and
     /// `BOB` (sales) in the directory, Alice signed in.
     pub oauth: bool,
+    /// With `oauth`: accept client metadata documents from loopback (the test setting) and
+    /// trust this CA for them (the `DocServer`'s).
+    pub oauth_documents_ca: Option<PathBuf>,
 }
 
 /// The web origins every test Envoy admits for CORS (`CORS_ALLOWED_ORIGINS`).
@@ -328,6 +331,7 @@ impl Default for Options {
             upstream_page_size: None,
             mtls: false,
             oauth: false,
+            oauth_documents_ca: None,
         }
     }
 }
@@ -603,7 +607,14 @@ impl TestEnv {
             }
             authority.sign_in(Some(ALICE));
             cfg_text.push_str(&format!(
-                "oauth: {{client_id: \"{GATEWAY_APP}\", client_secret: {GATEWAY_SECRET}, api_scope: \"{API_URI}/{SCOPE}\", seal_keys: [\"{SEAL_KEY}\"], code_seconds: 60, timeout_ms: 2000}}\n"
+                "oauth: {{client_id: \"{GATEWAY_APP}\", client_secret: {GATEWAY_SECRET}, api_scope: \"{API_URI}/{SCOPE}\", seal_keys: [\"{SEAL_KEY}\"], code_seconds: 60, timeout_ms: 2000{}}}\n",
+                match &opts.oauth_documents_ca {
+                    Some(ca) => format!(
+                        ", client_metadata_documents: {{allow_private_addresses: true, ca_file: {}}}",
+                        ca.display()
+                    ),
+                    None => String::new(),
+                }
             ));
         }
         cfg_text.push_str(&opts.extra_config);
