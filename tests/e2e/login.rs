@@ -994,3 +994,103 @@ async fn metadata_documents_that_break_the_rules_are_refused() {
         .await;
     assert_eq!(r.status, 400, "{r:?}");
 }
+
+/// The SDK clients' documents, at the redirect URIs their scripts use.
+fn publish_sdk_documents(docs: &DocServer) -> (String, String) {
+    (
+        docs.publish_client(
+            "/python-client.json",
+            "Python SDK login test",
+            &["http://127.0.0.1:33418/callback"],
+        ),
+        docs.publish_client(
+            "/typescript-client.json",
+            "TypeScript SDK login test",
+            &["http://127.0.0.1:33419/callback"],
+        ),
+    )
+}
+
+#[tokio::test]
+async fn the_python_and_typescript_sdk_oauth_clients_sign_in_by_metadata_document() {
+    let dir = tempfile::tempdir().expect("dir");
+    let docs = DocServer::start(dir.path()).await;
+    let env = documents_env(&docs).await;
+    let (python_doc, typescript_doc) = publish_sdk_documents(&docs);
+    let python = run_client(
+        &peers_python(),
+        &[
+            peer_script("tests/peers/python/oauth_client.py"),
+            resource(&env, "github"),
+            "approve".into(),
+            python_doc.clone(),
+        ],
+    )
+    .await;
+    assert_sdk_login("python", &python);
+    assert_eq!(python["client_id"], python_doc, "{python}");
+    assert_eq!(python["registered_by"], "cimd", "{python}");
+    let typescript = run_client(
+        "node",
+        &[
+            peer_script("tests/peers/typescript/oauth_client.mjs"),
+            resource(&env, "github"),
+            "approve".into(),
+            typescript_doc.clone(),
+        ],
+    )
+    .await;
+    assert_sdk_login("typescript", &typescript);
+    assert_eq!(typescript["client_id"], typescript_doc, "{typescript}");
+    let metrics = scrape_metrics(&env.http, env.authz.admin).await;
+    assert_eq!(
+        oauth_count(&metrics, "registration", "registered"),
+        0,
+        "no registration: the documents are the clients"
+    );
+    assert_eq!(oauth_count(&metrics, "login", "success"), 2);
+}
+
+#[tokio::test]
+async fn the_rmcp_oauth_client_signs_in_by_metadata_document() {
+    use rmcp::transport::auth::{AuthorizationRequest, OAuthState};
+    let dir = tempfile::tempdir().expect("dir");
+    let docs = DocServer::start(dir.path()).await;
+    let env = documents_env(&docs).await;
+    let redirect_uri = format!("http://127.0.0.1:{}/callback", free_port());
+    let doc = docs.publish_client("/rmcp-client.json", "rmcp login test", &[&redirect_uri]);
+    let server = resource(&env, "github");
+    let r = env
+        .post("/mcp/github", None, &initialize_body(1), &[])
+        .await;
+    let challenge = r.header("www-authenticate").expect("challenge").to_owned();
+    let mut state = OAuthState::new(server.as_str(), None).await.expect("state");
+    state
+        .start_authorization(
+            AuthorizationRequest::new(redirect_uri.clone())
+                .with_client_metadata_url(doc.clone())
+                .with_challenge(challenge),
+        )
+        .await
+        .expect("discovery");
+    let authorize = state.get_authorization_url().await.expect("authorize URL");
+    let landed = Browser::new()
+        .sign_in(&authorize, "approve", &redirect_uri)
+        .await
+        .unwrap_or_else(|p| panic!("{p:?}"));
+    state
+        .handle_callback_url(landed.url.as_str())
+        .await
+        .expect("code redeemed");
+    let manager = state.into_authorization_manager().expect("manager");
+    let (client_id, tokens) = manager.get_credentials().await.expect("credentials");
+    assert_eq!(client_id, doc, "the document URL is the client id");
+    let access = serde_json::to_value(tokens.expect("tokens")).expect("json")["access_token"]
+        .as_str()
+        .expect("access token")
+        .to_owned();
+    let r = env
+        .post("/mcp/github", Some(&access), &initialize_body(1), &[])
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+}
