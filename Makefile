@@ -38,6 +38,8 @@ test:
 	MCP_AUTHZ_TEST_PYTHON="$$(tests/env/ensure-peers.sh)"; export MCP_AUTHZ_TEST_PYTHON; \
 	echo "using MCP peers: Python SDK $$($$MCP_AUTHZ_TEST_PYTHON -c 'import importlib.metadata as m; print(m.version("mcp"))'), TypeScript SDK $$(node -p 'require("./tests/peers/typescript/node_modules/@modelcontextprotocol/sdk/package.json").version') on Node.js $$(node --version)"; \
 	tests/env/check-deploy.sh; \
+	MCP_AUTHZ_TEST_CHROMIUM="$$(tests/env/ensure-chromium.sh)"; export MCP_AUTHZ_TEST_CHROMIUM; \
+	echo "using Chromium: $$($$MCP_AUTHZ_TEST_CHROMIUM --version 2>/dev/null | head -1)"; \
 	MCP_AUTHZ_TEST_REDIS_SERVER="$$(tests/env/ensure-redis.sh)"; export MCP_AUTHZ_TEST_REDIS_SERVER; \
 	echo "using Redis: $$($$MCP_AUTHZ_TEST_REDIS_SERVER --version)"; \
 	PGDIR="$$(mktemp -d)"; trap 'tests/env/postgres.sh stop "$$PGDIR"; rm -rf "$$PGDIR"' EXIT; \

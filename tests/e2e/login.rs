@@ -1094,3 +1094,115 @@ async fn the_rmcp_oauth_client_signs_in_by_metadata_document() {
         .await;
     assert_eq!(r.status, 200, "{r:?}");
 }
+
+/// Debian's Chromium: `MCP_AUTHZ_TEST_CHROMIUM` (`make test` sets it from
+/// tests/env/ensure-chromium.sh), else /usr/bin/chromium.
+fn chromium() -> String {
+    std::env::var("MCP_AUTHZ_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())
+}
+
+#[tokio::test]
+async fn the_consent_page_works_in_a_real_browser() {
+    let env = oauth_env().await;
+    let shots = env.dir.path();
+    for decision in ["approve", "deny"] {
+        let app = register(&env, &format!("Browser Test {decision}")).await;
+        let (verifier, challenge) = pkce();
+        let url = authorize_url(
+            &env,
+            &app,
+            &challenge,
+            &[("resource", &resource(&env, "github"))],
+        );
+        let shot = shots.join(format!("consent-{decision}.png"));
+        let report = run_client(
+            "node",
+            &[
+                peer_script("tests/peers/typescript/consent_browser.mjs"),
+                chromium(),
+                url,
+                app.redirect_uri.clone(),
+                decision.into(),
+                shot.display().to_string(),
+            ],
+        )
+        .await;
+        assert!(report.get("error").is_none(), "{decision}: {report}");
+        assert_eq!(report["status"], 200, "{report}");
+        assert_eq!(
+            report["client"],
+            format!("Browser Test {decision}"),
+            "{report}"
+        );
+        assert_eq!(report["redirect_host"], "127.0.0.1", "{report}");
+        // The page's own styles applied (CSP lets its inline style in) and it laid out.
+        assert_eq!(report["approve_background"], "rgb(11, 92, 173)", "{report}");
+        assert!(
+            report["main_width"].as_f64().is_some_and(|w| w > 300.0),
+            "{report}"
+        );
+        assert!(
+            !report["console"]
+                .as_array()
+                .expect("console")
+                .iter()
+                .any(|m| m
+                    .as_str()
+                    .is_some_and(|m| m.contains("Content Security Policy"))),
+            "the page breaks none of its own CSP: {report}"
+        );
+        // Attack (clickjacking): the page framed by another site does not load.
+        assert_eq!(report["framed_has_form"], false, "{report}");
+        // The browser kept the CSRF cookie with its attributes (__Host-: Secure, Path=/).
+        assert!(
+            report["cookies_before"]
+                .as_array()
+                .expect("cookies")
+                .iter()
+                .any(|c| c["name"] == "__Host-mcp-authz-csrf"
+                    && c["secure"] == true
+                    && c["httpOnly"] == true
+                    && c["sameSite"] == "Lax"),
+            "{report}"
+        );
+        let png = std::fs::read(&shot).expect("screenshot");
+        // Kept for a look when asked (MCP_AUTHZ_TEST_SCREENSHOTS=dir).
+        if let Some(keep) = std::env::var_os("MCP_AUTHZ_TEST_SCREENSHOTS") {
+            std::fs::create_dir_all(&keep).expect("screenshot dir");
+            std::fs::write(
+                std::path::Path::new(&keep).join(format!("consent-{decision}.png")),
+                &png,
+            )
+            .expect("keep screenshot");
+        }
+        assert!(
+            png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
+            "a rendered screenshot, not an empty one: {} bytes",
+            png.len()
+        );
+        let landed = Landed {
+            url: url::Url::parse(report["landed"].as_str().expect("landed")).expect("url"),
+        };
+        assert_eq!(landed.param("state").as_deref(), Some("st-123"));
+        if decision == "approve" {
+            assert!(
+                report["cookies_after"]
+                    .as_array()
+                    .expect("cookies")
+                    .iter()
+                    .any(|c| c
+                        .as_str()
+                        .is_some_and(|c| c.starts_with("__Host-mcp-authz-consent-"))),
+                "{report}"
+            );
+            let r = redeem(&env, &app, &landed.param("code").expect("code"), &verifier).await;
+            assert_eq!(r.status, 200, "the browser's code redeems: {r:?}");
+        } else {
+            assert_eq!(
+                landed.param("error").as_deref(),
+                Some("access_denied"),
+                "{report}"
+            );
+        }
+    }
+}
