@@ -128,6 +128,13 @@ fn oauth_facade(
         o.registration.max_clients,
         day * o.registration.lifetime_days as u32,
         o.registration.per_minute,
+    )
+    .with_fixed(
+        o.clients
+            .iter()
+            .map(|c| crate::oauth::clients::preregistered(c, crate::clock::unix_now()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("oauth.clients: {e}"))?,
     );
     let store = Store::memory(
         Duration::from_secs(o.pending_seconds),

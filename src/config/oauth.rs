@@ -35,6 +35,10 @@ pub struct OAuthConfig {
     /// only.
     #[serde(default)]
     pub state_store: StateStoreKind,
+    /// Clients registered by the operator, known from the start and never expiring (the MCP
+    /// specification's first choice, before metadata documents and dynamic registration).
+    #[serde(default)]
+    pub clients: Vec<PreregisteredClient>,
     /// Dynamic client registration (RFC 7591).
     #[serde(default)]
     pub registration: RegistrationConfig,
@@ -91,6 +95,25 @@ impl Default for RegistrationConfig {
             per_minute: default_per_minute(),
         }
     }
+}
+
+/// A client the operator registered.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreregisteredClient {
+    /// Its id: letters, digits, `.`, `-`, `_`, at most 64; not `mcp-…` (dynamic registrations)
+    /// and not a URL (metadata documents).
+    pub client_id: String,
+    /// Shown on the consent page.
+    pub client_name: Option<String>,
+    /// Exact redirect URIs (loopback: any port), checked as registrations are.
+    pub redirect_uris: Vec<String>,
+    /// `web` (https redirect URIs) or `native` (loopback, private-use schemes); from the URIs
+    /// when absent.
+    pub application_type: Option<String>,
+    /// A confidential client's secret (then `client_secret_basic` or `client_secret_post`); a
+    /// public client (PKCE only) has none.
+    pub client_secret: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -217,6 +240,18 @@ impl OAuthConfig {
         let r = &o.registration;
         if r.max_clients == 0 || r.lifetime_days == 0 || r.per_minute == 0 {
             return bad("oauth.registration: max_clients, lifetime_days and per_minute > 0".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, c) in o.clients.iter().enumerate() {
+            if let Err(why) = crate::oauth::clients::preregistered(c, 0) {
+                return bad(format!("oauth.clients[{i}] ({:.64}): {why}", c.client_id));
+            }
+            if !seen.insert(c.client_id.as_str()) {
+                return bad(format!(
+                    "oauth.clients[{i}]: client_id {} is listed twice",
+                    c.client_id
+                ));
+            }
         }
         let d = &o.client_metadata_documents;
         if d.max_clients == 0 || d.cache_seconds > 86_400 {

@@ -46,6 +46,8 @@ pub struct Client {
     pub auth_method: AuthMethod,
     /// SHA-256 of the secret (base64url), for the confidential methods.
     secret_hash: Option<String>,
+    /// An operator's confidential client may send its secret either way (form or Basic).
+    secret_either_way: bool,
     pub issued_at: u64,
 }
 
@@ -57,6 +59,17 @@ impl Client {
             (Some(hash), Some(s)) => same(hash, &s256(s)),
             _ => false,
         }
+    }
+
+    /// Whether the client may authenticate this way: as it registered (an operator's
+    /// confidential client: with its secret in the form or in Basic).
+    pub fn accepts(&self, method: AuthMethod) -> bool {
+        self.auth_method == method
+            || (self.secret_either_way
+                && matches!(
+                    method,
+                    AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost
+                ))
     }
 
     /// Whether `requested` is one of the registered redirect URIs: exactly, or a loopback URI
@@ -176,6 +189,7 @@ pub fn register(body: &[u8], now: u64) -> Result<(Client, Value), Refused> {
         application_type,
         auth_method,
         secret_hash: secret.as_deref().map(s256),
+        secret_either_way: false,
         issued_at: now,
     };
     let mut answer = serde_json::json!({
@@ -314,6 +328,60 @@ pub fn from_document(url: &str, body: &[u8], now: u64) -> Result<Client, Refused
         application_type: c.application_type,
         auth_method: AuthMethod::None,
         secret_hash: None,
+        secret_either_way: false,
+        issued_at: now,
+    })
+}
+
+/// An operator's client (`oauth.clients`), checked as a registration is; `Err` says why.
+pub fn preregistered(c: &crate::config::PreregisteredClient, now: u64) -> Result<Client, String> {
+    let id = c.client_id.as_str();
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    {
+        return Err("client_id: 1 to 64 letters, digits, '.', '-' or '_'".into());
+    }
+    if id.starts_with("mcp-") {
+        return Err("client_id must not start with mcp- (the ids of dynamic registrations)".into());
+    }
+    let secret = c.client_secret.as_ref().map(|s| s.expose().to_owned());
+    if secret.as_deref().is_some_and(|s| s.len() < 16) {
+        return Err("client_secret: at least 16 characters".into());
+    }
+    let m = Metadata {
+        client_id: None,
+        redirect_uris: Some(c.redirect_uris.clone()),
+        token_endpoint_auth_method: Some(
+            if secret.is_some() {
+                "client_secret_basic"
+            } else {
+                "none"
+            }
+            .into(),
+        ),
+        grant_types: None,
+        response_types: None,
+        client_name: c.client_name.clone(),
+        application_type: c.application_type.clone(),
+        scope: None,
+    };
+    let checked = check(m).map_err(|r| r.description)?;
+    Ok(Client {
+        client_id: id.to_owned(),
+        client_name: checked.client_name,
+        redirect_uris: checked.uris,
+        application_type: checked.application_type,
+        // Either form of a secret is accepted from an operator's client.
+        auth_method: if secret.is_some() {
+            AuthMethod::ClientSecretBasic
+        } else {
+            AuthMethod::None
+        },
+        secret_either_way: secret.is_some(),
+        secret_hash: secret.as_deref().map(s256),
         issued_at: now,
     })
 }
@@ -353,6 +421,8 @@ fn redirect_kind(uri: &str) -> Result<UriKind, Refused> {
 
 /// Registered clients, bounded, forgotten after `lifetime` without use.
 pub struct Registry {
+    /// The operator's (`oauth.clients`), never expiring.
+    fixed: std::collections::HashMap<String, Arc<Client>>,
     clients: moka::sync::Cache<String, Arc<Client>>,
     rate: std::sync::Mutex<(Instant, u32)>,
     per_minute: u32,
@@ -361,6 +431,7 @@ pub struct Registry {
 impl Registry {
     pub fn new(capacity: u64, lifetime: Duration, per_minute: u32) -> Self {
         Self {
+            fixed: std::collections::HashMap::new(),
             clients: moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .time_to_idle(lifetime)
@@ -383,6 +454,15 @@ impl Registry {
         true
     }
 
+    /// With the operator's clients.
+    pub fn with_fixed(mut self, clients: Vec<Client>) -> Self {
+        self.fixed = clients
+            .into_iter()
+            .map(|c| (c.client_id.clone(), Arc::new(c)))
+            .collect();
+        self
+    }
+
     pub fn insert(&self, client: Client) {
         self.clients
             .insert(client.client_id.clone(), Arc::new(client));
@@ -391,6 +471,9 @@ impl Registry {
     pub fn get(&self, client_id: &str) -> Option<Arc<Client>> {
         if client_id.len() > 256 {
             return None;
+        }
+        if let Some(c) = self.fixed.get(client_id) {
+            return Some(c.clone());
         }
         self.clients.get(client_id)
     }

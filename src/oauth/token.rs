@@ -87,7 +87,7 @@ async fn authenticate(
         }
     };
     let client = f.client(&client_id).await.map_err(|_| unauthorized())?;
-    if client.auth_method != method || !client.secret_matches(secret.as_deref()) {
+    if !client.accepts(method) || !client.secret_matches(secret.as_deref()) {
         return Err(unauthorized());
     }
     Ok(client)

@@ -1206,3 +1206,133 @@ async fn the_consent_page_works_in_a_real_browser() {
         }
     }
 }
+
+#[tokio::test]
+async fn operator_registered_clients_sign_in_and_a_confidential_one_must_prove_its_secret() {
+    let env = TestEnv::start(Options {
+        oauth: true,
+        oauth_extra: r#"clients: [{client_id: team-agent, client_name: "Team Agent", redirect_uris: ["https://agent.example/oauth/cb"], client_secret: "team-agent-secret-0123"}, {client_id: desk-tool, redirect_uris: ["http://127.0.0.1/cb"]}]"#.into(),
+        ..Options::default()
+    })
+    .await;
+    let agent = App {
+        client_id: "team-agent".into(),
+        redirect_uri: "https://agent.example/oauth/cb".into(),
+    };
+    let (verifier, challenge) = pkce();
+    let browser = Browser::new();
+    let page = browser
+        .get(&authorize_url(&env, &agent, &challenge, &[]))
+        .await;
+    assert!(page.body.contains("Team Agent"), "{page:?}");
+    let landed = browser
+        .sign_in(
+            &authorize_url(&env, &agent, &challenge, &[]),
+            "approve",
+            &agent.redirect_uri,
+        )
+        .await
+        .unwrap_or_else(|p| panic!("{p:?}"));
+    let code = landed.param("code").expect("code");
+    let form = |code: &str| {
+        vec![
+            ("grant_type".to_owned(), "authorization_code".to_owned()),
+            ("code".to_owned(), code.to_owned()),
+            ("redirect_uri".to_owned(), agent.redirect_uri.clone()),
+            ("code_verifier".to_owned(), verifier.clone()),
+        ]
+    };
+    let post = |auth: Option<(&str, &str)>, form: Vec<(String, String)>| {
+        let mut req = env
+            .http
+            .post(format!("{}/oauth/token", env.envoy_url))
+            .form(&form);
+        if let Some((id, secret)) = auth {
+            req = req.basic_auth(id, Some(secret));
+        }
+        async move { Reply::from(req.send().await.expect("token")).await }
+    };
+    // Attack: a stolen code redeemed without the confidential client's secret, or a wrong one.
+    let mut public = form(&code);
+    public.push(("client_id".into(), "team-agent".into()));
+    let r = post(None, public).await;
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (401, json!("invalid_client")),
+        "{r:?}"
+    );
+    let r = post(Some(("team-agent", "wrong-secret-000000")), form(&code)).await;
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (401, json!("invalid_client")),
+        "{r:?}"
+    );
+    // The failed attempts did not spend the code: client authentication comes first.
+    let r = post(Some(("team-agent", "team-agent-secret-0123")), form(&code)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // A public operator client (PKCE only), loopback at any port.
+    let desk = App {
+        client_id: "desk-tool".into(),
+        redirect_uri: format!("http://127.0.0.1:{}/cb", free_port()),
+    };
+    let (verifier, challenge) = pkce();
+    let landed = browser
+        .sign_in(
+            &authorize_url(&env, &desk, &challenge, &[]),
+            "approve",
+            &desk.redirect_uri,
+        )
+        .await
+        .unwrap_or_else(|p| panic!("{p:?}"));
+    let r = redeem(&env, &desk, &landed.param("code").expect("code"), &verifier).await;
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+#[tokio::test]
+async fn check_config_refuses_a_bad_operator_client() {
+    for (client, why) in [
+        (
+            r#"{client_id: "mcp-x", redirect_uris: ["https://a.example/cb"]}"#,
+            "mcp-",
+        ),
+        (
+            r#"{client_id: "ok", redirect_uris: ["http://a.example/cb"]}"#,
+            "loopback",
+        ),
+        (
+            r#"{client_id: "ok", redirect_uris: ["https://a.example/cb"], client_secret: "short"}"#,
+            "16",
+        ),
+        (
+            r#"{client_id: "a b", redirect_uris: ["https://a.example/cb"]}"#,
+            "client_id",
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("dir");
+        let policy = dir.path().join("policy.yaml");
+        std::fs::write(&policy, POLICY).expect("policy");
+        let mut cfg = config_yaml("http://127.0.0.1:1", &policy, None, 300)
+            .replace("mcp.example.test", "gw.example.test");
+        cfg.push_str(&format!(
+            "oauth: {{client_id: \"{GATEWAY_APP}\", client_secret: x, api_scope: \"{API_URI}/{SCOPE}\", seal_keys: [\"{SEAL_KEY}\"], clients: [{client}]}}\n"
+        ));
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, cfg).expect("config");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mcp-authz"))
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run check-config");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{client}: {text}");
+        assert!(
+            text.contains("oauth.clients[0]") && text.contains(why),
+            "{client}: {why}: {text}"
+        );
+    }
+}

@@ -209,7 +209,11 @@ pub fn documented_paths(yaml: &str) -> BTreeSet<String> {
             }
             None => (lead, rest),
         };
-        let text = text.strip_prefix("- ").unwrap_or(text);
+        // A list item's keys stand where its first one does, after the "- ".
+        let (indent, text) = match text.strip_prefix("- ") {
+            Some(item) => (indent + 2, item),
+            None => (indent, text),
+        };
         let Some((key, _)) = text.split_once(':') else {
             continue;
         };

@@ -113,6 +113,8 @@ pub struct Options {
     /// With `oauth`: accept client metadata documents from loopback (the test setting) and
     /// trust this CA for them (the `DocServer`'s).
     pub oauth_documents_ca: Option<PathBuf>,
+    /// With `oauth`: more keys of the section, in YAML flow style (`clients: [...]`).
+    pub oauth_extra: String,
 }
 
 /// The web origins every test Envoy admits for CORS (`CORS_ALLOWED_ORIGINS`).
@@ -332,6 +334,7 @@ impl Default for Options {
             mtls: false,
             oauth: false,
             oauth_documents_ca: None,
+            oauth_extra: String::new(),
         }
     }
 }
@@ -607,13 +610,18 @@ impl TestEnv {
             }
             authority.sign_in(Some(ALICE));
             cfg_text.push_str(&format!(
-                "oauth: {{client_id: \"{GATEWAY_APP}\", client_secret: {GATEWAY_SECRET}, api_scope: \"{API_URI}/{SCOPE}\", seal_keys: [\"{SEAL_KEY}\"], code_seconds: 60, timeout_ms: 2000{}}}\n",
+                "oauth: {{client_id: \"{GATEWAY_APP}\", client_secret: {GATEWAY_SECRET}, api_scope: \"{API_URI}/{SCOPE}\", seal_keys: [\"{SEAL_KEY}\"], code_seconds: 60, timeout_ms: 2000{}{}}}\n",
                 match &opts.oauth_documents_ca {
                     Some(ca) => format!(
                         ", client_metadata_documents: {{allow_private_addresses: true, ca_file: {}}}",
                         ca.display()
                     ),
                     None => String::new(),
+                },
+                if opts.oauth_extra.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {}", opts.oauth_extra)
                 }
             ));
         }
