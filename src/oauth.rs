@@ -74,6 +74,8 @@ pub struct Facade {
     pub registry: clients::Registry,
     /// Client ID Metadata Documents, when accepted.
     pub documents: Option<cimd::Documents>,
+    /// Registrations in PostgreSQL (`state_store: postgres`); else in `registry` only.
+    pub client_rows: Option<clients::ClientRows>,
     pub store: store::Store,
     pub sealer: seal::Sealer,
     pub entra: entra::EntraClient,
@@ -98,6 +100,7 @@ impl Facade {
             settings,
             registry,
             documents: None,
+            client_rows: None,
             store,
             sealer,
             entra,
@@ -112,6 +115,11 @@ impl Facade {
         self
     }
 
+    pub fn with_client_rows(mut self, rows: Option<clients::ClientRows>) -> Self {
+        self.client_rows = rows;
+        self
+    }
+
     /// The client a `client_id` names: a registered one, or the one its metadata document
     /// describes (an https URL, when documents are accepted). `Err` says why, safe to show.
     async fn client(&self, client_id: &str) -> Result<Arc<clients::Client>, String> {
@@ -123,9 +131,28 @@ impl Facade {
                 e.to_string()
             });
         }
-        self.registry
-            .get(client_id)
-            .ok_or_else(|| "the application is not registered here (unknown client_id)".into())
+        if let Some(c) = self.registry.get(client_id) {
+            return Ok(c);
+        }
+        let unknown = || "the application is not registered here (unknown client_id)".to_owned();
+        // Registered at another replica: from the shared rows, then cached here.
+        if let Some(rows) = &self.client_rows
+            && client_id.starts_with(clients::DYNAMIC_PREFIX)
+            && client_id.len() <= 256
+        {
+            return match rows.get(client_id).await {
+                Ok(Some(c)) => {
+                    self.registry.insert(c);
+                    self.registry.get(client_id).ok_or_else(unknown)
+                }
+                Ok(None) => Err(unknown()),
+                Err(e) => {
+                    tracing::error!(error = %e, "oauth: registrations could not be read");
+                    Err("the authorization server is unavailable; try again".into())
+                }
+            };
+        }
+        Err(unknown())
     }
 
     fn url(&self, path: &str) -> String {
@@ -257,6 +284,17 @@ async fn register(
     }
     match clients::register(&body, crate::clock::unix_now()) {
         Ok((client, answer)) => {
+            if let Some(rows) = &f.client_rows
+                && let Err(e) = rows.insert(&client).await
+            {
+                tracing::error!(error = %e, "oauth: a registration could not be stored");
+                f.count("registration", "store_failed");
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "registration is unavailable; retry later",
+                );
+            }
             tracing::info!(client_id = %client.client_id, client_name = ?client.client_name, redirect_uris = ?client.redirect_uris, "oauth: client registered");
             f.registry.insert(client);
             f.count("registration", "registered");

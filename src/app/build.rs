@@ -82,6 +82,7 @@ fn oauth_facade(
     validator: Arc<Validator>,
     policy: Arc<PolicyHandle>,
     metrics: Arc<crate::metrics::Metrics>,
+    pool: Option<&sqlx::PgPool>,
 ) -> anyhow::Result<crate::oauth::Facade> {
     use crate::oauth::{
         Facade, Settings, clients::Registry, entra::EntraClient, seal::Sealer, store::Store,
@@ -136,11 +137,33 @@ fn oauth_facade(
             .collect::<Result<_, _>>()
             .map_err(|e| anyhow::anyhow!("oauth.clients: {e}"))?,
     );
-    let store = Store::memory(
-        Duration::from_secs(o.pending_seconds),
-        settings.code_ttl,
-        settings.refresh_ttl,
-    );
+    let (store, client_rows) = match (o.state_store, pool) {
+        (crate::config::StateStoreKind::Memory, _) => (
+            Store::memory(
+                Duration::from_secs(o.pending_seconds),
+                settings.code_ttl,
+                settings.refresh_ttl,
+            ),
+            None,
+        ),
+        (crate::config::StateStoreKind::Postgres, Some(pool)) => (
+            Store::postgres(
+                pool.clone(),
+                Sealer::new(&keys).map_err(|e| anyhow::anyhow!("oauth.seal_keys: {e}"))?,
+                Duration::from_secs(o.pending_seconds),
+                settings.code_ttl,
+                settings.refresh_ttl,
+            ),
+            Some(crate::oauth::clients::ClientRows::new(
+                pool.clone(),
+                day * o.registration.lifetime_days as u32,
+                o.registration.max_clients,
+            )),
+        ),
+        (crate::config::StateStoreKind::Postgres, None) => {
+            anyhow::bail!("oauth.state_store: postgres needs the database section")
+        }
+    };
     let d = &o.client_metadata_documents;
     let documents = if d.enabled {
         let mut extra_roots = Vec::new();
@@ -169,7 +192,8 @@ fn oauth_facade(
     Ok(Facade::new(
         settings, registry, store, sealer, entra, validator, policy, metrics,
     )
-    .with_documents(documents))
+    .with_documents(documents)
+    .with_client_rows(client_rows))
 }
 
 /// `pool` is the process's one database pool (see [`crate::db::pool`]), when a database is configured.
@@ -280,6 +304,7 @@ pub fn build(
             validator.clone(),
             policy.clone(),
             metrics.clone(),
+            pool.as_ref(),
         )?)),
     };
     let authorizer = Arc::new(Authorizer {

@@ -31,8 +31,9 @@ pub struct OAuthConfig {
     /// bytes, base64. The first seals; all open (add a new key first to rotate, drop the old
     /// one once its refresh tokens have expired).
     pub seal_keys: Vec<Secret>,
-    /// Where transient state (authorizations in flight, codes) lives: `memory`, one replica
-    /// only.
+    /// Where transient state (sign-ins in flight, codes, used refresh tokens) and dynamic
+    /// registrations live: `memory` (this process: one replica only) or `postgres` (the
+    /// `database`, shared by every replica; values sealed, keys hashed).
     #[serde(default)]
     pub state_store: StateStoreKind,
     /// Clients registered by the operator, known from the start and never expiring (the MCP
@@ -67,6 +68,7 @@ pub struct OAuthConfig {
 pub enum StateStoreKind {
     #[default]
     Memory,
+    Postgres,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -240,6 +242,9 @@ impl OAuthConfig {
         let r = &o.registration;
         if r.max_clients == 0 || r.lifetime_days == 0 || r.per_minute == 0 {
             return bad("oauth.registration: max_clients, lifetime_days and per_minute > 0".into());
+        }
+        if o.state_store == StateStoreKind::Postgres && cfg.database.is_none() {
+            return bad("oauth.state_store: postgres needs the database section".into());
         }
         let mut seen = std::collections::HashSet::new();
         for (i, c) in o.clients.iter().enumerate() {

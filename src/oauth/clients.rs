@@ -10,6 +10,9 @@ use serde_json::Value;
 
 use super::seal::{random_token, s256, same};
 
+/// The prefix of the ids dynamic registration hands out.
+pub const DYNAMIC_PREFIX: &str = "mcp-";
+
 /// Largest registration request read.
 pub const MAX_REGISTRATION_BYTES: usize = 16 * 1024;
 const MAX_REDIRECT_URIS: usize = 10;
@@ -37,7 +40,7 @@ pub enum ApplicationType {
 }
 
 /// A registered client.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Client {
     pub client_id: String,
     pub client_name: Option<String>,
@@ -47,6 +50,7 @@ pub struct Client {
     /// SHA-256 of the secret (base64url), for the confidential methods.
     secret_hash: Option<String>,
     /// An operator's confidential client may send its secret either way (form or Basic).
+    #[serde(default)]
     secret_either_way: bool,
     pub issued_at: u64,
 }
@@ -180,7 +184,7 @@ pub fn register(body: &[u8], now: u64) -> Result<(Client, Value), Refused> {
         client_name,
         scope,
     } = check(m)?;
-    let client_id = format!("mcp-{}", random_token(18));
+    let client_id = format!("{DYNAMIC_PREFIX}{}", random_token(18));
     let secret = (auth_method != AuthMethod::None).then(|| random_token(32));
     let client = Client {
         client_id: client_id.clone(),
@@ -344,7 +348,7 @@ pub fn preregistered(c: &crate::config::PreregisteredClient, now: u64) -> Result
     {
         return Err("client_id: 1 to 64 letters, digits, '.', '-' or '_'".into());
     }
-    if id.starts_with("mcp-") {
+    if id.starts_with(DYNAMIC_PREFIX) {
         return Err("client_id must not start with mcp- (the ids of dynamic registrations)".into());
     }
     let secret = c.client_secret.as_ref().map(|s| s.expose().to_owned());
@@ -416,6 +420,61 @@ fn redirect_kind(uri: &str) -> Result<UriKind, Refused> {
         // A private-use scheme (RFC 8252 §7.1: reverse DNS such as com.example.app, though
         // desktop clients also use cursor: or vscode:) opens the app that claimed it.
         _ => Ok(UriKind::PrivateUse),
+    }
+}
+
+/// Dynamic registrations in PostgreSQL (`oauth_clients`), for every replica: a registration
+/// made at one is known at the others. Forgotten after `lifetime` without use; at most `max`
+/// kept (the least recently used go first).
+pub struct ClientRows {
+    pool: sqlx::PgPool,
+    lifetime: Duration,
+    max: u64,
+}
+
+impl ClientRows {
+    pub fn new(pool: sqlx::PgPool, lifetime: Duration, max: u64) -> Self {
+        Self {
+            pool,
+            lifetime,
+            max,
+        }
+    }
+
+    pub async fn insert(&self, c: &Client) -> Result<(), super::store::StoreError> {
+        let doc = serde_json::to_value(c).map_err(|e| super::store::StoreError::new(e))?;
+        sqlx::query("INSERT INTO oauth_clients (client_id, client) VALUES ($1, $2)")
+            .bind(&c.client_id)
+            .bind(doc)
+            .execute(&self.pool)
+            .await
+            .map_err(super::store::StoreError::new)?;
+        // Bounded: past `max`, the least recently used go; and the long unused.
+        sqlx::query(
+            "DELETE FROM oauth_clients WHERE last_used_at < now() - make_interval(secs => $1) \
+             OR client_id IN (SELECT client_id FROM oauth_clients ORDER BY last_used_at DESC OFFSET $2)",
+        )
+        .bind(self.lifetime.as_secs_f64())
+        .bind(self.max as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(super::store::StoreError::new)?;
+        Ok(())
+    }
+
+    /// The registration, its use recorded; `None` when unknown or unused for too long.
+    pub async fn get(&self, client_id: &str) -> Result<Option<Client>, super::store::StoreError> {
+        let row: Option<(serde_json::Value,)> = sqlx::query_as(
+            "UPDATE oauth_clients SET last_used_at = now() \
+             WHERE client_id = $1 AND last_used_at > now() - make_interval(secs => $2) \
+             RETURNING client",
+        )
+        .bind(client_id)
+        .bind(self.lifetime.as_secs_f64())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(super::store::StoreError::new)?;
+        Ok(row.and_then(|(doc,)| serde_json::from_value(doc).ok()))
     }
 }
 

@@ -166,7 +166,7 @@ pub(super) async fn authorize(
         }
     };
     if has_consent(&f, &headers, &client.client_id) {
-        return start_sign_in(&f, r, Vec::new());
+        return start_sign_in(&f, r, Vec::new()).await;
     }
     show_consent(&f, &client, &r)
 }
@@ -355,7 +355,7 @@ pub(super) async fn consent(
                 clear_csrf,
                 set_cookie(&name, &remembered, f.settings.consent_ttl.as_secs()),
             ];
-            start_sign_in(&f, r, cookies)
+            start_sign_in(&f, r, cookies).await
         }
         _ => {
             f.count("login", "access_denied");
@@ -369,17 +369,23 @@ pub(super) async fn consent(
 }
 
 /// To Entra, with the gateway's own state and PKCE pair.
-fn start_sign_in(f: &Facade, r: Request, cookies: Vec<String>) -> Response {
+async fn start_sign_in(f: &Facade, r: Request, cookies: Vec<String>) -> Response {
     let state = random_token(32);
     let verifier = random_token(48);
     let url = f.entra.authorize_url(&state, &verifier);
-    f.store.put_pending(
-        state,
-        Pending {
-            request: r,
-            entra_verifier: verifier,
-        },
-    );
+    if let Err(e) = f
+        .store
+        .put_pending(
+            state,
+            Pending {
+                request: r,
+                entra_verifier: verifier,
+            },
+        )
+        .await
+    {
+        return store_failed(f, &e);
+    }
     let mut resp = (
         StatusCode::FOUND,
         [
@@ -402,7 +408,14 @@ pub(super) async fn callback(State(f): State<Arc<Facade>>, RawQuery(query): RawQ
         Ok(q) => q,
         Err(why) => return page::error(StatusCode::BAD_REQUEST, &why),
     };
-    let Some(pending) = q.get("state").and_then(|s| f.store.take_pending(s)) else {
+    let pending = match q.get("state") {
+        Some(s) => match f.store.take_pending(s).await {
+            Ok(p) => p,
+            Err(e) => return store_failed(&f, &e),
+        },
+        None => None,
+    };
+    let Some(pending) = pending else {
         f.count("login", "unknown_state");
         return page::error(
             StatusCode::BAD_REQUEST,
@@ -466,21 +479,44 @@ pub(super) async fn callback(State(f): State<Arc<Facade>>, RawQuery(query): RawQ
     };
     let ours = random_token(32);
     tracing::info!(client_id = %r.client_id, oid = %principal.oid, scope = %r.scope, "oauth: user signed in and approved the client");
-    f.store.put_code(
-        ours.clone(),
-        Issued {
-            request: r.clone(),
-            access_token: tokens.access_token,
-            expires_in: tokens.expires_in,
-            entra_refresh: tokens.refresh_token,
-            oid: principal.oid.to_string(),
-        },
-    );
+    if let Err(e) = f
+        .store
+        .put_code(
+            ours.clone(),
+            Issued {
+                request: r.clone(),
+                access_token: tokens.access_token,
+                expires_in: tokens.expires_in,
+                entra_refresh: tokens.refresh_token,
+                oid: principal.oid.to_string(),
+            },
+        )
+        .await
+    {
+        tracing::error!(error = %e, "oauth: the code could not be stored");
+        f.count("login", "store_failed");
+        return client_error(
+            &f,
+            r,
+            "temporarily_unavailable",
+            "the sign-in could not be completed; try again",
+        );
+    }
     let mut p = vec![("code", ours.as_str())];
     if let Some(s) = &r.state {
         p.push(("state", s));
     }
     to_client(&f, &r.redirect_uri, &p)
+}
+
+/// The state store failed: an error page, the sign-in is not started or completed.
+fn store_failed(f: &Facade, e: &super::store::StoreError) -> Response {
+    tracing::error!(error = %e, store = f.store.kind(), "oauth: the state store failed");
+    f.count("login", "store_failed");
+    page::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The sign-in is unavailable right now. Try again in a moment.",
+    )
 }
 
 pub(super) fn log_entra(what: &str, e: &EntraError) {

@@ -13,6 +13,8 @@ pub enum Purpose {
     RefreshToken,
     ConsentCookie,
     ConsentForm,
+    /// Transient state kept in a shared store.
+    State,
 }
 
 impl Purpose {
@@ -21,6 +23,7 @@ impl Purpose {
             Purpose::RefreshToken => b"mcp-authz/oauth/refresh-token/v1",
             Purpose::ConsentCookie => b"mcp-authz/oauth/consent-cookie/v1",
             Purpose::ConsentForm => b"mcp-authz/oauth/consent-form/v1",
+            Purpose::State => b"mcp-authz/oauth/state/v1",
         }
     }
 }

@@ -29,6 +29,17 @@ struct Refresh {
     exp: u64,
 }
 
+/// The state store failed: 503, retry later (RFC 6749's temporarily_unavailable).
+fn store_failed(f: &Facade, e: &super::store::StoreError) -> Response {
+    tracing::error!(error = %e, store = f.store.kind(), "oauth: the state store failed");
+    f.count("token", "store_failed");
+    json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "the authorization server is unavailable; retry later",
+    )
+}
+
 fn invalid_grant(description: &str) -> Response {
     json_error(StatusCode::BAD_REQUEST, "invalid_grant", description)
 }
@@ -136,7 +147,7 @@ pub(super) async fn token(
         Err(resp) => return resp,
     };
     match form.get("grant_type").map(String::as_str) {
-        Some("authorization_code") => by_code(&f, &client, &form),
+        Some("authorization_code") => by_code(&f, &client, &form).await,
         Some("refresh_token") => by_refresh(&f, &client, &form).await,
         Some(_) => json_error(
             StatusCode::BAD_REQUEST,
@@ -151,7 +162,7 @@ pub(super) async fn token(
     }
 }
 
-fn by_code(
+async fn by_code(
     f: &Facade,
     client: &Client,
     form: &std::collections::HashMap<String, String>,
@@ -165,7 +176,11 @@ fn by_code(
         );
     };
     // Taken before any check: a code presented once is gone, whatever the outcome.
-    let Some(issued) = f.store.take_code(code) else {
+    let issued = match f.store.take_code(code).await {
+        Ok(i) => i,
+        Err(e) => return store_failed(f, &e),
+    };
+    let Some(issued) = issued else {
         f.count("login", "code_invalid");
         return invalid_grant("the code is unknown, expired or already used");
     };
@@ -257,7 +272,11 @@ async fn by_refresh(
             "resource differs from the one granted",
         );
     }
-    if !f.store.use_refresh(&refresh.id) {
+    let fresh = match f.store.use_refresh(&refresh.id).await {
+        Ok(fresh) => fresh,
+        Err(e) => return store_failed(f, &e),
+    };
+    if !fresh {
         tracing::warn!(client_id = %client.client_id, oid = %refresh.oid, "oauth: a used refresh token was presented again (replay, or a client that lost the rotated one)");
         f.count("refresh", "replayed");
         return invalid_grant("the refresh token was already used");
@@ -273,7 +292,9 @@ async fn by_refresh(
                 }
                 _ => {
                     // Not the client's fault: the token stays usable for a retry.
-                    f.store.unuse_refresh(&refresh.id);
+                    if let Err(e) = f.store.unuse_refresh(&refresh.id).await {
+                        tracing::error!(error = %e, "oauth: a refresh token could not be released after Entra failed; the client must sign in again");
+                    }
                     f.count("refresh", "entra_unavailable");
                     json_error(
                         StatusCode::SERVICE_UNAVAILABLE,

@@ -1336,3 +1336,122 @@ async fn check_config_refuses_a_bad_operator_client() {
         );
     }
 }
+
+/// Two replicas behind one issuer: `env`'s (through Envoy) and a second started from the same
+/// configuration, reached directly on its metadata listener.
+async fn two_replicas(store: &str) -> (TestEnv, Instance, crate::support::pg::TestDb) {
+    let db = crate::support::pg::TestDb::create().await;
+    db.import(POLICY, false).await;
+    let env = TestEnv::start(Options {
+        oauth: true,
+        database_url: Some(db.url.clone()),
+        oauth_extra: format!("state_store: {store}"),
+        ..Options::default()
+    })
+    .await;
+    let other = Instance::start(env.config_text()).await;
+    (env, other, db)
+}
+
+#[tokio::test]
+async fn with_the_postgres_store_each_step_may_reach_another_replica() {
+    let (env, other, db) = two_replicas("postgres").await;
+    let b = format!("http://{}", other.addrs.metadata.expect("metadata"));
+    // Registered at A (through Envoy) ...
+    let app = register(&env, "Two Replicas").await;
+    let (verifier, challenge) = pkce();
+    let browser = Browser::new();
+    // ... authorized at B (its consent page, its redirect to Entra) ...
+    let url = authorize_url(&env, &app, &challenge, &[]).replace(&env.envoy_url, &b);
+    let page = browser.get(&url).await;
+    assert_eq!(page.status, 200, "B knows A's registration: {page:?}");
+    let form = crate::support::browser::ConsentForm::read(&page.body).expect("form");
+    let r = browser
+        .post_form(
+            &form.action.replace(&env.envoy_url, &b),
+            &[
+                ("request", &form.request),
+                ("csrf", &form.csrf),
+                ("decision", "approve"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 302, "{r:?}");
+    // ... Entra's callback lands at A (Envoy) ...
+    let landed = browser
+        .follow(r, &app.redirect_uri)
+        .await
+        .unwrap_or_else(|p| panic!("A finds B's sign-in in flight: {p:?}"));
+    let code = landed.param("code").expect("code");
+    // ... and the code is redeemed at B.
+    let r = Reply::from(
+        other
+            .http
+            .post(format!("{b}/oauth/token"))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", code.as_str()),
+                ("redirect_uri", &app.redirect_uri),
+                ("client_id", &app.client_id),
+                ("code_verifier", &verifier),
+            ])
+            .send()
+            .await
+            .expect("token at B"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "B redeems A's code: {r:?}");
+    let refresh = r.json()["refresh_token"]
+        .as_str()
+        .expect("refresh")
+        .to_owned();
+    // Attack: the code replayed at the other replica is still used up.
+    let r = redeem(&env, &app, &code, &verifier).await;
+    assert_eq!(r.json()["error"], "invalid_grant", "{r:?}");
+    // A refresh at A, then the same refresh token at B: refused there.
+    let form = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh.as_str()),
+        ("client_id", app.client_id.as_str()),
+    ];
+    let r = token_request(&env, &form).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = Reply::from(
+        other
+            .http
+            .post(format!("{b}/oauth/token"))
+            .form(&form)
+            .send()
+            .await
+            .expect("token at B"),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (400, json!("invalid_grant")),
+        "attack: a used refresh token replayed at another replica"
+    );
+    // What the table holds: hashed keys and sealed values, no token in the clear.
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT kind || ' ' || key || ' ' || value FROM oauth_transient")
+            .fetch_all(&db.pool)
+            .await
+            .expect("rows");
+    let rows: Vec<String> = rows.into_iter().map(|(r,)| r).collect();
+    assert!(!rows.is_empty());
+    for row in &rows {
+        assert!(!row.contains(&code) && !row.contains("eyJ"), "{row}");
+    }
+}
+
+#[tokio::test]
+async fn with_the_memory_store_another_replica_knows_nothing() {
+    // The contrast that makes the test above meaningful: in memory, B never saw A's client.
+    let (env, other, _db) = two_replicas("memory").await;
+    let b = format!("http://{}", other.addrs.metadata.expect("metadata"));
+    let app = register(&env, "One Replica").await;
+    let (_, challenge) = pkce();
+    let url = authorize_url(&env, &app, &challenge, &[]).replace(&env.envoy_url, &b);
+    let r = Browser::new().get(&url).await;
+    assert_eq!(r.status, 400, "{r:?}");
+}

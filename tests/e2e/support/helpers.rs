@@ -801,6 +801,11 @@ impl TestEnv {
     }
 
     /// mcp-authz's `/status`.
+    /// The configuration mcp-authz was started with: a second replica starts from it.
+    pub fn config_text(&self) -> &str {
+        &self.cfg_text
+    }
+
     pub async fn status(&self) -> Value {
         self.instance
             .as_ref()
