@@ -165,6 +165,11 @@ pub async fn check_config(
             }
         }
     }
+    if let Ok(Parts { oauth: Some(f), .. }) = &built
+        && !check_oauth(f, out).await
+    {
+        ok = false;
+    }
     let _ = writeln!(
         out,
         "{}",
@@ -175,6 +180,76 @@ pub async fn check_config(
         }
     );
     ok
+}
+
+/// The login facade: where its state lives, and whether Entra accepts its app.
+async fn check_oauth(f: &crate::oauth::Facade, out: &mut impl std::io::Write) -> bool {
+    let _ = match f.store.kind() {
+        "memory" => writeln!(
+            out,
+            "ok    oauth: state store memory (this process only: run ONE replica, or set oauth.state_store: postgres)"
+        ),
+        kind => writeln!(
+            out,
+            "ok    oauth: state store {kind} (sign-ins, codes, refresh tokens and registrations shared by every replica)"
+        ),
+    };
+    let e = &f.entra;
+    match e.probe().await {
+        Ok(code) => {
+            let _ = writeln!(
+                out,
+                "ok    oauth: Entra's token endpoint {} accepts the gateway's app {} (a probe code was refused as expected{})",
+                e.token_endpoint(),
+                e.client_id,
+                if code == 0 {
+                    String::new()
+                } else {
+                    format!(": AADSTS{code}")
+                }
+            );
+            true
+        }
+        Err(err) => {
+            let _ = writeln!(
+                out,
+                "FAIL  oauth: Entra refused the gateway's app {}: {}",
+                e.client_id,
+                oauth_fix(&err, e)
+            );
+            false
+        }
+    }
+}
+
+/// What to change when Entra refuses the gateway's own app, by its AADSTS code.
+fn oauth_fix(e: &crate::oauth::entra::EntraError, c: &crate::oauth::entra::EntraClient) -> String {
+    use crate::oauth::entra::EntraError;
+    match e {
+        EntraError::Client(700016) => format!(
+            "AADSTS700016: no app {} in directory {}: oauth.client_id is the Application (client) ID of the gateway's app registration, in oauth.tenant (or entra.tenants[0])",
+            c.client_id, c.tenant
+        ),
+        EntraError::Client(7000215) => "AADSTS7000215: the client secret is wrong: oauth.client_secret is the secret's Value (not its ID), and not expired".into(),
+        EntraError::Client(7000222) => "AADSTS7000222: the client secret has expired: create a new one under Certificates & secrets".into(),
+        EntraError::Client(700027) | EntraError::Client(700024) => format!(
+            "AADSTS{}: the client assertion is refused: the certificate (oauth.client_certificate) must be uploaded to the app registration, or the federated credential (oauth.workload_identity) must name this issuer and subject",
+            match e { EntraError::Client(c) => *c, _ => 0 }
+        ),
+        EntraError::Client(50011) => format!(
+            "AADSTS50011: the redirect URI {} is not registered: add it to the app registration as a Web platform redirect URI",
+            c.redirect_uri
+        ),
+        EntraError::Client(code) => format!(
+            "AADSTS{code}: check oauth.client_id, its credential and the app registration (Web platform, redirect URI {})",
+            c.redirect_uri
+        ),
+        EntraError::Unavailable(why) => format!(
+            "{why}: {} cannot be reached from here (entra.authority, egress rules, proxy)",
+            c.token_endpoint()
+        ),
+        EntraError::Grant(_) => "unexpected".into(),
+    }
 }
 
 /// What to change when discovery or the JWKS fails: the key and the fix, for the failures a

@@ -442,7 +442,7 @@ impl ClientRows {
     }
 
     pub async fn insert(&self, c: &Client) -> Result<(), super::store::StoreError> {
-        let doc = serde_json::to_value(c).map_err(|e| super::store::StoreError::new(e))?;
+        let doc = serde_json::to_value(c).map_err(super::store::StoreError::new)?;
         sqlx::query("INSERT INTO oauth_clients (client_id, client) VALUES ($1, $2)")
             .bind(&c.client_id)
             .bind(doc)

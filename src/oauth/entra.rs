@@ -103,6 +103,19 @@ impl EntraClient {
         .await
     }
 
+    /// Whether Entra accepts the gateway's app and credential (for `check-config`): a code
+    /// that cannot exist is redeemed, and Entra, which authenticates the client first, answers
+    /// `invalid_grant` when the app is fine and an AADSTS client error when it is not. `Ok` is
+    /// the code of that expected refusal.
+    pub async fn probe(&self) -> Result<u64, EntraError> {
+        let verifier = super::seal::random_token(48);
+        match self.redeem("mcp-authz-check-config-probe", &verifier).await {
+            Err(EntraError::Grant(code)) => Ok(code),
+            Ok(_) => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
     /// A new access token (and refresh token) from Entra's refresh token.
     pub async fn refresh(&self, refresh_token: &str) -> Result<Tokens, EntraError> {
         self.token(&[

@@ -1455,3 +1455,65 @@ async fn with_the_memory_store_another_replica_knows_nothing() {
     let r = Browser::new().get(&url).await;
     assert_eq!(r.status, 400, "{r:?}");
 }
+
+/// check-config names the store in use and reaches Entra with the gateway's app: the two
+/// mistakes an operator makes first (the secret's ID pasted for its value, a client id from
+/// another directory) are each named with their fix.
+#[tokio::test]
+async fn check_config_reports_the_login_facade_and_what_entra_says_of_its_app() {
+    let env = oauth_env().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, env.config_text()).expect("config");
+    let run = |extra: Vec<(&'static str, String)>| {
+        let path = path.clone();
+        async move {
+            use std::ffi::OsStr;
+            run_mcp_authz(
+                &[
+                    OsStr::new("check-config"),
+                    OsStr::new("--config"),
+                    path.as_os_str(),
+                ],
+                &extra,
+            )
+            .await
+        }
+    };
+    let (code, out, _) = run(Vec::new()).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("ok    oauth: state store memory (this process only: run ONE replica"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("accepts the gateway's app {GATEWAY_APP}")),
+        "{out}"
+    );
+    let (code, out, _) = run(vec![(
+        "MCP_AUTHZ__OAUTH__CLIENT_SECRET",
+        "the-secret-id".into(),
+    )])
+    .await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("FAIL  oauth: Entra refused")
+            && out.contains("AADSTS7000215")
+            && out.contains("Value (not its ID)"),
+        "{out}"
+    );
+    let (code, out, _) = run(vec![(
+        "MCP_AUTHZ__OAUTH__CLIENT_ID",
+        "0badc0de-0000-4000-8000-000000000000".into(),
+    )])
+    .await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("AADSTS700016") && out.contains("Application (client) ID"),
+        "{out}"
+    );
+    assert!(
+        !out.contains(GATEWAY_SECRET),
+        "the secret is never printed: {out}"
+    );
+}

@@ -223,8 +223,16 @@ pub(super) async fn token_endpoint(
             "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app.",
         )
     };
+    // Entra names an app it does not know (before any credential is looked at).
     let Some(client) = client else {
-        return wrong_secret();
+        return aad_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            700016,
+            &format!(
+                "Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant."
+            ),
+        );
     };
     match (
         &form.client_secret,
