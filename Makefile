@@ -51,16 +51,19 @@ unit:
 	$(CARGO) nextest run --workspace --lib
 
 # Envoy + mcp-authz + stand-in Entra + sample MCP server on localhost. DEMO_ARGS=--check runs
-# the sample requests, asserts their answers and exits. Builds only the three programs the demo
-# runs, with the `demo` profile (Cargo.toml), while Envoy is installed beside the build.
+# the sample requests (and a login with the Python SDK's OAuth client), asserts their answers
+# and exits. Builds only the three programs the demo runs, with the `demo` profile (Cargo.toml),
+# while Envoy and the Python MCP SDK are installed beside the build.
 DEMO_BINS = --bin mcp-authz --bin entra-standin --bin mcp-sample-server
 demo:
 	@tests/env/requirements.sh demo
-	@mkdir -p .demo-build; (tests/env/ensure-envoy.sh > .demo-build/envoy-path 2> .demo-build/envoy.log; echo $$? > .demo-build/envoy-rc) & \
+	@mkdir -p .demo-build; (tests/env/ensure-envoy.sh > .demo-build/envoy-path 2> .demo-build/envoy.log; echo $$? > .demo-build/envoy-rc; \
+	  tests/env/ensure-peers.sh python > .demo-build/python-path 2> .demo-build/python.log; echo $$? > .demo-build/python-rc) & \
 	$(CARGO) build --profile demo --features test-util $(DEMO_BINS); rc=$$?; wait; \
 	[ "$$rc" = 0 ] || exit "$$rc"; \
 	[ "$$(cat .demo-build/envoy-rc)" = 0 ] || { cat .demo-build/envoy.log >&2; exit 1; }; \
-	ENVOY_BIN="$$(cat .demo-build/envoy-path)" BIN=target/demo deploy/examples/demo.sh $(DEMO_ARGS)
+	[ "$$(cat .demo-build/python-rc)" = 0 ] || { cat .demo-build/python.log >&2; exit 1; }; \
+	ENVOY_BIN="$$(cat .demo-build/envoy-path)" DEMO_PYTHON="$$(cat .demo-build/python-path)" BIN=target/demo deploy/examples/demo.sh $(DEMO_ARGS)
 
 # Envoy + mcp-authz against Envoy alone, Envoy's jwt_authn and a no-op Check server, in one run
 # (about 5 minutes after the release build, loopback only; installs wrk and Envoy when missing);

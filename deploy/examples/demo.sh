@@ -22,6 +22,11 @@ TID=3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2c      # the demo directory (deploy/examp
 API=c0ffee00-1234-4abc-8def-0123456789ab      # the API's client id (audience)
 ENG_GROUP=e0000000-0000-4000-8000-0000000000e1
 SALES_GROUP=50000000-0000-4000-8000-000000000051
+GATEWAY_APP=6a7e3a1e-0b5c-4d2e-9f80-5a1e6a7e3a1e  # the gateway's own app (the login facade)
+GATEWAY_SECRET=demo-gateway-secret
+ALICE=00000000-0000-4000-8000-0000000a11ce
+DEMO_PYTHON=${DEMO_PYTHON:-}
+GW=http://127.0.0.1:$DEMO_PORT
 
 STATE=${DEMO_STATE:-$ROOT/.demo}
 rm -rf "$STATE"; mkdir -p "$STATE"
@@ -52,12 +57,18 @@ wait_http() { # url, what
   echo "demo: $2 not ready ($1); see logs in $STATE" >&2; exit 1
 }
 
-start entra-standin "$BIN/entra-standin" --tenant "$TID"
+start entra-standin "$BIN/entra-standin" --tenant "$TID" \
+  --api "$API,api://mcp-gateway,mcp.access" \
+  --client "$GATEWAY_APP:$GATEWAY_SECRET" --redirect-uri "$GATEWAY_APP=$GW/oauth/callback"
 start mcp-sample-server "$BIN/mcp-sample-server" --name github --name jira
 IDP=$(read_url entra-standin)
 UPSTREAM=$(read_url mcp-sample-server)
 echo "stand-in Entra:     $IDP"
 echo "sample MCP server:  $UPSTREAM"
+# alice (engineering) is the user who signs in at the stand-in's authorize page.
+curl -fsS "$IDP/_standin/users" -H 'content-type: application/json' \
+  -d "{\"tid\":\"$TID\",\"oid\":\"$ALICE\",\"upn\":\"alice@contoso.example\",\"name\":\"Alice\",\"groups\":[\"$ENG_GROUP\"]}"
+curl -fsS "$IDP/_standin/signin" -H 'content-type: application/json' -d "{\"oid\":\"$ALICE\"}"
 
 # The example config as shipped, pointed at the stand-in through environment overrides.
 export MCP_AUTHZ__ENTRA__AUTHORITY="$IDP"
@@ -67,6 +78,12 @@ export MCP_AUTHZ__LISTEN__ADMIN="127.0.0.1:$ADMIN_PORT"
 export MCP_AUTHZ__LISTEN__METADATA="127.0.0.1:$METADATA_PORT"
 export MCP_AUTHZ__MCP__PUBLIC_BASE_URL="http://127.0.0.1:$DEMO_PORT"
 export MCP_AUTHZ__LOG__FORMAT=text
+# The login facade (README "Login"): the gateway's app at the stand-in, a fresh seal key.
+export MCP_AUTHZ__OAUTH__CLIENT_ID=$GATEWAY_APP
+export MCP_AUTHZ__OAUTH__CLIENT_SECRET=$GATEWAY_SECRET
+export MCP_AUTHZ__OAUTH__API_SCOPE=api://mcp-gateway/mcp.access
+MCP_AUTHZ__OAUTH__SEAL_KEYS="[\"$(python3 -c 'import base64,os; print(base64.b64encode(os.urandom(32)).decode())')\"]"
+export MCP_AUTHZ__OAUTH__SEAL_KEYS
 "$BIN/mcp-authz" check-config --config deploy/examples/config.yaml | sed 's/^/check-config: /'
 "$BIN/mcp-authz" serve --config deploy/examples/config.yaml 2> "$STATE/mcp-authz.log" &
 pids+=($!)
@@ -90,7 +107,6 @@ TOKEN=$(mint 00000000-0000-4000-8000-000000000b0b "[\"$ENG_GROUP\"]" bob@contoso
 SALES_TOKEN=$(mint 00000000-0000-4000-8000-00000000ca01 "[\"$SALES_GROUP\"]" carol@contoso.example)
 echo "$TOKEN" > "$STATE/token"
 
-GW=http://127.0.0.1:$DEMO_PORT
 # MCP 2026-07-28, the newest revision the SDKs speak: no initialize handshake (server/discover
 # instead), the protocol version and client capabilities in every request's _meta, and the
 # Mcp-Method / Mcp-Name headers that mcp-authz checks against the body.
@@ -134,6 +150,14 @@ bob's tools/list holds only the tools he may call (delete_repository is filtered
 The servers bob may use (the server catalog):
   curl -s $GW/mcp -H "authorization: Bearer \$(cat .demo/token)"
 
+An MCP client needs nothing but this URL: it discovers the gateway as its authorization
+server, registers, and sends you through the consent page and Entra's sign-in:
+
+  $GW/mcp/github
+
+(e.g. MCP Inspector: Transport "Streamable HTTP", that URL, "Connect"; the stand-in signs you
+in as alice.) The Python SDK's OAuth client does that below.
+
 Logs: .demo/*.log. Ctrl-C stops everything.
 EOT
 
@@ -163,6 +187,31 @@ else
 fi
 expect 200 "bob's server catalog" "$GW/mcp" -H "authorization: Bearer $TOKEN"
 grep -q '"name":"github"' "$STATE/last.body" || { echo "  FAIL the catalog does not name github:"; cat "$STATE/last.body"; echo; failed=1; }
+
+# A full login with the official Python SDK's OAuth client: discovery, registration, the consent
+# page (answered by the script as a user would), Entra's sign-in, the token, tools, a refresh.
+if [ -n "$DEMO_PYTHON" ]; then
+  echo
+  echo "Signing in with the Python MCP SDK's OAuth client (tests/peers/python/oauth_client.py):"
+  "$DEMO_PYTHON" tests/peers/python/oauth_client.py "$GW/mcp/github" approve > "$STATE/login.json" 2> "$STATE/login.log" || true
+  if python3 - "$STATE/login.json" "$ALICE" <<'PY'
+import json, sys
+r = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+alice = sys.argv[2] in (r.get("whoami") or "")
+ok = (r.get("consent_page") and r.get("initialized") and r.get("echo") == "hello from python"
+      and alice and r.get("refreshed") and r.get("replayed_refresh", {}).get("error") == "invalid_grant")
+print(f"  {'ok  ' if ok else 'FAIL'} registered as {r.get('client_id')}, consent approved, the upstream sees alice: {alice}")
+print(f"  {'ok  ' if ok else 'FAIL'} tools {r.get('tools')}; echo said {r.get('echo')!r}; delete_repository refused: {not r.get('delete', {}).get('ok', True)}")
+print(f"  {'ok  ' if ok else 'FAIL'} refreshed: {r.get('refreshed')}; the used refresh token replayed: {r.get('replayed_refresh')}")
+if r.get("error"):
+    print(f"  FAIL {r['error']}")
+sys.exit(0 if ok else 1)
+PY
+  then :; else failed=1; cat "$STATE/login.log"; fi
+else
+  echo
+  echo "  (the Python MCP SDK is not installed: DEMO_PYTHON unset, no login shown)"
+fi
 
 if [ "$CHECK" = 1 ]; then
   [ "$failed" = 0 ] && echo "demo check passed" || echo "demo check FAILED"

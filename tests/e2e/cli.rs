@@ -692,7 +692,8 @@ async fn shadow_mode_is_logged_at_start_and_on_every_reload() {
     served.sigterm();
 }
 
-/// `make demo` runs this script; its `--check` mode asserts the sample requests' answers.
+/// `make demo` runs this script; its `--check` mode asserts the sample requests' answers and a
+/// login with the Python SDK's OAuth client.
 #[test]
 fn demo_script_check_passes() {
     let bin_dir = std::path::Path::new(BIN).parent().expect("bin dir");
@@ -717,6 +718,7 @@ fn demo_script_check_passes() {
     .env("ADMIN_PORT", free_port().to_string())
     .env("METADATA_PORT", free_port().to_string())
     .env("DEMO_STATE", state.path())
+    .env("DEMO_PYTHON", crate::support::helpers::peers_python())
     // Its own process group: whatever it starts stays in it, even when orphaned to PID 1.
     .process_group(0)
     .stdout(std::process::Stdio::piped())
@@ -732,7 +734,13 @@ fn demo_script_check_passes() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("demo check passed"), "{stdout}");
-    assert_eq!(stdout.matches("  ok   ").count(), 11, "{stdout}");
+    // The 11 sample requests and the 3 lines of the Python SDK's login.
+    assert_eq!(stdout.matches("  ok   ").count(), 14, "{stdout}");
+    assert!(
+        stdout.contains("the upstream sees alice: True")
+            && stdout.contains("replayed: {'status': 400, 'error': 'invalid_grant'}"),
+        "{stdout}"
+    );
     // The demo's check mode once left the stand-in Entra and the sample server running (their
     // PIDs were collected in a subshell, so its cleanup never saw them).
     let left: Vec<String> = processes_in_group(group)

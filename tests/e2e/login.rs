@@ -627,6 +627,10 @@ async fn the_python_sdk_oauth_client_signs_in_by_registration() {
     .await;
     assert_sdk_login("python", &report);
     assert_eq!(report["registered_by"], "dcr", "{report}");
+    assert!(
+        report["whoami"].as_str().is_some_and(|w| w.contains(ALICE)),
+        "the upstream sees the user who signed in: {report}"
+    );
     let params = report["authorize_params"].as_array().expect("params");
     for p in [
         "code_challenge",

@@ -5,6 +5,7 @@
 # - the official TypeScript SDK (npm `@modelcontextprotocol/sdk`, tests/peers/typescript/
 #   package-lock.json) with the machine's npm, into tests/peers/typescript/node_modules.
 # Prints the venv's Python. Diagnostics go to stderr; a missing tool is named.
+# `ensure-peers.sh python` installs the Python SDK only (what `make demo` needs).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 python=$("$root/tests/env/venv.sh")
@@ -14,6 +15,10 @@ if [ ! -f "$stamp" ] || [ "$req" -nt "$stamp" ]; then
   echo "ensure-peers.sh: installing the Python MCP SDK into .venv" >&2
   "$python" -m pip install --quiet --disable-pip-version-check -r "$req" >&2
   touch "$stamp"
+fi
+if [ "${1:-}" = python ]; then
+  echo "$python"
+  exit 0
 fi
 ts="$root/tests/peers/typescript"
 for tool in node npm; do

@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use mcp_authz_testkit::standin::{Authority, Client};
+use mcp_authz_testkit::standin::{Api, Authority, Client};
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +27,13 @@ struct Args {
     /// A confidential client: `id:secret[:GraphRole,GraphRole]`; repeatable.
     #[arg(long = "client")]
     clients: Vec<String>,
+    /// A web redirect URI of a `--client` (the authorization code flow): `id=url`; repeatable.
+    #[arg(long = "redirect-uri")]
+    redirect_uris: Vec<String>,
+    /// An API (app registration exposing scopes): `client_id,app_id_uri,scope[,scope]`;
+    /// repeatable.
+    #[arg(long = "api")]
+    apis: Vec<String>,
 }
 
 #[tokio::main]
@@ -48,6 +55,13 @@ async fn main() -> std::process::ExitCode {
                     .collect()
             })
             .unwrap_or_default();
+        let redirect_uris = args
+            .redirect_uris
+            .iter()
+            .filter_map(|r| r.split_once('='))
+            .filter(|(rid, _)| *rid == id)
+            .map(|(_, url)| url.to_owned())
+            .collect();
         authority.register_client(
             id,
             Client {
@@ -55,9 +69,25 @@ async fn main() -> std::process::ExitCode {
                 graph_roles: roles,
                 certificate: None,
                 federated: Vec::new(),
-                redirect_uris: Vec::new(),
+                redirect_uris,
             },
         );
+    }
+    if let Some(bad) = args.redirect_uris.iter().find(|r| !r.contains('=')) {
+        eprintln!("entra-standin: --redirect-uri wants id=url, not {bad}");
+        return std::process::ExitCode::from(64);
+    }
+    for api in &args.apis {
+        let parts: Vec<&str> = api.split(',').collect();
+        if parts.len() < 3 || parts.iter().any(|p| p.is_empty()) {
+            eprintln!("entra-standin: --api wants client_id,app_id_uri,scope[,scope], not {api}");
+            return std::process::ExitCode::from(64);
+        }
+        authority.register_api(Api {
+            client_id: parts[0].to_owned(),
+            app_id_uri: parts[1].to_owned(),
+            scopes: parts[2..].iter().map(|s| (*s).to_owned()).collect(),
+        });
     }
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,

@@ -149,6 +149,9 @@ async def run(url, decision, metadata_url):
                     out["initialized"] = True
                     out["tools"] = sorted(t.name for t in (await session.list_tools()).tools)
                     out["echo"] = text_of(await session.call_tool("echo", {"text": "hello from python"}))
+                    if "whoami" in out["tools"]:
+                        # The identity the gateway told the upstream: the signed-in user's.
+                        out["whoami"] = text_of(await session.call_tool("whoami", {}))
                     try:
                         r = await session.call_tool("delete_repository", {"name": "x"})
                         out["delete"] = {"ok": not r.is_error, "text": text_of(r)}
