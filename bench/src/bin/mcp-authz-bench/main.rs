@@ -9,6 +9,7 @@
 
 mod envoy_cfg;
 mod load;
+mod login;
 mod procs;
 mod report;
 mod rows;
@@ -107,13 +108,19 @@ pub struct RunArgs {
     pub wrk: PathBuf,
     #[arg(long, default_value = "envoy/envoy.yaml")]
     pub envoy_template: PathBuf,
-    /// Measure only these rows (keys, comma-separated: a,b,b',c,d,e,f,g0,g,g-cold); for
-    /// investigating. The report needs every row.
+    /// Measure only these rows (keys, comma-separated: a,b,b',c,d,e,f,g0,g,g-cold, and
+    /// `login` for the login timings); for investigating. The report needs every row.
     #[arg(long, value_delimiter = ',')]
     pub rows: Vec<String>,
     /// Write the report into this Markdown file (other runs' sections are kept).
     #[arg(long)]
     pub write: Option<PathBuf>,
+    /// Full logins through the gateway timed after the rows (0: none).
+    #[arg(long, default_value_t = 30)]
+    pub logins: usize,
+    /// Token refreshes timed after the logins.
+    #[arg(long, default_value_t = 100)]
+    pub refreshes: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -149,7 +156,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn run_in(args: &RunArgs, dir: &Path) -> anyhow::Result<String> {
-    for key in &args.rows {
+    for key in args.rows.iter().filter(|k| *k != "login") {
         row_index(key).map_err(|_| {
             anyhow::anyhow!(
                 "--rows: no row {key:?}; rows are {}",
@@ -220,8 +227,12 @@ async fn run_in(args: &RunArgs, dir: &Path) -> anyhow::Result<String> {
     let mut noop = Proc::spawn("noop", cmd, dir)?;
     wait_for(&mut noop, "port", || port_open(noop_port)).await?;
 
-    // mcp-authz, release build, TCP and unix socket.
+    // mcp-authz, release build, TCP and unix socket; its issuer is the ext_authz TCP Envoy
+    // (the login facade is on, on the metadata listener, off the Check's path).
     let (grpc, admin, metadata) = (free_port()?, free_port()?, free_port()?);
+    let gw_port = free_port()?;
+    let gw = format!("http://127.0.0.1:{gw_port}");
+    login::prepare(&authority, &gw);
     let socket = dir.join("authz.sock");
     std::fs::write(dir.join("policy.yaml"), POLICY)?;
     std::fs::write(
@@ -231,12 +242,13 @@ async fn run_in(args: &RunArgs, dir: &Path) -> anyhow::Result<String> {
 listen: {{grpc: "127.0.0.1:{grpc}", grpc_unix: "{}", admin: "127.0.0.1:{admin}", metadata: "127.0.0.1:{metadata}"}}
 entra: {{authority: "{idp}", allow_insecure_authority: true, tenants: ["{TID}"], audiences: ["{API}"], required_scopes: [mcp.access]}}
 policy: {{file: policy.yaml}}
-mcp: {{public_base_url: "https://mcp.bench.example"}}
+mcp: {{public_base_url: "{gw}"}}
 log: {{level: warn}}
 runtime: {{worker_threads: {}}}
-"#,
+{}"#,
             socket.display(),
-            args.authz_workers
+            args.authz_workers,
+            login::config_section(),
         ),
     )?;
     let authz_bin = exe.with_file_name("mcp-authz");
@@ -298,7 +310,12 @@ runtime: {{worker_threads: {}}}
     ];
     let mut envoys = Vec::new();
     for (i, variant) in variants.iter().enumerate() {
-        let (listen, eadmin) = (free_port()?, free_port()?);
+        let listen = if i == FIRST_AUTHZ_ENVOY {
+            gw_port
+        } else {
+            free_port()?
+        };
+        let eadmin = free_port()?;
         vars.insert("ENVOY_LISTEN_PORT".into(), listen.to_string());
         vars.insert("ENVOY_ADMIN_PORT".into(), eadmin.to_string());
         let cfg = envoy_cfg::render(&template, &vars, variant)?;
@@ -498,6 +515,25 @@ runtime: {{worker_threads: {}}}
             }
         }
     }
+    let logins = if args.logins > 0
+        && (args.rows.is_empty() || args.rows.iter().any(|k| k == "login"))
+    {
+        eprintln!(
+            "bench: {} logins and {} refreshes through {gw}",
+            args.logins, args.refreshes
+        );
+        let l = login::measure(&gw, &stage.authz, args.logins, args.refreshes).await?;
+        let ((lp50, lp99), (rp50, rp99)) = (
+            login::percentiles(&l.logins),
+            login::percentiles(&l.refreshes),
+        );
+        eprintln!(
+            "bench: login p50 {lp50:.2} ms p99 {lp99:.2} ms; refresh p50 {rp50:.2} ms p99 {rp99:.2} ms"
+        );
+        Some(l)
+    } else {
+        None
+    };
     let verify_us = rs256_verify_us(&authority, token)?;
     Ok(report::render(&report::Input {
         args,
@@ -506,5 +542,6 @@ runtime: {{worker_threads: {}}}
         verify_us,
         envoy_version: &envoy_version,
         wrk_version: &wrk_version,
+        login: logins.as_ref(),
     }))
 }

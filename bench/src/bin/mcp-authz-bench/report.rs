@@ -12,6 +12,8 @@ pub struct Input<'a> {
     pub verify_us: f64,
     pub envoy_version: &'a str,
     pub wrk_version: &'a str,
+    /// The login facade's timings, when measured.
+    pub login: Option<&'a crate::login::Figures>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -84,9 +86,9 @@ pub fn render(i: &Input) -> String {
         i.wrk_version,
     ));
     md.push_str(&format!(
-        "Command: `make bench`, which runs `mcp-authz-bench --rounds {} --seconds {} --latency-seconds {} --connections {} --users {} --envoy-concurrency {} --authz-workers {} --write BENCHMARKS.md`. \
+        "Command: `make bench`, which runs `mcp-authz-bench --rounds {} --seconds {} --latency-seconds {} --connections {} --users {} --envoy-concurrency {} --authz-workers {} --logins {} --refreshes {} --write BENCHMARKS.md`. \
 Every figure is the median of {} interleaved rounds (each phase runs every row in turn, then the next round); the machine is shared and noisy (±25 % run to run), so compare rows of one run.\n\n",
-        a.rounds, a.seconds, a.latency_seconds, a.connections, a.users, a.envoy_concurrency, a.authz_workers, a.rounds
+        a.rounds, a.seconds, a.latency_seconds, a.connections, a.users, a.envoy_concurrency, a.authz_workers, a.logins, a.refreshes, a.rounds
     ));
     md.push_str(&format!(
         "Every piece is its own process on the same {} cores: the upstream (a one-thread HTTP responder), \
@@ -259,6 +261,18 @@ CPU: seconds on CPU (all threads, from /proc) per 10,000 requests.\n\n",
             f1.p50 <= 1.1 * c1.p50 && ff.p50 <= 1.1 * cf.p50,
         ),
     ];
+    if let Some(l) = i.login {
+        let (lp50, lp99) = crate::login::percentiles(&l.logins);
+        let (rp50, rp99) = crate::login::percentiles(&l.refreshes);
+        md.push_str(&format!(
+            "\n## Login through the gateway (issue 16)\n\nThrough the ext_authz TCP Envoy, one at a time, the stand-in Entra in the bench process. A login is a new browser's whole sign-in: `GET /oauth/authorize` (the consent page), `POST /oauth/consent`, the stand-in's authorize, `GET /oauth/callback` (the gateway redeems Entra's code with its secret and validates the token as a Check would), `POST /oauth/token`. A refresh is one `POST /oauth/token` with `grant_type=refresh_token` (the gateway opens its sealed token, refreshes at the stand-in, seals a rotated one).\n\n| operation | count | p50 ms | p99 ms | mcp-authz CPU per operation |\n| --- | --- | --- | --- | --- |\n| full login (consent page, Entra, callback, token) | {} | **{lp50:.2}** | {lp99:.2} | {:.0} µs |\n| token refresh | {} | **{rp50:.2}** | {rp99:.2} | {:.0} µs |\n",
+            l.logins.len(),
+            l.login_cpu.as_secs_f64() * 1e6,
+            l.refreshes.len(),
+            l.refresh_cpu.as_secs_f64() * 1e6,
+        ));
+    }
+
     md.push_str(
         "\n## Targets (issue 9)\n\n| target | measured (medians) | met |\n| --- | --- | --- |\n",
     );
