@@ -180,6 +180,7 @@ fn oauth_facade(
         Some(crate::oauth::cimd::Documents::new(
             crate::oauth::cimd::Settings {
                 max_clients: d.max_clients,
+                fetches_per_minute: d.fetches_per_minute,
                 max_ttl: Duration::from_secs(d.cache_seconds),
                 timeout: Duration::from_millis(o.timeout_ms),
                 allow_private_addresses: d.allow_private_addresses,

@@ -127,6 +127,9 @@ pub struct DocumentsConfig {
     /// Most documents cached.
     #[serde(default = "default_max_clients")]
     pub max_clients: u64,
+    /// Documents fetched per minute (cache misses), over all callers.
+    #[serde(default = "default_per_minute")]
+    pub fetches_per_minute: u32,
     /// A document is kept for its `Cache-Control: max-age`, at most this (default 300 s when
     /// it names none).
     #[serde(default = "default_document_cache")]
@@ -144,6 +147,7 @@ impl Default for DocumentsConfig {
         Self {
             enabled: true,
             max_clients: default_max_clients(),
+            fetches_per_minute: default_per_minute(),
             cache_seconds: default_document_cache(),
             ca_file: None,
             allow_private_addresses: false,
@@ -273,8 +277,8 @@ impl OAuthConfig {
                 ca.display()
             ));
         }
-        if !(60..=3600).contains(&o.pending_seconds) {
-            return bad("oauth.pending_seconds: 60 to 3600".into());
+        if !(60..=600).contains(&o.pending_seconds) {
+            return bad("oauth.pending_seconds: 60 to 600 (the state sent to Entra lives at most 10 minutes)".into());
         }
         if !(10..=600).contains(&o.code_seconds) {
             return bad("oauth.code_seconds: 10 to 600 (RFC 6749 recommends at most 600)".into());

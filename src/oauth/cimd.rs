@@ -39,10 +39,17 @@ pub enum DocumentError {
     Fetch(String),
     #[error("the metadata document is not valid: {0}")]
     Invalid(String),
+    #[error(
+        "too many client metadata documents were fetched in the last minute; try again shortly"
+    )]
+    Busy,
 }
 
 pub struct Settings {
     pub max_clients: u64,
+    /// Fetches (cache misses) per minute, over all callers: a stranger cannot make the gateway
+    /// fetch more than this from the internet on its behalf.
+    pub fetches_per_minute: u32,
     pub max_ttl: Duration,
     pub timeout: Duration,
     pub allow_private_addresses: bool,
@@ -56,6 +63,8 @@ pub struct Documents {
     cache: moka::future::Cache<String, (Arc<Client>, Duration)>,
     allow_private: bool,
     max_ttl: Duration,
+    budget: std::sync::Mutex<(Instant, u32)>,
+    per_minute: u32,
 }
 
 struct PerEntry;
@@ -101,6 +110,8 @@ impl Documents {
                 .build(),
             allow_private: s.allow_private_addresses,
             max_ttl,
+            budget: std::sync::Mutex::new((Instant::now(), 0)),
+            per_minute: s.fetches_per_minute,
         })
     }
 
@@ -123,7 +134,23 @@ impl Documents {
             .map_err(|e| (*e).clone())
     }
 
+    /// Counts one fetch against the per-minute budget; false when it is spent.
+    fn admit(&self) -> bool {
+        let mut b = self.budget.lock().unwrap_or_else(|p| p.into_inner());
+        if b.0.elapsed() >= Duration::from_secs(60) {
+            *b = (Instant::now(), 0);
+        }
+        if b.1 >= self.per_minute {
+            return false;
+        }
+        b.1 += 1;
+        true
+    }
+
     async fn fetch(&self, url: &str) -> Result<(Client, Duration), DocumentError> {
+        if !self.admit() {
+            return Err(DocumentError::Busy);
+        }
         let resp = self
             .http
             .get(url)

@@ -79,9 +79,13 @@ fn resource(env: &TestEnv, server: &str) -> String {
 }
 
 async fn token_request(env: &TestEnv, form: &[(&str, &str)]) -> Reply {
+    token_at(&env.http, &env.envoy_url, form).await
+}
+
+/// A token request to the gateway at `base` (Envoy, or a replica directly).
+async fn token_at(http: &reqwest::Client, base: &str, form: &[(&str, &str)]) -> Reply {
     Reply::from(
-        env.http
-            .post(format!("{}/oauth/token", env.envoy_url))
+        http.post(format!("{base}/oauth/token"))
             .form(form)
             .send()
             .await
@@ -222,16 +226,7 @@ async fn a_client_with_only_the_gateway_url_signs_in_and_calls_a_tool() {
 
     // 4. Approve: to Entra with the gateway's own client, PKCE pair and state; no `resource`.
     let form = crate::support::browser::ConsentForm::read(&page.body).expect("consent form");
-    let r = browser
-        .post_form(
-            &form.action,
-            &[
-                ("request", &form.request),
-                ("csrf", &form.csrf),
-                ("decision", "approve"),
-            ],
-        )
-        .await;
+    let r = browser.answer(&form, "approve", None).await;
     assert_eq!(r.status, 302, "{r:?}");
     let to_entra = url::Url::parse(r.header("location").expect("Location")).expect("URL");
     assert!(
@@ -521,16 +516,7 @@ async fn a_consent_posted_from_another_site_is_refused() {
         .await;
     let form = crate::support::browser::ConsentForm::read(&page.body).expect("form");
     let victim = Browser::new();
-    let r = victim
-        .post_form(
-            &form.action,
-            &[
-                ("request", &form.request),
-                ("csrf", &form.csrf),
-                ("decision", "approve"),
-            ],
-        )
-        .await;
+    let r = victim.answer(&form, "approve", None).await;
     assert_eq!(r.status, 403, "{r:?}");
     assert!(r.header("location").is_none());
     // A forged csrf field with the attacker's own cookie fails the same way.
@@ -1370,16 +1356,8 @@ async fn with_the_postgres_store_each_step_may_reach_another_replica() {
     let page = browser.get(&url).await;
     assert_eq!(page.status, 200, "B knows A's registration: {page:?}");
     let form = crate::support::browser::ConsentForm::read(&page.body).expect("form");
-    let r = browser
-        .post_form(
-            &form.action.replace(&env.envoy_url, &b),
-            &[
-                ("request", &form.request),
-                ("csrf", &form.csrf),
-                ("decision", "approve"),
-            ],
-        )
-        .await;
+    let at_b = form.action.replace(&env.envoy_url, &b);
+    let r = browser.answer(&form, "approve", Some(&at_b)).await;
     assert_eq!(r.status, 302, "{r:?}");
     // ... Entra's callback lands at A (Envoy) ...
     let landed = browser
@@ -1388,20 +1366,16 @@ async fn with_the_postgres_store_each_step_may_reach_another_replica() {
         .unwrap_or_else(|p| panic!("A finds B's sign-in in flight: {p:?}"));
     let code = landed.param("code").expect("code");
     // ... and the code is redeemed at B.
-    let r = Reply::from(
-        other
-            .http
-            .post(format!("{b}/oauth/token"))
-            .form(&[
-                ("grant_type", "authorization_code"),
-                ("code", code.as_str()),
-                ("redirect_uri", &app.redirect_uri),
-                ("client_id", &app.client_id),
-                ("code_verifier", &verifier),
-            ])
-            .send()
-            .await
-            .expect("token at B"),
+    let r = token_at(
+        &other.http,
+        &b,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", &app.redirect_uri),
+            ("client_id", &app.client_id),
+            ("code_verifier", &verifier),
+        ],
     )
     .await;
     assert_eq!(r.status, 200, "B redeems A's code: {r:?}");
@@ -1420,16 +1394,7 @@ async fn with_the_postgres_store_each_step_may_reach_another_replica() {
     ];
     let r = token_request(&env, &form).await;
     assert_eq!(r.status, 200, "{r:?}");
-    let r = Reply::from(
-        other
-            .http
-            .post(format!("{b}/oauth/token"))
-            .form(&form)
-            .send()
-            .await
-            .expect("token at B"),
-    )
-    .await;
+    let r = token_at(&other.http, &b, &form).await;
     assert_eq!(
         (r.status, r.json()["error"].clone()),
         (400, json!("invalid_grant")),
@@ -1520,4 +1485,50 @@ async fn check_config_reports_the_login_facade_and_what_entra_says_of_its_app() 
         !out.contains(GATEWAY_SECRET),
         "the secret is never printed: {out}"
     );
+}
+
+#[tokio::test]
+async fn metadata_document_fetches_are_bounded_per_minute() {
+    // Attack: a stranger sends authorize requests with ever new client_id URLs to make the
+    // gateway fetch from the internet on their behalf. Past the budget it fetches nothing.
+    let dir = tempfile::tempdir().expect("dir");
+    let docs = DocServer::start(dir.path()).await;
+    let env = TestEnv::start(Options {
+        oauth: true,
+        oauth_extra: format!(
+            "client_metadata_documents: {{allow_private_addresses: true, ca_file: {}, fetches_per_minute: 2}}",
+            docs.ca_file.display()
+        ),
+        ..Options::default()
+    })
+    .await;
+    let redirect_uri = format!("http://127.0.0.1:{}/callback", free_port());
+    let (_, challenge) = pkce();
+    let browser = Browser::new();
+    let mut statuses = Vec::new();
+    for n in 0..3 {
+        let path = format!("/c{n}.json");
+        let app = App {
+            client_id: docs.publish_client(&path, "c", &[&redirect_uri]),
+            redirect_uri: redirect_uri.clone(),
+        };
+        let r = browser
+            .get(&authorize_url(&env, &app, &challenge, &[]))
+            .await;
+        statuses.push(r.status);
+        if n == 2 {
+            assert!(r.body.contains("too many"), "{}", r.body);
+        }
+    }
+    assert_eq!(statuses, [200, 200, 400]);
+    assert_eq!(docs.hits("/c2.json"), 0, "the third was never fetched");
+    // A cached client is not a fetch: it still signs in.
+    let app = App {
+        client_id: format!("{}/c0.json", docs.base),
+        redirect_uri,
+    };
+    let r = browser
+        .get(&authorize_url(&env, &app, &challenge, &[]))
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
 }

@@ -82,34 +82,37 @@ impl Browser {
             .collect()
     }
 
-    pub async fn get(&self, url: &str) -> Reply {
-        let mut req = self.http.get(url);
+    /// Sends with this browser's cookies and keeps the ones the answer sets.
+    async fn send(&self, mut req: reqwest::RequestBuilder, what: &str) -> Reply {
         if let Some(c) = self.cookie_header() {
             req = req.header("cookie", c);
         }
-        let r = Reply::from(
-            req.send()
-                .await
-                .unwrap_or_else(|e| panic!("GET {url}: {e}")),
-        )
-        .await;
+        let r = Reply::from(req.send().await.unwrap_or_else(|e| panic!("{what}: {e}"))).await;
         self.keep(&r);
         r
     }
 
+    pub async fn get(&self, url: &str) -> Reply {
+        self.send(self.http.get(url), &format!("GET {url}")).await
+    }
+
     pub async fn post_form(&self, url: &str, form: &[(&str, &str)]) -> Reply {
-        let mut req = self.http.post(url).form(form);
-        if let Some(c) = self.cookie_header() {
-            req = req.header("cookie", c);
-        }
-        let r = Reply::from(
-            req.send()
-                .await
-                .unwrap_or_else(|e| panic!("POST {url}: {e}")),
+        self.send(self.http.post(url).form(form), &format!("POST {url}"))
+            .await
+    }
+
+    /// The consent form posted as its buttons would: `decision` is `approve` or `deny`; `action`
+    /// replaces the form's own target when given (another replica).
+    pub async fn answer(&self, form: &ConsentForm, decision: &str, action: Option<&str>) -> Reply {
+        self.post_form(
+            action.unwrap_or(&form.action),
+            &[
+                ("request", &form.request),
+                ("csrf", &form.csrf),
+                ("decision", decision),
+            ],
         )
-        .await;
-        self.keep(&r);
-        r
+        .await
     }
 
     /// Follows redirects from `url` until one leads to `stop_prefix` (the client's redirect
@@ -143,15 +146,7 @@ impl Browser {
         let r = self.get(authorize_url).await;
         let r = if r.status == 200 {
             let form = ConsentForm::read(&r.body).ok_or(r)?;
-            self.post_form(
-                &form.action,
-                &[
-                    ("request", &form.request),
-                    ("csrf", &form.csrf),
-                    ("decision", decision),
-                ],
-            )
-            .await
+            self.answer(&form, decision, None).await
         } else {
             r
         };
