@@ -248,7 +248,12 @@ runtime: {{worker_threads: {}}}
 {}"#,
             socket.display(),
             args.authz_workers,
-            login::config_section(),
+            // `--logins 0`: mcp-authz without the login facade (the A/B against a build before it).
+            if args.logins > 0 {
+                login::config_section()
+            } else {
+                String::new()
+            },
         ),
     )?;
     let authz_bin = exe.with_file_name("mcp-authz");
