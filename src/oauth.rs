@@ -214,6 +214,34 @@ impl Facade {
     }
 }
 
+/// A budget of `limit` events per minute, over all callers (registrations, document fetches).
+pub(crate) struct PerMinute {
+    window: std::sync::Mutex<(std::time::Instant, u32)>,
+    limit: u32,
+}
+
+impl PerMinute {
+    pub(crate) fn new(limit: u32) -> Self {
+        Self {
+            window: std::sync::Mutex::new((std::time::Instant::now(), 0)),
+            limit,
+        }
+    }
+
+    /// Counts one event; false when this minute's budget is spent.
+    pub(crate) fn admit(&self) -> bool {
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        if w.0.elapsed() >= Duration::from_secs(60) {
+            *w = (std::time::Instant::now(), 0);
+        }
+        if w.1 >= self.limit {
+            return false;
+        }
+        w.1 += 1;
+        true
+    }
+}
+
 /// The routes, mounted on the metadata listener (Envoy routes them there without ext_authz).
 pub fn router(facade: Arc<Facade>) -> Router {
     let base = facade.base_path();

@@ -63,8 +63,7 @@ pub struct Documents {
     cache: moka::future::Cache<String, (Arc<Client>, Duration)>,
     allow_private: bool,
     max_ttl: Duration,
-    budget: std::sync::Mutex<(Instant, u32)>,
-    per_minute: u32,
+    budget: super::PerMinute,
 }
 
 struct PerEntry;
@@ -110,8 +109,7 @@ impl Documents {
                 .build(),
             allow_private: s.allow_private_addresses,
             max_ttl,
-            budget: std::sync::Mutex::new((Instant::now(), 0)),
-            per_minute: s.fetches_per_minute,
+            budget: super::PerMinute::new(s.fetches_per_minute),
         })
     }
 
@@ -134,21 +132,8 @@ impl Documents {
             .map_err(|e| (*e).clone())
     }
 
-    /// Counts one fetch against the per-minute budget; false when it is spent.
-    fn admit(&self) -> bool {
-        let mut b = self.budget.lock().unwrap_or_else(|p| p.into_inner());
-        if b.0.elapsed() >= Duration::from_secs(60) {
-            *b = (Instant::now(), 0);
-        }
-        if b.1 >= self.per_minute {
-            return false;
-        }
-        b.1 += 1;
-        true
-    }
-
     async fn fetch(&self, url: &str) -> Result<(Client, Duration), DocumentError> {
-        if !self.admit() {
+        if !self.budget.admit() {
             return Err(DocumentError::Busy);
         }
         let resp = self

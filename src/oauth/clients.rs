@@ -3,7 +3,7 @@
 //! port, RFC 8252 §7.3) and nothing else.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -483,8 +483,7 @@ pub struct Registry {
     /// The operator's (`oauth.clients`), never expiring.
     fixed: std::collections::HashMap<String, Arc<Client>>,
     clients: moka::sync::Cache<String, Arc<Client>>,
-    rate: std::sync::Mutex<(Instant, u32)>,
-    per_minute: u32,
+    rate: super::PerMinute,
 }
 
 impl Registry {
@@ -495,22 +494,13 @@ impl Registry {
                 .max_capacity(capacity)
                 .time_to_idle(lifetime)
                 .build(),
-            rate: std::sync::Mutex::new((Instant::now(), 0)),
-            per_minute,
+            rate: super::PerMinute::new(per_minute),
         }
     }
 
     /// Counts one registration against the per-minute budget; false when it is spent.
     pub fn admit(&self) -> bool {
-        let mut r = self.rate.lock().unwrap_or_else(|p| p.into_inner());
-        if r.0.elapsed() >= Duration::from_secs(60) {
-            *r = (Instant::now(), 0);
-        }
-        if r.1 >= self.per_minute {
-            return false;
-        }
-        r.1 += 1;
-        true
+        self.rate.admit()
     }
 
     /// With the operator's clients.
