@@ -141,10 +141,7 @@ impl Facade {
             && client_id.len() <= 256
         {
             return match rows.get(client_id).await {
-                Ok(Some(c)) => {
-                    self.registry.insert(c);
-                    self.registry.get(client_id).ok_or_else(unknown)
-                }
+                Ok(Some(c)) => Ok(self.registry.insert(c)),
                 Ok(None) => Err(unknown()),
                 Err(e) => {
                     tracing::error!(error = %e, "oauth: registrations could not be read");

@@ -512,9 +512,11 @@ impl Registry {
         self
     }
 
-    pub fn insert(&self, client: Client) {
-        self.clients
-            .insert(client.client_id.clone(), Arc::new(client));
+    /// Holds the client; the held value.
+    pub fn insert(&self, client: Client) -> Arc<Client> {
+        let held = Arc::new(client);
+        self.clients.insert(held.client_id.clone(), held.clone());
+        held
     }
 
     pub fn get(&self, client_id: &str) -> Option<Arc<Client>> {

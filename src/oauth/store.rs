@@ -107,10 +107,6 @@ impl Kind {
     }
 }
 
-fn db(e: sqlx::Error) -> StoreError {
-    StoreError(e.to_string())
-}
-
 impl Store {
     /// In this process only: for a single replica.
     pub fn memory(pending: Duration, code: Duration, refresh: Duration) -> Self {
@@ -182,7 +178,7 @@ impl Store {
         else {
             return Ok(());
         };
-        let plain = serde_json::to_vec(value).map_err(|e| StoreError(e.to_string()))?;
+        let plain = serde_json::to_vec(value).map_err(StoreError::new)?;
         let sealed = sealer.seal(Purpose::State, &plain);
         sqlx::query(
             "INSERT INTO oauth_transient (kind, key, value, expires_at) \
@@ -195,12 +191,12 @@ impl Store {
         .bind(ttl.as_secs_f64())
         .execute(pool)
         .await
-        .map_err(db)?;
+        .map_err(StoreError::new)?;
         if writes.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == 0 {
             sqlx::query("DELETE FROM oauth_transient WHERE expires_at < now()")
                 .execute(pool)
                 .await
-                .map_err(db)?;
+                .map_err(StoreError::new)?;
         }
         Ok(())
     }
@@ -265,7 +261,7 @@ impl Store {
         .bind(s256(key))
         .fetch_optional(pool)
         .await
-        .map_err(db)?;
+        .map_err(StoreError::new)?;
         Ok(match row {
             Some((sealed, true)) => sealer
                 .open(Purpose::State, &sealed)
@@ -293,7 +289,7 @@ impl Store {
                 .bind(Kind::UsedRefresh.name())
                 .execute(pool)
                 .await
-                .map_err(db)?;
+                .map_err(StoreError::new)?;
                 Ok(r.rows_affected() == 1)
             }
         }
@@ -312,7 +308,7 @@ impl Store {
                     .bind(Kind::UsedRefresh.name())
                     .execute(pool)
                     .await
-                    .map_err(db)?;
+                    .map_err(StoreError::new)?;
                 Ok(())
             }
         }
