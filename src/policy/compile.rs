@@ -151,6 +151,9 @@ impl Snapshot {
                     s.name
                 ));
             }
+            let upstream = s.upstream.as_ref().and_then(|u| {
+                super::upstream::compile(&format!("servers[{i}] {}", s.name), u, &mut problems)
+            });
             servers.push(Arc::new(Server {
                 name,
                 route_key,
@@ -160,6 +163,7 @@ impl Snapshot {
                 obo_scope: s.obo_scope.clone(),
                 tools_default: s.tools_default,
                 shadow: s.enabled && (s.shadow || (doc.shadow_all_servers && !s.sensitive)),
+                upstream,
                 origin,
             }));
         }

@@ -267,6 +267,47 @@ pub struct ServerDoc {
     /// callers who may use it; plain text, 1–1024 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Where Envoy sends this server's traffic, when mcp-authz programs Envoy over xDS. None:
+    /// no route is served for it (an Envoy with static routes reaches it its own way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamDoc>,
+}
+
+/// A server's upstream, as Envoy reaches it: the route (`/mcp/<route_key>`) and the cluster
+/// mcp-authz serves over xDS.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamDoc {
+    /// 1–16 endpoints, load-balanced: `host:port`, `http://host[:port][/path]` or
+    /// `https://host[:port][/path]` (TLS). All of one scheme and one path.
+    pub endpoints: Vec<String>,
+    /// The path on the upstream that `/mcp/<route_key>` becomes (a prefix rewrite): `/mcp`
+    /// sends `/mcp/github` to `/mcp`. Unset: the path of the endpoints' URL, or unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The `Host` sent to the upstream (`name` or `name:port`). Unset: the endpoint's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// TLS only: the server name sent and verified in the upstream's certificate. Unset: `host`
+    /// (without its port), else the endpoint's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// TLS only: the PEM bundle (a path on Envoy's filesystem) the upstream's certificate must
+    /// chain to. Unset: `xds.upstream_ca_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// TLS only: Envoy's client certificate and key for the upstream (paths on Envoy's
+    /// filesystem), both or neither.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<String>,
+    /// Connecting to an endpoint gives up after this long (1–60000 ms; default 5000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_ms: Option<u32>,
+    /// An idle connection to the upstream is closed after this long (1–86400 s; default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_seconds: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

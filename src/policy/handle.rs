@@ -78,12 +78,15 @@ impl ReloadHealth {
 /// The current snapshot, swapped atomically by the policy source.
 pub struct PolicyHandle {
     current: ArcSwap<Option<Arc<Snapshot>>>,
+    /// Bumped by every install, for those who follow the policy (the xDS server).
+    installs: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for PolicyHandle {
     fn default() -> Self {
         Self {
             current: ArcSwap::from_pointee(None),
+            installs: tokio::sync::watch::Sender::new(0),
         }
     }
 }
@@ -110,6 +113,13 @@ impl PolicyHandle {
             );
         }
         self.current.store(Arc::new(Some(Arc::new(snapshot))));
+        self.installs.send_modify(|n| *n += 1);
+    }
+
+    /// Changes whenever a snapshot is installed (the same content included: followers compare
+    /// versions themselves).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.installs.subscribe()
     }
 
     pub fn is_loaded(&self) -> bool {

@@ -25,6 +25,8 @@ pub struct Server {
     /// (a sensitive server with `shadow` does not compile). The policy's denials here are
     /// allowed and recorded as `would_deny`.
     pub shadow: bool,
+    /// Where Envoy routes it, when mcp-authz serves Envoy's routes (xDS).
+    pub upstream: Option<super::upstream::Upstream>,
     pub origin: Origin,
 }
 

@@ -685,3 +685,4 @@ fn directories_are_not_interchangeable() {
 }
 
 mod shadow;
+mod upstream;

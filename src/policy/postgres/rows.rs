@@ -7,7 +7,7 @@ use sqlx::postgres::PgPool;
 
 use crate::policy::document::{
     AccessLevel, AdminsDoc, Effect, GroupGrantDoc, GroupRef, PolicyDocument, ServerDoc, TenantDoc,
-    TokenForwarding, ToolLimitDoc, ToolRuleDoc, UserGrantDoc, UserRef,
+    TokenForwarding, ToolLimitDoc, ToolRuleDoc, UpstreamDoc, UserGrantDoc, UserRef,
 };
 
 use super::error::DbError;
@@ -133,6 +133,7 @@ pub(super) fn rows_to_document(tables: &[Rows]) -> Result<PolicyDocument, DbErro
             shadow: cell(v, 5).as_deref() == Some("true"),
             sensitive: cell(v, 6).as_deref() == Some("true"),
             description: cell(v, 7),
+            upstream: upstream_from_cells("mcp_servers", key, v)?,
             name,
         });
     }
@@ -249,7 +250,10 @@ pub(super) fn document_to_rows(doc: &PolicyDocument) -> Vec<Rows> {
                 boolean(s.shadow),
                 boolean(s.sensitive),
                 s.description.clone(),
-            ],
+            ]
+            .into_iter()
+            .chain(upstream_to_cells(s.upstream.as_ref()))
+            .collect(),
         );
     }
     let mut groups = Rows::default();
@@ -314,4 +318,71 @@ pub(super) fn document_to_rows(doc: &PolicyDocument) -> Vec<Rows> {
         admins,
         tool_limits,
     ]
+}
+
+/// The upstream columns of a server row (from the 9th value column on): None when it has no
+/// endpoints (the constraint keeps the others NULL then).
+fn upstream_from_cells(
+    table: &'static str,
+    key: &Cells,
+    v: &Cells,
+) -> Result<Option<UpstreamDoc>, DbError> {
+    const AT: usize = 8;
+    let Some(endpoints) = cell(v, AT) else {
+        return Ok(None);
+    };
+    Ok(Some(UpstreamDoc {
+        endpoints: parse_text_array(&endpoints).ok_or_else(|| DbError::Row {
+            table,
+            key: format!("{key:?}"),
+            reason: format!("upstream_endpoints {endpoints:?} is not a flat array of endpoints"),
+        })?,
+        path: cell(v, AT + 1),
+        host: cell(v, AT + 2),
+        sni: cell(v, AT + 3),
+        ca_file: cell(v, AT + 4),
+        client_cert_file: cell(v, AT + 5),
+        client_key_file: cell(v, AT + 6),
+        connect_timeout_ms: parse_opt(table, key, cell(v, AT + 7))?,
+        idle_timeout_seconds: parse_opt(table, key, cell(v, AT + 8))?,
+    }))
+}
+
+fn upstream_to_cells(u: Option<&UpstreamDoc>) -> Vec<Option<String>> {
+    let Some(u) = u else {
+        return vec![None; 9];
+    };
+    vec![
+        Some(text_array(&u.endpoints)),
+        u.path.clone(),
+        u.host.clone(),
+        u.sni.clone(),
+        u.ca_file.clone(),
+        u.client_cert_file.clone(),
+        u.client_key_file.clone(),
+        u.connect_timeout_ms.map(|n| n.to_string()),
+        u.idle_timeout_seconds.map(|n| n.to_string()),
+    ]
+}
+
+/// A `text[]` as PostgreSQL prints it, for elements that never need quoting (the compiler
+/// and the column's constraint allow no such character in an endpoint): `{a,b}`.
+fn text_array(items: &[String]) -> String {
+    format!("{{{}}}", items.join(","))
+}
+
+/// PostgreSQL's text of a one-dimensional `text[]` whose elements need no quoting; None for
+/// anything else (a quoted element, a nested array), which no valid row holds.
+fn parse_text_array(s: &str) -> Option<Vec<String>> {
+    let inner = s.strip_prefix('{')?.strip_suffix('}')?;
+    if inner.is_empty() {
+        return Some(Vec::new());
+    }
+    inner
+        .split(',')
+        .map(|e| {
+            (!e.is_empty() && !e.contains(['"', '\\', '{', '}']) && !e.eq_ignore_ascii_case("null"))
+                .then(|| e.to_owned())
+        })
+        .collect()
 }
