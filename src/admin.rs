@@ -47,7 +47,17 @@ async fn metrics(State(o): State<Arc<Observed>>) -> Response {
 
 /// Counters for operators as JSON (the same reading as `/metrics`).
 async fn status(State(o): State<Arc<Observed>>) -> Response {
-    Json(o.read().to_json()).into_response()
+    let mut doc = o.read().to_json();
+    if let Some(x) = &o.xds {
+        let current = x.current();
+        doc["xds"] = json!({
+            "version": current.as_ref().map(|r| r.version.clone()),
+            "policy_version": current.as_ref().map(|r| r.policy_version.clone()),
+            "routes": current.as_ref().map(|r| r.served.iter().map(|(p, c)| json!({"path": p, "cluster": c})).collect::<Vec<_>>()),
+            "envoys": x.envoys(),
+        });
+    }
+    Json(doc).into_response()
 }
 
 async fn readyz(State(o): State<Arc<Observed>>) -> Response {

@@ -232,6 +232,23 @@ pub async fn run(
         });
     }
 
+    // Envoy's routes and clusters from the policy's servers, on the same listeners.
+    let xds = cfg.xds.enabled.then(|| {
+        Arc::new(crate::xds::Xds::new(
+            crate::xds::Settings::from_config(&cfg),
+            parts.authorizer.metrics.clone(),
+        ))
+    });
+    if let Some(x) = &xds {
+        let (x, policy, stop) = (x.clone(), parts.authorizer.policy.clone(), stop.clone());
+        tasks.spawn(async move { x.run(policy, stop).await });
+    }
+    let ads = xds.as_ref().map(|x| {
+        crate::xds::AggregatedDiscoveryServiceServer::new(crate::xds::AdsService::new(
+            x.clone(),
+            stop.clone(),
+        ))
+    });
     let authz = AuthorizationServer::new(AuthorizationService::new(parts.authorizer.clone()));
     // The list filter (Envoy's ext_proc) on the same listeners, from the same snapshot. A
     // buffered list answer is one message: room for the largest one read, and its framing.
@@ -252,9 +269,10 @@ pub async fn run(
     if let Some(tls) = grpc_tls
         && let Some(l) = listeners.grpc.take()
     {
-        let (authz, lists, health, stop) = (
+        let (authz, lists, ads, health, stop) = (
             authz.clone(),
             lists.clone(),
+            ads.clone(),
             health_service.clone(),
             stop.clone(),
         );
@@ -263,15 +281,17 @@ pub async fn run(
                 .add_service(health)
                 .add_service(authz)
                 .add_service(lists)
+                .add_optional_service(ads)
                 .serve_with_incoming_shutdown(tls.incoming(l, stop.clone()), stop.cancelled_owned())
                 .await
                 .context("gRPC (TCP, mTLS) server")
         });
     }
     if let Some(l) = listeners.grpc {
-        let (authz, lists, health, stop) = (
+        let (authz, lists, ads, health, stop) = (
             authz.clone(),
             lists.clone(),
+            ads.clone(),
             health_service.clone(),
             stop.clone(),
         );
@@ -280,6 +300,7 @@ pub async fn run(
                 .add_service(health)
                 .add_service(authz)
                 .add_service(lists)
+                .add_optional_service(ads)
                 .serve_with_incoming_shutdown(
                     // Small gRPC frames must not wait for Nagle's algorithm (40 ms with delayed ACKs).
                     tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true)),
@@ -290,9 +311,10 @@ pub async fn run(
         });
     }
     if let Some((l, path)) = listeners.grpc_unix {
-        let (authz, lists, health, stop) = (
+        let (authz, lists, ads, health, stop) = (
             authz.clone(),
             lists.clone(),
+            ads.clone(),
             health_service.clone(),
             stop.clone(),
         );
@@ -301,6 +323,7 @@ pub async fn run(
                 .add_service(health)
                 .add_service(authz)
                 .add_service(lists)
+                .add_optional_service(ads)
                 .serve_with_incoming_shutdown(UnixListenerStream::new(l), stop.cancelled_owned())
                 .await
                 .context("gRPC (unix) server");
@@ -313,6 +336,7 @@ pub async fn run(
             authorizer: parts.authorizer.clone(),
             policy_source: parts.policy_source.clone(),
             audit: audit.clone(),
+            xds: xds.clone(),
         };
         parts
             .authorizer

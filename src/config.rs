@@ -35,6 +35,8 @@ pub use serve::*;
 pub use store::*;
 mod validate;
 mod workload;
+mod xds;
+pub use xds::XdsConfig;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -69,6 +71,10 @@ pub struct Config {
     /// The gateway as the OAuth authorization server MCP clients sign in through, in front of
     /// Entra. Off unless set.
     pub oauth: Option<OAuthConfig>,
+    /// Envoy's routes and clusters served over xDS from the policy's servers. Off unless
+    /// `xds.enabled`.
+    #[serde(default)]
+    pub xds: XdsConfig,
     /// OpenTelemetry traces, from the standard `OTEL_*` environment variables (off unless an
     /// OTLP endpoint or `OTEL_TRACES_EXPORTER=otlp` is set).
     #[serde(skip)]

@@ -29,9 +29,8 @@
 //! - [`app`]: builds the parts and runs the listeners until shutdown.
 //! - [`cli`]: operator commands (check-config, migrate, policy export/import, explain).
 //!
-//! Rooms for what comes next, each a module of its own above [`policy`] and beside
-//! [`pipeline`], wired in [`app`]: `login` (the OAuth authorization server in front of Entra
-//! that MCP clients sign in to) and `xds` (routes and clusters for Envoy from the server rows).
+//! - [`xds`]: Envoy's routes and clusters from the policy's servers (ADS); above [`policy`]
+//!   and beside [`pipeline`], wired in [`app`].
 //!
 //! Not here: the stand-in Entra ID / Microsoft Graph and the sample MCP server (crate
 //! `mcp-authz-testkit`, `testkit/`), and `make bench` / `make soak` (crate `mcp-authz-bench`,
@@ -64,6 +63,7 @@ pub mod response;
 pub mod sessions;
 pub mod telemetry;
 pub mod tls;
+pub mod xds;
 
 /// mimalloc for every binary of the crate (mcp-authz, and the benchmark's no-op server, so the
 /// comparison stays fair): glibc's malloc took ~12 % of a warm Check's CPU, much of it in arena

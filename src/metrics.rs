@@ -43,6 +43,14 @@ pub struct OAuthLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct XdsLabels {
+    /// `clusters` or `routes`.
+    pub kind: &'static str,
+    /// `sent`, `ack` (Envoy applied it) or `nack` (Envoy refused it and kept its last).
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ScopeLabels {
     pub scope: &'static str,
 }
@@ -61,6 +69,10 @@ pub struct Metrics {
     pub list_items_hidden: Counter,
     /// Sign-ins, registrations and refreshes of the OAuth facade, by outcome.
     pub oauth: Family<OAuthLabels, Counter>,
+    /// xDS responses to Envoy, and Envoy's answers to them.
+    pub xds: Family<XdsLabels, Counter>,
+    /// Envoys with an open xDS stream.
+    pub xds_streams: prometheus_client::metrics::gauge::Gauge,
     /// The series every warm Check touches, resolved once on first use: a Family lookup takes
     /// a read lock and hashes the labels, which two workers do on every Check otherwise.
     allowed: OnceLock<Counter>,
@@ -135,9 +147,23 @@ impl Metrics {
             "The OAuth facade's sign-ins, client registrations and token refreshes, by event and result",
             oauth.clone(),
         );
+        let xds = Family::<XdsLabels, Counter>::default();
+        registry.register(
+            "xds_responses",
+            "xDS responses sent to Envoy and Envoy's answers (ack: applied, nack: refused, its last accepted version kept), by resource kind",
+            xds.clone(),
+        );
+        let xds_streams = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register(
+            "xds_streams",
+            "Envoys with an open xDS (ADS) stream to this replica",
+            xds_streams.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             oauth,
+            xds,
+            xds_streams,
             lists,
             list_items_hidden,
             decisions,

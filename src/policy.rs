@@ -6,6 +6,7 @@
 //! - `compile`: document → snapshot, every problem found in one pass;
 //! - `snapshot`: the compiled snapshot and its lookups;
 //! - `decision`: the decision over a snapshot, and the rate-limit buckets of an allow;
+//! - [`upstream`]: a server's upstream, checked and compiled for Envoy's route and cluster;
 //! - `handle`: the current snapshot and the health of its reloads;
 //! - `source`: which of the two sources, `file` or [`postgres`], feeds it;
 //! - [`cases`]: questions asked of a snapshot offline (`explain`, `policy test`).
@@ -19,6 +20,7 @@ pub(crate) mod handle;
 pub mod postgres;
 pub(crate) mod snapshot;
 mod source;
+pub mod upstream;
 
 pub use compile::CompileError;
 pub use decision::{

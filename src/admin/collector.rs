@@ -22,6 +22,8 @@ pub struct Observed {
     pub authorizer: Arc<Authorizer>,
     pub policy_source: crate::policy::Source,
     pub audit: Option<Arc<crate::audit::Auditor>>,
+    /// The xDS server, when `xds.enabled`.
+    pub xds: Option<Arc<crate::xds::Xds>>,
 }
 
 impl std::fmt::Debug for Observed {

@@ -22,6 +22,7 @@ impl Config {
         if let Some(o) = &self.oauth {
             o.check(self)?;
         }
+        self.xds.check()?;
         Ok(())
     }
 

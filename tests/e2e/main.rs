@@ -32,3 +32,4 @@ mod shadow;
 mod support;
 mod traces;
 mod workload;
+mod xds;

