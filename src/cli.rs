@@ -142,6 +142,41 @@ pub(crate) fn write_question(
     )
 }
 
+/// Where Envoy sends the server's traffic when mcp-authz serves its routes (xDS).
+fn route_line(s: &policy::Server, prefix: &str) -> String {
+    let Some(u) = &s.upstream else {
+        return "none over xDS (the server has no upstream; static Envoy routes reach it)".into();
+    };
+    if !s.enabled {
+        return "none over xDS (the server is disabled)".into();
+    }
+    let endpoints: Vec<String> = u
+        .endpoints
+        .iter()
+        .map(|e| {
+            if e.host.contains(':') {
+                format!("[{}]:{}", e.host, e.port)
+            } else {
+                format!("{}:{}", e.host, e.port)
+            }
+        })
+        .collect();
+    let mut line = format!(
+        "{prefix}{} -> cluster {} ({}, {})",
+        s.route_key,
+        crate::xds::resources::cluster_name(&s.name),
+        if u.tls.is_some() { "TLS" } else { "plaintext" },
+        endpoints.join(", ")
+    );
+    if let Some(p) = &u.path {
+        line.push_str(&format!(", path rewritten to {p}"));
+    }
+    if let Some(h) = &u.host {
+        line.push_str(&format!(", Host {h}"));
+    }
+    line
+}
+
 /// What `explain` asks about.
 pub type ExplainQuery = policy::cases::Ask;
 
@@ -194,6 +229,9 @@ pub async fn explain(cfg: &Config, q: &ExplainQuery, out: &mut impl Write) -> an
         for b in &decision.basis {
             writeln!(out, "  {b}")?;
         }
+    }
+    if let Some(s) = snapshot.server_by_route(&q.server) {
+        writeln!(out, "route:    {}", route_line(s, &cfg.mcp.path_prefix))?;
     }
     Ok(allowed)
 }

@@ -77,10 +77,57 @@ async fn constraints_make_bad_rows_impossible() {
             "INSERT INTO policy_version (singleton) VALUES (true)",
             "duplicate key",
         ),
+        // The upstream: endpoints of the allowed forms, 1 to 16, no quoting characters.
+        (
+            "UPDATE mcp_servers SET upstream_endpoints = ARRAY['gh-mcp'] WHERE name = 'github'",
+            "check constraint",
+        ),
+        (
+            "UPDATE mcp_servers SET upstream_endpoints = ARRAY['a:1,b:2'] WHERE name = 'github'",
+            "check constraint",
+        ),
+        (
+            "UPDATE mcp_servers SET upstream_endpoints = '{}' WHERE name = 'github'",
+            "check constraint",
+        ),
+        (
+            "UPDATE mcp_servers SET upstream_endpoints = ARRAY['a:1', NULL] WHERE name = 'github'",
+            "check constraint",
+        ),
+        (
+            "UPDATE mcp_servers SET upstream_endpoints = array_fill('a:1'::text, ARRAY[17]) WHERE name = 'github'",
+            "check constraint",
+        ),
+        (
+            "UPDATE mcp_servers SET upstream_endpoints = ARRAY[ARRAY['a:1'], ARRAY['b:2']] WHERE name = 'github'",
+            "check constraint",
+        ),
+        // Upstream fields without endpoints, a certificate without its key.
+        (
+            "UPDATE mcp_servers SET upstream_path = '/mcp' WHERE name = 'github'",
+            "mcp_servers_upstream_fields_need_endpoints",
+        ),
+        (
+            "UPDATE mcp_servers SET upstream_endpoints = ARRAY['https://gh:443'], upstream_client_cert_file = '/etc/tls.crt' WHERE name = 'github'",
+            "mcp_servers_upstream_client_cert_pair",
+        ),
+        (
+            "UPDATE mcp_servers SET upstream_endpoints = ARRAY['gh:80'], upstream_ca_file = 'ca.pem' WHERE name = 'github'",
+            "check constraint",
+        ),
+        (
+            "UPDATE mcp_servers SET upstream_endpoints = ARRAY['gh:80'], upstream_connect_timeout_ms = 0 WHERE name = 'github'",
+            "check constraint",
+        ),
+        (
+            "UPDATE mcp_servers SET upstream_endpoints = ARRAY['gh:80'], upstream_path = 'mcp' WHERE name = 'github'",
+            "check constraint",
+        ),
     ] {
         let e = db.exec_err(sql).await;
         assert!(e.contains(needle), "{sql}: {e}");
     }
+    db.exec("UPDATE mcp_servers SET upstream_endpoints = ARRAY['gh-a:8080', 'http://[::1]:8080', 'https://gh.internal/mcp'] WHERE name = 'github'").await;
     // Issue 14: an admin group names its directory (with several allowed, it must), so the
     // first migration's rule against a directory on admin groups is gone.
     db.exec("INSERT INTO admins (kind, entra_id, directory_tid) VALUES ('group', 'a0000000-0000-4000-8000-00000000ad01', '3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2c')").await;
@@ -168,7 +215,14 @@ async fn cli_migrate_export_import_and_explain() {
     let cfg = dir.path().join("config.yaml");
     std::fs::write(&cfg, db_config_yaml(&url, &db_url, false)).expect("config");
     let policy = dir.path().join("policy.yaml");
-    std::fs::write(&policy, POLICY).expect("policy");
+    // github with an upstream: export and import carry it, explain shows its route.
+    let with_upstream = POLICY.replacen(
+        "  - name: github\n",
+        "  - name: github\n    upstream: {endpoints: [\"https://gh-mcp.internal:8443/mcp\"], host: gh.example, connect_timeout_ms: 800}\n",
+        1,
+    );
+    assert_ne!(with_upstream, POLICY);
+    std::fs::write(&policy, &with_upstream).expect("policy");
     let run = |args: &[&str]| {
         let out = std::process::Command::new(BIN)
             .args(args)
@@ -220,6 +274,11 @@ async fn cli_migrate_export_import_and_explain() {
 
     let (code, exported, _) = run(&["policy", "export"]);
     assert_eq!(code, Some(0));
+    assert!(
+        exported.contains("https://gh-mcp.internal:8443/mcp")
+            && exported.contains("connect_timeout_ms: 800"),
+        "{exported}"
+    );
     let reimport = dir.path().join("exported.yaml");
     std::fs::write(&reimport, &exported).expect("write");
     let (_, stdout, _) = run(&[
@@ -240,6 +299,10 @@ async fn cli_migrate_export_import_and_explain() {
         "{stdout}"
     );
     assert!(stdout.contains("user_tenants id="), "{stdout}");
+    assert!(
+        stdout.contains("route:    /mcp/github -> cluster mcp-server/github (TLS, gh-mcp.internal:8443), path rewritten to /mcp, Host gh.example"),
+        "{stdout}"
+    );
     // Denied tool: exit 2, the rule's row named.
     let (code, stdout, _) = run(&[
         "explain",

@@ -505,9 +505,16 @@ async fn envoy_starts_and_serves_without_warnings() {
 
 #[test]
 fn envoy_template_validates_for_tcp_and_unix() {
-    for cluster in ["mcp_authz_tcp", "mcp_authz_uds"] {
+    // The static routes (envoy/envoy.yaml) and the xDS bootstrap (envoy/envoy-xds.yaml).
+    for (template, cluster) in [
+        ("envoy/envoy.yaml", "mcp_authz_tcp"),
+        ("envoy/envoy.yaml", "mcp_authz_uds"),
+        ("envoy/envoy-xds.yaml", "mcp_authz_tcp"),
+        ("envoy/envoy-xds.yaml", "mcp_authz_uds"),
+    ] {
         let dir = tempfile::tempdir().expect("tmp");
         let out = std::process::Command::new(repo_path("envoy/render.sh"))
+            .arg(repo_path(template))
             .env("ENVOY_ADMIN_PORT", "9901")
             .env("ENVOY_LISTEN_ADDRESS", "0.0.0.0")
             .env("ENVOY_LISTEN_PORT", "8080")
@@ -530,7 +537,11 @@ fn envoy_template_validates_for_tcp_and_unix() {
             .arg(&path)
             .output()
             .expect("envoy --mode validate");
-        assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+        assert!(
+            v.status.success(),
+            "{template}: {}",
+            String::from_utf8_lossy(&v.stderr)
+        );
         // Envoy 1.40 deprecated the cluster's own dns_refresh_rate; the shipped template
         // loaded with a deprecation warning until it used the DNS cluster extension.
         assert_no_envoy_warnings(&String::from_utf8_lossy(&v.stderr));
