@@ -2,8 +2,12 @@
 # `make demo`: Envoy + mcp-authz + stand-in Entra + a sample MCP server, all on localhost.
 #
 # Ports (override with the environment): Envoy 8080 (DEMO_PORT), Envoy admin 9901, mcp-authz
-# gRPC 19001, admin 19002, metadata 19003. The stand-in Entra and the sample MCP server take
-# free ports. State and logs go to .demo/. Ctrl-C stops everything.
+# gRPC 19001, admin 19002, metadata 19003, the sample MCP servers github 19101 (GITHUB_PORT)
+# and jira 19102 (JIRA_PORT). The stand-in Entra takes a free port. State and logs go to .demo/.
+# Ctrl-C stops everything.
+#
+# Envoy has no hand-written route: mcp-authz serves its routes and clusters (xDS) from the
+# servers' `upstream` in deploy/examples/policy.yaml, each server on its own port.
 # `--check` runs the sample requests, verifies each answer, and exits (0 when all held).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -15,6 +19,8 @@ ENVOY_ADMIN_PORT=${ENVOY_ADMIN_PORT:-9901}
 AUTHZ_PORT=${AUTHZ_PORT:-19001}
 ADMIN_PORT=${ADMIN_PORT:-19002}
 METADATA_PORT=${METADATA_PORT:-19003}
+GITHUB_PORT=${GITHUB_PORT:-19101}
+JIRA_PORT=${JIRA_PORT:-19102}
 CHECK=0
 [ "${1:-}" = "--check" ] && CHECK=1
 
@@ -60,11 +66,14 @@ wait_http() { # url, what
 start entra-standin "$BIN/entra-standin" --tenant "$TID" \
   --api "$API,api://mcp-gateway,mcp.access" \
   --client "$GATEWAY_APP:$GATEWAY_SECRET" --redirect-uri "$GATEWAY_APP=$GW/oauth/callback"
-start mcp-sample-server "$BIN/mcp-sample-server" --name github --name jira
+start github-server "$BIN/mcp-sample-server" --listen "127.0.0.1:$GITHUB_PORT" --name github
+start jira-server "$BIN/mcp-sample-server" --listen "127.0.0.1:$JIRA_PORT" --name jira
 IDP=$(read_url entra-standin)
-UPSTREAM=$(read_url mcp-sample-server)
 echo "stand-in Entra:     $IDP"
-echo "sample MCP server:  $UPSTREAM"
+echo "sample MCP servers: github $(read_url github-server), jira $(read_url jira-server)"
+# The example policy, with the servers' ports as this run chose them.
+sed -e "s/127.0.0.1:19101/127.0.0.1:$GITHUB_PORT/; s/127.0.0.1:19102/127.0.0.1:$JIRA_PORT/" \
+  deploy/examples/policy.yaml > "$STATE/policy.yaml"
 # alice (engineering) is the user who signs in at the stand-in's authorize page.
 curl -fsS "$IDP/_standin/users" -H 'content-type: application/json' \
   -d "{\"tid\":\"$TID\",\"oid\":\"$ALICE\",\"upn\":\"alice@contoso.example\",\"name\":\"Alice\",\"groups\":[\"$ENG_GROUP\"]}"
@@ -78,6 +87,10 @@ export MCP_AUTHZ__LISTEN__ADMIN="127.0.0.1:$ADMIN_PORT"
 export MCP_AUTHZ__LISTEN__METADATA="127.0.0.1:$METADATA_PORT"
 export MCP_AUTHZ__MCP__PUBLIC_BASE_URL="http://127.0.0.1:$DEMO_PORT"
 export MCP_AUTHZ__LOG__FORMAT=text
+export MCP_AUTHZ__POLICY__FILE="$STATE/policy.yaml"
+# Envoy's routes and clusters from the policy (README "Servers from rows").
+export MCP_AUTHZ__XDS__ENABLED=true
+export MCP_AUTHZ__XDS__CORS_ALLOWED_ORIGINS="[${CORS_ALLOWED_ORIGINS:-http://localhost:6274}]"
 # The login facade (README "Login"): the gateway's app at the stand-in, a fresh seal key.
 export MCP_AUTHZ__OAUTH__CLIENT_ID=$GATEWAY_APP
 export MCP_AUTHZ__OAUTH__CLIENT_SECRET=$GATEWAY_SECRET
@@ -92,9 +105,8 @@ wait_http "http://127.0.0.1:$ADMIN_PORT/readyz" mcp-authz
 ENVOY_ADMIN_PORT=$ENVOY_ADMIN_PORT ENVOY_LISTEN_ADDRESS=127.0.0.1 ENVOY_LISTEN_PORT=$DEMO_PORT \
 AUTHZ_CLUSTER=mcp_authz_tcp AUTHZ_HOST=127.0.0.1 AUTHZ_PORT=$AUTHZ_PORT AUTHZ_SOCKET=$STATE/unused.sock \
 METADATA_HOST=127.0.0.1 METADATA_PORT=$METADATA_PORT PUBLIC_BASE_URL="http://127.0.0.1:$DEMO_PORT" \
-CORS_ALLOWED_ORIGINS="${CORS_ALLOWED_ORIGINS:-http://localhost:6274}" \
-UPSTREAM_HOST=127.0.0.1 UPSTREAM_PORT=${UPSTREAM##*:} \
-  envoy/render.sh > "$STATE/envoy.yaml"
+ENVOY_NODE_ID=demo-gateway \
+  envoy/render.sh envoy/envoy-xds.yaml > "$STATE/envoy.yaml"
 "$ENVOY_BIN" -c "$STATE/envoy.yaml" --disable-hot-restart --concurrency 2 -l warning 2> "$STATE/envoy.log" &
 pids+=($!)
 wait_http "http://127.0.0.1:$ENVOY_ADMIN_PORT/ready" Envoy
@@ -123,7 +135,9 @@ H26=("${H[@]}" -H "mcp-protocol-version: $PV")
 
 cat <<EOT
 
-The gateway is up on $GW (Envoy → mcp-authz → sample MCP server).
+The gateway is up on $GW (Envoy → mcp-authz → the sample MCP servers, github on
+:$GITHUB_PORT and jira on :$JIRA_PORT, routed from the policy's rows; see
+curl -s http://127.0.0.1:$ADMIN_PORT/status for the routes mcp-authz serves Envoy).
 
 A token for bob (engineering group) is in .demo/token. These requests speak MCP $PV.
 bob asks the server what it offers (allowed):
@@ -184,6 +198,14 @@ if grep -q delete_repository "$STATE/last.body" || ! grep -q '"echo"' "$STATE/la
   echo "  FAIL bob's tools/list is not filtered:"; cat "$STATE/last.body"; echo; failed=1
 else
   echo "  ok   bob's list holds echo, not delete_repository"
+fi
+# Each server on its own port, from its row alone: jira's requests reached the jira server.
+jira_seen=$(curl -fsS "http://127.0.0.1:$JIRA_PORT/_received" | python3 -c 'import json,sys; print(sum(r["path"].startswith("/mcp/jira") for r in json.load(sys.stdin)))')
+github_saw_jira=$(curl -fsS "http://127.0.0.1:$GITHUB_PORT/_received" | python3 -c 'import json,sys; print(sum(r["path"].startswith("/mcp/jira") for r in json.load(sys.stdin)))')
+if [ "$jira_seen" -ge 1 ] && [ "$github_saw_jira" = 0 ]; then
+  echo "  ok   /mcp/jira reached the jira server on :$JIRA_PORT (a route from its row; the github server saw none of it)"
+else
+  echo "  FAIL /mcp/jira: the jira server saw $jira_seen requests, the github server $github_saw_jira"; failed=1
 fi
 expect 200 "bob's server catalog" "$GW/mcp" -H "authorization: Bearer $TOKEN"
 grep -q '"name":"github"' "$STATE/last.body" || { echo "  FAIL the catalog does not name github:"; cat "$STATE/last.body"; echo; failed=1; }

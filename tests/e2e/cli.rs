@@ -717,6 +717,8 @@ fn demo_script_check_passes() {
     .env("AUTHZ_PORT", free_port().to_string())
     .env("ADMIN_PORT", free_port().to_string())
     .env("METADATA_PORT", free_port().to_string())
+    .env("GITHUB_PORT", free_port().to_string())
+    .env("JIRA_PORT", free_port().to_string())
     .env("DEMO_STATE", state.path())
     .env("DEMO_PYTHON", crate::support::helpers::peers_python())
     // Its own process group: whatever it starts stays in it, even when orphaned to PID 1.
@@ -734,8 +736,13 @@ fn demo_script_check_passes() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("demo check passed"), "{stdout}");
-    // The 11 sample requests and the 3 lines of the Python SDK's login.
-    assert_eq!(stdout.matches("  ok   ").count(), 14, "{stdout}");
+    // The 12 sample requests (jira on its own server, routed from its row) and the 3 lines of
+    // the Python SDK's login.
+    assert_eq!(stdout.matches("  ok   ").count(), 15, "{stdout}");
+    assert!(
+        stdout.contains("/mcp/jira reached the jira server"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("the upstream sees alice: True")
             && stdout.contains("replayed: {'status': 400, 'error': 'invalid_grant'}"),
