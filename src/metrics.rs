@@ -73,6 +73,8 @@ pub struct Metrics {
     pub xds: Family<XdsLabels, Counter>,
     /// Envoys with an open xDS stream.
     pub xds_streams: prometheus_client::metrics::gauge::Gauge,
+    /// Envoy nodes and kinds whose latest answer on an open stream is a refusal.
+    pub xds_rejected: prometheus_client::metrics::gauge::Gauge,
     /// The series every warm Check touches, resolved once on first use: a Family lookup takes
     /// a read lock and hashes the labels, which two workers do on every Check otherwise.
     allowed: OnceLock<Counter>,
@@ -159,11 +161,18 @@ impl Metrics {
             "Envoys with an open xDS (ADS) stream to this replica",
             xds_streams.clone(),
         );
+        let xds_rejected = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register(
+            "xds_rejected",
+            "Envoy nodes and resource kinds (clusters, routes) connected to this replica whose latest answer is a refusal (NACK): they serve an older version",
+            xds_rejected.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             oauth,
             xds,
             xds_streams,
+            xds_rejected,
             lists,
             list_items_hidden,
             decisions,

@@ -145,6 +145,23 @@ impl Xds {
                     rejected: None,
                 });
             f(e);
+            self.publish_rejected(&m);
+        }
+    }
+
+    /// The gauge of refusals in force, from the table.
+    fn publish_rejected(&self, m: &BTreeMap<(String, XdsKind), EnvoyState>) {
+        let n = m.values().filter(|e| e.rejected.is_some()).count();
+        self.metrics
+            .xds_rejected
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// A stream ended: what its Envoy said is no longer this replica's to report.
+    fn forget(&self, node: &str) {
+        if let Ok(mut m) = self.envoys.lock() {
+            m.retain(|(n, _), _| n != node);
+            self.publish_rejected(&m);
         }
     }
 

@@ -164,11 +164,22 @@ impl Stream1 {
         true
     }
 
+    /// Serves the stream until it ends; the node it served.
     async fn run(
         mut self,
         mut inbound: tonic::Streaming<DiscoveryRequest>,
         mut resources: watch::Receiver<Option<Arc<Resources>>>,
         stop: CancellationToken,
+    ) -> String {
+        self.serve(&mut inbound, &mut resources, &stop).await;
+        self.node
+    }
+
+    async fn serve(
+        &mut self,
+        inbound: &mut tonic::Streaming<DiscoveryRequest>,
+        resources: &mut watch::Receiver<Option<Arc<Resources>>>,
+        stop: &CancellationToken,
     ) {
         loop {
             tokio::select! {
@@ -231,7 +242,8 @@ impl AggregatedDiscoveryService for AdsService {
         let (xds, stop) = (self.xds.clone(), self.stop.clone());
         tokio::spawn(async move {
             let _open = xds.stream_opened();
-            stream.run(inbound, resources, stop).await;
+            let node = stream.run(inbound, resources, stop).await;
+            xds.forget(&node);
         });
         Ok(tonic::Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),

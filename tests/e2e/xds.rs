@@ -469,6 +469,11 @@ async fn envoy_keeps_its_last_config_through_refusals_and_outages() {
             .is_some_and(|r| r.contains("nonexistent")),
         "Envoy's reason: {rejected}"
     );
+    assert!(
+        scrape_metrics(&gw.http, gw.authz().addrs.admin)
+            .await
+            .contains("mcp_authz_xds_rejected 1")
+    );
     for name in ["a", "b"] {
         assert_eq!(gw.initialize(name, &token).await.0, 200, "{name}");
     }
@@ -478,6 +483,12 @@ async fn envoy_keeps_its_last_config_through_refusals_and_outages() {
     ))
     .await;
     gw.until_reachable("c", &token).await;
+    wait_until("the refusal is over", Duration::from_secs(2), || async {
+        scrape_metrics(&gw.http, gw.authz().addrs.admin)
+            .await
+            .contains("mcp_authz_xds_rejected 0")
+    })
+    .await;
 
     // mcp-authz down: Envoy keeps its routes, and authorization fails closed (503).
     let (version, routes) = gw.envoy_routes().await;
