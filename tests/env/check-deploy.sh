@@ -85,7 +85,9 @@ for doc in yaml.safe_load_all(open(sys.argv[1])):
     for c in doc["spec"]["template"]["spec"].get("initContainers", []):
         if c["name"] == "render-envoy":
             for e in c["env"]:
-                print(f"export {e['name']}={shlex.quote(e['value'])}")
+                # A value from the pod (the node id from metadata.name): a stand-in here.
+                value = e["value"] if "value" in e else f"check-deploy-{e['name'].lower()}"
+                print(f"export {e['name']}={shlex.quote(value)}")
             args = c["args"][1:]
             templates = []
             for a in args:
