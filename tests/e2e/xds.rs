@@ -583,3 +583,131 @@ fn write_atomically(path: &Path, text: &str) {
     std::fs::write(&tmp, text).expect("write");
     std::fs::rename(&tmp, path).expect("rename");
 }
+
+/// A TLS front for a plaintext upstream: certificate for `mcp-tls.test` from the test CA, and
+/// (with `client_ca`) a client certificate of that CA required. Counts the connections it
+/// proxied (past a completed handshake).
+async fn tls_front(
+    pki: &Pki,
+    to: u16,
+    require_client_cert: bool,
+) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    use rustls::pki_types::pem::PemObject;
+    let (cert, key) = pki.leaf("mcp-tls.test", rcgen::ExtendedKeyUsagePurpose::ServerAuth);
+    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("cert PEM");
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions");
+    let config = if require_client_cert {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(pki.ca_pem().as_bytes()) {
+            roots.add(c.expect("CA PEM")).expect("add CA");
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .expect("client verifier");
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    }
+    .with_single_cert(certs, key)
+    .expect("server cert");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let proxied = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = proxied.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, count) = (acceptor.clone(), count.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if let Ok(mut plain) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                }
+            });
+        }
+    });
+    (port, proxied)
+}
+
+/// TLS upstreams are verified: the right CA and name pass, a name the certificate does not
+/// carry or the default CA bundle (which does not hold the test CA) fail closed, and a client
+/// certificate is presented when the row names one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_upstreams_are_verified_and_can_present_a_client_certificate() {
+    let db = TestDb::create().await;
+    db.exec(&seed()).await;
+    let (plain, log) = rmcp_upstream().await;
+    let pki_dir = tempfile::tempdir().expect("tmp");
+    let pki = Pki::new(pki_dir.path());
+    let ca = pki_dir.path().join("upstream-ca.pem");
+    std::fs::write(&ca, pki.ca_pem()).expect("CA");
+    let (open_port, open_count) = tls_front(&pki, plain, false).await;
+    let (mtls_port, mtls_count) = tls_front(&pki, plain, true).await;
+    let gw = Gateway::start(&format!(
+        "policy: {{source: postgres, db_poll_interval_ms: 500}}\ndatabase: {{url: \"{}\", max_connections: 4, acquire_timeout_ms: 1000, statement_timeout_ms: 2000}}",
+        db.url
+    ))
+    .await;
+    let token = gw.token();
+    let ca = ca.display();
+    let client = pki.dir.join("envoy");
+    let (cert, key) = (client.join("tls.crt"), client.join("tls.key"));
+    db.exec(&format!(
+        "{};
+         UPDATE mcp_servers SET upstream_sni = 'mcp-tls.test', upstream_ca_file = '{ca}' WHERE name = 'good';
+         {};
+         UPDATE mcp_servers SET upstream_sni = 'other.test', upstream_ca_file = '{ca}' WHERE name = 'wrong-name';
+         {};
+         UPDATE mcp_servers SET upstream_sni = 'mcp-tls.test' WHERE name = 'default-ca';
+         {};
+         UPDATE mcp_servers SET upstream_sni = 'mcp-tls.test', upstream_ca_file = '{ca}',
+             upstream_client_cert_file = '{}', upstream_client_key_file = '{}' WHERE name = 'mtls';
+         {};
+         UPDATE mcp_servers SET upstream_sni = 'mcp-tls.test', upstream_ca_file = '{ca}' WHERE name = 'no-cert'",
+        add_server("good", &format!("'https://127.0.0.1:{open_port}'"), Some("/mcp/svc")),
+        add_server("wrong-name", &format!("'https://127.0.0.1:{open_port}'"), Some("/mcp/svc")),
+        add_server("default-ca", &format!("'https://127.0.0.1:{open_port}'"), Some("/mcp/svc")),
+        add_server("mtls", &format!("'https://127.0.0.1:{mtls_port}'"), Some("/mcp/svc")),
+        cert.display(),
+        key.display(),
+        add_server("no-cert", &format!("'https://127.0.0.1:{mtls_port}'"), Some("/mcp/svc")),
+    ))
+    .await;
+    gw.until_reachable("good", &token).await;
+    gw.until_reachable("mtls", &token).await;
+    let through_open = open_count.load(std::sync::atomic::Ordering::SeqCst);
+    let seen = log.all().len();
+    // Attack: an upstream whose certificate does not name the server Envoy asked for, or
+    // does not chain to the CA the row names (here: the default bundle). Envoy refuses the
+    // handshake (503); nothing reaches the upstream.
+    for name in ["wrong-name", "default-ca"] {
+        let (status, body) = gw.initialize(name, &token).await;
+        assert_eq!(status, 503, "{name}: {body}");
+    }
+    // Attack: a client without the certificate the upstream requires gets no session.
+    let (status, body) = gw.initialize("no-cert", &token).await;
+    assert_eq!(status, 503, "no-cert: {body}");
+    assert_eq!(
+        open_count.load(std::sync::atomic::Ordering::SeqCst),
+        through_open,
+        "a refused handshake was proxied"
+    );
+    assert_eq!(
+        log.all().len(),
+        seen,
+        "a refused TLS upstream got a request"
+    );
+    assert!(mtls_count.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+}
