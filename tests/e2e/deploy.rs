@@ -419,3 +419,74 @@ fn operator_manifests_match_the_rules_and_the_pods() {
         );
     }
 }
+
+/// The Envoy Gateway and Istio recipes (deploy/gateway-api) against the CRD schemas of Envoy
+/// Gateway, the Gateway API and Istio (kubernetes-models, from npm), with every key checked to
+/// be a field of its schema; and the check itself refuses a misspelt key, a value of the wrong
+/// type and a value outside an enum.
+#[test]
+fn gateway_api_recipes_validate_against_their_crd_schemas() {
+    assert!(
+        repo_path("tests/peers/typescript/node_modules/@kubernetes-models").is_dir(),
+        "the CRD schemas are not installed: run tests/env/ensure-peers.sh (make test does)"
+    );
+    let validate = |files: &[std::path::PathBuf]| {
+        let out = Command::new("node")
+            .arg(repo_path("tests/peers/typescript/validate_manifests.mjs"))
+            .args(["--untyped", "IstioOperator:spec"])
+            .args(files)
+            .output()
+            .expect("node validate_manifests.mjs");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{e}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.success(), report)
+    };
+    let envoy_gateway = repo_path("deploy/gateway-api/envoy-gateway/mcp-gateway.yaml");
+    let istio = repo_path("deploy/gateway-api/istio/mcp-authz.yaml");
+    let (ok, report) = validate(&[envoy_gateway.clone(), istio.clone()]);
+    assert!(ok, "{report}");
+    assert_eq!(report["documents"], 6, "{report}");
+    for kind in [
+        "gateway.envoyproxy.io/v1alpha1/SecurityPolicy",
+        "gateway.envoyproxy.io/v1alpha1/ClientTrafficPolicy",
+        "gateway.networking.k8s.io/v1/HTTPRoute",
+        "security.istio.io/v1/AuthorizationPolicy",
+    ] {
+        assert!(
+            report["kinds"].as_array().is_some_and(|k| k.iter().any(|v| v == kind)),
+            "{kind} not validated: {report}"
+        );
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let eg = std::fs::read_to_string(&envoy_gateway).expect("read");
+    let is = std::fs::read_to_string(&istio).expect("read");
+    for (name, text, needle) in [
+        (
+            "typo.yaml",
+            eg.replacen("bodyToExtAuth:", "bodyToExtAuht:", 1),
+            "spec.extAuth.bodyToExtAuht is not a field",
+        ),
+        (
+            "type.yaml",
+            eg.replacen("failOpen: false", "failOpen: \"no\"", 1),
+            "/spec/extAuth/failOpen must be boolean",
+        ),
+        (
+            "enum.yaml",
+            is.replacen("action: CUSTOM", "action: ALLOW_ALL", 1),
+            "/spec/action must be equal to one of the allowed values",
+        ),
+    ] {
+        assert_ne!(text, if name == "enum.yaml" { is.clone() } else { eg.clone() });
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        let (ok, report) = validate(&[path]);
+        assert!(!ok, "{name} passed: {report}");
+        assert!(report.to_string().contains(needle), "{name}: {report}");
+    }
+}
