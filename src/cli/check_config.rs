@@ -106,6 +106,29 @@ pub async fn check_config(
                 s.tenant_count(),
                 s.grant_count()
             );
+            if cfg.xds.enabled {
+                let r = crate::xds::build(&s, &crate::xds::Settings::from_config(cfg));
+                let unrouted: Vec<&str> = s
+                    .servers()
+                    .iter()
+                    .filter(|v| v.enabled && v.upstream.is_none())
+                    .map(|v| &*v.name)
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "ok    xds: version {}, {} routes to Envoy{}",
+                    r.version,
+                    r.served.len(),
+                    if unrouted.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; enabled servers without an upstream, not routed: {}",
+                            unrouted.join(", ")
+                        )
+                    }
+                );
+            }
         }
         Err(e) => {
             ok = false;

@@ -743,6 +743,12 @@ fn demo_script_check_passes() {
         stdout.contains("/mcp/jira reached the jira server"),
         "{stdout}"
     );
+    // check-config names what mcp-authz will route (legacy is disabled: no route, no warning).
+    assert!(
+        stdout.contains("check-config: ok    xds: version ")
+            && stdout.contains(", 2 routes to Envoy\n"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("the upstream sees alice: True")
             && stdout.contains("replayed: {'status': 400, 'error': 'invalid_grant'}"),

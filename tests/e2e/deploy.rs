@@ -458,7 +458,9 @@ fn gateway_api_recipes_validate_against_their_crd_schemas() {
         "security.istio.io/v1/AuthorizationPolicy",
     ] {
         assert!(
-            report["kinds"].as_array().is_some_and(|k| k.iter().any(|v| v == kind)),
+            report["kinds"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|v| v == kind)),
             "{kind} not validated: {report}"
         );
     }
@@ -482,7 +484,14 @@ fn gateway_api_recipes_validate_against_their_crd_schemas() {
             "/spec/action must be equal to one of the allowed values",
         ),
     ] {
-        assert_ne!(text, if name == "enum.yaml" { is.clone() } else { eg.clone() });
+        assert_ne!(
+            text,
+            if name == "enum.yaml" {
+                is.clone()
+            } else {
+                eg.clone()
+            }
+        );
         let path = dir.path().join(name);
         std::fs::write(&path, text).expect("write");
         let (ok, report) = validate(&[path]);
