@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What a path answers.
@@ -52,21 +51,9 @@ impl Drop for DocServer {
 impl DocServer {
     pub async fn start(dir: &std::path::Path) -> Self {
         let pki = super::helpers::Pki::new(&dir.join("docs-pki"));
-        let (cert, key) = pki.leaf("127.0.0.1", rcgen::ExtendedKeyUsagePurpose::ServerAuth);
         let ca_file = dir.join("docs-ca.pem");
         std::fs::write(&ca_file, pki.ca_pem()).expect("write CA");
-        let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
-            .collect::<Result<_, _>>()
-            .expect("cert PEM");
-        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key");
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .expect("server cert");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = pki.acceptor("127.0.0.1", false);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

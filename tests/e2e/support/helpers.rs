@@ -196,6 +196,39 @@ impl Pki {
         rustls_pemfile_der(&cert)
     }
 
+    /// A TLS acceptor with a server certificate for `name` from this CA, and (with
+    /// `require_client_cert`) a client certificate of this CA required.
+    pub fn acceptor(&self, name: &str, require_client_cert: bool) -> tokio_rustls::TlsAcceptor {
+        use rustls::pki_types::pem::PemObject;
+        let (cert, key) = self.leaf(name, rcgen::ExtendedKeyUsagePurpose::ServerAuth);
+        let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+            .collect::<Result<_, _>>()
+            .expect("cert PEM");
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions");
+        let config = if require_client_cert {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls::pki_types::CertificateDer::pem_slice_iter(self.ca_pem().as_bytes()) {
+                roots.add(c.expect("CA PEM")).expect("add CA");
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .expect("client verifier");
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        }
+        .with_single_cert(certs, key)
+        .expect("server cert");
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+
     pub fn ca_pem(&self) -> String {
         self.ca.pem()
     }
