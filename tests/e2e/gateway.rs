@@ -858,3 +858,85 @@ async fn hostile_tokens_and_bodies_are_refused_through_envoy() {
         "a hostile request reached the upstream"
     );
 }
+
+/// envoy/envoy-xds.yaml is envoy/envoy.yaml with the routes and the upstream cluster taken
+/// from mcp-authz: the two templates must not drift apart anywhere else (the listener, its
+/// filters, the local replies, the other clusters), or one of them would lose a protection.
+#[test]
+fn the_xds_bootstrap_is_the_static_config_but_for_routes_and_upstream() {
+    let render = |template: &str| -> serde_yaml_ng::Value {
+        let out = std::process::Command::new(repo_path("envoy/render.sh"))
+            .arg(repo_path(template))
+            .env("ENVOY_ADMIN_PORT", "9901")
+            .env("ENVOY_LISTEN_ADDRESS", "0.0.0.0")
+            .env("ENVOY_LISTEN_PORT", "8080")
+            .env("AUTHZ_CLUSTER", "mcp_authz_tcp")
+            .env("METADATA_HOST", "127.0.0.1")
+            .env("METADATA_PORT", "9003")
+            .env("PUBLIC_BASE_URL", "https://mcp.example.com")
+            .env("UPSTREAM_HOST", "localhost")
+            .env("UPSTREAM_PORT", "8081")
+            .output()
+            .expect("render");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_yaml_ng::from_slice(&out.stdout).expect("yaml")
+    };
+    let mut fixed = render("envoy/envoy.yaml");
+    let mut xds = render("envoy/envoy-xds.yaml");
+    // What differs, by design: the routes' source and the upstream cluster.
+    let hcm = |v: &mut serde_yaml_ng::Value| -> serde_yaml_ng::Mapping {
+        let listeners = v["static_resources"]["listeners"]
+            .as_sequence_mut()
+            .expect("listeners");
+        let mcp = listeners
+            .iter_mut()
+            .find(|l| l["name"] == "mcp")
+            .expect("the mcp listener");
+        mcp["filter_chains"][0]["filters"][0]["typed_config"]
+            .as_mapping_mut()
+            .expect("HCM")
+            .clone()
+    };
+    let (mut a, mut b) = (hcm(&mut fixed), hcm(&mut xds));
+    assert!(
+        a.remove("route_config").is_some(),
+        "envoy.yaml has static routes"
+    );
+    let rds = b.remove("rds").expect("envoy-xds.yaml takes routes by RDS");
+    assert_eq!(
+        rds["config_source"]["ads"],
+        serde_yaml_ng::Value::Mapping(Default::default())
+    );
+    assert_eq!(a, b, "the HCMs differ beyond their routes");
+    for v in [&mut fixed, &mut xds] {
+        let listeners = v["static_resources"]["listeners"]
+            .as_sequence_mut()
+            .expect("listeners");
+        for l in listeners.iter_mut().filter(|l| l["name"] == "mcp") {
+            l["filter_chains"][0]["filters"][0]["typed_config"] = serde_yaml_ng::Value::Null;
+        }
+    }
+    let clusters = fixed["static_resources"]["clusters"]
+        .as_sequence_mut()
+        .expect("clusters");
+    let before = clusters.len();
+    clusters.retain(|c| c["name"] != "mcp_upstream");
+    assert_eq!(clusters.len(), before - 1);
+    let dynamic = xds
+        .as_mapping_mut()
+        .expect("top level")
+        .remove("dynamic_resources")
+        .expect("envoy-xds.yaml has dynamic_resources");
+    assert_eq!(
+        dynamic["ads_config"]["grpc_services"][0]["envoy_grpc"]["cluster_name"],
+        "mcp_authz_tcp"
+    );
+    assert_eq!(
+        fixed, xds,
+        "the templates differ beyond their routes and upstream"
+    );
+}
