@@ -136,6 +136,29 @@ log: {{format: text}}
         }
     }
 
+    /// A POST through Envoy: status, headers, body.
+    async fn post(
+        &self,
+        route: &str,
+        token: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, reqwest::header::HeaderMap, String) {
+        let mut req = self
+            .http
+            .post(format!("{}/mcp/{route}", self.envoy_url))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body.to_owned());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let r = req.send().await.expect("post through Envoy");
+        let (status, h) = (r.status().as_u16(), r.headers().clone());
+        (status, h, r.text().await.unwrap_or_default())
+    }
+
     /// How long until `initialize` at `route` answers 200 (polled every 5 ms, at most 10 s).
     async fn until_reachable(&self, route: &str, token: &str) -> Duration {
         let start = Instant::now();
@@ -532,6 +555,7 @@ group_grants: [{{group: \"{ENG_GROUP}\", tenant: eng, access_level: write}}]
 servers:
 - name: files
   upstream: {{endpoints: [\"http://127.0.0.1:{port}/mcp/svc\"], connect_timeout_ms: 1000}}
+tool_rules: [{{server: files, tool: \"delete_*\", effect: deny}}]
 "
         )
     };
@@ -545,6 +569,57 @@ servers:
     gw.until_reachable("files", &token).await;
     assert!(!a_log.all().is_empty());
     assert!(a_log.all().iter().all(|r| r.path.starts_with("/mcp/svc")));
+
+    // The routes carry what the static ones do: the list filter (tools/list holds only what
+    // the caller may call) and the CORS policy of xds.cors_allowed_origins.
+    let (status, headers, _) = gw.post("files", &token, &initialize_body(1), &[]).await;
+    assert_eq!(status, 200);
+    let sid = headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("session id")
+        .to_owned();
+    let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    let (status, _, _) = gw
+        .post("files", &token, initialized, &[("mcp-session-id", &sid)])
+        .await;
+    assert_eq!(status, 202);
+    let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+    let (status, _, body) = gw
+        .post("files", &token, list, &[("mcp-session-id", &sid)])
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"echo\"") && !body.contains("delete_repository"),
+        "{body}"
+    );
+    for (origin, allowed) in [
+        ("https://inspector.example", true),
+        ("https://evil.example", false),
+    ] {
+        let r = gw
+            .http
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{}/mcp/files", gw.envoy_url),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .send()
+            .await
+            .expect("preflight");
+        assert_eq!(
+            r.headers()
+                .get("access-control-allow-origin")
+                .and_then(|v| v.to_str().ok()),
+            allowed.then_some(origin),
+            "{origin}"
+        );
+    }
 
     // Edit the file: the traffic moves.
     let before = b_log.all().len();
