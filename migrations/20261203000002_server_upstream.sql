@@ -1,6 +1,6 @@
 -- A server's upstream, for the routes and clusters mcp-authz serves Envoy over xDS. NULL
 -- endpoints: no route is served for the server (an Envoy with static routes reaches it its
--- own way), and every other upstream column must be NULL too. The server checks what SQL
+-- own way), and every other upstream column must be NULL (upstream_enabled true) too. The server checks what SQL
 -- cannot (one scheme and one path across endpoints, TLS fields only with https://) and keeps
 -- serving the last good policy when a row fails.
 
@@ -35,10 +35,12 @@ ALTER TABLE mcp_servers
         CHECK (upstream_connect_timeout_ms BETWEEN 1 AND 60000),
     ADD COLUMN upstream_idle_timeout_seconds integer
         CHECK (upstream_idle_timeout_seconds BETWEEN 1 AND 86400),
+    -- false: the route and cluster are taken out of Envoy, the server stays in the policy.
+    ADD COLUMN upstream_enabled boolean NOT NULL DEFAULT true,
     ADD CONSTRAINT mcp_servers_upstream_client_cert_pair
         CHECK ((upstream_client_cert_file IS NULL) = (upstream_client_key_file IS NULL)),
     ADD CONSTRAINT mcp_servers_upstream_fields_need_endpoints
-        CHECK (upstream_endpoints IS NOT NULL OR num_nonnulls(
+        CHECK (upstream_endpoints IS NOT NULL OR (upstream_enabled AND num_nonnulls(
             upstream_path, upstream_host, upstream_sni, upstream_ca_file,
             upstream_client_cert_file, upstream_client_key_file,
-            upstream_connect_timeout_ms, upstream_idle_timeout_seconds) = 0);
+            upstream_connect_timeout_ms, upstream_idle_timeout_seconds) = 0));

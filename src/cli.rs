@@ -150,6 +150,9 @@ fn route_line(s: &policy::Server, prefix: &str) -> String {
     if !s.enabled {
         return "none over xDS (the server is disabled)".into();
     }
+    if !u.enabled {
+        return "none over xDS (its upstream is disabled: upstream_enabled false)".into();
+    }
     let endpoints: Vec<String> = u
         .endpoints
         .iter()

@@ -87,6 +87,10 @@ pub(super) fn is_false(b: &bool) -> bool {
     !*b
 }
 
+pub(super) fn is_true(b: &bool) -> bool {
+    *b
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitsDoc {
@@ -275,9 +279,14 @@ pub struct ServerDoc {
 
 /// A server's upstream, as Envoy reaches it: the route (`/mcp/<route_key>`) and the cluster
 /// mcp-authz serves over xDS.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamDoc {
+    /// Whether Envoy gets the route and cluster. False takes the route out of Envoy while the
+    /// server stays in the policy (its requests, once authorized, meet the catch-all 404);
+    /// `enabled: false` on the server refuses it as well.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub enabled: bool,
     /// 1–16 endpoints, load-balanced: `host:port`, `http://host[:port][/path]` or
     /// `https://host[:port][/path]` (TLS). All of one scheme and one path.
     pub endpoints: Vec<String>,
@@ -366,4 +375,21 @@ pub fn document_version(doc: &PolicyDocument) -> String {
     let canonical = serde_json::to_vec(doc).unwrap_or_default();
     let digest = Sha256::digest(&canonical);
     digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Default for UpstreamDoc {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            endpoints: Vec::new(),
+            path: None,
+            host: None,
+            sni: None,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            connect_timeout_ms: None,
+            idle_timeout_seconds: None,
+        }
+    }
 }

@@ -40,6 +40,8 @@ pub struct UpstreamTls {
 /// A compiled upstream.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Upstream {
+    /// The route is served (false: out of Envoy, the server still in the policy).
+    pub enabled: bool,
     pub endpoints: Vec<Endpoint>,
     pub tls: Option<UpstreamTls>,
     /// The path `/mcp/<route_key>` is rewritten to; None: unchanged.
@@ -277,6 +279,7 @@ pub fn compile(at: &str, u: &UpstreamDoc, problems: &mut Vec<String>) -> Option<
     // Sorted: the same endpoints in another order are the same upstream (and xDS version).
     endpoints.sort();
     Some(Upstream {
+        enabled: u.enabled,
         endpoints,
         tls: tls.then(|| UpstreamTls {
             sni: u.sni.clone(),

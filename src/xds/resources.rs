@@ -390,6 +390,7 @@ pub fn build(snapshot: &Snapshot, settings: &Settings) -> Resources {
         .iter()
         .filter(|s| s.enabled)
         .filter_map(|s| s.upstream.as_ref().map(|u| (&**s, u)))
+        .filter(|(_, u)| u.enabled)
         .collect();
     routed.sort_by(|a, b| a.0.route_key.cmp(&b.0.route_key));
     let mut routes = vec![

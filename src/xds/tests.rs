@@ -44,6 +44,8 @@ servers:
     enabled: false
     upstream: {endpoints: ["10.0.0.8:8080"]}
   - name: static-only
+  - name: parked
+    upstream: {endpoints: ["10.0.0.11:80"], enabled: false}
 "#;
 
 fn routes(s: &Snapshot) -> RouteConfiguration {
@@ -65,7 +67,8 @@ fn enabled_servers_with_an_upstream_get_a_route_and_a_cluster() {
     let s = snapshot(DOC);
     let built = build(&s, &settings());
     let served: Vec<&str> = built.served.iter().map(|(p, _)| p.as_str()).collect();
-    // Sorted by route key; the disabled one and the one without upstream have none.
+    // Sorted by route key; the disabled server, the one whose upstream is disabled and the one
+    // without upstream have none.
     assert_eq!(served, ["/mcp/gh", "/mcp/jira", "/mcp/root"]);
     let names: Vec<String> = clusters(&s).into_iter().map(|c| c.name).collect();
     assert_eq!(
@@ -197,6 +200,8 @@ servers:
   - name: github
     route_key: gh
     upstream: {endpoints: ["10.0.0.7:8080"], path: /mcp}
+  - name: parked
+    upstream: {endpoints: ["10.0.0.11:80"], enabled: false}
 "#;
     assert_eq!(build(&snapshot(reordered), &settings()).version, a.version);
     assert_eq!(build(&snapshot(DOC), &settings()), a);

@@ -108,6 +108,10 @@ async fn constraints_make_bad_rows_impossible() {
             "mcp_servers_upstream_fields_need_endpoints",
         ),
         (
+            "UPDATE mcp_servers SET upstream_enabled = false WHERE name = 'github'",
+            "mcp_servers_upstream_fields_need_endpoints",
+        ),
+        (
             "UPDATE mcp_servers SET upstream_endpoints = ARRAY['https://gh:443'], upstream_client_cert_file = '/etc/tls.crt' WHERE name = 'github'",
             "mcp_servers_upstream_client_cert_pair",
         ),

@@ -411,6 +411,24 @@ async fn a_server_row_is_a_route_through_envoy_within_a_second() {
             .contains(&"mcp-server/s01".to_owned())
     );
 
+    // The route alone taken out of Envoy (upstream_enabled false): the server stays in the
+    // policy, so an allowed request meets the catch-all's 404, within a second.
+    db.exec("UPDATE mcp_servers SET upstream_enabled = false WHERE name = 's02'")
+        .await;
+    let start = Instant::now();
+    loop {
+        let (status, body) = gw.initialize("s02", &token).await;
+        if status == 404 {
+            assert!(body.contains("not routed by the gateway"), "{body}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "still {status} after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
     // A second replica on the same rows serves the same version, and Envoy holds it.
     let replica = Instance::start(&variant(&gw.cfg, OWN_PORTS, None)).await;
     let first = gw.xds_status(gw.authz()).await;

@@ -345,12 +345,16 @@ fn upstream_from_cells(
         client_key_file: cell(v, AT + 6),
         connect_timeout_ms: parse_opt(table, key, cell(v, AT + 7))?,
         idle_timeout_seconds: parse_opt(table, key, cell(v, AT + 8))?,
+        enabled: cell(v, AT + 9).as_deref() != Some("false"),
     }))
 }
 
 fn upstream_to_cells(u: Option<&UpstreamDoc>) -> Vec<Option<String>> {
     let Some(u) = u else {
-        return vec![None; 9];
+        // The column's default, which a server without an upstream keeps.
+        let mut cells = vec![None; 9];
+        cells.push(Some("true".into()));
+        return cells;
     };
     vec![
         Some(text_array(&u.endpoints)),
@@ -362,6 +366,7 @@ fn upstream_to_cells(u: Option<&UpstreamDoc>) -> Vec<Option<String>> {
         u.client_key_file.clone(),
         u.connect_timeout_ms.map(|n| n.to_string()),
         u.idle_timeout_seconds.map(|n| n.to_string()),
+        Some(u.enabled.to_string()),
     ]
 }
 

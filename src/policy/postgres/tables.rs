@@ -50,6 +50,7 @@ pub(super) const SERVERS: Table = Table {
         Col("upstream_client_key_file", "text"),
         Col("upstream_connect_timeout_ms", "integer"),
         Col("upstream_idle_timeout_seconds", "integer"),
+        Col("upstream_enabled", "boolean"),
     ],
     has_id: false,
 };

@@ -206,6 +206,8 @@ fn the_upstream_goes_through_rows_and_back() {
     let doc: crate::policy::PolicyDocument = serde_yaml_ng::from_str(
         r#"
 servers:
+  - name: confluence
+    upstream: {endpoints: ["10.0.0.5:80"], enabled: false}
   - name: github
     upstream:
       endpoints: ["https://gh-a.internal:8443/mcp", "https://gh-b.internal:8443/mcp"]
