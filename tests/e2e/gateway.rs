@@ -503,6 +503,32 @@ async fn envoy_starts_and_serves_without_warnings() {
     assert_no_envoy_warnings(&env.envoy_log());
 }
 
+/// A template rendered with the values of a production-like setup (render.sh), for `cluster`.
+fn render_template(template: &str, cluster: &str) -> Vec<u8> {
+    let out = std::process::Command::new(repo_path("envoy/render.sh"))
+        .arg(repo_path(template))
+        .env("ENVOY_ADMIN_PORT", "9901")
+        .env("ENVOY_LISTEN_ADDRESS", "0.0.0.0")
+        .env("ENVOY_LISTEN_PORT", "8080")
+        .env("AUTHZ_CLUSTER", cluster)
+        .env("AUTHZ_HOST", "127.0.0.1")
+        .env("AUTHZ_PORT", "9001")
+        .env("AUTHZ_SOCKET", "/run/mcp-authz/authz.sock")
+        .env("METADATA_HOST", "127.0.0.1")
+        .env("METADATA_PORT", "9003")
+        .env("PUBLIC_BASE_URL", "https://mcp.example.com")
+        .env("UPSTREAM_HOST", "localhost")
+        .env("UPSTREAM_PORT", "8081")
+        .output()
+        .expect("render");
+    assert!(
+        out.status.success(),
+        "{template}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 #[test]
 fn envoy_template_validates_for_tcp_and_unix() {
     // The static routes (envoy/envoy.yaml) and the xDS bootstrap (envoy/envoy-xds.yaml).
@@ -513,25 +539,8 @@ fn envoy_template_validates_for_tcp_and_unix() {
         ("envoy/envoy-xds.yaml", "mcp_authz_uds"),
     ] {
         let dir = tempfile::tempdir().expect("tmp");
-        let out = std::process::Command::new(repo_path("envoy/render.sh"))
-            .arg(repo_path(template))
-            .env("ENVOY_ADMIN_PORT", "9901")
-            .env("ENVOY_LISTEN_ADDRESS", "0.0.0.0")
-            .env("ENVOY_LISTEN_PORT", "8080")
-            .env("AUTHZ_CLUSTER", cluster)
-            .env("AUTHZ_HOST", "127.0.0.1")
-            .env("AUTHZ_PORT", "9001")
-            .env("AUTHZ_SOCKET", "/run/mcp-authz/authz.sock")
-            .env("METADATA_HOST", "127.0.0.1")
-            .env("METADATA_PORT", "9003")
-            .env("PUBLIC_BASE_URL", "https://mcp.example.com")
-            .env("UPSTREAM_HOST", "localhost")
-            .env("UPSTREAM_PORT", "8081")
-            .output()
-            .expect("render");
-        assert!(out.status.success());
         let path = dir.path().join("envoy.yaml");
-        std::fs::write(&path, &out.stdout).expect("write");
+        std::fs::write(&path, render_template(template, cluster)).expect("write");
         let v = std::process::Command::new(envoy_bin())
             .args(["--mode", "validate", "-c"])
             .arg(&path)
@@ -865,25 +874,7 @@ async fn hostile_tokens_and_bodies_are_refused_through_envoy() {
 #[test]
 fn the_xds_bootstrap_is_the_static_config_but_for_routes_and_upstream() {
     let render = |template: &str| -> serde_yaml_ng::Value {
-        let out = std::process::Command::new(repo_path("envoy/render.sh"))
-            .arg(repo_path(template))
-            .env("ENVOY_ADMIN_PORT", "9901")
-            .env("ENVOY_LISTEN_ADDRESS", "0.0.0.0")
-            .env("ENVOY_LISTEN_PORT", "8080")
-            .env("AUTHZ_CLUSTER", "mcp_authz_tcp")
-            .env("METADATA_HOST", "127.0.0.1")
-            .env("METADATA_PORT", "9003")
-            .env("PUBLIC_BASE_URL", "https://mcp.example.com")
-            .env("UPSTREAM_HOST", "localhost")
-            .env("UPSTREAM_PORT", "8081")
-            .output()
-            .expect("render");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_yaml_ng::from_slice(&out.stdout).expect("yaml")
+        serde_yaml_ng::from_slice(&render_template(template, "mcp_authz_tcp")).expect("yaml")
     };
     let mut fixed = render("envoy/envoy.yaml");
     let mut xds = render("envoy/envoy-xds.yaml");
