@@ -36,7 +36,7 @@ pub use store::*;
 mod validate;
 mod workload;
 mod xds;
-pub use xds::XdsConfig;
+pub use xds::{XdsConfig, check_origin, is_envoy_file};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {

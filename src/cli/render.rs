@@ -103,52 +103,10 @@ enum Form<'a> {
 pub fn origin_matchers(list: &str) -> Result<String, String> {
     let mut out = Vec::new();
     for origin in list.split(',').map(str::trim).filter(|o| !o.is_empty()) {
-        check_origin(origin).map_err(|e| format!("{origin:?} {e}"))?;
+        crate::config::check_origin(origin).map_err(|e| format!("{origin:?} {e}"))?;
         out.push(format!("{{exact: \"{origin}\"}}"));
     }
     Ok(format!("[{}]", out.join(", ")))
-}
-
-fn check_origin(origin: &str) -> Result<(), &'static str> {
-    let rest = origin
-        .strip_prefix("https://")
-        .or_else(|| origin.strip_prefix("http://"))
-        .ok_or("is not an origin: it must start with https:// or http:// (no '*', no 'null')")?;
-    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-        let (addr, after) = v6.split_once(']').ok_or("has an unclosed IPv6 address")?;
-        if addr.is_empty()
-            || !addr
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b) || b == b':')
-        {
-            return Err("has an invalid IPv6 address");
-        }
-        if !after.is_empty() && !after.starts_with(':') {
-            return Err("has text after its IPv6 address");
-        }
-        (addr, after.strip_prefix(':'))
-    } else {
-        match rest.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (rest, None),
-        }
-    };
-    if rest.contains('/') || rest.contains('?') || rest.contains('#') {
-        return Err("has a path: an origin is scheme://host[:port] only");
-    }
-    let host_ok = !host.is_empty()
-        && host.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.' || b == b':'
-        });
-    if !host_ok {
-        return Err("has an invalid host (lower-case letters, digits, '-' and '.'; no wildcards)");
-    }
-    if let Some(p) = port
-        && !(p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok_and(|n| n > 0))
-    {
-        return Err("has an invalid port");
-    }
-    Ok(())
 }
 
 /// `mcp-authz render-envoy`: the template with the environment's values, to a file (written to

@@ -91,6 +91,22 @@ fn relative_policy_path_is_relative_to_the_config_file() {
 #[test]
 fn each_invalid_setting_is_named() {
     for (pairs, needle) in [
+        // CORS origins over xDS follow render-envoy's rule: exact origins only.
+        (
+            vec![("MCP_AUTHZ__XDS__CORS_ALLOWED_ORIGINS", "[\"*\"]")],
+            "xds.cors_allowed_origins: \"*\" is not an origin",
+        ),
+        (
+            vec![(
+                "MCP_AUTHZ__XDS__CORS_ALLOWED_ORIGINS",
+                "[\"https://app.example/path\"]",
+            )],
+            "has a path",
+        ),
+        (
+            vec![("MCP_AUTHZ__XDS__UPSTREAM_CA_FILE", "ca.pem")],
+            "xds.upstream_ca_file",
+        ),
         (
             vec![("MCP_AUTHZ__ENTRA__TENANTS", "[]")],
             "entra.tenants: list at least one",

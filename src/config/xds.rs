@@ -50,31 +50,55 @@ fn default_upstream_ca_file() -> String {
     "/etc/ssl/certs/ca-certificates.crt".into()
 }
 
-/// `scheme://host[:port]` in lower case: what a browser sends as `Origin`.
-pub fn is_origin(o: &str) -> bool {
-    let Some(rest) = o
+/// A web origin as a browser sends it in `Origin`: `http` or `https`, `://`, a lower-case host
+/// (name, IPv4 or `[IPv6]`) and an optional port; nothing else (no `*`, `null`, path or
+/// wildcard). Shared by `xds.cors_allowed_origins` and `render-envoy`'s `${NAME:origins}`.
+pub fn check_origin(origin: &str) -> Result<(), &'static str> {
+    let rest = origin
         .strip_prefix("https://")
-        .or_else(|| o.strip_prefix("http://"))
-    else {
-        return false;
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or("is not an origin: it must start with https:// or http:// (no '*', no 'null')")?;
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (addr, after) = v6.split_once(']').ok_or("has an unclosed IPv6 address")?;
+        if addr.is_empty()
+            || !addr
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b) || b == b':')
+        {
+            return Err("has an invalid IPv6 address");
+        }
+        if !after.is_empty() && !after.starts_with(':') {
+            return Err("has text after its IPv6 address");
+        }
+        (addr, after.strip_prefix(':'))
+    } else {
+        match rest.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        }
     };
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, Some(p)),
-        _ => (rest, None),
-    };
-    let port_ok = port.is_none_or(|p| {
-        p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok_and(|p| p > 0)
-    });
+    if rest.contains('/') || rest.contains('?') || rest.contains('#') {
+        return Err("has a path: an origin is scheme://host[:port] only");
+    }
     let host_ok = !host.is_empty()
-        && (host
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
-            || (host.starts_with('[')
-                && host.ends_with(']')
-                && host[1..host.len() - 1]
-                    .parse::<std::net::Ipv6Addr>()
-                    .is_ok()));
-    port_ok && host_ok
+        && host.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.' || b == b':'
+        });
+    if !host_ok {
+        return Err("has an invalid host (lower-case letters, digits, '-' and '.'; no wildcards)");
+    }
+    if let Some(p) = port
+        && !(p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok_and(|n| n > 0))
+    {
+        return Err("has an invalid port");
+    }
+    Ok(())
+}
+
+/// A file on Envoy's filesystem, as the xDS resources name it (a CA bundle, a certificate, a
+/// key): an absolute path of at most 1024 bytes, without control characters.
+pub fn is_envoy_file(p: &str) -> bool {
+    p.starts_with('/') && p.len() <= 1024 && !p.chars().any(char::is_control)
 }
 
 impl XdsConfig {
@@ -99,15 +123,11 @@ impl XdsConfig {
             ));
         }
         for o in &self.cors_allowed_origins {
-            if !is_origin(o) {
-                return bad(format!(
-                    "xds.cors_allowed_origins: {o:?} is not an origin (scheme://host[:port], lower case, no '*', no path)"
-                ));
+            if let Err(e) = check_origin(o) {
+                return bad(format!("xds.cors_allowed_origins: {o:?} {e}"));
             }
         }
-        if !self.upstream_ca_file.starts_with('/')
-            || self.upstream_ca_file.chars().any(char::is_control)
-        {
+        if !is_envoy_file(&self.upstream_ca_file) {
             return bad(format!(
                 "xds.upstream_ca_file {:?} must be an absolute path (on Envoy's filesystem)",
                 self.upstream_ca_file

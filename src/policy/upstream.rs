@@ -87,11 +87,6 @@ pub fn valid_path(p: &str) -> bool {
         })
 }
 
-/// A file on Envoy's filesystem: an absolute path without control characters.
-fn valid_file(p: &str) -> bool {
-    p.starts_with('/') && p.len() <= 1024 && !p.chars().any(char::is_control)
-}
-
 /// `host:port`, `[v6]:port`, or, with `default_port`, a host alone.
 fn host_port(s: &str, default_port: Option<u16>) -> Option<Endpoint> {
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
@@ -229,7 +224,7 @@ pub fn compile(at: &str, u: &UpstreamDoc, problems: &mut Vec<String>) -> Option<
         ("client_key_file", &u.client_key_file),
     ] {
         if let Some(f) = v
-            && !valid_file(f)
+            && !crate::config::is_envoy_file(f)
         {
             p(format!("{k} {f:?} must be an absolute path"));
         }
