@@ -84,10 +84,11 @@ impl Xds {
         self.current.subscribe()
     }
 
-    /// Rebuilds the resources from the installed snapshot; true when their version changed.
-    pub fn refresh(&self, policy: &PolicyHandle) -> bool {
+    /// Rebuilds the resources from the installed snapshot, and publishes them when their
+    /// version changed.
+    pub fn refresh(&self, policy: &PolicyHandle) {
         let Some(snapshot) = policy.load() else {
-            return false;
+            return;
         };
         let built = build(&snapshot, &self.settings);
         let changed = self
@@ -104,7 +105,6 @@ impl Xds {
             );
             self.current.send_replace(Some(Arc::new(built)));
         }
-        changed
     }
 
     /// Follows the policy: every install rebuilds the resources (pushed to the streams when
@@ -132,7 +132,8 @@ impl Xds {
 
     fn with_envoy(&self, kind: XdsKind, node: &str, f: impl FnOnce(&mut EnvoyState)) {
         if let Ok(mut m) = self.envoys.lock() {
-            // Bounded: one entry per Envoy node and type; the oldest go past 1024 nodes.
+            // Bounded: one entry per Envoy node and type; past 1024 nodes, the first by name
+            // makes room.
             if m.len() >= 2048 && !m.contains_key(&(node.to_owned(), kind)) {
                 m.pop_first();
             }

@@ -47,7 +47,8 @@ struct Subscription {
     sent: Option<String>,
 }
 
-struct Stream1 {
+/// One Envoy's ADS stream: what it asked for and what it was sent.
+struct EnvoyStream {
     xds: Arc<Xds>,
     node: String,
     nonce: u64,
@@ -56,7 +57,7 @@ struct Stream1 {
     out: mpsc::Sender<Result<DiscoveryResponse, tonic::Status>>,
 }
 
-impl Stream1 {
+impl EnvoyStream {
     fn sub(&mut self, kind: XdsKind) -> &mut Subscription {
         match kind {
             XdsKind::Clusters => &mut self.clusters,
@@ -230,7 +231,7 @@ impl AggregatedDiscoveryService for AdsService {
             .unwrap_or_else(|| "unix".into());
         let inbound = request.into_inner();
         let (out, rx) = mpsc::channel(8);
-        let stream = Stream1 {
+        let stream = EnvoyStream {
             xds: self.xds.clone(),
             node: peer,
             nonce: 0,
