@@ -159,21 +159,35 @@ log: {{format: text}}
         (status, h, r.text().await.unwrap_or_default())
     }
 
-    /// How long until `initialize` at `route` answers 200 (polled every 5 ms, at most 10 s).
-    async fn until_reachable(&self, route: &str, token: &str) -> Duration {
+    /// How long until `initialize` at `route` answers `want` (polled every 5 ms, at most
+    /// `limit`), and that answer's body.
+    async fn until_status(
+        &self,
+        route: &str,
+        token: &str,
+        want: u16,
+        limit: Duration,
+    ) -> (Duration, String) {
         let start = Instant::now();
         loop {
             let (status, body) = self.initialize(route, token).await;
-            if status == 200 {
-                return start.elapsed();
+            if status == want {
+                return (start.elapsed(), body);
             }
             assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "/mcp/{route} not reachable after 10 s: {status} {body}\nEnvoy log: {}",
+                start.elapsed() < limit,
+                "/mcp/{route} still {status} (not {want}) after {limit:?}: {body}\nEnvoy log: {}",
                 self.envoy_log()
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// How long until `initialize` at `route` answers 200 (at most 10 s).
+    async fn until_reachable(&self, route: &str, token: &str) -> Duration {
+        self.until_status(route, token, 200, Duration::from_secs(10))
+            .await
+            .0
     }
 
     async fn config_dump(&self) -> Value {
@@ -385,22 +399,13 @@ async fn a_server_row_is_a_route_through_envoy_within_a_second() {
     // Disabled: refused within a second, its route and cluster gone from Envoy.
     db.exec("UPDATE mcp_servers SET enabled = false WHERE name = 's01'")
         .await;
-    let start = Instant::now();
-    loop {
-        let (status, body) = gw.initialize("s01", &token).await;
-        if status == 403 {
-            assert!(
-                body.contains("server_disabled") || body.contains("-32"),
-                "{body}"
-            );
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(1),
-            "still {status} after 1 s"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let (_, body) = gw
+        .until_status("s01", &token, 403, Duration::from_secs(1))
+        .await;
+    assert!(
+        body.contains("server_disabled") || body.contains("-32"),
+        "{body}"
+    );
     wait_until("route of s01 removed", Duration::from_secs(1), || async {
         !gw.envoy_routes().await.1.contains(&"/mcp/s01".to_owned())
     })
@@ -415,19 +420,10 @@ async fn a_server_row_is_a_route_through_envoy_within_a_second() {
     // policy, so an allowed request meets the catch-all's 404, within a second.
     db.exec("UPDATE mcp_servers SET upstream_enabled = false WHERE name = 's02'")
         .await;
-    let start = Instant::now();
-    loop {
-        let (status, body) = gw.initialize("s02", &token).await;
-        if status == 404 {
-            assert!(body.contains("not routed by the gateway"), "{body}");
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(1),
-            "still {status} after 1 s"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let (_, body) = gw
+        .until_status("s02", &token, 404, Duration::from_secs(1))
+        .await;
+    assert!(body.contains("not routed by the gateway"), "{body}");
 
     // A second replica on the same rows serves the same version, and Envoy holds it.
     let replica = Instance::start(&variant(&gw.cfg, OWN_PORTS, None)).await;
