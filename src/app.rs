@@ -19,7 +19,7 @@ use crate::admin::{self};
 use crate::audit::{Auditor, Sink};
 use crate::config::{AuditSinkKind, Config, ListenConfig};
 use crate::db::{MIGRATOR, pool};
-use crate::grpc::{AuthorizationServer, AuthorizationService};
+use crate::grpc::CheckServer;
 use crate::policy::{self, Source};
 
 mod build;
@@ -249,7 +249,7 @@ pub async fn run(
             stop.clone(),
         ))
     });
-    let authz = AuthorizationServer::new(AuthorizationService::new(parts.authorizer.clone()));
+    let authz = CheckServer::new(parts.authorizer.clone());
     // The list filter (Envoy's ext_proc) on the same listeners, from the same snapshot. A
     // buffered list answer is one message: room for the largest one read, and its framing.
     let lists = crate::lists::ExternalProcessorServer::new(crate::lists::ListFilterService::new(
@@ -302,8 +302,12 @@ pub async fn run(
                 .add_service(lists)
                 .add_optional_service(ads)
                 .serve_with_incoming_shutdown(
-                    // Small gRPC frames must not wait for Nagle's algorithm (40 ms with delayed ACKs).
-                    tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true)),
+                    // Small gRPC frames must not wait for Nagle's algorithm (40 ms with delayed
+                    // ACKs); answers leave in batches (`grpc::Unvectored`).
+                    tokio_stream::StreamExt::map(
+                        tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true)),
+                        |c| c.map(crate::grpc::Unvectored),
+                    ),
                     stop.cancelled_owned(),
                 )
                 .await
@@ -324,7 +328,12 @@ pub async fn run(
                 .add_service(authz)
                 .add_service(lists)
                 .add_optional_service(ads)
-                .serve_with_incoming_shutdown(UnixListenerStream::new(l), stop.cancelled_owned())
+                .serve_with_incoming_shutdown(
+                    tokio_stream::StreamExt::map(UnixListenerStream::new(l), |c| {
+                        c.map(crate::grpc::Unvectored)
+                    }),
+                    stop.cancelled_owned(),
+                )
                 .await
                 .context("gRPC (unix) server");
             let _ = std::fs::remove_file(&path);

@@ -10,10 +10,9 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{
-    CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
+    CheckResponse, DeniedHttpResponse, OkHttpResponse,
 };
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::rpc::Status;
@@ -22,7 +21,10 @@ use crate::mcp::{HeaderField, HttpView};
 use crate::pipeline::{Authorizer, CheckInput};
 use crate::response::Verdict;
 
-pub use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+mod unvectored;
+mod wire;
+pub use unvectored::Unvectored;
+pub use wire::{CheckWire, WireError, reading_differs};
 
 /// The route context extension that names the MCP server.
 pub const CONTEXT_SERVER_KEY: &str = "mcp_server";
@@ -34,27 +36,167 @@ const GRPC_RESOURCE_EXHAUSTED: i32 = 8;
 const GRPC_UNAVAILABLE: i32 = 14;
 const GRPC_UNAUTHENTICATED: i32 = 16;
 
-pub struct AuthorizationService {
+/// The Check service: what tonic's generated `AuthorizationServer` does, with
+/// [`CheckCodec`] in place of prost's, so that a CheckRequest is read where it lies
+/// ([`CheckWire`]) and the common allow answer is written without building its message.
+#[derive(Clone)]
+pub struct CheckServer {
     authorizer: Arc<Authorizer>,
 }
 
-impl AuthorizationService {
+impl CheckServer {
     pub fn new(authorizer: Arc<Authorizer>) -> Self {
         Self { authorizer }
     }
 }
 
-#[tonic::async_trait]
-impl Authorization for AuthorizationService {
-    async fn check(
-        &self,
-        request: tonic::Request<CheckRequest>,
-    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        let request = request.into_inner();
-        let headers = RequestHeaders::from_check(&request);
-        let input = check_input(&request, &headers);
-        let outcome = self.authorizer.check(&input).await;
-        Ok(tonic::Response::new(to_check_response(outcome.verdict)))
+impl tonic::server::NamedService for CheckServer {
+    const NAME: &'static str = "envoy.service.auth.v3.Authorization";
+}
+
+const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+
+impl<B> tonic::codegen::Service<http::Request<B>> for CheckServer
+where
+    B: tonic::codegen::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != CHECK_PATH {
+            return Box::pin(async { Ok(tonic::Status::unimplemented("").into_http()) });
+        }
+        let unary = CheckUnary(self.authorizer.clone());
+        Box::pin(async move { Ok(tonic::server::Grpc::new(CheckCodec).unary(unary, req).await) })
+    }
+}
+
+struct CheckUnary(Arc<Authorizer>);
+
+impl tonic::server::UnaryService<CheckWire> for CheckUnary {
+    type Response = Answer;
+    type Future = tonic::codegen::BoxFuture<tonic::Response<Answer>, tonic::Status>;
+
+    fn call(&mut self, request: tonic::Request<CheckWire>) -> Self::Future {
+        let authorizer = self.0.clone();
+        Box::pin(async move {
+            let wire = request.into_inner();
+            let headers = RequestHeaders::from_wire(&wire).map_err(malformed)?;
+            let input = check_input(&wire, &headers).map_err(malformed)?;
+            let outcome = authorizer.check(&input).await;
+            Ok(tonic::Response::new(Answer::from(outcome.verdict)))
+        })
+    }
+}
+
+/// A CheckRequest that cannot be read: `INVALID_ARGUMENT`, which Envoy (failing closed)
+/// answers with `status_on_error`. Only Envoy sends these, so it is logged.
+fn malformed(e: WireError) -> tonic::Status {
+    tracing::warn!(error = %e, "refused a CheckRequest that could not be read");
+    tonic::Status::invalid_argument(e.to_string())
+}
+
+/// What a Check answers: the common allow written straight to the wire, anything else as
+/// the `CheckResponse` that [`to_check_response`] builds.
+pub enum Answer {
+    Allow {
+        set: Vec<(&'static str, String)>,
+        remove: Vec<String>,
+    },
+    /// Boxed: a denial or a list answer is the rarer, larger case.
+    Message(Box<CheckResponse>),
+}
+
+impl From<Verdict> for Answer {
+    fn from(v: Verdict) -> Self {
+        match v {
+            Verdict::Allow {
+                set,
+                remove,
+                list: None,
+            } => Answer::Allow { set, remove },
+            other => Answer::Message(Box::new(to_check_response(other))),
+        }
+    }
+}
+
+impl Answer {
+    /// The protobuf bytes of this answer.
+    pub fn encode_to_vec(&self) -> Vec<u8> {
+        match self {
+            Answer::Allow { set, remove } => {
+                let mut out = Vec::with_capacity(wire::allow_len(set, remove));
+                wire::put_allow(set, remove, &mut out);
+                out
+            }
+            Answer::Message(m) => prost::Message::encode_to_vec(m.as_ref()),
+        }
+    }
+}
+
+/// The Check's codec: [`CheckWire`] in, [`Answer`] out.
+#[derive(Clone, Copy, Default)]
+pub struct CheckCodec;
+
+pub struct CheckEncoder;
+pub struct CheckDecoder;
+
+impl tonic::codec::Codec for CheckCodec {
+    type Encode = Answer;
+    type Decode = CheckWire;
+    type Encoder = CheckEncoder;
+    type Decoder = CheckDecoder;
+
+    fn encoder(&mut self) -> CheckEncoder {
+        CheckEncoder
+    }
+
+    fn decoder(&mut self) -> CheckDecoder {
+        CheckDecoder
+    }
+}
+
+impl tonic::codec::Encoder for CheckEncoder {
+    type Item = Answer;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Answer,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        match item {
+            Answer::Allow { set, remove } => {
+                buf.reserve(wire::allow_len(&set, &remove));
+                wire::put_allow(&set, &remove, buf);
+                Ok(())
+            }
+            Answer::Message(m) => prost::Message::encode(m.as_ref(), buf)
+                .map_err(|e| tonic::Status::internal(format!("encode CheckResponse: {e}"))),
+        }
+    }
+}
+
+impl tonic::codec::Decoder for CheckDecoder {
+    type Item = CheckWire;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<CheckWire>, tonic::Status> {
+        let bytes = bytes::Buf::copy_to_bytes(buf, bytes::Buf::remaining(buf));
+        CheckWire::decode(bytes).map(Some).map_err(malformed)
     }
 }
 
@@ -64,35 +206,10 @@ pub struct RequestHeaders<'a> {
 }
 
 impl<'a> RequestHeaders<'a> {
-    pub fn from_check(req: &'a CheckRequest) -> Self {
-        let http = req
-            .attributes
-            .as_ref()
-            .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref());
-        let mut pairs = Vec::new();
-        if let Some(http) = http {
-            match &http.header_map {
-                Some(raw) if !raw.headers.is_empty() => {
-                    for h in &raw.headers {
-                        let value = if h.raw_value.is_empty() {
-                            Some(h.value.as_str())
-                        } else {
-                            std::str::from_utf8(&h.raw_value).ok()
-                        };
-                        // A value that is not UTF-8 cannot be a token or a name we read;
-                        // the name still counts for stripping.
-                        pairs.push((h.key.as_str(), value.unwrap_or("\u{fffd}")));
-                    }
-                }
-                _ => {
-                    for (k, v) in &http.headers {
-                        pairs.push((k.as_str(), v.as_str()));
-                    }
-                }
-            }
-        }
-        Self { pairs }
+    pub fn from_wire(wire: &'a CheckWire) -> Result<Self, WireError> {
+        Ok(Self {
+            pairs: wire.header_pairs()?,
+        })
     }
 
     pub fn get_all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a str> + 's {
@@ -122,36 +239,19 @@ impl<'a> RequestHeaders<'a> {
 }
 
 /// Builds the pipeline's input; missing parts are empty (and so denied later).
-pub fn check_input<'a>(req: &'a CheckRequest, headers: &RequestHeaders<'a>) -> CheckInput<'a> {
-    let attrs = req.attributes.as_ref();
-    let http = attrs
-        .and_then(|a| a.request.as_ref())
-        .and_then(|r| r.http.as_ref());
-    let route_server = attrs
-        .and_then(|a| a.context_extensions.get(CONTEXT_SERVER_KEY))
-        .map(String::as_str);
-    let (method, path, host, scheme, body): (&str, &str, &str, &str, &[u8]) = match http {
-        Some(h) => (
-            h.method.as_str(),
-            h.path.as_str(),
-            h.host.as_str(),
-            h.scheme.as_str(),
-            if h.raw_body.is_empty() {
-                h.body.as_bytes()
-            } else {
-                &h.raw_body
-            },
-        ),
-        None => ("", "", "", "", &[]),
-    };
-    CheckInput {
+pub fn check_input<'a>(
+    wire: &'a CheckWire,
+    headers: &RequestHeaders<'a>,
+) -> Result<CheckInput<'a>, WireError> {
+    let scheme = wire.scheme()?;
+    Ok(CheckInput {
         view: HttpView {
-            method,
-            path,
-            host,
+            method: wire.method()?,
+            path: wire.path()?,
+            host: wire.host()?,
             scheme: headers.get("x-forwarded-proto").unwrap_or(scheme),
-            route_server,
-            body,
+            route_server: wire.route_server()?,
+            body: wire.body()?,
             partial_body: headers
                 .get(PARTIAL_BODY_HEADER)
                 .is_some_and(|v| v.eq_ignore_ascii_case("true")),
@@ -172,7 +272,7 @@ pub fn check_input<'a>(req: &'a CheckRequest, headers: &RequestHeaders<'a>) -> C
             b3_span_id: headers.get("x-b3-spanid"),
             b3_sampled: headers.get("x-b3-sampled"),
         },
-    }
+    })
 }
 
 fn header(key: &str, value: String, action: HeaderAppendAction) -> HeaderValueOption {

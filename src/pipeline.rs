@@ -174,8 +174,9 @@ mcp: {{public_base_url: "https://gw.example"}}
         .expect("config");
         let parts = crate::app::build(&cfg, None, None, None).expect("build");
         let req = crate::grpc::http_check_request(Some("a.b.c"), "/mcp/github", b"{}");
-        let headers = crate::grpc::RequestHeaders::from_check(&req);
-        let input = crate::grpc::check_input(&req, &headers);
+        let wire = crate::grpc::CheckWire::from_request(&req).expect("read back");
+        let headers = crate::grpc::RequestHeaders::from_wire(&wire).expect("headers");
+        let input = crate::grpc::check_input(&wire, &headers).expect("input");
         let fut = parts.authorizer.check(&input);
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 4096, "the Check future is {size} bytes");

@@ -1,20 +1,33 @@
-//! CheckRequest → request facts → the response a denial would get: any bytes decoded as the
-//! protobuf Envoy sends. Never a panic, and every denial is a well-formed response.
+//! Any bytes as the CheckRequest Envoy sends: read in place (`CheckWire`) exactly as prost
+//! reads the fields the decision uses, then request facts and the response a denial would
+//! get. Never a panic, every denial a well-formed response, and wherever prost reads the
+//! message, the in-place reading agrees with it field for field.
 #![no_main]
 
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use libfuzzer_sys::fuzz_target;
-use mcp_authz::grpc::{RequestHeaders, check_input, to_check_response};
+use mcp_authz::grpc::{CheckWire, RequestHeaders, check_input, to_check_response};
 use mcp_authz::reason::Reason;
 use mcp_authz::response::{Denial, ResponseSettings, deny};
 use prost::Message;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(req) = CheckRequest::decode(data) else {
+    let wire = CheckWire::decode(bytes::Bytes::copy_from_slice(data));
+    if let Ok(req) = CheckRequest::decode(data) {
+        let wire = wire.as_ref().expect("prost read it, so must CheckWire");
+        if let Some(diff) = mcp_authz::grpc::reading_differs(&req, wire) {
+            panic!("CheckWire and prost disagree: {diff}");
+        }
+    }
+    let Ok(wire) = wire else {
         return;
     };
-    let headers = RequestHeaders::from_check(&req);
-    let input = check_input(&req, &headers);
+    let Ok(headers) = RequestHeaders::from_wire(&wire) else {
+        return;
+    };
+    let Ok(input) = check_input(&wire, &headers) else {
+        return;
+    };
     let parsed = mcp_authz::mcp::parse(&input.view, "/mcp/");
     let denial = match parsed.facts {
         Ok(_) => Denial::Refused(Reason::NoGrant),
