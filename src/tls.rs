@@ -213,14 +213,9 @@ impl AsyncWrite for TlsConn {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.0).poll_shutdown(cx)
     }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
-    }
+    // Never vectored, so that h2 batches answers into one write (and one TLS record): see
+    // `grpc::Unvectored`.
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        false
     }
 }
