@@ -200,6 +200,22 @@ fn parse_output(what: &str, out: &std::process::Output) -> anyhow::Result<Sample
     serde_json::from_str(line).with_context(|| format!("{what} result: {line}"))
 }
 
+/// Runs `mcp-authz-bench mcp-load` (this same executable) as its own process.
+pub async fn run_mcp_load(args: &[String]) -> anyhow::Result<Sample> {
+    let out = tokio::process::Command::new(std::env::current_exe()?)
+        .arg("mcp-load")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("start mcp-load")?
+        .wait_with_output()
+        .await
+        .context("run mcp-load")?;
+    parse_output("mcp-load", &out)
+}
+
 /// Runs `mcp-authz-bench grpc-load` (this same executable) as its own process.
 pub async fn grpc_load(args: &[String]) -> anyhow::Result<Sample> {
     let out = tokio::process::Command::new(std::env::current_exe()?)
@@ -236,6 +252,34 @@ pub struct GrpcLoadArgs {
     /// Offered Checks/s on a fixed schedule; closed loop when absent.
     #[arg(long)]
     rate: Option<u64>,
+    /// A CheckRequest as Envoy sent it (encoded): each Check is this one with its own token
+    /// and `--body`. Without it, a minimal CheckRequest (two headers, no peers).
+    #[arg(long)]
+    template: Option<PathBuf>,
+}
+
+/// `template` with `token`'s authorization header and `body` (and its content-length).
+fn from_template(template: &CheckRequest, token: &str, body: &[u8]) -> CheckRequest {
+    let mut req = template.clone();
+    if let Some(http) = req
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+    {
+        http.raw_body = body.to_vec();
+        http.size = body.len() as i64;
+        if let Some(map) = http.header_map.as_mut() {
+            for h in &mut map.headers {
+                match h.key.as_str() {
+                    "authorization" => h.raw_value = format!("Bearer {token}").into_bytes(),
+                    "content-length" => h.raw_value = body.len().to_string().into_bytes(),
+                    _ => {}
+                }
+            }
+        }
+    }
+    req
 }
 
 /// The direct gRPC load generator: one thread (as wrk -t1), requests built before the clock
@@ -247,11 +291,21 @@ pub fn grpc_load_main(args: GrpcLoadArgs) -> anyhow::Result<()> {
     let sample = rt.block_on(async move {
         let body = std::fs::read(&args.body)?;
         let tokens = std::fs::read_to_string(&args.tokens)?;
+        let template = match &args.template {
+            Some(p) => Some(
+                <CheckRequest as prost::Message>::decode(std::fs::read(p)?.as_slice())
+                    .with_context(|| format!("decode {}", p.display()))?,
+            ),
+            None => None,
+        };
         let reqs: Rc<Vec<CheckRequest>> = Rc::new(
             tokens
                 .lines()
                 .filter(|l| !l.is_empty())
-                .map(|t| mcp_authz::grpc::http_check_request(Some(t), &args.path, &body))
+                .map(|t| match &template {
+                    Some(tpl) => from_template(tpl, t, &body),
+                    None => mcp_authz::grpc::http_check_request(Some(t), &args.path, &body),
+                })
                 .collect(),
         );
         anyhow::ensure!(!reqs.is_empty(), "no tokens in {}", args.tokens.display());

@@ -10,6 +10,7 @@
 mod envoy_cfg;
 mod load;
 mod login;
+mod mcp_load;
 mod procs;
 mod report;
 mod rows;
@@ -32,8 +33,8 @@ use load::Wrk;
 use mcp_authz_bench::free_port;
 use procs::{Proc, port_open, wait_for};
 pub(crate) use rows::{
-    CALL_BODY, DENIED_BODY, ENVOYS, FIRST_AUTHZ_ENVOY, LIST_BODY, LIST_TOOLS, PING_BODY, Phase,
-    ROWS, Run, Target, Tokens, row_index,
+    CALL_BODY, DENIED_BODY, ENVOYS, FIRST_AUTHZ_ENVOY, LIST_BODY, LIST_TOOLS, NOOP_ENVOY,
+    PING_BODY, Phase, ROWS, Run, Target, Tokens, row_index,
 };
 use stage::{Stage, expect_status};
 use tokens::{forged, mint, rs256_verify_us, write_tokens};
@@ -74,9 +75,15 @@ enum Cmd {
         listen: SocketAddr,
         #[arg(long, default_value_t = 1)]
         workers: usize,
+        /// Writes the first CheckRequest it gets (from Envoy) here, encoded: the direct rows
+        /// send Checks of that shape.
+        #[arg(long)]
+        capture: Option<PathBuf>,
     },
     /// (internal) Direct gRPC Check load; prints one MCPBENCH line.
     GrpcLoad(load::GrpcLoadArgs),
+    /// (internal) MCP clients through Envoy; prints one MCPBENCH line.
+    McpLoad(mcp_load::McpLoadArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -127,8 +134,13 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Cmd::Upstream { listen }) => servers::upstream(listen),
-        Some(Cmd::Noop { listen, workers }) => servers::noop(listen, workers),
+        Some(Cmd::Noop {
+            listen,
+            workers,
+            capture,
+        }) => servers::noop(listen, workers, capture),
         Some(Cmd::GrpcLoad(a)) => load::grpc_load_main(a),
+        Some(Cmd::McpLoad(a)) => mcp_load::mcp_load_main(a),
         None => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
@@ -220,10 +232,13 @@ async fn run_in(args: &RunArgs, dir: &Path) -> anyhow::Result<String> {
     let mut upstream = Proc::spawn("upstream", cmd, dir)?;
     wait_for(&mut upstream, "port", || port_open(up_port)).await?;
     let noop_port = free_port()?;
+    let capture = dir.join("check-request.bin");
     let mut cmd = tokio::process::Command::new(&exe);
     cmd.args(["noop", "--listen", &format!("127.0.0.1:{noop_port}")])
         .arg("--workers")
-        .arg(args.authz_workers.to_string());
+        .arg(args.authz_workers.to_string())
+        .arg("--capture")
+        .arg(&capture);
     let mut noop = Proc::spawn("noop", cmd, dir)?;
     wait_for(&mut noop, "port", || port_open(noop_port)).await?;
 
@@ -312,6 +327,11 @@ runtime: {{worker_threads: {}}}
             unix: false,
             lists: false,
         },
+        // The bound: the shipped template, its ext_authz cluster on the no-op server.
+        Variant::ExtAuthz {
+            unix: false,
+            lists: true,
+        },
     ];
     let mut envoys = Vec::new();
     for (i, variant) in variants.iter().enumerate() {
@@ -323,6 +343,8 @@ runtime: {{worker_threads: {}}}
         let eadmin = free_port()?;
         vars.insert("ENVOY_LISTEN_PORT".into(), listen.to_string());
         vars.insert("ENVOY_ADMIN_PORT".into(), eadmin.to_string());
+        let authz_port = if i == NOOP_ENVOY { noop_port } else { grpc };
+        vars.insert("AUTHZ_PORT".into(), authz_port.to_string());
         let cfg = envoy_cfg::render(&template, &vars, variant)?;
         let path = dir.join(format!("envoy-{i}.yaml"));
         std::fs::write(&path, &cfg)?;
@@ -351,7 +373,12 @@ runtime: {{worker_threads: {}}}
             &format!("{name}: valid token"),
         )
         .await?;
-        let (none, forged_status) = if i == 0 { (200, 200) } else { (401, 401) };
+        // No auth, and the no-op server, let everything through.
+        let (none, forged_status) = if i == 0 || i == NOOP_ENVOY {
+            (200, 200)
+        } else {
+            (401, 401)
+        };
         expect_status(
             &http,
             *port,
@@ -370,7 +397,7 @@ runtime: {{worker_threads: {}}}
             &format!("{name}: forged signature"),
         )
         .await?;
-        if i >= FIRST_AUTHZ_ENVOY {
+        if i >= FIRST_AUTHZ_ENVOY && i != NOOP_ENVOY {
             expect_status(
                 &http,
                 *port,
@@ -404,6 +431,30 @@ runtime: {{worker_threads: {}}}
     eprintln!(
         "bench: sanity checks passed (valid 200, missing/forged 401, denied tool 403, lists filtered 100 → 50)"
     );
+    // The MCP clients of row (m) get the answers they expect, through the ext_authz Envoy.
+    let m = load::run_mcp_load(&[
+        "--target".into(),
+        format!("127.0.0.1:{}", envoys[FIRST_AUTHZ_ENVOY].1),
+        "--tokens".into(),
+        warm_file.display().to_string(),
+        "--seconds".into(),
+        "1".into(),
+        "--connections".into(),
+        "2".into(),
+    ])
+    .await?;
+    anyhow::ensure!(
+        m.errors == 0 && m.requests > 20,
+        "sanity check failed: MCP clients through {}: {} requests, {} errors",
+        ENVOYS[FIRST_AUTHZ_ENVOY],
+        m.requests,
+        m.errors
+    );
+    // The no-op server kept the first Check Envoy sent it: the direct rows send that shape.
+    anyhow::ensure!(
+        capture.exists(),
+        "the no-op Check server captured no CheckRequest from Envoy"
+    );
     let rate = sanity::sample_server_one_connection(&exe, dir).await?;
     eprintln!("bench: the sample MCP server answers {rate:.0} requests/s on one connection");
 
@@ -421,6 +472,7 @@ runtime: {{worker_threads: {}}}
         noop_port,
         _upstream: upstream,
         warm_file,
+        check_template: capture,
         bodies,
         authority: authority.clone(),
         users: args.users,
@@ -466,7 +518,12 @@ runtime: {{worker_threads: {}}}
     let phases = [Phase::Saturation, Phase::Fixed, Phase::OneConnection];
     let plan = |row: usize, phase: Phase| {
         (args.rows.is_empty() || args.rows.iter().any(|k| k == ROWS[row].key))
-            && (matches!(ROWS[row].target, Target::Envoy(_)) || phase != Phase::OneConnection)
+            && match ROWS[row].target {
+                Target::Envoy(_) => true,
+                Target::Authz | Target::Noop => phase != Phase::OneConnection,
+                // Clients run closed loop: saturation only.
+                Target::McpTraffic(..) => phase == Phase::Saturation,
+            }
     };
 
     // The measured rounds: each phase runs every row in turn, so drift hits all rows alike.

@@ -105,16 +105,16 @@ Before timing, each configuration must answer 200 to a valid token, 401 to a mis
     md.push_str("## Through Envoy\n\n");
     md.push_str(&format!(
         "Saturation: {} connections, closed loop, {} s. Fixed load: {} req/s (about half of (b)'s saturation), paced by the wrk script, {} connections, {} s. One connection: closed loop, {} s. \
-CPU: seconds on CPU (all threads, from /proc) per 10,000 requests.\n\n",
+CPU: seconds on CPU (all threads, from /proc) per 10,000 requests; the authz server is mcp-authz, or for (c-noop) the no-op Check server.\n\n",
         a.connections, a.seconds, i.fixed_rate, a.connections, a.seconds, a.latency_seconds
     ));
-    md.push_str("| row | configuration | req/s at saturation | rounds | vs (b) | vs (b') | fixed load p50 / p99 / p99.9 ms | one connection p50 / p99 ms | mcp-authz CPU s/10k | Envoy CPU s/10k | errors |\n");
+    md.push_str("| row | configuration | req/s at saturation | rounds | vs (b) | vs (b') | fixed load p50 / p99 / p99.9 ms | one connection p50 / p99 ms | authz server CPU s/10k | Envoy CPU s/10k | errors |\n");
     md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     let (b, b2) = (sat("b").rate, sat("b'").rate);
     for row in ROWS.iter().filter(|r| matches!(r.target, Target::Envoy(_))) {
         let (s, rounds) = get(row.key, Phase::Saturation);
         let (f, o) = (fix(row.key), one(row.key));
-        let authz = if row.through_authz() {
+        let authz = if row.through_authz() || row.through_noop() {
             format!("{:.2}", s.authz)
         } else {
             "—".into()
@@ -139,9 +139,30 @@ CPU: seconds on CPU (all threads, from /proc) per 10,000 requests.\n\n",
         ));
     }
 
+    md.push_str("\n## MCP clients through Envoy\n\n");
+    md.push_str(&format!(
+        "`mcp-load`: {} connections, each running one MCP client after another, closed loop, {} s. Clients alternate: a 2025-11-25 client (`initialize`, which opens a session, `notifications/initialized`, `tools/list`, 8 `tools/call`s, `DELETE` of the session; `Mcp-Session-Id` and `MCP-Protocol-Version` on each request after `initialize`) and a 2026-07-28 client (no session: `tools/list` and 8 `tools/call`s, each with `Mcp-Method` and `Mcp-Name`). Each client is another user of the warm pool; every JSON-RPC id is new; the upstream answers even ids as an event stream and odd ones as JSON, and the list with 100 tools, which the list filter cuts to 50. (m0): the same clients without `tools/list`. Beside them, (c): one `ping` after another.\n\n",
+        a.connections, a.seconds
+    ));
+    md.push_str("| row | requests/s | rounds | p50 / p99 / p99.9 ms | mcp-authz CPU s/10k | Envoy CPU s/10k | errors |\n| --- | --- | --- | --- | --- | --- | --- |\n");
+    for key in ["m", "m0", "c"] {
+        let (s, rounds) = get(key, Phase::Saturation);
+        md.push_str(&format!(
+            "| {key} | **{:.0}** | {} | {} / {} / {} | {:.2} | {:.2} | {} |\n",
+            s.rate,
+            list(&rounds),
+            ms(s.p50),
+            ms(s.p99),
+            ms(s.p999),
+            s.authz,
+            s.other,
+            s.errors,
+        ));
+    }
+
     md.push_str("\n## Direct gRPC Check (no Envoy)\n\n");
     md.push_str(&format!(
-        "`grpc-load`: {} Checks in flight over 2 HTTP/2 connections, {} s; fixed load {} Checks/s. Each Check is a `tools/call` with its JSON-RPC body and a per-tool rule. CPU is the server's.\n\n",
+        "`grpc-load`: {} Checks in flight over 2 HTTP/2 connections, {} s; fixed load {} Checks/s. Each Check is the CheckRequest Envoy sent (captured by the no-op server from the (c-noop) Envoy: its raw header list, peers, route extension), with its own token and a `tools/call` body that a per-tool rule decides. CPU is the server's.\n\n",
         a.connections, a.seconds, i.fixed_rate
     ));
     md.push_str("| row | configuration | Checks/s at saturation | rounds | vs no-op | fixed load p50 / p99 / p99.9 ms | server CPU s/10k | vs no-op | errors |\n");
@@ -149,7 +170,7 @@ CPU: seconds on CPU (all threads, from /proc) per 10,000 requests.\n\n",
     let g0 = sat("g0");
     for row in ROWS
         .iter()
-        .filter(|r| !matches!(r.target, Target::Envoy(_)))
+        .filter(|r| matches!(r.target, Target::Authz | Target::Noop))
     {
         let (s, rounds) = get(row.key, Phase::Saturation);
         let f = fix(row.key);
@@ -200,8 +221,21 @@ CPU: seconds on CPU (all threads, from /proc) per 10,000 requests.\n\n",
             x - y <= max_us,
         )
     };
+    let (c0, cn) = (sat("c0"), sat("c-noop"));
     let targets: Vec<(String, String, bool)> = vec![
-        ratio("(c) ≥ 0.8 × (b) req/s", c.rate, b, 0.8),
+        ratio("(c) ≥ 0.85 × (b) req/s", c.rate, b, 0.85),
+        ratio(
+            "bound: (c-noop), a free authz server, ≥ 0.85 × (b) req/s",
+            cn.rate,
+            b,
+            0.85,
+        ),
+        ratio(
+            "(c) ≥ 0.95 × (c0): the list filter costs a request it skips ≤ 5 %",
+            c.rate,
+            c0.rate,
+            0.95,
+        ),
         ratio("(c) ≥ 0.55 × (b') req/s", c.rate, b2, 0.55),
         adds(
             "one connection: (c) adds ≤ 0.25 ms p50 over (a)",
@@ -274,7 +308,7 @@ CPU: seconds on CPU (all threads, from /proc) per 10,000 requests.\n\n",
     }
 
     md.push_str(
-        "\n## Targets (issue 9)\n\n| target | measured (medians) | met |\n| --- | --- | --- |\n",
+        "\n## Targets (issues 9 and 21)\n\n| target | measured (medians) | met |\n| --- | --- | --- |\n",
     );
     for (t, m, ok) in targets {
         md.push_str(&format!(
@@ -288,6 +322,7 @@ CPU: seconds on CPU (all threads, from /proc) per 10,000 requests.\n\n",
     md.push_str("- (c)–(f), (l): `envoy/envoy.yaml` exactly as shipped (ext_authz and the list filter, ext_proc), rendered with `AUTHZ_CLUSTER=mcp_authz_tcp` or `mcp_authz_uds`. (a)–(e) send an MCP `ping`, which the list filter never sees; (f) a `tools/call`; (l) and (l0) a `tools/list` that the upstream answers with 100 tools (a description and an input schema each), of which the policy denies half: (l) filters it to 50 through ext_proc, (l0) is the same file without the list filter, so (l)/(l0) is the filter's cost.\n");
     md.push_str("- (a): the same file without the ext_authz and ext_proc filters. (b), (b'): the same file with Envoy's `jwt_authn` in place of ext_authz: one provider (issuer, audience, `local_jwks` inline, `forward: true`), required on every route; (b') adds `jwt_cache_config: {jwt_cache_size: ");
     md.push_str(&format!("{}}}`.\n", a.users));
+    md.push_str("- (c-noop): the shipped file exactly as (c), its ext_authz cluster on the no-op Check server (tonic's generated server, the same allocator and runtime settings as mcp-authz), which answers OK to everything: what Envoy's ext_authz hop costs with a free authz server, the bound of (c). (m), (m0): the shipped file as (c), driven by `mcp-authz-bench mcp-load` (above) instead of wrk.\n");
     md.push_str("- mcp-authz: a file policy with one tenant, one server, a group grant and three tool rules (`delete_*` and `odd_*` denied, `search_*` allowed from `read`); traces, rate limits and audit off (their costs are flag checks when off).\n");
     md.push_str(&format!(
         "- Load commands (paths are the run's temp dir), one of each kind:\n  - `{}`\n  - `{}`\n  - `{}`\n",
@@ -307,8 +342,8 @@ fn sample_command(i: &Input, key: &str, phase: Phase) -> String {
         .unwrap_or_default()
 }
 
-/// The new report, keeping the sections other runs own (`make fuzz`, `make soak`) and the
-/// analysis written by hand from the old file.
+/// The new report, keeping the sections other runs own (`make fuzz`, `make soak`, the xDS
+/// test's timings) and the analysis written by hand from the old file.
 pub fn merge(report: &str, old: &str) -> String {
     let mut out = report.to_string();
     if let (Some(start), Some(end)) = (
@@ -319,7 +354,7 @@ pub fn merge(report: &str, old: &str) -> String {
         let kept = &old[start..end + "<!-- analysis:end -->".len()];
         out = out.replace("<!-- analysis:start -->\n<!-- analysis:end -->", kept);
     }
-    for name in ["fuzz", "soak"] {
+    for name in ["fuzz", "soak", "xds"] {
         if let Some(section) = mcp_authz_bench::section(old, name) {
             out.push('\n');
             out.push_str(section);
@@ -334,16 +369,17 @@ mod tests {
     use super::merge;
 
     /// A new run replaces the figures but keeps the hand-written analysis and the sections
-    /// that `make fuzz` and `make soak` own.
+    /// that `make fuzz`, `make soak` and the xDS test's timings own.
     #[test]
     fn merge_keeps_the_analysis_and_the_other_runs_sections() {
-        let old = "# Benchmarks\n\nold figures\n\n<!-- analysis:start -->\nwhy it is so\n<!-- analysis:end -->\n\n## Fuzzing\n\n<!-- fuzz:start -->\nfuzz table\n<!-- fuzz:end -->\n\n## Soak\n\n<!-- soak:start -->\nsoak table\n<!-- soak:end -->\n";
+        let old = "# Benchmarks\n\nold figures\n\n<!-- analysis:start -->\nwhy it is so\n<!-- analysis:end -->\n\n## Fuzzing\n\n<!-- fuzz:start -->\nfuzz table\n<!-- fuzz:end -->\n\n## Soak\n\n<!-- soak:start -->\nsoak table\n<!-- soak:end -->\n\n## Servers from rows\n\n<!-- xds:start -->\nxds table\n<!-- xds:end -->\n";
         let new = "# Benchmarks\n\nnew figures\n\n<!-- analysis:start -->\n<!-- analysis:end -->\n";
         let out = merge(new, old);
         assert!(out.contains("new figures") && !out.contains("old figures"));
         assert!(out.contains("why it is so"));
         assert!(out.contains("## Fuzzing\n\n<!-- fuzz:start -->\nfuzz table"));
         assert!(out.contains("## Soak\n\n<!-- soak:start -->\nsoak table"));
+        assert!(out.contains("## Servers from rows\n\n<!-- xds:start -->\nxds table"));
         assert_eq!(merge(new, ""), new);
     }
 }

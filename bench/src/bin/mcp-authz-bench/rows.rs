@@ -23,6 +23,8 @@ pub enum Target {
     Authz,
     /// Direct gRPC to the no-op Check server.
     Noop,
+    /// MCP clients (`mcp-load`) through the Envoy of this index; `false`: without `tools/list`.
+    McpTraffic(usize, bool),
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -42,16 +44,17 @@ pub struct Row {
 }
 
 /// The Envoys, by index in `Target::Envoy`; `run_in` builds their configs in this order.
-pub(crate) const ENVOYS: [&str; 6] = [
+pub(crate) const ENVOYS: [&str; 7] = [
     "no auth",
     "jwt_authn",
     "jwt_authn cached",
     "ext_authz tcp",
     "ext_authz uds",
     "ext_authz tcp, no list filter",
+    "ext_authz tcp to the no-op Check server",
 ];
 
-pub const ROWS: [Row; 13] = [
+pub const ROWS: [Row; 16] = [
     Row {
         key: "a",
         label: "Envoy, no auth",
@@ -109,6 +112,27 @@ pub const ROWS: [Row; 13] = [
         body: PING_BODY,
     },
     Row {
+        key: "c-noop",
+        label: "as (c), the shipped Envoy asking the no-op Check server (a free authz server: the bound)",
+        target: Target::Envoy(NOOP_ENVOY),
+        tokens: Tokens::Warm,
+        body: PING_BODY,
+    },
+    Row {
+        key: "m",
+        label: "Envoy + mcp-authz, TCP, MCP clients: sessions, initialize, tools/list, 8 tools/call (SSE and JSON answers), 2026-07-28 headers",
+        target: Target::McpTraffic(3, true),
+        tokens: Tokens::Warm,
+        body: PING_BODY,
+    },
+    Row {
+        key: "m0",
+        label: "as (m), the clients sending no tools/list",
+        target: Target::McpTraffic(3, false),
+        tokens: Tokens::Warm,
+        body: PING_BODY,
+    },
+    Row {
         key: "l",
         label: "Envoy + mcp-authz, TCP, tools/list of 100 filtered to 50 (ext_proc)",
         target: Target::Envoy(3),
@@ -145,13 +169,21 @@ pub const ROWS: [Row; 13] = [
     },
 ];
 
-/// Envoys from this index on call mcp-authz (ext_authz over TCP, then the unix socket).
+/// Envoys from this index on call mcp-authz (ext_authz over TCP, then the unix socket),
+/// except [`NOOP_ENVOY`].
 pub(crate) const FIRST_AUTHZ_ENVOY: usize = 3;
+/// The shipped Envoy with its ext_authz cluster on the no-op Check server.
+pub(crate) const NOOP_ENVOY: usize = 6;
 
 impl Row {
     /// True for the rows whose Envoy asks mcp-authz.
     pub fn through_authz(&self) -> bool {
-        matches!(self.target, Target::Envoy(i) if i >= FIRST_AUTHZ_ENVOY)
+        matches!(self.target, Target::Envoy(i) | Target::McpTraffic(i, _) if i >= FIRST_AUTHZ_ENVOY && i != NOOP_ENVOY)
+    }
+
+    /// True for the rows whose Envoy asks the no-op server.
+    pub fn through_noop(&self) -> bool {
+        self.target == Target::Envoy(NOOP_ENVOY)
     }
 }
 

@@ -10,7 +10,9 @@ use envoy_types::pb::google::rpc::Status;
 /// The upstream: answers every request 200 with a small JSON-RPC result, on one thread, as an
 /// MCP server's cheapest reply would look; a `tools/list` with [`LIST_TOOLS`] tools (each with
 /// a description and an input schema, as real servers list them). Identical for every Envoy
-/// row.
+/// row. For the MCP traffic row (m) it answers as a Streamable HTTP server does: `initialize`
+/// with a new `Mcp-Session-Id`, a notification with 202 and no body, `DELETE` with 200, and a
+/// `tools/call` with its own id, as an event stream when the id is even and as JSON when odd.
 pub fn upstream(listen: std::net::SocketAddr) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -18,17 +20,81 @@ pub fn upstream(listen: std::net::SocketAddr) -> anyhow::Result<()> {
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let list: &'static str = Box::leak(tools_list_answer().into_boxed_str());
-        let app = axum::Router::new().fallback(move |body: String| async move {
-            let answer = if body.contains(r#""tools/list""#) {
-                list
-            } else {
-                r#"{"jsonrpc":"2.0","id":1,"result":{}}"#
-            };
-            ([(http::header::CONTENT_TYPE, "application/json")], answer)
+        let sessions = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let app = axum::Router::new().fallback(move |method: http::Method, body: String| {
+            let sessions = sessions.clone();
+            async move { answer(&method, &body, list, &sessions) }
         });
         axum::serve(mcp_authz_testkit::nodelay(listener), app).await?;
         Ok(())
     })
+}
+
+fn answer(
+    method: &http::Method,
+    body: &str,
+    list: &'static str,
+    sessions: &std::sync::atomic::AtomicU64,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    const JSON: &str = "application/json";
+    if method == http::Method::DELETE {
+        return http::StatusCode::OK.into_response();
+    }
+    let id = || {
+        serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["id"].as_u64())
+            .unwrap_or(0)
+    };
+    if body.contains(r#""tools/list""#) {
+        // The answer carries the request's id (the list filter checks it).
+        let answer = match id() {
+            1 => list.to_string(),
+            n => list.replacen(r#""id":1,"#, &format!(r#""id":{n},"#), 1),
+        };
+        return ([(http::header::CONTENT_TYPE, JSON)], answer).into_response();
+    }
+    if body.contains(r#""method":"notifications/"#) {
+        return http::StatusCode::ACCEPTED.into_response();
+    }
+    if body.contains(r#""method":"initialize""#) {
+        let n = sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return (
+            [
+                (http::header::CONTENT_TYPE, JSON.to_string()),
+                (
+                    http::HeaderName::from_static("mcp-session-id"),
+                    format!("bench-session-{n:016x}"),
+                ),
+            ],
+            format!(
+                r#"{{"jsonrpc":"2.0","id":{},"result":{{"protocolVersion":"2025-11-25","capabilities":{{"tools":{{}}}},"serverInfo":{{"name":"bench","version":"1"}}}}}}"#,
+                id()
+            ),
+        )
+            .into_response();
+    }
+    if body.contains(r#""method":"tools/call""#) {
+        let id = id();
+        let result = format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"result":{{"content":[{{"type":"text","text":"42 results for the query; the first is src/main.rs"}}],"isError":false}}}}"#
+        );
+        return if id.is_multiple_of(2) {
+            (
+                [(http::header::CONTENT_TYPE, "text/event-stream")],
+                format!("event: message\ndata: {result}\n\n"),
+            )
+                .into_response()
+        } else {
+            ([(http::header::CONTENT_TYPE, JSON)], result).into_response()
+        };
+    }
+    (
+        [(http::header::CONTENT_TYPE, JSON)],
+        r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+    )
+        .into_response()
 }
 
 fn tools_list_answer() -> String {
@@ -47,14 +113,21 @@ fn tools_list_answer() -> String {
 
 /// A Check server that answers OK at once: the cost of gRPC itself, with the same tonic build,
 /// allocator and runtime settings as mcp-authz (`--workers` threads, TCP_NODELAY).
-struct Noop;
+/// With `capture`, the first CheckRequest it gets is written there (encoded), once.
+struct Noop {
+    capture: std::sync::Mutex<Option<std::path::PathBuf>>,
+}
 
 #[tonic::async_trait]
 impl Authorization for Noop {
     async fn check(
         &self,
-        _r: tonic::Request<CheckRequest>,
+        r: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        if let Some(path) = self.capture.lock().ok().and_then(|mut c| c.take()) {
+            std::fs::write(&path, prost::Message::encode_to_vec(r.get_ref()))
+                .map_err(|e| tonic::Status::internal(format!("capture: {e}")))?;
+        }
         Ok(tonic::Response::new(CheckResponse {
             status: Some(Status {
                 code: 0,
@@ -65,7 +138,11 @@ impl Authorization for Noop {
     }
 }
 
-pub fn noop(listen: std::net::SocketAddr, workers: usize) -> anyhow::Result<()> {
+pub fn noop(
+    listen: std::net::SocketAddr,
+    workers: usize,
+    capture: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers.max(1))
         .enable_all()
@@ -75,7 +152,9 @@ pub fn noop(listen: std::net::SocketAddr, workers: usize) -> anyhow::Result<()> 
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         tonic::transport::Server::builder()
-            .add_service(AuthorizationServer::new(Noop))
+            .add_service(AuthorizationServer::new(Noop {
+                capture: std::sync::Mutex::new(capture),
+            }))
             .serve_with_incoming(incoming)
             .await?;
         Ok(())

@@ -23,6 +23,8 @@ pub(crate) struct Stage {
     pub(crate) noop_port: u16,
     pub(crate) _upstream: Proc,
     pub(crate) warm_file: PathBuf,
+    /// The CheckRequest Envoy sent (captured by the no-op server): the direct rows' shape.
+    pub(crate) check_template: PathBuf,
     pub(crate) bodies: HashMap<&'static str, PathBuf>,
     pub(crate) authority: std::sync::Arc<Authority>,
     pub(crate) users: usize,
@@ -83,13 +85,14 @@ impl Stage {
         };
         let body = self.body_file(row.body)?.clone();
         let other_pid = match row.target {
-            Target::Envoy(i) => Some(self.envoys[i].0.pid),
+            Target::Envoy(i) | Target::McpTraffic(i, _) => Some(self.envoys[i].0.pid),
             Target::Noop => Some(self.noop.pid),
             Target::Authz => None,
         };
-        let (authz0, other0) = (
+        let (authz0, other0, noop0) = (
             self.authz.cpu_ns(),
             other_pid.map(procs::cpu_ns).unwrap_or(0),
+            procs::cpu_ns(self.noop.pid),
         );
         let (sample, command) = match row.target {
             Target::Envoy(i) => {
@@ -98,6 +101,23 @@ impl Stage {
                     .args(self.envoys[i].1, PATH, &tokens, &body, seconds, mode);
                 let command = format!("{} {}", self.wrk.bin.display(), args.join(" "));
                 (self.wrk.run(&args).await?, command)
+            }
+            Target::McpTraffic(i, list) => {
+                let mut args = vec![
+                    "--target".to_string(),
+                    format!("127.0.0.1:{}", self.envoys[i].1),
+                    "--tokens".into(),
+                    tokens.display().to_string(),
+                    "--seconds".into(),
+                    seconds.to_string(),
+                    "--connections".into(),
+                    mode.connections().to_string(),
+                ];
+                if !list {
+                    args.push("--no-list".into());
+                }
+                let command = format!("mcp-authz-bench mcp-load {}", args.join(" "));
+                (load::run_mcp_load(&args).await?, command)
             }
             Target::Authz | Target::Noop => {
                 let port = if row.target == Target::Noop {
@@ -116,6 +136,8 @@ impl Stage {
                     seconds.to_string(),
                     "--concurrency".into(),
                     mode.connections().to_string(),
+                    "--template".into(),
+                    self.check_template.display().to_string(),
                 ];
                 if let Some(rate) = mode.rate() {
                     args.extend(["--rate".to_string(), rate.to_string()]);
@@ -124,9 +146,10 @@ impl Stage {
                 (load::grpc_load(&args).await?, command)
             }
         };
-        let (authz1, other1) = (
+        let (authz1, other1, noop1) = (
             self.authz.cpu_ns(),
             other_pid.map(procs::cpu_ns).unwrap_or(0),
+            procs::cpu_ns(self.noop.pid),
         );
         if row.tokens == Tokens::Cold {
             let _ = std::fs::remove_file(&tokens);
@@ -136,9 +159,15 @@ impl Stage {
         for (e, _) in &mut self.envoys {
             e.alive()?;
         }
+        // Through the no-op server, its CPU stands where mcp-authz's would.
+        let authz_cpu_ns = if row.through_noop() {
+            noop1.saturating_sub(noop0)
+        } else {
+            authz1.saturating_sub(authz0)
+        };
         Ok(Run {
             sample,
-            authz_cpu_ns: authz1.saturating_sub(authz0),
+            authz_cpu_ns,
             other_cpu_ns: other1.saturating_sub(other0),
             command,
         })
