@@ -5,9 +5,7 @@
 //! not load is logged and the current one keeps serving. Connections already open keep theirs.
 
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -15,7 +13,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -165,7 +162,7 @@ impl ReloadingTls {
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {
-                            let _ = tx.send(Ok(TlsConn(tls))).await;
+                            let _ = tx.send(Ok(crate::grpc::Unvectored(tls))).await;
                         }
                         Ok(Err(e)) => {
                             tracing::info!(%peer, error = %e, "gRPC TLS handshake refused")
@@ -179,43 +176,7 @@ impl ReloadingTls {
     }
 }
 
-/// An accepted mTLS connection, as tonic serves it.
-pub struct TlsConn(tokio_rustls::server::TlsStream<TcpStream>);
-
-impl tonic::transport::server::Connected for TlsConn {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.0.get_ref().0.connect_info()
-    }
-}
-
-impl AsyncRead for TlsConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TlsConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-    // Never vectored, so that h2 batches answers into one write (and one TLS record): see
-    // `grpc::Unvectored`.
-    fn is_write_vectored(&self) -> bool {
-        false
-    }
-}
+/// An accepted mTLS connection, as tonic serves it: never vectored on write, so that h2
+/// batches answers into one write and one TLS record (`grpc::Unvectored`). Its connect info is
+/// tonic's `TlsConnectInfo` (the peer's address and certificates).
+pub type TlsConn = crate::grpc::Unvectored<tokio_rustls::server::TlsStream<TcpStream>>;
