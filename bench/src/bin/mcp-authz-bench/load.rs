@@ -26,6 +26,22 @@ pub struct Sample {
 }
 
 impl Sample {
+    /// From each answered request's latency (µs), the failed ones and the run's length.
+    pub fn from_latencies(mut all: Vec<u32>, errors: u64, duration_us: u64) -> Self {
+        all.sort_unstable();
+        let pct = |p: f64| mcp_authz_bench::percentile(&all, p);
+        Sample {
+            requests: all.len() as u64 + errors,
+            duration_us,
+            errors,
+            p50: pct(0.50),
+            p99: pct(0.99),
+            p999: pct(0.999),
+            max: all.last().copied().unwrap_or(0) as u64,
+            wrapped: 0,
+        }
+    }
+
     pub fn rate(&self) -> f64 {
         self.requests as f64 / (self.duration_us.max(1) as f64 / 1e6)
     }
@@ -369,20 +385,9 @@ pub fn grpc_load_main(args: GrpcLoadArgs) -> anyhow::Result<()> {
                 }
             })
             .await;
-        let duration_us = started.elapsed().as_micros() as u64;
-        all.sort_unstable();
-        let pct = |p: f64| mcp_authz_bench::percentile(&all, p);
-        let total = all.len() as u64 + errors;
-        Ok::<_, anyhow::Error>(Sample {
-            requests: total,
-            duration_us,
-            errors,
-            p50: pct(0.50),
-            p99: pct(0.99),
-            p999: pct(0.999),
-            max: all.last().copied().unwrap_or(0) as u64,
-            wrapped: total.saturating_sub(1) / reqs.len() as u64,
-        })
+        let mut sample = Sample::from_latencies(all, errors, started.elapsed().as_micros() as u64);
+        sample.wrapped = sample.requests.saturating_sub(1) / reqs.len() as u64;
+        Ok::<_, anyhow::Error>(sample)
     })?;
     println!("MCPBENCH {}", serde_json::to_string(&sample)?);
     Ok(())

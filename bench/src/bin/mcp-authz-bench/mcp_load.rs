@@ -246,19 +246,11 @@ pub fn mcp_load_main(args: McpLoadArgs) -> anyhow::Result<()> {
                 }
             })
             .await;
-        let duration_us = started.elapsed().as_micros() as u64;
-        all.sort_unstable();
-        let pct = |p: f64| mcp_authz_bench::percentile(&all, p);
-        Ok::<_, anyhow::Error>(Sample {
-            requests: all.len() as u64 + errors,
-            duration_us,
+        Ok::<_, anyhow::Error>(Sample::from_latencies(
+            all,
             errors,
-            p50: pct(0.50),
-            p99: pct(0.99),
-            p999: pct(0.999),
-            max: all.last().copied().unwrap_or(0) as u64,
-            wrapped: 0,
-        })
+            started.elapsed().as_micros() as u64,
+        ))
     })?;
     println!("MCPBENCH {}", serde_json::to_string(&sample)?);
     Ok(())
