@@ -131,16 +131,24 @@ impl From<Verdict> for Answer {
 }
 
 impl Answer {
+    /// Appends this answer's protobuf bytes to `out`.
+    fn encode(&self, out: &mut impl bytes::BufMut) -> Result<(), prost::EncodeError> {
+        match self {
+            // tonic's buffer starts at 8 KiB and grows as written; an allow answer is ≈ 300 bytes.
+            Answer::Allow { set, remove } => {
+                wire::put_allow(set, remove, out);
+                Ok(())
+            }
+            Answer::Message(m) => prost::Message::encode(m.as_ref(), out),
+        }
+    }
+
     /// The protobuf bytes of this answer.
     pub fn encode_to_vec(&self) -> Vec<u8> {
-        match self {
-            Answer::Allow { set, remove } => {
-                let mut out = Vec::with_capacity(wire::allow_len(set, remove));
-                wire::put_allow(set, remove, &mut out);
-                out
-            }
-            Answer::Message(m) => prost::Message::encode_to_vec(m.as_ref()),
-        }
+        let mut out = Vec::new();
+        // A Vec grows as needed: encoding into it cannot run out of room.
+        let _ = self.encode(&mut out);
+        out
     }
 }
 
@@ -175,15 +183,8 @@ impl tonic::codec::Encoder for CheckEncoder {
         item: Answer,
         buf: &mut tonic::codec::EncodeBuf<'_>,
     ) -> Result<(), tonic::Status> {
-        match item {
-            Answer::Allow { set, remove } => {
-                buf.reserve(wire::allow_len(&set, &remove));
-                wire::put_allow(&set, &remove, buf);
-                Ok(())
-            }
-            Answer::Message(m) => prost::Message::encode(m.as_ref(), buf)
-                .map_err(|e| tonic::Status::internal(format!("encode CheckResponse: {e}"))),
-        }
+        item.encode(buf)
+            .map_err(|e| tonic::Status::internal(format!("encode CheckResponse: {e}")))
     }
 }
 
