@@ -140,11 +140,18 @@ impl ValidationRules {
         }
     }
 
-    /// The issuer a token of this version from this directory must carry.
-    pub fn expected_issuer(&self, version: TokenVersion, tid: &str) -> String {
+    /// Whether `iss` is the issuer a token of this version from this directory must carry:
+    /// v1, the configured `v1_issuer` with `{tenantid}` filled; v2, `{authority}/{tid}/v2.0`.
+    /// Compared in place, without building the expected string.
+    pub fn is_expected_issuer(&self, version: TokenVersion, tid: &str, iss: &str) -> bool {
         match version {
-            TokenVersion::V1 => self.v1_issuer.replace("{tenantid}", tid),
-            TokenVersion::V2 => format!("{}/{tid}/v2.0", self.authority),
+            TokenVersion::V1 => jwks::is_filled_template(&self.v1_issuer, tid, iss),
+            TokenVersion::V2 => {
+                iss.strip_prefix(self.authority.as_str())
+                    .and_then(|rest| rest.strip_prefix('/'))
+                    .and_then(|rest| rest.strip_prefix(tid))
+                    == Some("/v2.0")
+            }
         }
     }
 }
@@ -221,7 +228,7 @@ impl Validator {
                 Box::pin(self.keys.refresh_for_unknown_kid(&parsed.header.kid)).await?
             }
         };
-        let principal = self.check(&parsed, &key_set, now)?;
+        let principal = self.check(parsed, &key_set, now)?;
         let principal = Arc::new(principal);
         self.cache.insert(digest, principal.clone());
         Ok(Verified {
@@ -233,7 +240,7 @@ impl Validator {
     /// Signature and claims checks. Pure given the keys and the clock, so tests drive it directly.
     pub fn check(
         &self,
-        parsed: &ParsedJwt,
+        parsed: ParsedJwt<'_>,
         keys: &[Arc<jwks::Key>],
         now: u64,
     ) -> Result<Principal, TokenError> {
@@ -281,15 +288,13 @@ impl Validator {
             .and_then(DirectoryId::parse)
             .filter(|tid| r.tenants.contains(tid))
             .ok_or(TokenError::TenantNotAllowed)?;
-        let expected_iss = r.expected_issuer(version, &tid);
-        if c.iss.as_deref() != Some(expected_iss.as_str()) {
+        let iss = c.iss.as_deref().unwrap_or_default();
+        if c.iss.is_none() || !r.is_expected_issuer(version, &tid, iss) {
             return Err(TokenError::WrongIssuer);
         }
-        if !key.issuer_allows(
-            &expected_iss,
-            &tid,
-            &r.expected_issuer(TokenVersion::V2, &tid),
-        ) {
+        if !key.issuer_allows(iss, &tid, |key_iss| {
+            version == TokenVersion::V1 && r.is_expected_issuer(TokenVersion::V2, &tid, key_iss)
+        }) {
             return Err(TokenError::KeyIssuerMismatch);
         }
         let oid = c
@@ -307,7 +312,7 @@ impl Validator {
                     .collect()
             })
             .unwrap_or_default();
-        let roles = c.roles.clone().unwrap_or_default();
+        let roles = c.roles.as_deref().unwrap_or_default();
         let kind = if c.scp.is_some() {
             PrincipalKind::User
         } else if !roles.is_empty() || c.idtyp.as_deref() == Some("app") {
@@ -332,20 +337,22 @@ impl Validator {
                 }
             }
         }
-        let client_id = c.azp.clone().or_else(|| c.appid.clone());
+        let client_id = c.azp.as_deref().or(c.appid.as_deref());
         if !r.allowed_client_apps.is_empty()
-            && !client_id
-                .as_deref()
-                .is_some_and(|id| r.allowed_client_apps.contains(&id.to_ascii_lowercase()))
+            && !client_id.is_some_and(|id| r.allowed_client_apps.contains(&id.to_ascii_lowercase()))
         {
             return Err(TokenError::ClientAppNotAllowed);
         }
-        let groups = c.groups_claim()?;
+        // Every check has passed but the groups' shape: the claims are taken, not copied.
+        let mut c = parsed.claims;
+        let roles = c.roles.take().unwrap_or_default();
+        let client_id = c.azp.take().or_else(|| c.appid.take());
         let label = c
             .upn
-            .clone()
-            .or_else(|| c.preferred_username.clone())
-            .or_else(|| c.email.clone());
+            .take()
+            .or_else(|| c.preferred_username.take())
+            .or_else(|| c.email.take());
+        let groups = c.into_groups_claim()?;
         Ok(Principal {
             tid,
             oid,

@@ -91,15 +91,41 @@ impl Key {
     /// are filled with the token's `tid`. Entra publishes v2 issuers on its keys and signs v1
     /// tokens of the same directory with them, so the v2 issuer of the token's own `tid` is
     /// accepted too.
-    pub fn issuer_allows(&self, token_iss: &str, tid: &str, v2_iss_for_tid: &str) -> bool {
+    ///
+    /// `also` is asked of the key's issuer (filled with `tid`) when it is not the token's own:
+    /// a v1 token may be signed by a key the v2 metadata lists.
+    pub fn issuer_allows(&self, token_iss: &str, tid: &str, also: impl Fn(&str) -> bool) -> bool {
         match &self.issuer {
             None => true,
             Some(template) => {
-                let concrete = template.replace("{tenantid}", tid);
-                concrete == token_iss || concrete == v2_iss_for_tid
+                is_filled_template(template, tid, token_iss) || {
+                    let concrete = template.replace(TENANT_PLACEHOLDER, tid);
+                    also(&concrete)
+                }
             }
         }
     }
+}
+
+const TENANT_PLACEHOLDER: &str = "{tenantid}";
+
+/// `s == template.replace("{tenantid}", tid)`, without building the string.
+pub fn is_filled_template(template: &str, tid: &str, s: &str) -> bool {
+    let mut rest = s;
+    let mut pieces = template.split(TENANT_PLACEHOLDER).peekable();
+    while let Some(piece) = pieces.next() {
+        let Some(after) = rest.strip_prefix(piece) else {
+            return false;
+        };
+        rest = after;
+        if pieces.peek().is_some() {
+            let Some(after) = rest.strip_prefix(tid) else {
+                return false;
+            };
+            rest = after;
+        }
+    }
+    rest.is_empty()
 }
 
 /// An immutable set of keys by `kid`.

@@ -5,31 +5,31 @@
 //! `alg` is RS256; `jku`/`jwk`/`x5u`/`x5c` are refused (keys come only from the pinned JWKS);
 //! `crit` is refused (we understand no extension).
 
-use std::collections::HashSet;
+use std::borrow::Cow;
 use std::fmt;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 
 use super::error::TokenError;
 use crate::ids::GroupId;
 
-/// A token split and decoded, signature not yet checked.
+/// A token split and decoded, signature not yet checked. Borrows the token it was parsed from.
 #[derive(Debug)]
-pub struct ParsedJwt {
+pub struct ParsedJwt<'t> {
     pub header: Header,
     pub claims: Claims,
     pub signature: Vec<u8>,
-    signed_len: usize,
-    raw: String,
+    signed: &'t str,
 }
 
-impl ParsedJwt {
+impl ParsedJwt<'_> {
     /// `base64url(header) "." base64url(payload)`: the bytes the signature covers.
     pub fn signed_part(&self) -> &[u8] {
-        &self.raw.as_bytes()[..self.signed_len]
+        self.signed.as_bytes()
     }
 }
 
@@ -41,30 +41,15 @@ pub struct Header {
     pub nonce: bool,
 }
 
-#[derive(Deserialize)]
-struct RawHeader {
-    alg: Option<String>,
-    typ: Option<String>,
-    kid: Option<String>,
-    nonce: Option<IgnoredAny>,
-    jku: Option<IgnoredAny>,
-    jwk: Option<IgnoredAny>,
-    x5u: Option<IgnoredAny>,
-    x5c: Option<IgnoredAny>,
-    crit: Option<IgnoredAny>,
-}
-
 /// The claims we read. Times are NumericDate (seconds, fractions allowed and floored).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default)]
 pub struct Claims {
     pub iss: Option<String>,
-    #[serde(default, deserialize_with = "string_only")]
+    /// A string only: Entra never issues an array, and accepting other shapes invites
+    /// confusion between validators.
     pub aud: Option<String>,
-    #[serde(default, deserialize_with = "numeric_date")]
     pub exp: Option<u64>,
-    #[serde(default, deserialize_with = "numeric_date")]
     pub nbf: Option<u64>,
-    #[serde(default, deserialize_with = "numeric_date")]
     pub iat: Option<u64>,
     pub ver: Option<String>,
     pub tid: Option<String>,
@@ -74,7 +59,7 @@ pub struct Claims {
     pub roles: Option<Vec<String>>,
     pub groups: Option<Vec<String>>,
     pub hasgroups: Option<bool>,
-    #[serde(rename = "_claim_names")]
+    /// `_claim_names`.
     pub claim_names: Option<ClaimNames>,
     pub upn: Option<String>,
     pub preferred_username: Option<String>,
@@ -105,17 +90,19 @@ impl Claims {
     /// The groups, or `GroupsNotObjectIds` when the claim holds anything but group object ids
     /// (an app configured to emit group names or `sAMAccountName`s: a name is not an identity,
     /// and one directory's name can be another's).
-    pub fn groups_claim(&self) -> Result<GroupsClaim, TokenError> {
+    ///
+    /// Takes the claim's strings rather than copying them.
+    pub fn into_groups_claim(self) -> Result<GroupsClaim, TokenError> {
         let overage = self
             .claim_names
             .as_ref()
             .is_some_and(|n| n.groups.is_some())
             || self.hasgroups == Some(true);
-        Ok(match (&self.groups, overage) {
+        Ok(match (self.groups, overage) {
             (_, true) => GroupsClaim::Overage,
             (Some(g), false) => GroupsClaim::Listed(
-                g.iter()
-                    .map(|s| GroupId::parse(s))
+                g.into_iter()
+                    .map(GroupId::parse_owned)
                     .collect::<Option<_>>()
                     .ok_or(TokenError::GroupsNotObjectIds)?,
             ),
@@ -125,7 +112,11 @@ impl Claims {
 }
 
 /// Splits, decodes and checks the structure of a token. No key, no clock.
-pub fn parse(token: &str) -> Result<ParsedJwt, TokenError> {
+///
+/// Each JSON segment is read once: its members are collected as borrowed raw values (which
+/// checks the whole object's syntax), their names checked for repeats, and only then are the
+/// members we read typed. The refusals and their order are those of reading the object twice.
+pub fn parse(token: &str) -> Result<ParsedJwt<'_>, TokenError> {
     let mut parts = token.split('.');
     let (Some(h), Some(p), Some(s), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -143,51 +134,116 @@ pub fn parse(token: &str) -> Result<ParsedJwt, TokenError> {
     let payload_bytes = b64(p, "payload is not base64url")?;
     let signature = b64(s, "signature is not base64url")?;
 
-    unique_object(&header_bytes).map_err(|e| e.into_token_error("header"))?;
-    let raw: RawHeader = serde_json::from_slice(&header_bytes)
-        .map_err(|_| TokenError::Malformed("header fields"))?;
-    match raw.alg.as_deref() {
+    let header = header(&header_bytes)?;
+    let members = unique_members(&payload_bytes).map_err(|e| e.into_token_error("claims"))?;
+    let claims = claims(&members).ok_or(TokenError::Malformed("claim of the wrong type"))?;
+    Ok(ParsedJwt {
+        header,
+        claims,
+        signature,
+        signed: &token[..h.len() + 1 + p.len()],
+    })
+}
+
+fn header(bytes: &[u8]) -> Result<Header, TokenError> {
+    let members = unique_members(bytes).map_err(|e| e.into_token_error("header"))?;
+    let fields = || TokenError::Malformed("header fields");
+    let (mut alg, mut typ, mut kid) = (None, None, None);
+    let (mut nonce, mut crit) = (false, false);
+    let mut forbidden = [false; 4];
+    for (name, value) in &members {
+        match name.as_ref() {
+            "alg" => alg = string(value).ok_or_else(fields)?,
+            "typ" => typ = string(value).ok_or_else(fields)?,
+            "kid" => kid = string(value).ok_or_else(fields)?,
+            // Presence is what counts; `null` reads as absent.
+            "nonce" => nonce = !is_null(value),
+            "crit" => crit = !is_null(value),
+            "jku" => forbidden[0] = !is_null(value),
+            "jwk" => forbidden[1] = !is_null(value),
+            "x5u" => forbidden[2] = !is_null(value),
+            "x5c" => forbidden[3] = !is_null(value),
+            _ => {}
+        }
+    }
+    match alg.as_deref() {
         Some("RS256") => {}
         _ => return Err(TokenError::AlgorithmNotAllowed),
     }
-    if raw.crit.is_some() {
+    if crit {
         return Err(TokenError::CriticalHeader);
     }
-    for (present, name) in [
-        (raw.jku.is_some(), "jku"),
-        (raw.jwk.is_some(), "jwk"),
-        (raw.x5u.is_some(), "x5u"),
-        (raw.x5c.is_some(), "x5c"),
-    ] {
+    for (present, name) in forbidden.into_iter().zip(["jku", "jwk", "x5u", "x5c"]) {
         if present {
             return Err(TokenError::ForbiddenHeader(name));
         }
     }
-    if let Some(typ) = raw.typ.as_deref()
+    if let Some(typ) = typ.as_deref()
         && !typ.eq_ignore_ascii_case("JWT")
         && !typ.eq_ignore_ascii_case("at+jwt")
     {
         return Err(TokenError::Malformed("typ is not JWT"));
     }
-    let kid = raw
-        .kid
+    let kid = kid
         .filter(|k| !k.is_empty())
         .ok_or(TokenError::MissingKeyId)?;
+    Ok(Header { kid, nonce })
+}
 
-    unique_object(&payload_bytes).map_err(|e| e.into_token_error("claims"))?;
-    let claims: Claims = serde_json::from_slice(&payload_bytes)
-        .map_err(|_| TokenError::Malformed("claim of the wrong type"))?;
+/// The claims we read, typed from the members; `None` if one has the wrong type.
+fn claims(members: &[(Name<'_>, &RawValue)]) -> Option<Claims> {
+    let mut c = Claims::default();
+    for (name, value) in members {
+        match name.as_ref() {
+            "iss" => c.iss = string(value)?,
+            "aud" => c.aud = Some(serde_json::from_str::<String>(value.get()).ok()?),
+            "exp" => c.exp = Some(numeric_date(value)?),
+            "nbf" => c.nbf = Some(numeric_date(value)?),
+            "iat" => c.iat = Some(numeric_date(value)?),
+            "ver" => c.ver = string(value)?,
+            "tid" => c.tid = string(value)?,
+            "oid" => c.oid = string(value)?,
+            "sub" => c.sub = string(value)?,
+            "scp" => c.scp = string(value)?,
+            "roles" => c.roles = typed(value)?,
+            "groups" => c.groups = typed(value)?,
+            "hasgroups" => c.hasgroups = typed(value)?,
+            "_claim_names" => c.claim_names = typed(value)?,
+            "upn" => c.upn = string(value)?,
+            "preferred_username" => c.preferred_username = string(value)?,
+            "email" => c.email = string(value)?,
+            "name" => c.name = string(value)?,
+            "azp" => c.azp = string(value)?,
+            "appid" => c.appid = string(value)?,
+            "idtyp" => c.idtyp = string(value)?,
+            _ => {}
+        }
+    }
+    Some(c)
+}
 
-    Ok(ParsedJwt {
-        header: Header {
-            kid,
-            nonce: raw.nonce.is_some(),
-        },
-        claims,
-        signature,
-        signed_len: h.len() + 1 + p.len(),
-        raw: token.to_owned(),
-    })
+fn is_null(value: &RawValue) -> bool {
+    value.get() == "null"
+}
+
+/// A string or `null` (absent); `None` for any other type.
+fn string(value: &RawValue) -> Option<Option<String>> {
+    typed(value)
+}
+
+fn typed<'a, T: Deserialize<'a>>(value: &'a RawValue) -> Option<T> {
+    serde_json::from_str(value.get()).ok()
+}
+
+/// NumericDate: seconds, fractions allowed and floored; never negative, never `null`.
+fn numeric_date(value: &RawValue) -> Option<u64> {
+    match serde_json::from_str::<serde_json::Number>(value.get()).ok()? {
+        n if n.as_u64().is_some() => n.as_u64(),
+        n => n
+            .as_f64()
+            .filter(|f| f.is_finite() && *f >= 0.0)
+            .map(|f| f as u64),
+    }
 }
 
 fn b64(segment: &str, what: &'static str) -> Result<Vec<u8>, TokenError> {
@@ -215,54 +271,57 @@ impl ObjectError {
     }
 }
 
-/// Checks that `bytes` is one JSON object whose member names are unique. Parsers disagree on
-/// which of two equal names wins; we take neither.
-fn unique_object(bytes: &[u8]) -> Result<(), ObjectError> {
-    struct UniqueKeys;
-    impl<'de> Visitor<'de> for UniqueKeys {
-        type Value = bool;
+/// A member name, borrowed from the segment unless it had an escape.
+type Name<'a> = Cow<'a, str>;
+
+/// The members of `bytes`, which must be one JSON object whose member names are unique (after
+/// unescaping: `"a"` and `"\u0061"` are one name). Parsers disagree on which of two equal names
+/// wins; we take neither. Sorted by name.
+fn unique_members(bytes: &[u8]) -> Result<Vec<(Name<'_>, &RawValue)>, ObjectError> {
+    struct Members;
+    impl<'de> Visitor<'de> for Members {
+        type Value = Vec<(Name<'de>, &'de RawValue)>;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str("a JSON object")
         }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
-            let mut seen = HashSet::new();
-            let mut unique = true;
-            // Read to the end even after a repeat, so the object's syntax is still checked.
-            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                unique &= seen.insert(key);
-                map.next_value::<IgnoredAny>()?;
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut members = Vec::with_capacity(map.size_hint().unwrap_or(24));
+            while let Some(NameOf(name)) = map.next_key()? {
+                members.push((name, map.next_value::<&RawValue>()?));
             }
-            Ok(unique)
+            Ok(members)
         }
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    match de.deserialize_map(UniqueKeys) {
-        Ok(true) => de.end().map_err(|_| ObjectError::NotObject),
-        Ok(false) => Err(ObjectError::Duplicate),
-        Err(_) => Err(ObjectError::NotObject),
+    let mut members = de
+        .deserialize_map(Members)
+        .map_err(|_| ObjectError::NotObject)?;
+    de.end().map_err(|_| ObjectError::NotObject)?;
+    members.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    if members.windows(2).any(|w| w[0].0 == w[1].0) {
+        return Err(ObjectError::Duplicate);
     }
+    Ok(members)
 }
 
-/// `aud` must be a string: Entra never issues an array, and accepting other shapes invites
-/// confusion between validators.
-fn string_only<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    match serde_json::Value::deserialize(d)? {
-        serde_json::Value::String(s) => Ok(Some(s)),
-        _ => Err(de::Error::custom("aud must be a string")),
-    }
-}
+/// A member name that borrows when it can (serde's own `Cow<str>` always copies).
+struct NameOf<'de>(Name<'de>);
 
-fn numeric_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    match serde_json::Value::deserialize(d)? {
-        serde_json::Value::Number(n) => {
-            if let Some(u) = n.as_u64() {
-                Ok(Some(u))
-            } else if let Some(f) = n.as_f64().filter(|f| f.is_finite() && *f >= 0.0) {
-                Ok(Some(f as u64))
-            } else {
-                Err(de::Error::custom("time claim out of range"))
+impl<'de> Deserialize<'de> for NameOf<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = NameOf<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(NameOf(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(NameOf(Cow::Owned(s.to_owned())))
             }
         }
-        _ => Err(de::Error::custom("time claim must be a number")),
+        d.deserialize_str(V)
     }
 }
