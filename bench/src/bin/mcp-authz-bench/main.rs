@@ -37,7 +37,7 @@ pub(crate) use rows::{
     PING_BODY, Phase, ROWS, Run, Target, Tokens, row_index,
 };
 use stage::{Stage, expect_status};
-use tokens::{forged, mint, rs256_verify_us, write_tokens};
+use tokens::{forged, mint, new_token_us, rs256_verify_us, rules_of, write_tokens};
 
 pub const TID: &str = "3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2c";
 pub const API: &str = "c0ffee00-1234-4abc-8def-0123456789ab";
@@ -84,6 +84,21 @@ enum Cmd {
     GrpcLoad(load::GrpcLoadArgs),
     /// (internal) MCP clients through Envoy; prints one MCPBENCH line.
     McpLoad(mcp_load::McpLoadArgs),
+    /// (investigation) Validate never-seen tokens in process with the run's rules; prints µs
+    /// per token. With `--untimed`, for `valgrind --tool=callgrind`.
+    NewTokens {
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        #[arg(long)]
+        untimed: bool,
+    },
+}
+
+/// The `entra` line of the config every run gives mcp-authz.
+pub(crate) fn entra_config(idp: &str) -> String {
+    format!(
+        r#"entra: {{authority: "{idp}", allow_insecure_authority: true, tenants: ["{TID}"], audiences: ["{API}"], required_scopes: [mcp.access]}}"#
+    )
 }
 
 #[derive(clap::Args, Clone)]
@@ -141,6 +156,10 @@ fn main() -> anyhow::Result<()> {
         }) => servers::noop(listen, workers, capture),
         Some(Cmd::GrpcLoad(a)) => load::grpc_load_main(a),
         Some(Cmd::McpLoad(a)) => mcp_load::mcp_load_main(a),
+        Some(Cmd::NewTokens { count, untimed }) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(tokens::new_tokens_main(count, untimed)),
         None => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
@@ -255,13 +274,14 @@ async fn run_in(args: &RunArgs, dir: &Path) -> anyhow::Result<String> {
         format!(
             r#"
 listen: {{grpc: "127.0.0.1:{grpc}", grpc_unix: "{}", admin: "127.0.0.1:{admin}", metadata: "127.0.0.1:{metadata}"}}
-entra: {{authority: "{idp}", allow_insecure_authority: true, tenants: ["{TID}"], audiences: ["{API}"], required_scopes: [mcp.access]}}
+{}
 policy: {{file: policy.yaml}}
 mcp: {{public_base_url: "{gw}"}}
 log: {{level: warn}}
 runtime: {{worker_threads: {}}}
 {}"#,
             socket.display(),
+            entra_config(&idp),
             args.authz_workers,
             // `--logins 0`: mcp-authz without the login facade (the A/B against a build before it).
             if args.logins > 0 {
@@ -618,11 +638,19 @@ runtime: {{worker_threads: {}}}
         None
     };
     let verify_us = rs256_verify_us(&authority, token)?;
+    let fresh = mint(&authority, 0, 1000, args.users, "in-process")?;
+    let rules = rules_of(&dir.join("config.yaml"))?;
+    let (new_token_us, parse_us) = new_token_us(&authority, &rules, &fresh, true).await?;
+    eprintln!(
+        "bench: in process, one thread: a new token validates in {new_token_us:.1} µs (RS256 {verify_us:.1}, JWS parse {parse_us:.1})"
+    );
     Ok(report::render(&report::Input {
         args,
         runs: &runs,
         fixed_rate,
         verify_us,
+        new_token_us,
+        parse_us,
         envoy_version: &envoy_version,
         wrk_version: &wrk_version,
         login: logins.as_ref(),

@@ -98,3 +98,87 @@ pub(crate) fn rs256_verify_us(authority: &Authority, token: &str) -> anyhow::Res
     }
     Ok(started.elapsed().as_secs_f64() * 1e6 / n as f64)
 }
+
+/// `mcp-authz-bench new-tokens`: mints `count` tokens as the run does, then validates them in
+/// process as [`new_token_us`] does, without any server. Untimed (`--untimed`), every token is
+/// validated once and parsed once, so `valgrind --tool=callgrind` counts the same instructions
+/// on every run: the before/after of a change to the new-token path, free of the machine's noise.
+pub(crate) async fn new_tokens_main(count: usize, untimed: bool) -> anyhow::Result<()> {
+    let authority = Authority::new(vec![crate::TID.into()]);
+    let idp = "http://127.0.0.1:9";
+    authority.set_base_url(idp);
+    let dir = std::env::temp_dir().join(format!("mcp-authz-new-tokens-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("config.yaml");
+    // The run's entra section; the rest only as much as a valid file needs.
+    let text = format!(
+        "listen: {{grpc: \"127.0.0.1:9\", admin: \"127.0.0.1:9\"}}\n{}\npolicy: {{file: policy.yaml}}\nmcp: {{public_base_url: \"http://127.0.0.1:9\"}}\n",
+        crate::entra_config(idp)
+    );
+    let written = std::fs::write(&config, text);
+    let rules = written
+        .map_err(anyhow::Error::from)
+        .and_then(|()| rules_of(&config));
+    let _ = std::fs::remove_dir_all(&dir);
+    let tokens = mint(&authority, 0, count, count, "new-tokens")?;
+    let (validate, parse) = new_token_us(&authority, &rules?, &tokens, !untimed).await?;
+    println!("new token: validate {validate:.2} µs, JWS parse {parse:.2} µs ({count} tokens)");
+    Ok(())
+}
+
+/// The validation rules of a mcp-authz configuration file.
+pub(crate) fn rules_of(config: &Path) -> anyhow::Result<mcp_authz::identity::ValidationRules> {
+    let config = mcp_authz::config::Config::load_with_env(config, std::iter::empty())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+    Ok(mcp_authz::identity::ValidationRules::from_config(
+        &config.entra,
+    ))
+}
+
+/// What a token-cache miss costs inside mcp-authz, on one thread of this machine, without the
+/// gRPC around it: [`Validator::validate`] of tokens it has never seen (a fresh validator with
+/// mcp-authz's rules for every pass), and the JWS parse alone. At least `passes` passes, and
+/// more until 0.7 s is spent (0 passes: exactly one, for counting instructions). Microseconds
+/// per token: (validate, parse).
+///
+/// [`Validator::validate`]: mcp_authz::identity::Validator::validate
+pub(crate) async fn new_token_us(
+    authority: &Authority,
+    rules: &mcp_authz::identity::ValidationRules,
+    tokens: &[String],
+    timed: bool,
+) -> anyhow::Result<(f64, f64)> {
+    use mcp_authz::identity::{KeySet, KeyStore, Validator, parse_jwt};
+    use std::sync::Arc;
+    anyhow::ensure!(!tokens.is_empty(), "no tokens to validate");
+    let jwks = serde_json::to_vec(&authority.jwks(None))?;
+    let keys = Arc::new(KeyStore::fixed(KeySet::from_jwks(&jwks, "stand-in")?));
+    let (mut validate_s, mut validated) = (0.0, 0u64);
+    let budget = if timed { 0.7 } else { 0.0 };
+    // Each pass is a new validator, so every token is a miss.
+    while validated == 0 || validate_s < budget {
+        let v = Validator::new(rules.clone(), keys.clone(), tokens.len() as u64 * 2);
+        let started = Instant::now();
+        for t in tokens {
+            let verified = v
+                .validate(std::hint::black_box(t))
+                .await
+                .map_err(|e| anyhow::anyhow!("bench token refused: {e:?}"))?;
+            anyhow::ensure!(!verified.cache_hit, "a new validator hit its cache");
+        }
+        validate_s += started.elapsed().as_secs_f64();
+        validated += tokens.len() as u64;
+    }
+    let (started, mut parsed) = (Instant::now(), 0u64);
+    let budget = Duration::from_millis(if timed { 300 } else { 0 });
+    while parsed == 0 || started.elapsed() < budget {
+        for t in tokens {
+            std::hint::black_box(parse_jwt(std::hint::black_box(t)).is_ok());
+        }
+        parsed += tokens.len() as u64;
+    }
+    Ok((
+        validate_s * 1e6 / validated as f64,
+        started.elapsed().as_secs_f64() * 1e6 / parsed as f64,
+    ))
+}
