@@ -444,6 +444,12 @@ fn glob_matching() {
     assert!(!glob_match("a*b*c", "axxbyy"));
     assert!(!glob_match("Delete_*", "delete_x"), "case-sensitive");
     assert!(glob_match("é*", "éclair"));
+    // `?` is one character, also when it is several bytes: the ASCII path must not be taken
+    // for a non-ASCII text, or `a?c` would refuse `aéc` and `a??c` accept it.
+    assert!(glob_match("a?c", "aéc"));
+    assert!(!glob_match("a??c", "aéc"));
+    assert!(glob_match("*é", "café"));
+    assert!(!glob_match("caf?", "cafés"));
 }
 
 #[test]
