@@ -295,6 +295,24 @@ fn runtime_worker_threads_come_from_the_file_or_the_environment_and_are_bounded(
     assert!(msg.contains("threads"), "{msg}");
 }
 
+/// One thread is the current-thread scheduler (its answers leave in batches, see
+/// `runtime_builder`); more, or the default, the multi-thread one with that many workers.
+#[test]
+fn one_worker_thread_runs_the_current_thread_scheduler() {
+    use tokio::runtime::RuntimeFlavor;
+    let flavor = |n: Option<usize>| {
+        let rt =
+            crate::config::runtime_builder(&crate::config::RuntimeConfig { worker_threads: n })
+                .enable_all()
+                .build()
+                .expect("runtime");
+        (rt.handle().runtime_flavor(), rt.metrics().num_workers())
+    };
+    assert_eq!(flavor(Some(1)), (RuntimeFlavor::CurrentThread, 1));
+    assert_eq!(flavor(Some(2)), (RuntimeFlavor::MultiThread, 2));
+    assert_eq!(flavor(None).0, RuntimeFlavor::MultiThread);
+}
+
 /// Outside review: override values were parsed as YAML, so a path was cut at `#`, a secret of
 /// digits was refused and one starting with `@` failed. Text keys take the value verbatim.
 #[test]

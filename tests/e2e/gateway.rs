@@ -347,6 +347,60 @@ async fn batch_truncated_and_mismatched_requests_are_refused() {
     assert_eq!(r.json()["error"]["code"], -32020);
 }
 
+/// `runtime.worker_threads: 1` (the sidecar's setting) runs the current-thread scheduler:
+/// everything mcp-authz does shares one thread, so a Check, the list filter's stream and the
+/// admin endpoints must all make progress there while many Checks are in flight together.
+#[tokio::test]
+async fn one_worker_thread_serves_sessions_lists_and_concurrent_checks() {
+    let env = TestEnv::start(Options {
+        extra_config: "runtime: {worker_threads: 1}\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let token = env.user_token(BOB, &[ENG_GROUP]);
+    let client = env
+        .mcp_client("/mcp/github", &token, HashMap::new())
+        .await
+        .expect("initialize");
+    let tools = client.list_tools(None).await.expect("tools/list");
+    assert!(tools.tools.iter().any(|t| t.name == "echo"), "{tools:?}");
+    // 64 Checks in flight at once through Envoy, allowed and denied mixed: each gets its own
+    // answer (answers leave the one thread in batches, never crossed: a denial carries its
+    // request's JSON-RPC id).
+    let sid = env.open_session("/mcp/github", &token).await;
+    let replies = futures::future::join_all((0..64u64).map(|i| {
+        let (env, token, sid) = (&env, &token, sid.as_str());
+        let tool = if i % 4 == 0 {
+            "delete_repository"
+        } else {
+            "echo"
+        };
+        async move {
+            let session = [("mcp-session-id", sid)];
+            let r = env
+                .post(
+                    "/mcp/github",
+                    Some(token),
+                    &tool_call_body(i, tool),
+                    &session,
+                )
+                .await;
+            (i, tool, r)
+        }
+    }))
+    .await;
+    for (i, tool, r) in &replies {
+        if *tool == "echo" {
+            assert_eq!(r.status, 200, "{r:?}");
+        } else {
+            assert_eq!((r.status, r.reason()), (403, "tool_denied"), "{r:?}");
+            assert_eq!(r.json()["id"], *i, "{r:?}");
+        }
+    }
+    assert_eq!(env.status().await["ready"], true);
+    client.cancel().await.ok();
+}
+
 #[tokio::test]
 async fn unix_socket_transport_works() {
     let env = TestEnv::start(Options {
