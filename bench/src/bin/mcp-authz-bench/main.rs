@@ -79,6 +79,10 @@ enum Cmd {
         /// send Checks of that shape.
         #[arg(long)]
         capture: Option<PathBuf>,
+        /// Verifies each Check's RS256 signature with these keys (a JWKS file): the bound of
+        /// a never-seen token.
+        #[arg(long)]
+        verify_jwks: Option<PathBuf>,
     },
     /// (internal) Direct gRPC Check load; prints one MCPBENCH line.
     GrpcLoad(load::GrpcLoadArgs),
@@ -153,7 +157,8 @@ fn main() -> anyhow::Result<()> {
             listen,
             workers,
             capture,
-        }) => servers::noop(listen, workers, capture),
+            verify_jwks,
+        }) => servers::noop(listen, workers, capture, verify_jwks),
         Some(Cmd::GrpcLoad(a)) => load::grpc_load_main(a),
         Some(Cmd::McpLoad(a)) => mcp_load::mcp_load_main(a),
         Some(Cmd::NewTokens { count, untimed }) => tokio::runtime::Builder::new_current_thread()
@@ -260,6 +265,18 @@ async fn run_in(args: &RunArgs, dir: &Path) -> anyhow::Result<String> {
         .arg(&capture);
     let mut noop = Proc::spawn("noop", cmd, dir)?;
     wait_for(&mut noop, "port", || port_open(noop_port)).await?;
+    // The same server verifying each token's signature: the bound of (g-cold).
+    let jwks_file = dir.join("jwks.json");
+    std::fs::write(&jwks_file, serde_json::to_vec(&authority.jwks(None))?)?;
+    let noop_verify_port = free_port()?;
+    let mut cmd = tokio::process::Command::new(&exe);
+    cmd.args(["noop", "--listen", &format!("127.0.0.1:{noop_verify_port}")])
+        .arg("--workers")
+        .arg(args.authz_workers.to_string())
+        .arg("--verify-jwks")
+        .arg(&jwks_file);
+    let mut noop_verify = Proc::spawn("noop-verify", cmd, dir)?;
+    wait_for(&mut noop_verify, "port", || port_open(noop_verify_port)).await?;
 
     // mcp-authz, release build, TCP and unix socket; its issuer is the ext_authz TCP Envoy
     // (the login facade is on, on the metadata listener, off the Check's path).
@@ -475,6 +492,33 @@ runtime: {{worker_threads: {}}}
         capture.exists(),
         "the no-op Check server captured no CheckRequest from Envoy"
     );
+    // The verifying no-op server answers OK to a valid token and refuses a forged one.
+    let forged_file = dir.join("tokens-forged.txt");
+    write_tokens(&forged_file, std::slice::from_ref(&bad))?;
+    for (tokens, want_ok) in [(&warm_file, true), (&forged_file, false)] {
+        let s = load::grpc_load(&[
+            "--target".into(),
+            format!("127.0.0.1:{noop_verify_port}"),
+            "--tokens".into(),
+            tokens.display().to_string(),
+            "--body".into(),
+            bodies[CALL_BODY].display().to_string(),
+            "--seconds".into(),
+            "1".into(),
+            "--concurrency".into(),
+            "2".into(),
+            "--template".into(),
+            capture.display().to_string(),
+        ])
+        .await?;
+        let ok = s.requests - s.errors;
+        anyhow::ensure!(
+            s.requests > 0 && if want_ok { s.errors == 0 } else { ok == 0 },
+            "sanity check failed: the verifying no-op server answered OK to {ok} of {} {} tokens",
+            s.requests,
+            if want_ok { "valid" } else { "forged" }
+        );
+    }
     let rate = sanity::sample_server_one_connection(&exe, dir).await?;
     eprintln!("bench: the sample MCP server answers {rate:.0} requests/s on one connection");
 
@@ -490,6 +534,8 @@ runtime: {{worker_threads: {}}}
         authz_port: grpc,
         noop,
         noop_port,
+        noop_verify,
+        noop_verify_port,
         _upstream: upstream,
         warm_file,
         check_template: capture,
@@ -540,7 +586,7 @@ runtime: {{worker_threads: {}}}
         (args.rows.is_empty() || args.rows.iter().any(|k| k == ROWS[row].key))
             && match ROWS[row].target {
                 Target::Envoy(_) => true,
-                Target::Authz | Target::Noop => phase != Phase::OneConnection,
+                Target::Authz | Target::Noop | Target::NoopVerify => phase != Phase::OneConnection,
                 // Clients run closed loop: saturation only.
                 Target::McpTraffic(..) => phase == Phase::Saturation,
             }

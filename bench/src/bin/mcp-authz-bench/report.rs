@@ -96,7 +96,7 @@ Every figure is the median of {} interleaved rounds (each phase runs every row i
     ));
     md.push_str(&format!(
         "Every piece is its own process on the same {} cores: the upstream (a one-thread HTTP responder), \
-mcp-authz (release, TCP and unix-socket listeners, `runtime.worker_threads: {}` as the sidecar overlay sets it), the no-op Check server (same tonic build, allocator and thread count), one Envoy per configuration (`--concurrency {}`), \
+mcp-authz (release, TCP and unix-socket listeners, `runtime.worker_threads: {}` as the sidecar overlay sets it), the no-op Check server (same tonic build, allocator and runtime: for one thread, the current-thread scheduler mcp-authz runs), one Envoy per configuration (`--concurrency {}`), \
 and the load generator (wrk `-t1` through Envoy; `mcp-authz-bench grpc-load`, one thread, for direct Checks). \
 Each request is `POST /mcp/github` with an MCP JSON-RPC body and a bearer token from a pool of {} users; rows (e) and (g-cold) use a token never seen before on every request. \
 Before timing, each configuration must answer 200 to a valid token, 401 to a missing or forged one (except (a)), and 403 to a denied tool (mcp-authz rows).\n\n",
@@ -174,14 +174,14 @@ CPU: seconds on CPU (all threads, from /proc) per 10,000 requests; the authz ser
     let g0 = sat("g0");
     for row in ROWS
         .iter()
-        .filter(|r| matches!(r.target, Target::Authz | Target::Noop))
+        .filter(|r| matches!(r.target, Target::Authz | Target::Noop | Target::NoopVerify))
     {
         let (s, rounds) = get(row.key, Phase::Saturation);
         let f = fix(row.key);
-        let cpu = if row.target == Target::Noop {
-            s.other
-        } else {
+        let cpu = if row.target == Target::Authz {
             s.authz
+        } else {
+            s.other
         };
         md.push_str(&format!(
             "| {} | {} | **{:.0}** | {} | {:.2}× | {} / {} / {} | {:.2} | {:.2}× | {} |\n",
@@ -211,7 +211,30 @@ One new token through mcp-authz's `Validator::validate` in process (one thread, 
     let (c, d, e) = (sat("c"), sat("d"), sat("e"));
     let (a1, c1, f1) = (one("a"), one("c"), one("f"));
     let (bf, cf, ff) = (fix("b"), fix("c"), fix("f"));
-    let (g, gc) = (sat("g"), sat("g-cold"));
+    let (g, gc, gv) = (sat("g"), sat("g-cold"), sat("g0-rs256"));
+    // Each round's ratio of two rows' CPU per Check (`x` mcp-authz's, `y` a reference
+    // server's): the two ran one after the other, so a round's ratio is free of the drift
+    // between rounds that the medians are not.
+    let paired = |x: &str, y: &str| -> String {
+        let runs = |k: &str| {
+            row_index(k)
+                .ok()
+                .and_then(|idx| i.runs.get(&(idx, Phase::Saturation)))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let (xs, ys) = (runs(x), runs(y));
+        xs.iter()
+            .zip(&ys)
+            .map(|(a, b)| {
+                format!(
+                    "{:.2}",
+                    a.per_10k(a.authz_cpu_ns) / b.per_10k(b.other_cpu_ns)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let noop_us = g0.other * 100.0; // s/10k → µs per Check
     let cold_us = gc.authz * 100.0;
     // `x ≥ k × y`, shown as the ratio; `x − y ≤ max_us`, shown in ms.
@@ -270,10 +293,11 @@ One new token through mcp-authz's `Validator::validate` in process (one thread, 
         (
             "(g) CPU per warm Check ≤ 1.3 × no-op".into(),
             format!(
-                "{:.1} µs / {:.1} µs = {:.2}×",
+                "{:.1} µs / {:.1} µs = {:.2}× (rounds: {})",
                 g.authz * 100.0,
                 noop_us,
-                g.authz / g0.other
+                g.authz / g0.other,
+                paired("g", "g0")
             ),
             g.authz <= 1.3 * g0.other,
         ),
@@ -288,6 +312,29 @@ One new token through mcp-authz's `Validator::validate` in process (one thread, 
                 e.authz * 100.0
             ),
             cold_us <= 1.25 * (i.verify_us + noop_us),
+        ),
+        (
+            "bound: (g0-rs256), a server that only verifies the signature, ≤ 1.25 × (RS256 verify + no-op Check)".into(),
+            format!(
+                "{:.1} µs vs 1.25 × ({:.1} + {:.1}) = {:.1} µs ({:.2}× the sum)",
+                gv.other * 100.0,
+                i.verify_us,
+                noop_us,
+                1.25 * (i.verify_us + noop_us),
+                gv.other * 100.0 / (i.verify_us + noop_us)
+            ),
+            gv.other * 100.0 <= 1.25 * (i.verify_us + noop_us),
+        ),
+        (
+            "(g-cold) CPU per new-token Check ≤ 1.25 × (g0-rs256): RS256 + no-op measured as one server under the same load".into(),
+            format!(
+                "{:.1} µs / {:.1} µs = {:.2}× (rounds: {})",
+                cold_us,
+                gv.other * 100.0,
+                gc.authz / gv.other,
+                paired("g-cold", "g0-rs256")
+            ),
+            gc.authz <= 1.25 * gv.other,
         ),
         (
             "(f) ≤ 1.1 × (c) latency (p50, one connection and fixed load)".into(),
@@ -330,7 +377,7 @@ One new token through mcp-authz's `Validator::validate` in process (one thread, 
     md.push_str("- (c)–(f), (l): `envoy/envoy.yaml` exactly as shipped (ext_authz and the list filter, ext_proc), rendered with `AUTHZ_CLUSTER=mcp_authz_tcp` or `mcp_authz_uds`. (a)–(e) send an MCP `ping`, which the list filter never sees; (f) a `tools/call`; (l) and (l0) a `tools/list` that the upstream answers with 100 tools (a description and an input schema each), of which the policy denies half: (l) filters it to 50 through ext_proc, (l0) is the same file without the list filter, so (l)/(l0) is the filter's cost.\n");
     md.push_str("- (a): the same file without the ext_authz and ext_proc filters. (b), (b'): the same file with Envoy's `jwt_authn` in place of ext_authz: one provider (issuer, audience, `local_jwks` inline, `forward: true`), required on every route; (b') adds `jwt_cache_config: {jwt_cache_size: ");
     md.push_str(&format!("{}}}`.\n", a.users));
-    md.push_str("- (c-noop): the shipped file exactly as (c), its ext_authz cluster on the no-op Check server (tonic's generated server, the same allocator and runtime settings as mcp-authz), which answers OK to everything: what Envoy's ext_authz hop costs with a free authz server, the bound of (c). (m), (m0): the shipped file as (c), driven by `mcp-authz-bench mcp-load` (above) instead of wrk.\n");
+    md.push_str("- (c-noop): the shipped file exactly as (c), its ext_authz cluster on the no-op Check server (tonic's generated server, the same allocator and runtime settings as mcp-authz), which answers OK to everything: what Envoy's ext_authz hop costs with a free authz server, the bound of (c). (g0-rs256): the same no-op server, which also verifies each Check's bearer token (the key named by its `kid`, aws-lc-rs with the key parsed once, as mcp-authz does; no cache, no claim read) and refuses it when the signature fails: the least a server that takes never-seen tokens must do, the bound of (g-cold). (m), (m0): the shipped file as (c), driven by `mcp-authz-bench mcp-load` (above) instead of wrk.\n");
     md.push_str("- mcp-authz: a file policy with one tenant, one server, a group grant and three tool rules (`delete_*` and `odd_*` denied, `search_*` allowed from `read`); traces, rate limits and audit off (their costs are flag checks when off).\n");
     md.push_str(&format!(
         "- Load commands (paths are the run's temp dir), one of each kind:\n  - `{}`\n  - `{}`\n  - `{}`\n",

@@ -23,6 +23,8 @@ pub enum Target {
     Authz,
     /// Direct gRPC to the no-op Check server.
     Noop,
+    /// Direct gRPC to the no-op Check server that verifies each token's signature.
+    NoopVerify,
     /// MCP clients (`mcp-load`) through the Envoy of this index; `false`: without `tools/list`.
     McpTraffic(usize, bool),
 }
@@ -54,7 +56,7 @@ pub(crate) const ENVOYS: [&str; 7] = [
     "ext_authz tcp to the no-op Check server",
 ];
 
-pub const ROWS: [Row; 16] = [
+pub const ROWS: [Row; 17] = [
     Row {
         key: "a",
         label: "Envoy, no auth",
@@ -157,6 +159,13 @@ pub const ROWS: [Row; 16] = [
         key: "g",
         label: "direct gRPC, mcp-authz, warm tokens",
         target: Target::Authz,
+        tokens: Tokens::Warm,
+        body: CALL_BODY,
+    },
+    Row {
+        key: "g0-rs256",
+        label: "direct gRPC, the no-op Check server verifying each token's RS256 signature (no cache): the bound of (g-cold)",
+        target: Target::NoopVerify,
         tokens: Tokens::Warm,
         body: CALL_BODY,
     },

@@ -112,10 +112,51 @@ fn tools_list_answer() -> String {
 }
 
 /// A Check server that answers OK at once: the cost of gRPC itself, with the same tonic build,
-/// allocator and runtime settings as mcp-authz (`--workers` threads, TCP_NODELAY).
+/// allocator and runtime as mcp-authz (`--workers` threads, built as mcp-authz builds its
+/// runtime for that many; TCP_NODELAY).
 /// With `capture`, the first CheckRequest it gets is written there (encoded), once.
+///
+/// With `verify` it does one thing more, and only that: it verifies the RS256 signature of the
+/// request's bearer token with mcp-authz's own key type (aws-lc-rs, the key parsed once, found
+/// by the header's `kid`) on every Check, with no cache and no claim read, and answers
+/// UNAUTHENTICATED when it does not verify. That is the least any server that takes never-seen
+/// tokens must do: a no-op Check plus one RS256 verification, under the same load.
 struct Noop {
     capture: std::sync::Mutex<Option<std::path::PathBuf>>,
+    verify: Option<mcp_authz::identity::KeyStore>,
+}
+
+/// The bearer token of a CheckRequest: the raw header list (`encode_raw_headers`, as the
+/// shipped Envoy sends it) or the merged map.
+fn bearer(r: &CheckRequest) -> Option<&str> {
+    let http = r.attributes.as_ref()?.request.as_ref()?.http.as_ref()?;
+    let raw = http.header_map.as_ref().and_then(|m| {
+        m.headers
+            .iter()
+            .find(|h| h.key.eq_ignore_ascii_case("authorization"))
+            .and_then(|h| std::str::from_utf8(&h.raw_value).ok())
+    });
+    raw.or_else(|| http.headers.get("authorization").map(String::as_str))?
+        .strip_prefix("Bearer ")
+}
+
+/// True when `token`'s RS256 signature verifies with the key its header names.
+fn signature_verifies(keys: &mcp_authz::identity::KeyStore, token: &str) -> bool {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let (Some(dot), Some(last)) = (token.find('.'), token.rfind('.')) else {
+        return false;
+    };
+    let kid = b64
+        .decode(&token[..dot])
+        .ok()
+        .and_then(|h| serde_json::from_slice::<serde_json::Value>(&h).ok())
+        .and_then(|h| h["kid"].as_str().map(str::to_owned));
+    let (Some(kid), Ok(sig)) = (kid, b64.decode(&token[last + 1..])) else {
+        return false;
+    };
+    keys.keys_for(&kid)
+        .is_some_and(|ks| ks.iter().any(|k| k.verify(&token.as_bytes()[..last], &sig)))
 }
 
 #[tonic::async_trait]
@@ -128,9 +169,14 @@ impl Authorization for Noop {
             std::fs::write(&path, prost::Message::encode_to_vec(r.get_ref()))
                 .map_err(|e| tonic::Status::internal(format!("capture: {e}")))?;
         }
+        // UNAUTHENTICATED when the signature does not verify.
+        let code = match &self.verify {
+            Some(keys) if !bearer(r.get_ref()).is_some_and(|t| signature_verifies(keys, t)) => 16,
+            _ => 0,
+        };
         Ok(tonic::Response::new(CheckResponse {
             status: Some(Status {
-                code: 0,
+                code,
                 ..Default::default()
             }),
             ..Default::default()
@@ -142,11 +188,24 @@ pub fn noop(
     listen: std::net::SocketAddr,
     workers: usize,
     capture: Option<std::path::PathBuf>,
+    verify_jwks: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers.max(1))
-        .enable_all()
-        .build()?;
+    use mcp_authz::identity::{KeySet, KeyStore};
+    let verify = match verify_jwks {
+        Some(p) => {
+            let bytes = std::fs::read(&p)?;
+            let keys = KeySet::from_jwks(&bytes, &p.display().to_string())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            Some(KeyStore::fixed(keys))
+        }
+        None => None,
+    };
+    // The runtime mcp-authz builds for the same `runtime.worker_threads`.
+    let rt = mcp_authz::config::runtime_builder(&mcp_authz::config::RuntimeConfig {
+        worker_threads: Some(workers.max(1)),
+    })
+    .enable_all()
+    .build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let incoming =
@@ -154,6 +213,7 @@ pub fn noop(
         tonic::transport::Server::builder()
             .add_service(AuthorizationServer::new(Noop {
                 capture: std::sync::Mutex::new(capture),
+                verify,
             }))
             .serve_with_incoming(incoming)
             .await?;

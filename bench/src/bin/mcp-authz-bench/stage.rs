@@ -21,6 +21,9 @@ pub(crate) struct Stage {
     pub(crate) authz_port: u16,
     pub(crate) noop: Proc,
     pub(crate) noop_port: u16,
+    /// The no-op server that verifies each token's signature (row g0-rs256).
+    pub(crate) noop_verify: Proc,
+    pub(crate) noop_verify_port: u16,
     pub(crate) _upstream: Proc,
     pub(crate) warm_file: PathBuf,
     /// The CheckRequest Envoy sent (captured by the no-op server): the direct rows' shape.
@@ -87,6 +90,7 @@ impl Stage {
         let other_pid = match row.target {
             Target::Envoy(i) | Target::McpTraffic(i, _) => Some(self.envoys[i].0.pid),
             Target::Noop => Some(self.noop.pid),
+            Target::NoopVerify => Some(self.noop_verify.pid),
             Target::Authz => None,
         };
         let (authz0, other0, noop0) = (
@@ -119,11 +123,11 @@ impl Stage {
                 let command = format!("mcp-authz-bench mcp-load {}", args.join(" "));
                 (load::run_mcp_load(&args).await?, command)
             }
-            Target::Authz | Target::Noop => {
-                let port = if row.target == Target::Noop {
-                    self.noop_port
-                } else {
-                    self.authz_port
+            Target::Authz | Target::Noop | Target::NoopVerify => {
+                let port = match row.target {
+                    Target::Noop => self.noop_port,
+                    Target::NoopVerify => self.noop_verify_port,
+                    _ => self.authz_port,
                 };
                 let mut args = vec![
                     "--target".to_string(),
@@ -156,6 +160,7 @@ impl Stage {
         }
         self.authz.alive()?;
         self.noop.alive()?;
+        self.noop_verify.alive()?;
         for (e, _) in &mut self.envoys {
             e.alive()?;
         }
