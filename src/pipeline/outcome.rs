@@ -2,12 +2,16 @@
 //! on the way. It is the one record of a decision: the metric, the audit event, the log line
 //! and the span attributes are all derived from it here, never copied field by field.
 
+use std::sync::Arc;
+
 use opentelemetry::KeyValue;
 
 use crate::audit::{AuditEvent, MAX_FIELD_CHARS, clean_text, field_limit};
 use crate::groups::GroupsSource;
+use crate::identity::Principal;
 use crate::ids::{DirectoryId, ObjectId, ServerName, ToolName};
 use crate::mcp::RequestFacts;
+use crate::policy::Snapshot;
 use crate::response::Verdict;
 
 /// The reason code of every allow.
@@ -20,16 +24,16 @@ pub struct Seen {
     pub server: Option<ServerName>,
     pub method: Option<String>,
     pub tool: Option<ToolName>,
-    /// From the token.
-    pub oid: Option<ObjectId>,
-    pub directory_tid: Option<DirectoryId>,
-    pub label: Option<String>,
+    /// Who the token names (its oid, tid and label are read from it): shared with the
+    /// verified-token cache, never copied on the Check's path.
+    pub principal: Option<Arc<Principal>>,
     pub token_cache_hit: Option<bool>,
     pub groups_source: Option<GroupsSource>,
-    pub policy_version: Option<String>,
+    /// The policy the Check was decided on (its version is read from it).
+    pub snapshot: Option<Arc<Snapshot>>,
     /// The policy tenant the request was allowed under (set from the policy phase on, so a
     /// later refusal, a rate limit say, names it too).
-    pub tenant: Option<String>,
+    pub tenant: Option<Arc<str>>,
     /// Shadow mode allowed a request the policy denied, for this reason.
     pub would_deny: Option<crate::reason::Reason>,
     /// The groups the policy decided with, when something records decisions (the audit,
@@ -57,6 +61,22 @@ impl SeenGroups {
 }
 
 impl Seen {
+    pub fn oid(&self) -> Option<&ObjectId> {
+        self.principal.as_ref().map(|p| &p.oid)
+    }
+
+    pub fn directory_tid(&self) -> Option<&DirectoryId> {
+        self.principal.as_ref().map(|p| &p.tid)
+    }
+
+    pub fn label(&self) -> Option<&str> {
+        self.principal.as_ref().and_then(|p| p.label.as_deref())
+    }
+
+    pub fn policy_version(&self) -> Option<&str> {
+        self.snapshot.as_ref().map(|s| s.version.as_str())
+    }
+
     pub fn from_facts(facts: Option<&RequestFacts>) -> Self {
         Seen {
             server: facts.map(|f| f.server.clone()),
@@ -93,9 +113,9 @@ macro_rules! check_line {
             $level,
             decision_id = %$o.decision_id, result = $o.result(), reason = $o.reason,
             server = $server, method = $method, tool = $tool,
-            tenant = $o.seen.tenant.as_deref(), oid = $o.seen.oid.as_deref(),
+            tenant = $o.seen.tenant.as_deref(), oid = $o.seen.oid().map(|o| o.as_str()),
             token_cache_hit = $o.seen.token_cache_hit,
-            policy_version = $o.seen.policy_version.as_deref(), elapsed_us = $elapsed_us, "check"
+            policy_version = $o.seen.policy_version(), elapsed_us = $elapsed_us, "check"
         )
     };
 }
@@ -123,7 +143,7 @@ impl CheckOutcome {
 
     /// A valid token came with the request.
     pub fn authenticated(&self) -> bool {
-        self.seen.oid.is_some()
+        self.seen.principal.is_some()
     }
 
     pub fn chosen(&self) -> Chosen {
@@ -137,21 +157,21 @@ impl CheckOutcome {
     }
 
     pub fn audit_event(&self, chosen: &Chosen, at: f64, trace_id: Option<String>) -> AuditEvent {
-        let text = |v: &Option<String>| v.as_deref().map(|s| clean_text(s, MAX_FIELD_CHARS));
+        let text = |v: Option<&str>| v.map(|s| clean_text(s, MAX_FIELD_CHARS));
         AuditEvent {
             at,
             decision_id: self.decision_id.clone(),
             authenticated: self.authenticated(),
-            user_oid: self.seen.oid.as_ref().map(ToString::to_string),
-            upn: text(&self.seen.label),
-            directory_tid: self.seen.directory_tid.as_ref().map(ToString::to_string),
-            tenant: text(&self.seen.tenant),
+            user_oid: self.seen.oid().map(ToString::to_string),
+            upn: text(self.seen.label()),
+            directory_tid: self.seen.directory_tid().map(ToString::to_string),
+            tenant: text(self.seen.tenant.as_deref()),
             server: chosen.server.clone(),
             method: chosen.method.clone(),
             tool: chosen.tool.clone(),
             result: self.result(),
             reason: self.reason,
-            policy_version: text(&self.seen.policy_version),
+            policy_version: text(self.seen.policy_version()),
             trace_id,
             groups: self
                 .seen
@@ -200,7 +220,7 @@ impl CheckOutcome {
                 opt("mcp_authz.server", s.server.as_deref()),
                 opt("mcp.method.name", s.method.as_deref()),
                 opt("gen_ai.tool.name", s.tool.as_deref()),
-                opt("mcp_authz.policy_version", s.policy_version.as_deref()),
+                opt("mcp_authz.policy_version", s.policy_version()),
             ]
             .into_iter()
             .flatten(),

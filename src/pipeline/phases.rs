@@ -99,7 +99,7 @@ impl Authorizer {
                 None => return Err(Denial::Refused(reason.reason())),
             },
         };
-        seen.tenant = Some(allow.tenant.to_string());
+        seen.tenant = Some(allow.tenant.clone());
         self.limits(&snapshot, &allow, &principal, &facts).await?;
         self.session(input.view.session_id, &principal).await?;
         let upstream_auth = self.upstream_auth(&principal, &allow, token).await?;
@@ -164,16 +164,14 @@ impl Authorizer {
         let verified = self.validator.validate(token).await.map_err(token_denial)?;
         let principal = verified.principal;
         seen.token_cache_hit = Some(verified.cache_hit);
-        seen.oid = Some(principal.oid.clone());
-        seen.directory_tid = Some(principal.tid.clone());
-        seen.label = principal.label.clone();
+        seen.principal = Some(principal.clone());
         Ok(principal)
     }
 
     /// The policy snapshot this Check decides on.
     fn snapshot(&self, seen: &mut Seen) -> Result<Arc<Snapshot>, Denial> {
         let snapshot = self.policy.load().ok_or(Reason::PolicyUnavailable)?;
-        seen.policy_version = Some(snapshot.version.clone());
+        seen.snapshot = Some(snapshot.clone());
         Ok(snapshot)
     }
 
