@@ -98,6 +98,26 @@ enum Cmd {
     },
 }
 
+/// A no-op Check server (`noop`, with one more option) on a free port, once it listens.
+async fn spawn_noop(
+    exe: &Path,
+    dir: &Path,
+    workers: usize,
+    name: &str,
+    (option, value): (&str, &Path),
+) -> anyhow::Result<(Proc, u16)> {
+    let port = free_port()?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args(["noop", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--workers")
+        .arg(workers.to_string())
+        .arg(option)
+        .arg(value);
+    let mut p = Proc::spawn(name, cmd, dir)?;
+    wait_for(&mut p, "port", || port_open(port)).await?;
+    Ok((p, port))
+}
+
 /// The `entra` line of the config every run gives mcp-authz.
 pub(crate) fn entra_config(idp: &str) -> String {
     format!(
@@ -255,28 +275,26 @@ async fn run_in(args: &RunArgs, dir: &Path) -> anyhow::Result<String> {
     cmd.args(["upstream", "--listen", &format!("127.0.0.1:{up_port}")]);
     let mut upstream = Proc::spawn("upstream", cmd, dir)?;
     wait_for(&mut upstream, "port", || port_open(up_port)).await?;
-    let noop_port = free_port()?;
     let capture = dir.join("check-request.bin");
-    let mut cmd = tokio::process::Command::new(&exe);
-    cmd.args(["noop", "--listen", &format!("127.0.0.1:{noop_port}")])
-        .arg("--workers")
-        .arg(args.authz_workers.to_string())
-        .arg("--capture")
-        .arg(&capture);
-    let mut noop = Proc::spawn("noop", cmd, dir)?;
-    wait_for(&mut noop, "port", || port_open(noop_port)).await?;
+    let (noop, noop_port) = spawn_noop(
+        &exe,
+        dir,
+        args.authz_workers,
+        "noop",
+        ("--capture", &capture),
+    )
+    .await?;
     // The same server verifying each token's signature: the bound of (g-cold).
     let jwks_file = dir.join("jwks.json");
     std::fs::write(&jwks_file, serde_json::to_vec(&authority.jwks(None))?)?;
-    let noop_verify_port = free_port()?;
-    let mut cmd = tokio::process::Command::new(&exe);
-    cmd.args(["noop", "--listen", &format!("127.0.0.1:{noop_verify_port}")])
-        .arg("--workers")
-        .arg(args.authz_workers.to_string())
-        .arg("--verify-jwks")
-        .arg(&jwks_file);
-    let mut noop_verify = Proc::spawn("noop-verify", cmd, dir)?;
-    wait_for(&mut noop_verify, "port", || port_open(noop_verify_port)).await?;
+    let (noop_verify, noop_verify_port) = spawn_noop(
+        &exe,
+        dir,
+        args.authz_workers,
+        "noop-verify",
+        ("--verify-jwks", &jwks_file),
+    )
+    .await?;
 
     // mcp-authz, release build, TCP and unix socket; its issuer is the ext_authz TCP Envoy
     // (the login facade is on, on the metadata listener, off the Check's path).
