@@ -41,23 +41,12 @@ pub struct Seen {
     pub groups: Option<SeenGroups>,
 }
 
-/// The subject's groups, held by reference: the token's (in the cached principal) or Graph's.
+/// Where the subject's groups came from, held by reference: the token's (read from
+/// [`Seen::principal`]) or Graph's.
 #[derive(Debug, Clone)]
 pub enum SeenGroups {
-    Token(std::sync::Arc<crate::identity::Principal>),
-    Graph(std::sync::Arc<[crate::ids::GroupId]>),
-}
-
-impl SeenGroups {
-    pub fn as_slice(&self) -> &[crate::ids::GroupId] {
-        match self {
-            SeenGroups::Token(p) => match &p.groups {
-                crate::identity::GroupsClaim::Listed(g) => g,
-                _ => &[],
-            },
-            SeenGroups::Graph(g) => g,
-        }
-    }
+    Token,
+    Graph(Arc<[crate::ids::GroupId]>),
 }
 
 impl Seen {
@@ -71,6 +60,17 @@ impl Seen {
 
     pub fn label(&self) -> Option<&str> {
         self.principal.as_ref().and_then(|p| p.label.as_deref())
+    }
+
+    /// The groups the policy decided with, when they were recorded.
+    pub fn recorded_groups(&self) -> Option<&[crate::ids::GroupId]> {
+        match self.groups.as_ref()? {
+            SeenGroups::Token => match &self.principal.as_ref()?.groups {
+                crate::identity::GroupsClaim::Listed(g) => Some(g),
+                _ => Some(&[]),
+            },
+            SeenGroups::Graph(g) => Some(g),
+        }
     }
 
     pub fn policy_version(&self) -> Option<&str> {
@@ -175,9 +175,8 @@ impl CheckOutcome {
             trace_id,
             groups: self
                 .seen
-                .groups
-                .as_ref()
-                .map(|g| g.as_slice().iter().map(ToString::to_string).collect()),
+                .recorded_groups()
+                .map(|g| g.iter().map(ToString::to_string).collect()),
         }
     }
 

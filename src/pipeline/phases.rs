@@ -84,7 +84,7 @@ impl Authorizer {
         let groups = self.groups_of(&principal, seen).await?;
         if self.audit.is_some() || self.decision_log.is_some() {
             seen.groups = Some(match &groups {
-                Groups::Token(_) => SeenGroups::Token(principal.clone()),
+                Groups::Token(_) => SeenGroups::Token,
                 Groups::Graph(g) => SeenGroups::Graph(g.clone()),
             });
         }
