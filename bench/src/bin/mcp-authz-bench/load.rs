@@ -233,6 +233,38 @@ pub async fn run_mcp_load(args: &[String]) -> anyhow::Result<Sample> {
 }
 
 /// Runs `mcp-authz-bench grpc-load` (this same executable) as its own process.
+/// The arguments of one `grpc-load` run: Checks of the `template` shape to `port`, each with
+/// the next token of `tokens` and the `body`, `concurrency` in flight, closed loop unless a
+/// `rate` is given.
+pub fn grpc_load_args(
+    port: u16,
+    tokens: &Path,
+    body: &Path,
+    template: &Path,
+    seconds: u64,
+    concurrency: usize,
+    rate: Option<u64>,
+) -> Vec<String> {
+    let mut args = vec![
+        "--target".to_string(),
+        format!("127.0.0.1:{port}"),
+        "--tokens".into(),
+        tokens.display().to_string(),
+        "--body".into(),
+        body.display().to_string(),
+        "--seconds".into(),
+        seconds.to_string(),
+        "--concurrency".into(),
+        concurrency.to_string(),
+        "--template".into(),
+        template.display().to_string(),
+    ];
+    if let Some(rate) = rate {
+        args.extend(["--rate".to_string(), rate.to_string()]);
+    }
+    args
+}
+
 pub async fn grpc_load(args: &[String]) -> anyhow::Result<Sample> {
     let out = tokio::process::Command::new(std::env::current_exe()?)
         .arg("grpc-load")

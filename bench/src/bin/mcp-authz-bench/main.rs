@@ -514,20 +514,15 @@ runtime: {{worker_threads: {}}}
     let forged_file = dir.join("tokens-forged.txt");
     write_tokens(&forged_file, std::slice::from_ref(&bad))?;
     for (tokens, want_ok) in [(&warm_file, true), (&forged_file, false)] {
-        let s = load::grpc_load(&[
-            "--target".into(),
-            format!("127.0.0.1:{noop_verify_port}"),
-            "--tokens".into(),
-            tokens.display().to_string(),
-            "--body".into(),
-            bodies[CALL_BODY].display().to_string(),
-            "--seconds".into(),
-            "1".into(),
-            "--concurrency".into(),
-            "2".into(),
-            "--template".into(),
-            capture.display().to_string(),
-        ])
+        let s = load::grpc_load(&load::grpc_load_args(
+            noop_verify_port,
+            tokens,
+            &bodies[CALL_BODY],
+            &capture,
+            1,
+            2,
+            None,
+        ))
         .await?;
         let ok = s.requests - s.errors;
         anyhow::ensure!(

@@ -68,12 +68,15 @@ fn ms(us: f64) -> String {
 }
 
 pub fn render(i: &Input) -> String {
-    let get = |key: &str, phase: Phase| -> (Med, Vec<f64>) {
-        let runs = row_index(key)
+    let runs_of = |key: &str, phase: Phase| -> &[Run] {
+        row_index(key)
             .ok()
             .and_then(|idx| i.runs.get(&(idx, phase)))
             .map(Vec::as_slice)
-            .unwrap_or(&[]);
+            .unwrap_or(&[])
+    };
+    let get = |key: &str, phase: Phase| -> (Med, Vec<f64>) {
+        let runs = runs_of(key, phase);
         (med(runs), runs.iter().map(|r| r.sample.rate()).collect())
     };
     let sat = |k: &str| get(k, Phase::Saturation).0;
@@ -216,16 +219,9 @@ One new token through mcp-authz's `Validator::validate` in process (one thread, 
     // server's): the two ran one after the other, so a round's ratio is free of the drift
     // between rounds that the medians are not.
     let paired = |x: &str, y: &str| -> String {
-        let runs = |k: &str| {
-            row_index(k)
-                .ok()
-                .and_then(|idx| i.runs.get(&(idx, Phase::Saturation)))
-                .cloned()
-                .unwrap_or_default()
-        };
-        let (xs, ys) = (runs(x), runs(y));
-        xs.iter()
-            .zip(&ys)
+        runs_of(x, Phase::Saturation)
+            .iter()
+            .zip(runs_of(y, Phase::Saturation))
             .map(|(a, b)| {
                 format!(
                     "{:.2}",

@@ -129,23 +129,15 @@ impl Stage {
                     Target::NoopVerify => self.noop_verify_port,
                     _ => self.authz_port,
                 };
-                let mut args = vec![
-                    "--target".to_string(),
-                    format!("127.0.0.1:{port}"),
-                    "--tokens".into(),
-                    tokens.display().to_string(),
-                    "--body".into(),
-                    body.display().to_string(),
-                    "--seconds".into(),
-                    seconds.to_string(),
-                    "--concurrency".into(),
-                    mode.connections().to_string(),
-                    "--template".into(),
-                    self.check_template.display().to_string(),
-                ];
-                if let Some(rate) = mode.rate() {
-                    args.extend(["--rate".to_string(), rate.to_string()]);
-                }
+                let args = load::grpc_load_args(
+                    port,
+                    &tokens,
+                    &body,
+                    &self.check_template,
+                    seconds,
+                    mode.connections(),
+                    mode.rate(),
+                );
                 let command = format!("mcp-authz-bench grpc-load {}", args.join(" "));
                 (load::grpc_load(&args).await?, command)
             }
