@@ -278,8 +278,8 @@ pub async fn run(
         );
         servers.spawn(async move {
             tonic::transport::Server::builder()
+                .layer(authz)
                 .add_service(health)
-                .add_service(authz)
                 .add_service(lists)
                 .add_optional_service(ads)
                 .serve_with_incoming_shutdown(tls.incoming(l, stop.clone()), stop.cancelled_owned())
@@ -297,8 +297,8 @@ pub async fn run(
         );
         servers.spawn(async move {
             tonic::transport::Server::builder()
+                .layer(authz)
                 .add_service(health)
-                .add_service(authz)
                 .add_service(lists)
                 .add_optional_service(ads)
                 .serve_with_incoming_shutdown(
@@ -324,8 +324,8 @@ pub async fn run(
         );
         servers.spawn(async move {
             let result = tonic::transport::Server::builder()
+                .layer(authz)
                 .add_service(health)
-                .add_service(authz)
                 .add_service(lists)
                 .add_optional_service(ads)
                 .serve_with_incoming_shutdown(

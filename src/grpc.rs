@@ -4,9 +4,8 @@
 //! Headers arrive either as Envoy's merged map (repeated headers joined with ",") or, with
 //! `encode_raw_headers: true`, as a raw list that keeps repeats apart; both are read. A denial
 //! is an ordinary `CheckResponse` with a non-OK status, never a gRPC error (a gRPC error would
-//! leave the answer to Envoy's `failure_mode_allow`).
-
-use std::sync::Arc;
+//! leave the answer to Envoy's `failure_mode_allow`). The Check itself is served ahead of
+//! tonic's router (`unary.rs`), its request read where it lies (`wire.rs`).
 
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
@@ -18,11 +17,13 @@ use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::rpc::Status;
 
 use crate::mcp::{HeaderField, HttpView};
-use crate::pipeline::{Authorizer, CheckInput};
+use crate::pipeline::CheckInput;
 use crate::response::Verdict;
 
+mod unary;
 mod unvectored;
 mod wire;
+pub use unary::{CheckServer, GrpcBody, MAX_CHECK_BYTES, WithCheck};
 pub use unvectored::Unvectored;
 pub use wire::{CheckWire, WireError, reading_differs};
 
@@ -35,69 +36,6 @@ const GRPC_PERMISSION_DENIED: i32 = 7;
 const GRPC_RESOURCE_EXHAUSTED: i32 = 8;
 const GRPC_UNAVAILABLE: i32 = 14;
 const GRPC_UNAUTHENTICATED: i32 = 16;
-
-/// The Check service: what tonic's generated `AuthorizationServer` does, with
-/// [`CheckCodec`] in place of prost's, so that a CheckRequest is read where it lies
-/// ([`CheckWire`]) and the common allow answer is written without building its message.
-#[derive(Clone)]
-pub struct CheckServer {
-    authorizer: Arc<Authorizer>,
-}
-
-impl CheckServer {
-    pub fn new(authorizer: Arc<Authorizer>) -> Self {
-        Self { authorizer }
-    }
-}
-
-impl tonic::server::NamedService for CheckServer {
-    const NAME: &'static str = "envoy.service.auth.v3.Authorization";
-}
-
-const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
-
-impl<B> tonic::codegen::Service<http::Request<B>> for CheckServer
-where
-    B: tonic::codegen::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = std::convert::Infallible;
-    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if req.uri().path() != CHECK_PATH {
-            return Box::pin(async { Ok(tonic::Status::unimplemented("").into_http()) });
-        }
-        let unary = CheckUnary(self.authorizer.clone());
-        Box::pin(async move { Ok(tonic::server::Grpc::new(CheckCodec).unary(unary, req).await) })
-    }
-}
-
-struct CheckUnary(Arc<Authorizer>);
-
-impl tonic::server::UnaryService<CheckWire> for CheckUnary {
-    type Response = Answer;
-    type Future = tonic::codegen::BoxFuture<tonic::Response<Answer>, tonic::Status>;
-
-    fn call(&mut self, request: tonic::Request<CheckWire>) -> Self::Future {
-        let authorizer = self.0.clone();
-        Box::pin(async move {
-            let wire = request.into_inner();
-            let headers = RequestHeaders::from_wire(&wire).map_err(malformed)?;
-            let input = check_input(&wire, &headers).map_err(malformed)?;
-            let outcome = authorizer.check(&input).await;
-            Ok(tonic::Response::new(Answer::from(outcome.verdict)))
-        })
-    }
-}
 
 /// A CheckRequest that cannot be read: `INVALID_ARGUMENT`, which Envoy (failing closed)
 /// answers with `status_on_error`. Only Envoy sends these, so it is logged.
@@ -131,73 +69,19 @@ impl From<Verdict> for Answer {
 }
 
 impl Answer {
-    /// Appends this answer's protobuf bytes to `out`.
-    fn encode(&self, out: &mut impl bytes::BufMut) -> Result<(), prost::EncodeError> {
+    /// Appends this answer's protobuf bytes to `out`, which grows as needed.
+    fn encode_into(&self, out: &mut bytes::BytesMut) {
         match self {
-            // tonic's buffer starts at 8 KiB and grows as written; an allow answer is ≈ 300 bytes.
-            Answer::Allow { set, remove } => {
-                wire::put_allow(set, remove, out);
-                Ok(())
-            }
-            Answer::Message(m) => prost::Message::encode(m.as_ref(), out),
+            Answer::Allow { set, remove } => wire::put_allow(set, remove, out),
+            Answer::Message(m) => prost::Message::encode_raw(m.as_ref(), out),
         }
     }
 
     /// The protobuf bytes of this answer.
     pub fn encode_to_vec(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        // A Vec grows as needed: encoding into it cannot run out of room.
-        let _ = self.encode(&mut out);
-        out
-    }
-}
-
-/// The Check's codec: [`CheckWire`] in, [`Answer`] out.
-#[derive(Clone, Copy, Default)]
-pub struct CheckCodec;
-
-pub struct CheckEncoder;
-pub struct CheckDecoder;
-
-impl tonic::codec::Codec for CheckCodec {
-    type Encode = Answer;
-    type Decode = CheckWire;
-    type Encoder = CheckEncoder;
-    type Decoder = CheckDecoder;
-
-    fn encoder(&mut self) -> CheckEncoder {
-        CheckEncoder
-    }
-
-    fn decoder(&mut self) -> CheckDecoder {
-        CheckDecoder
-    }
-}
-
-impl tonic::codec::Encoder for CheckEncoder {
-    type Item = Answer;
-    type Error = tonic::Status;
-
-    fn encode(
-        &mut self,
-        item: Answer,
-        buf: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
-        item.encode(buf)
-            .map_err(|e| tonic::Status::internal(format!("encode CheckResponse: {e}")))
-    }
-}
-
-impl tonic::codec::Decoder for CheckDecoder {
-    type Item = CheckWire;
-    type Error = tonic::Status;
-
-    fn decode(
-        &mut self,
-        buf: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<CheckWire>, tonic::Status> {
-        let bytes = bytes::Buf::copy_to_bytes(buf, bytes::Buf::remaining(buf));
-        CheckWire::decode(bytes).map(Some).map_err(malformed)
+        let mut out = bytes::BytesMut::new();
+        self.encode_into(&mut out);
+        out.to_vec()
     }
 }
 

@@ -144,35 +144,43 @@ impl Authorizer {
     }
 }
 
+/// An authorizer built from a minimal config (one tenant, one server, a JWKS that is never
+/// reached), for tests of what surrounds the decision; the directory holds its policy file.
 #[cfg(test)]
-mod tests {
-    /// tonic boxes the Check future and moves it on every Check. Before the slow paths (Graph,
-    /// JWKS refresh, Redis, OBO) were boxed it was 20 KB, and copying it was ~8 % of a warm
-    /// Check's CPU (perf, `make bench`). This keeps it from growing back.
-    #[test]
-    fn a_check_future_stays_small() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let policy = dir.path().join("policy.yaml");
-        std::fs::write(
-            &policy,
-            "tenants: [{name: t, servers: [github]}]\nservers: [{name: github}]\n",
-        )
-        .expect("write policy");
-        let cfg = crate::config::Config::parse(
-            &format!(
-                r#"
+pub(crate) fn test_parts() -> (tempfile::TempDir, crate::app::Parts) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "tenants: [{name: t, servers: [github]}]\nservers: [{name: github}]\n",
+    )
+    .expect("write policy");
+    let cfg = crate::config::Config::parse(
+        &format!(
+            r#"
 listen: {{grpc: "127.0.0.1:0", admin: "127.0.0.1:0"}}
 entra: {{authority: "http://127.0.0.1:9", allow_insecure_authority: true, tenants: ["3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2c"], audiences: [api://x]}}
 policy: {{file: "{}"}}
 graph: {{base_url: "http://127.0.0.1:9", client_id: c, client_secret: s}}
 mcp: {{public_base_url: "https://gw.example"}}
 "#,
-                policy.display()
-            ),
-            Vec::new(),
-        )
-        .expect("config");
-        let parts = crate::app::build(&cfg, None, None, None).expect("build");
+            policy.display()
+        ),
+        Vec::new(),
+    )
+    .expect("config");
+    let parts = crate::app::build(&cfg, None, None, None).expect("build");
+    (dir, parts)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The Check future is boxed and moved on every Check. Before the slow paths (Graph,
+    /// JWKS refresh, Redis, OBO) were boxed it was 20 KB, and copying it was ~8 % of a warm
+    /// Check's CPU (perf, `make bench`). This keeps it from growing back.
+    #[test]
+    fn a_check_future_stays_small() {
+        let (_dir, parts) = super::test_parts();
         let req = crate::grpc::http_check_request(Some("a.b.c"), "/mcp/github", b"{}");
         let wire = crate::grpc::CheckWire::from_request(&req).expect("read back");
         let headers = crate::grpc::RequestHeaders::from_wire(&wire).expect("headers");
