@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::document::*;
-use super::snapshot::{Grant, Limits, Origin, Server, Snapshot, Tenant, ToolRule};
+use super::snapshot::{
+    FastMap, FastSet, Grant, Limits, Origin, Server, Snapshot, Tenant, ToolRule,
+};
 use crate::ids::{DirectoryId, GroupId, ObjectId, ServerName, is_name};
 use crate::ratelimit::Rate;
 
@@ -84,7 +86,7 @@ impl Snapshot {
         };
         let mut servers = Vec::new();
         let mut server_by_name: HashMap<&str, usize> = HashMap::new();
-        let mut server_by_route = HashMap::new();
+        let mut server_by_route = FastMap::default();
         for (i, s) in doc.servers.iter().enumerate() {
             let origin: Origin = format!("servers[{i}] {}", s.name).into();
             let name = ServerName::parse(&s.name);
@@ -199,7 +201,7 @@ impl Snapshot {
                     t.name
                 ));
             }
-            let mut set = HashSet::new();
+            let mut set = FastSet::default();
             for s in &t.servers {
                 match server_by_name.get(s.as_str()) {
                     Some(&idx) => {
@@ -223,7 +225,7 @@ impl Snapshot {
             found
         };
 
-        let mut group_grants: HashMap<GroupId, Vec<Grant>> = HashMap::new();
+        let mut group_grants: FastMap<GroupId, Vec<Grant>> = FastMap::default();
         let mut seen_group_pairs = HashSet::new();
         for (i, g) in doc.group_grants.iter().enumerate() {
             let at = row_label(&format!("group_grants[{i}]"), "group_tenants", g.id);
@@ -262,8 +264,8 @@ impl Snapshot {
             });
         }
 
-        let mut user_grants: HashMap<ObjectId, Vec<Grant>> = HashMap::new();
-        let mut upn_grants: HashMap<String, Vec<Grant>> = HashMap::new();
+        let mut user_grants: FastMap<ObjectId, Vec<Grant>> = FastMap::default();
+        let mut upn_grants: FastMap<String, Vec<Grant>> = FastMap::default();
         for (i, u) in doc.user_grants.iter().enumerate() {
             let at = row_label(&format!("user_grants[{i}]"), "user_tenants", u.id);
             let tid = match &u.tid {
@@ -324,7 +326,7 @@ impl Snapshot {
             }
         }
 
-        let mut admin_groups = HashMap::new();
+        let mut admin_groups = FastMap::default();
         for (i, g) in doc.admins.groups.iter().enumerate() {
             let at = format!("admins.groups[{i}]");
             let group = g.group();
@@ -336,7 +338,7 @@ impl Snapshot {
                 None => problems.push(format!("{at}: {group:?} is not a GUID")),
             }
         }
-        let mut admin_users = HashMap::new();
+        let mut admin_users = FastMap::default();
         for (i, u) in doc.admins.users.iter().enumerate() {
             let at = format!("admins.users[{i}]");
             let tid = directory_of(&at, u.tid.as_deref(), &mut problems);
