@@ -4,8 +4,8 @@
 //! prost's generated types (envoy-types) decode every string of a CheckRequest into its own
 //! `String`, every header into a `HashMap` entry, the body into a `Vec`: about thirty
 //! allocations and copies per Check for fields the decision mostly never reads. [`CheckWire`]
-//! keeps the message's bytes (tonic hands them over without a copy) and records where the
-//! fields the decision reads are; [`CheckWire::headers`] and [`CheckWire::input`] borrow from
+//! keeps the message's bytes (as the HTTP/2 body delivered them, without a copy) and records
+//! where the fields the decision reads are; [`CheckWire::headers`] and [`CheckWire::input`] borrow from
 //! them.
 //!
 //! It reads the message exactly as prost would, for every field it reads: fields in any
