@@ -23,7 +23,7 @@ use crate::response::Verdict;
 mod unary;
 mod unvectored;
 mod wire;
-pub use unary::{CheckServer, GrpcBody, MAX_CHECK_BYTES, WithCheck};
+pub use unary::{CheckServer, GrpcBody, WithCheck};
 pub use unvectored::Unvectored;
 pub use wire::{CheckWire, WireError, reading_differs};
 
@@ -70,7 +70,7 @@ impl From<Verdict> for Answer {
 
 impl Answer {
     /// Appends this answer's protobuf bytes to `out`, which grows as needed.
-    fn encode_into(&self, out: &mut bytes::BytesMut) {
+    fn encode_into(&self, out: &mut impl bytes::BufMut) {
         match self {
             Answer::Allow { set, remove } => wire::put_allow(set, remove, out),
             Answer::Message(m) => prost::Message::encode_raw(m.as_ref(), out),
@@ -79,9 +79,9 @@ impl Answer {
 
     /// The protobuf bytes of this answer.
     pub fn encode_to_vec(&self) -> Vec<u8> {
-        let mut out = bytes::BytesMut::new();
+        let mut out = Vec::new();
         self.encode_into(&mut out);
-        out.to_vec()
+        out
     }
 }
 

@@ -110,32 +110,9 @@ async fn serve_check(
     authorizer: &Authorizer,
     req: http::Request<tonic::body::Body>,
 ) -> http::Response<GrpcBody> {
-    if let Some(encoding) = req.headers().get("grpc-encoding")
-        && encoding.as_bytes() != b"identity"
-    {
-        return refused(tonic::Status::unimplemented(format!(
-            "Content is compressed with `{}` which isn't supported",
-            String::from_utf8_lossy(encoding.as_bytes())
-        )));
-    }
-    let message = match read_message(req.into_body(), MAX_CHECK_BYTES).await {
-        Ok(m) => m,
+    let answer = match check(authorizer, req).await {
+        Ok(a) => a,
         Err(status) => return refused(status),
-    };
-    let wire = match CheckWire::decode(message) {
-        Ok(w) => w,
-        Err(e) => return refused(malformed(e)),
-    };
-    let answer = {
-        let headers = match RequestHeaders::from_wire(&wire) {
-            Ok(h) => h,
-            Err(e) => return refused(malformed(e)),
-        };
-        let input = match check_input(&wire, &headers) {
-            Ok(i) => i,
-            Err(e) => return refused(malformed(e)),
-        };
-        Answer::from(authorizer.check(&input).await.verdict)
     };
     let mut response = http::Response::new(GrpcBody::answer(&answer));
     response.headers_mut().insert(
@@ -145,9 +122,71 @@ async fn serve_check(
     response
 }
 
+/// The Check's answer, or the gRPC status that refuses a request that cannot be read.
+async fn check(
+    authorizer: &Authorizer,
+    req: http::Request<tonic::body::Body>,
+) -> Result<Answer, tonic::Status> {
+    if let Some(encoding) = req.headers().get("grpc-encoding")
+        && encoding.as_bytes() != b"identity"
+    {
+        return Err(tonic::Status::unimplemented(format!(
+            "Content is compressed with `{}` which isn't supported",
+            String::from_utf8_lossy(encoding.as_bytes())
+        )));
+    }
+    let message = read_message(req.into_body(), MAX_CHECK_BYTES).await?;
+    let wire = CheckWire::decode(message).map_err(malformed)?;
+    let headers = RequestHeaders::from_wire(&wire).map_err(malformed)?;
+    let input = check_input(&wire, &headers).map_err(malformed)?;
+    Ok(Answer::from(authorizer.check(&input).await.verdict))
+}
+
 /// A trailers-only answer with `status`, as tonic writes one.
 fn refused(status: tonic::Status) -> http::Response<GrpcBody> {
     status.into_http::<tonic::body::Body>().map(GrpcBody::Other)
+}
+
+/// What a request body has delivered so far. The first DATA frame is, nearly always, the
+/// whole message: it is kept without a copy, and joined with later ones only when they come.
+enum Received {
+    Nothing,
+    One(Bytes),
+    Joined(BytesMut),
+}
+
+impl Received {
+    fn push(&mut self, data: Bytes) {
+        *self = match std::mem::replace(self, Received::Nothing) {
+            Received::Nothing => Received::One(data),
+            Received::One(first) => {
+                let mut j = BytesMut::with_capacity(first.len() + data.len());
+                j.put_slice(&first);
+                j.put_slice(&data);
+                Received::Joined(j)
+            }
+            Received::Joined(mut j) => {
+                j.put_slice(&data);
+                Received::Joined(j)
+            }
+        };
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Received::Nothing => &[],
+            Received::One(b) => b,
+            Received::Joined(j) => j,
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Received::Nothing => Bytes::new(),
+            Received::One(b) => b,
+            Received::Joined(j) => j.freeze(),
+        }
+    }
 }
 
 /// Reads the one message of a unary call: its prefix, then exactly the bytes it announces.
@@ -156,9 +195,7 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    // The first DATA frame is, nearly always, the whole message: kept without a copy.
-    let mut first: Option<Bytes> = None;
-    let mut joined: Option<BytesMut> = None;
+    let mut received = Received::Nothing;
     let mut announced: Option<usize> = None;
     while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
         let frame =
@@ -170,24 +207,10 @@ where
         if data.is_empty() {
             continue;
         }
-        match (&mut first, &mut joined) {
-            (None, _) => first = Some(data),
-            (Some(f), None) => {
-                let mut j = BytesMut::with_capacity(f.len() + data.len());
-                j.put_slice(f);
-                j.put_slice(&data);
-                joined = Some(j);
-            }
-            (Some(_), Some(j)) => j.put_slice(&data),
-        }
-        let have: &[u8] = match (&first, &joined) {
-            (_, Some(j)) => j,
-            (Some(f), None) => f,
-            (None, None) => &[],
-        };
+        received.push(data);
+        let have = received.as_slice();
         if announced.is_none() && have.len() >= PREFIX {
-            let len = prefix_length(have, max)?;
-            announced = Some(len);
+            announced = Some(prefix_length(have, max)?);
         }
         if let Some(len) = announced
             && have.len() > PREFIX + len
@@ -197,19 +220,13 @@ where
             ));
         }
     }
-    let mut all = match (first, joined) {
-        (_, Some(j)) => j.freeze(),
-        (Some(f), None) => f,
-        (None, None) => return Err(tonic::Status::internal("Missing request message.")),
+    let Some(len) = announced else {
+        return Err(tonic::Status::internal(match received {
+            Received::Nothing => "Missing request message.",
+            _ => "the request ended inside a message's prefix",
+        }));
     };
-    let len = match announced {
-        Some(len) => len,
-        None => {
-            return Err(tonic::Status::internal(
-                "the request ended inside a message's prefix",
-            ));
-        }
-    };
+    let mut all = received.into_bytes();
     if all.len() < PREFIX + len {
         return Err(tonic::Status::internal(
             "the request ended before the message it announced",
