@@ -15,7 +15,7 @@ use divan::{Bencher, black_box};
 use mcp_authz::identity::{KeySet, KeyStore, ValidationRules, Validator};
 use mcp_authz::ids::{DirectoryId, GroupId, ObjectId};
 use mcp_authz::mcp::{self, HeaderField, HttpView};
-use mcp_authz::policy::{PolicyDocument, Snapshot, Subject, decide};
+use mcp_authz::policy::{PolicyDocument, Snapshot, Subject, decide, permit};
 use mcp_authz_testkit::standin::{Authority, MintRequest};
 
 const TID: &str = "3f8a4b2c-1d5e-4f6a-9b8c-7d6e5f4a3b2c";
@@ -58,25 +58,56 @@ fn view() -> HttpView<'static> {
     }
 }
 
-/// The pure decision: server, tenants from 40 groups, tool rules.
+/// What the decision reads: the policy, a `tools/call`'s facts, and a subject in 40 groups.
+struct DecisionInput {
+    snap: Snapshot,
+    facts: mcp::RequestFacts,
+    groups: Vec<GroupId>,
+    tid: DirectoryId,
+    oid: ObjectId,
+}
+
+impl DecisionInput {
+    fn new() -> Self {
+        let doc: PolicyDocument = serde_yaml_ng::from_str(POLICY).expect("policy");
+        let mut groups: Vec<GroupId> = (0..39)
+            .map(|i| GroupId::parse(&format!("00000000-0000-4000-8000-{i:012}")).expect("guid"))
+            .collect();
+        groups.push(GroupId::parse("e0000000-0000-4000-8000-0000000000e1").expect("guid"));
+        DecisionInput {
+            snap: Snapshot::compile(&doc, "bench", &[]).expect("compiles"),
+            facts: mcp::parse(&view(), "/mcp/").facts.expect("facts"),
+            groups,
+            tid: DirectoryId::parse(TID).expect("guid"),
+            oid: ObjectId::parse("00000000-0000-4000-8000-000000000b0b").expect("guid"),
+        }
+    }
+
+    fn who(&self) -> Subject<'_> {
+        Subject {
+            tid: &self.tid,
+            oid: &self.oid,
+            upn: None,
+            groups: &self.groups,
+        }
+    }
+}
+
+/// The decision with its basis (what `explain` and policy tests print): server, tenants from
+/// 40 groups, tool rules.
 #[divan::bench]
 fn decide_tools_call(b: Bencher) {
-    let doc: PolicyDocument = serde_yaml_ng::from_str(POLICY).expect("policy");
-    let snap = Snapshot::compile(&doc, "bench", &[]).expect("compiles");
-    let facts = mcp::parse(&view(), "/mcp/").facts.expect("facts");
-    let mut groups: Vec<GroupId> = (0..39)
-        .map(|i| GroupId::parse(&format!("00000000-0000-4000-8000-{i:012}")).expect("guid"))
-        .collect();
-    groups.push(GroupId::parse("e0000000-0000-4000-8000-0000000000e1").expect("guid"));
-    let tid = DirectoryId::parse(TID).expect("guid");
-    let oid = ObjectId::parse("00000000-0000-4000-8000-000000000b0b").expect("guid");
-    let who = Subject {
-        tid: &tid,
-        oid: &oid,
-        upn: None,
-        groups: &groups,
-    };
-    b.bench_local(|| decide(black_box(&snap), black_box(&who), black_box(&facts)));
+    let d = DecisionInput::new();
+    let who = d.who();
+    b.bench_local(|| decide(black_box(&d.snap), black_box(&who), black_box(&d.facts)));
+}
+
+/// The same decision as a Check makes it: the permit alone, borrowed from the snapshot.
+#[divan::bench]
+fn permit_tools_call(b: Bencher) {
+    let d = DecisionInput::new();
+    let who = d.who();
+    b.bench_local(|| permit(black_box(&d.snap), black_box(&who), black_box(&d.facts)));
 }
 
 /// Request facts from a `tools/call` body (reads only method, id and params.name).

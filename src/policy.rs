@@ -24,7 +24,8 @@ pub mod upstream;
 
 pub use compile::CompileError;
 pub use decision::{
-    Decision, DenyReason, Permit, SHADOW_TENANT, Subject, decide, lets_through, shadow_permit,
+    Decision, DenyReason, Permit, SHADOW_TENANT, Subject, decide, lets_through, permit,
+    shadow_permit,
 };
 pub use document::*;
 pub use file::{FileSource, load_file};

@@ -74,23 +74,62 @@ impl Authorizer {
     ) -> Result<Verdict, Denial> {
         let token = identity::bearer_token(&input.authorization).map_err(token_denial)?;
         let principal = self.identity(token, seen).await?;
-        if mcp::is_catalog(&input.view, &self.settings.path_prefix) {
-            let snapshot = self.snapshot(seen)?;
-            let groups = self.groups_of(&principal, seen).await?;
-            return Ok(self.catalog(&snapshot, &principal, &groups, &input.view));
-        }
-        let facts = facts.map_err(Denial::from)?;
-        let snapshot = self.snapshot(seen)?;
-        let groups = self.groups_of(&principal, seen).await?;
+        let catalog = mcp::is_catalog(&input.view, &self.settings.path_prefix);
+        let facts = if catalog {
+            None
+        } else {
+            Some(facts.map_err(Denial::from)?)
+        };
+        // Loaded once and moved into `seen` whatever the outcome: the policy's count is
+        // shared by every worker, so each clone would be an atomic on a contended line.
+        let snapshot = self.policy.load().ok_or(Reason::PolicyUnavailable)?;
+        let out = match &facts {
+            None => match self.groups_of(&principal, seen).await {
+                Ok(groups) => Ok(self.catalog(&snapshot, &principal, &groups, &input.view)),
+                Err(denial) => Err(denial),
+            },
+            Some(facts) => {
+                self.decided(
+                    input,
+                    facts,
+                    rpc_id,
+                    decision_id,
+                    token,
+                    &snapshot,
+                    &principal,
+                    seen,
+                )
+                .await
+            }
+        };
+        seen.snapshot = Some(snapshot);
+        out
+    }
+
+    /// The phases from the groups on, for a request the policy decides (the snapshot and the
+    /// principal at hand).
+    #[allow(clippy::too_many_arguments)]
+    async fn decided(
+        &self,
+        input: &CheckInput<'_>,
+        facts: &RequestFacts,
+        rpc_id: Option<&RawValue>,
+        decision_id: &str,
+        token: &str,
+        snapshot: &Snapshot,
+        principal: &Principal,
+        seen: &mut Seen,
+    ) -> Result<Verdict, Denial> {
+        let groups = self.groups_of(principal, seen).await?;
         if self.audit.is_some() || self.decision_log.is_some() {
             seen.groups = Some(match &groups {
                 Groups::Token(_) => SeenGroups::Token,
                 Groups::Graph(g) => SeenGroups::Graph(g.clone()),
             });
         }
-        let allow = match Self::policy(&snapshot, &principal, &groups, &facts) {
+        let allow = match Self::policy(snapshot, principal, &groups, facts) {
             Ok(permit) => permit,
-            Err(reason) => match policy::shadow_permit(&snapshot, &facts, reason) {
+            Err(reason) => match policy::shadow_permit(snapshot, facts, reason) {
                 // Shadow mode: the denial is recorded (`would_deny`) and the request allowed.
                 Some(permit) => {
                     seen.would_deny = Some(reason.reason());
@@ -100,13 +139,13 @@ impl Authorizer {
             },
         };
         seen.tenant = Some(allow.tenant.clone());
-        self.limits(&snapshot, &allow, &principal, &facts).await?;
-        self.session(input.view.session_id, &principal).await?;
-        let upstream_auth = self.upstream_auth(&principal, &allow, token).await?;
-        let assertion = self.assertion(&principal, &allow)?;
-        let list = list_caller(&facts, &principal, &groups, rpc_id);
+        self.limits(snapshot, &allow, principal, facts).await?;
+        self.session(input.view.session_id, principal).await?;
+        let upstream_auth = self.upstream_auth(principal, &allow, token).await?;
+        let assertion = self.assertion(principal, &allow)?;
+        let list = list_caller(facts, principal, &groups, rpc_id);
         Ok(Self::allow(
-            &principal,
+            principal,
             &allow,
             decision_id,
             upstream_auth,
@@ -168,13 +207,6 @@ impl Authorizer {
         Ok(principal)
     }
 
-    /// The policy snapshot this Check decides on.
-    fn snapshot(&self, seen: &mut Seen) -> Result<Arc<Snapshot>, Denial> {
-        let snapshot = self.policy.load().ok_or(Reason::PolicyUnavailable)?;
-        seen.snapshot = Some(snapshot.clone());
-        Ok(snapshot)
-    }
-
     /// Groups: from the token, or from Graph on an overage.
     async fn groups_of<'p>(
         &self,
@@ -193,20 +225,20 @@ impl Authorizer {
     }
 
     /// Policy: the pure decision.
-    fn policy(
-        snapshot: &Snapshot,
+    fn policy<'s>(
+        snapshot: &'s Snapshot,
         principal: &Principal,
         groups: &[GroupId],
         facts: &RequestFacts,
-    ) -> Result<policy::Permit, policy::DenyReason> {
-        policy::decide(snapshot, &subject(principal, groups), facts).result
+    ) -> Result<policy::Permit<'s>, policy::DenyReason> {
+        policy::permit(snapshot, &subject(principal, groups), facts)
     }
 
     /// Limits: the rate-limit buckets the allow is charged to.
     async fn limits(
         &self,
         snapshot: &Snapshot,
-        allow: &policy::Permit,
+        allow: &policy::Permit<'_>,
         principal: &Principal,
         facts: &RequestFacts,
     ) -> Result<(), Denial> {
@@ -246,7 +278,7 @@ impl Authorizer {
     async fn upstream_auth(
         &self,
         principal: &Principal,
-        allow: &policy::Permit,
+        allow: &policy::Permit<'_>,
         token: &str,
     ) -> Result<UpstreamAuth, Denial> {
         match UpstreamAuth::for_forwarding(allow.token_forwarding) {
@@ -259,7 +291,7 @@ impl Authorizer {
     async fn on_behalf_of(
         &self,
         principal: &Principal,
-        allow: &policy::Permit,
+        allow: &policy::Permit<'_>,
         token: &str,
     ) -> Result<UpstreamAuth, Denial> {
         if principal.kind != PrincipalKind::User {
@@ -289,7 +321,7 @@ impl Authorizer {
     fn assertion(
         &self,
         principal: &Principal,
-        allow: &policy::Permit,
+        allow: &policy::Permit<'_>,
     ) -> Result<Option<Arc<str>>, Denial> {
         let Some(assertions) = &self.assertions else {
             return Ok(None);
@@ -299,7 +331,7 @@ impl Authorizer {
             tid: &principal.tid,
             oid: &principal.oid,
             label: principal.label.as_deref(),
-            tenant: &allow.tenant,
+            tenant: allow.tenant,
             access_level: allow.level.as_str(),
         };
         assertions
@@ -311,7 +343,7 @@ impl Authorizer {
     /// Allow: the identity headers the upstream gets, and the headers Envoy removes.
     fn allow(
         principal: &Principal,
-        allow: &policy::Permit,
+        allow: &policy::Permit<'_>,
         decision_id: &str,
         upstream_auth: UpstreamAuth,
         assertion: Option<Arc<str>>,
@@ -323,7 +355,7 @@ impl Authorizer {
                 oid: &principal.oid,
                 tid: &principal.tid,
                 label: principal.label.as_deref(),
-                tenant: &allow.tenant,
+                tenant: allow.tenant,
                 level: allow.level.as_str(),
             },
             decision_id,

@@ -104,7 +104,7 @@ impl Ask {
 
 impl Resolved {
     /// The decision the gateway would make now on `snapshot`.
-    pub fn decide(&self, snapshot: &Snapshot) -> Decision {
+    pub fn decide<'s>(&self, snapshot: &'s Snapshot) -> Decision<'s> {
         let subject = Subject {
             tid: &self.tid,
             oid: &self.oid,
@@ -225,7 +225,7 @@ impl Case {
             Ok(p) => (
                 format!("allow as {} ({})", p.tenant, p.level),
                 self.expect == Expect::Allow
-                    && self.tenant.as_deref().is_none_or(|t| t == &*p.tenant)
+                    && self.tenant.as_deref().is_none_or(|t| t == &**p.tenant)
                     && self.level.is_none_or(|l| l == p.level),
             ),
             Err(r) => (

@@ -406,6 +406,8 @@ impl Snapshot {
             admin_users,
             tool_rules,
             limits,
+            admin_tenant: super::decision::ADMIN_TENANT.into(),
+            shadow_tenant: super::decision::SHADOW_TENANT.into(),
         })
     }
 }

@@ -18,6 +18,7 @@ use crate::ids::{DirectoryId, GroupId, ObjectId};
 use crate::mcp::{Call, RequestFacts};
 use crate::ratelimit::{self, Bucket, Scope};
 use crate::reason::Reason;
+use smallvec::SmallVec;
 use std::sync::Arc;
 
 /// Who asks; labels are not identities.
@@ -61,18 +62,20 @@ impl DenyReason {
 
 /// What the policy permits: the server, under which tenant, at which level, and how the
 /// token is forwarded. (The rule effect `allow` is [`super::Effect`]; the answer to Envoy is
-/// `response::Verdict`.)
-#[derive(Debug, Clone)]
-pub struct Permit {
-    pub server: Arc<Server>,
-    pub tenant: Arc<str>,
+/// `response::Verdict`.) Borrowed from the snapshot it was decided on: a Check takes no
+/// reference count of the policy's shared server and tenant rows (each would be an atomic on a
+/// cache line that every worker touches).
+#[derive(Debug, Clone, Copy)]
+pub struct Permit<'s> {
+    pub server: &'s Server,
+    pub tenant: &'s Arc<str>,
     pub level: AccessLevel,
     pub token_forwarding: TokenForwarding,
 }
 
 #[derive(Debug, Clone)]
-pub struct Decision {
-    pub result: Result<Permit, DenyReason>,
+pub struct Decision<'s> {
+    pub result: Result<Permit<'s>, DenyReason>,
     /// The grants and rules that produced the result, in the order they were used.
     pub basis: Vec<Origin>,
 }
@@ -95,14 +98,18 @@ impl DenyReason {
 /// The permit of a request the policy denied for `reason` on a server in shadow mode:
 /// tenant [`SHADOW_TENANT`], level `read`, the server's own token forwarding. `None` when the
 /// server is not in shadow mode (or is sensitive) or the reason is not shadowable.
-pub fn shadow_permit(snap: &Snapshot, facts: &RequestFacts, reason: DenyReason) -> Option<Permit> {
+pub fn shadow_permit<'s>(
+    snap: &'s Snapshot,
+    facts: &RequestFacts,
+    reason: DenyReason,
+) -> Option<Permit<'s>> {
     if !reason.shadowable() {
         return None;
     }
     let server = snap.server_by_route(&facts.server)?;
-    server.shadow.then(|| Permit {
-        server: server.clone(),
-        tenant: SHADOW_TENANT.into(),
+    server.shadow.then_some(Permit {
+        server,
+        tenant: &snap.shadow_tenant,
         level: AccessLevel::Read,
         token_forwarding: server.token_forwarding,
     })
@@ -116,7 +123,7 @@ pub fn lets_through(
     who: &Subject<'_>,
     facts: &RequestFacts,
 ) -> Result<(), DenyReason> {
-    match decide(snap, who, facts).result {
+    match permit(snap, who, facts) {
         Ok(_) => Ok(()),
         Err(reason) => match shadow_permit(snap, facts, reason) {
             Some(_) => Ok(()),
@@ -125,24 +132,46 @@ pub fn lets_through(
     }
 }
 
-pub fn decide(snap: &Snapshot, who: &Subject<'_>, facts: &RequestFacts) -> Decision {
-    let mut basis = Vec::new();
-    let deny = |reason, basis| Decision {
-        result: Err(reason),
-        basis,
-    };
+pub fn decide<'s>(snap: &'s Snapshot, who: &Subject<'_>, facts: &RequestFacts) -> Decision<'s> {
+    let (result, basis) = decide_in(snap, who, facts);
+    Decision {
+        result,
+        basis: basis.into_iter().cloned().collect(),
+    }
+}
+
+/// The decision without its basis: what a Check and the list filter need. The same
+/// [`decide`], with no origin cloned (each clone is an atomic on a count that every worker
+/// shares) and no vector allocated for the usual handful of grants and rules.
+pub fn permit<'s>(
+    snap: &'s Snapshot,
+    who: &Subject<'_>,
+    facts: &RequestFacts,
+) -> Result<Permit<'s>, DenyReason> {
+    decide_in(snap, who, facts).0
+}
+
+/// The rows a decision used, borrowed from the snapshot.
+type Used<'s> = SmallVec<[&'s Origin; 4]>;
+
+fn decide_in<'s>(
+    snap: &'s Snapshot,
+    who: &Subject<'_>,
+    facts: &RequestFacts,
+) -> (Result<Permit<'s>, DenyReason>, Used<'s>) {
+    let mut basis = Used::new();
     let Some(&si) = snap.server_by_route.get(&facts.server) else {
-        return deny(DenyReason::UnknownServer, basis);
+        return (Err(DenyReason::UnknownServer), basis);
     };
     let server = &snap.servers[si];
     if !server.enabled {
-        basis.push(server.origin.clone());
-        return deny(DenyReason::ServerDisabled, basis);
+        basis.push(&server.origin);
+        return (Err(DenyReason::ServerDisabled), basis);
     }
 
     // Tenants granted to the subject at all, with their best level and the granting row.
-    let mut granted: Vec<(usize, AccessLevel, Origin)> = Vec::new();
-    let mut consider = |grants: Option<&Vec<Grant>>| {
+    let mut granted: SmallVec<[(usize, AccessLevel, &'s Origin); 4]> = SmallVec::new();
+    let mut consider = |grants: Option<&'s Vec<Grant>>| {
         for g in grants.into_iter().flatten() {
             if g.tid.as_ref().is_some_and(|t| t != who.tid) || !snap.tenants[g.tenant].enabled {
                 continue;
@@ -150,10 +179,10 @@ pub fn decide(snap: &Snapshot, who: &Subject<'_>, facts: &RequestFacts) -> Decis
             match granted.iter_mut().find(|(t, _, _)| *t == g.tenant) {
                 Some(entry) if entry.1 < g.level => {
                     entry.1 = g.level;
-                    entry.2 = g.origin.clone();
+                    entry.2 = &g.origin;
                 }
                 Some(_) => {}
-                None => granted.push((g.tenant, g.level, g.origin.clone())),
+                None => granted.push((g.tenant, g.level, &g.origin)),
             }
         }
     };
@@ -181,12 +210,11 @@ pub fn decide(snap: &Snapshot, who: &Subject<'_>, facts: &RequestFacts) -> Decis
                 .get(who.oid)
                 .filter(|(tid, _)| tid.as_ref().is_none_or(|t| t == who.tid))
                 .map(|(_, o)| o)
-        })
-        .cloned();
+        });
 
     // Tenants that may use this server, best level first, then by name for determinism.
     let had_any_grant = !granted.is_empty();
-    let mut candidates: Vec<(Option<usize>, AccessLevel, Origin)> = granted
+    let mut candidates: SmallVec<[(Option<usize>, AccessLevel, &'s Origin); 4]> = granted
         .into_iter()
         .filter(|(t, _, _)| snap.tenant_servers[*t].contains(&si))
         .map(|(t, l, o)| (Some(t), l, o))
@@ -204,16 +232,17 @@ pub fn decide(snap: &Snapshot, who: &Subject<'_>, facts: &RequestFacts) -> Decis
         } else {
             DenyReason::NoGrant
         };
-        return deny(reason, basis);
+        return (Err(reason), basis);
     }
 
     let tool = match &facts.call {
         Call::Rpc(rpc) if rpc.method.as_deref() == Some("tools/call") => rpc.tool.as_deref(),
         _ => None,
     };
-    let mut first_refusal: Option<(DenyReason, Vec<Origin>)> = None;
+    let mut first_refusal: Option<(DenyReason, Used<'s>)> = None;
     for (tenant, level, origin) in candidates {
-        let mut used = vec![origin];
+        let mut used = Used::new();
+        used.push(origin);
         let verdict = match tool {
             None => Ok(()),
             Some(tool) => tool_verdict(snap, si, tenant, level, tool, &mut used),
@@ -221,18 +250,16 @@ pub fn decide(snap: &Snapshot, who: &Subject<'_>, facts: &RequestFacts) -> Decis
         match verdict {
             Ok(()) => {
                 basis.extend(used);
-                return Decision {
-                    result: Ok(Permit {
-                        server: server.clone(),
-                        tenant: match tenant {
-                            Some(t) => snap.tenants[t].name.clone(),
-                            None => ADMIN_TENANT.into(),
-                        },
-                        level,
-                        token_forwarding: server.token_forwarding,
-                    }),
-                    basis,
+                let permit = Permit {
+                    server,
+                    tenant: match tenant {
+                        Some(t) => &snap.tenants[t].name,
+                        None => &snap.admin_tenant,
+                    },
+                    level,
+                    token_forwarding: server.token_forwarding,
                 };
+                return (Ok(permit), basis);
             }
             Err(reason) => {
                 if first_refusal.is_none() {
@@ -241,37 +268,37 @@ pub fn decide(snap: &Snapshot, who: &Subject<'_>, facts: &RequestFacts) -> Decis
             }
         }
     }
-    let (reason, used) = first_refusal.unwrap_or((DenyReason::NoGrant, Vec::new()));
+    let (reason, used) = first_refusal.unwrap_or((DenyReason::NoGrant, Used::new()));
     basis.extend(used);
-    deny(reason, basis)
+    (Err(reason), basis)
 }
 
 fn tenant_name(snap: &Snapshot, t: Option<usize>) -> &str {
     t.map(|t| &*snap.tenants[t].name).unwrap_or(ADMIN_TENANT)
 }
 
-fn tool_verdict(
-    snap: &Snapshot,
+fn tool_verdict<'s>(
+    snap: &'s Snapshot,
     server: usize,
     tenant: Option<usize>,
     level: AccessLevel,
     tool: &str,
-    used: &mut Vec<Origin>,
+    used: &mut Used<'s>,
 ) -> Result<(), DenyReason> {
     let rules = snap.tool_rules[server]
         .iter()
         .filter(|r| r.tenant.is_none() || r.tenant == tenant)
         .filter(|r| glob_match(&r.pattern, tool));
-    let mut allow_rules = Vec::new();
+    let mut allow_rules: SmallVec<[_; 4]> = SmallVec::new();
     for r in rules {
         if r.effect == Effect::Deny {
-            used.push(r.origin.clone());
+            used.push(&r.origin);
             return Err(DenyReason::ToolDenied);
         }
         allow_rules.push(r);
     }
     if allow_rules.is_empty() {
-        used.push(snap.servers[server].origin.clone());
+        used.push(&snap.servers[server].origin);
         return match snap.servers[server].tools_default {
             Effect::Allow => Ok(()),
             Effect::Deny => Err(DenyReason::ToolNotAllowed),
@@ -279,11 +306,11 @@ fn tool_verdict(
     }
     match allow_rules.iter().find(|r| level >= r.min_level) {
         Some(r) => {
-            used.push(r.origin.clone());
+            used.push(&r.origin);
             Ok(())
         }
         None => {
-            used.extend(allow_rules.iter().map(|r| r.origin.clone()));
+            used.extend(allow_rules.iter().map(|r| &r.origin));
             Err(DenyReason::AccessLevelTooLow)
         }
     }
@@ -331,7 +358,7 @@ impl Snapshot {
     /// client chooses.
     pub fn rate_request(
         &self,
-        allow: &Permit,
+        allow: &Permit<'_>,
         tid: &str,
         oid: &str,
         facts: &crate::mcp::RequestFacts,
@@ -361,11 +388,7 @@ impl Snapshot {
                 }
             }
         }
-        let (cap, reserved) = l
-            .tenants
-            .get(&allow.tenant)
-            .copied()
-            .unwrap_or((None, None));
+        let (cap, reserved) = l.tenants.get(allow.tenant).copied().unwrap_or((None, None));
         if let Some(rate) = cap {
             req.hard.push(Bucket {
                 key: format!("c:{}", allow.tenant),

@@ -81,6 +81,10 @@ pub struct Snapshot {
     pub(super) admin_users: FastMap<ObjectId, (Option<DirectoryId>, Origin)>,
     pub(super) tool_rules: Vec<Vec<ToolRule>>,
     pub(super) limits: Limits,
+    /// The pseudo-tenants' names ([`super::ADMIN_TENANT`], [`super::SHADOW_TENANT`]), held
+    /// here so that a permit borrows every tenant name it carries.
+    pub(super) admin_tenant: Arc<str>,
+    pub(super) shadow_tenant: Arc<str>,
 }
 
 /// The compiled rate limits.

@@ -32,7 +32,7 @@ fn shadow_turns_only_policy_denials_on_a_shadowed_enabled_server_into_a_read_per
     assert_eq!(tool, DenyReason::ToolDenied);
     let permit = shadow_permit(&s, &call("delete_repository"), tool).expect("shadowed");
     assert_eq!(
-        (&*permit.tenant, permit.level),
+        (&**permit.tenant, permit.level),
         (SHADOW_TENANT, AccessLevel::Read)
     );
     let none = denied(&s, &facts("github", "initialize", None), &[]);
