@@ -66,7 +66,7 @@ demo:
 	ENVOY_BIN="$$(cat .demo-build/envoy-path)" DEMO_PYTHON="$$(cat .demo-build/python-path)" BIN=target/demo deploy/examples/demo.sh $(DEMO_ARGS)
 
 # Envoy + mcp-authz against Envoy alone, Envoy's jwt_authn and a no-op Check server, in one run
-# (about 5 minutes after the release build, loopback only; installs wrk and Envoy when missing);
+# (about 11 minutes after the release build, loopback only; installs wrk and Envoy when missing);
 # writes BENCHMARKS.md.
 # BENCH_ARGS passes options to mcp-authz-bench (e.g. BENCH_ARGS="--rounds 5").
 bench:

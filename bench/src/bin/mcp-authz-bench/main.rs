@@ -133,7 +133,9 @@ pub struct RunArgs {
     /// Seconds of each one-connection run.
     #[arg(long, default_value_t = 2)]
     pub latency_seconds: u64,
-    #[arg(long, default_value_t = 3)]
+    /// Interleaved rounds: figures are their medians, ratios the medians of each round's
+    /// paired ratio (five, so that one disturbed round cannot decide a verdict).
+    #[arg(long, default_value_t = 5)]
     pub rounds: usize,
     /// Connections (wrk) or Checks in flight (gRPC) at saturation and fixed load.
     #[arg(long, default_value_t = 32)]
@@ -661,7 +663,7 @@ runtime: {{worker_threads: {}}}
                     rate_seen.insert((i, phase), r.sample.rate());
                 }
                 eprintln!(
-                    "round {} {:?} {:>6} {:>8.0} req/s p50 {:>5} µs p99 {:>6} µs p99.9 {:>6} µs errors {} authz {:.2} s/10k",
+                    "round {} {:?} {:>6} {:>8.0} req/s p50 {:>5} µs p99 {:>6} µs p99.9 {:>6} µs errors {} authz {:.2} other {:.2} s/10k",
                     round + 1,
                     phase,
                     row.key,
@@ -671,6 +673,7 @@ runtime: {{worker_threads: {}}}
                     r.sample.p999,
                     r.sample.errors,
                     r.per_10k(r.authz_cpu_ns),
+                    r.per_10k(r.other_cpu_ns),
                 );
                 runs.entry((i, phase)).or_default().push(r);
                 tokio::time::sleep(Duration::from_millis(200)).await;
