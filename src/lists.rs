@@ -14,7 +14,7 @@
 //!    chunk by chunk for `text/event-stream` (`sse.rs`).
 //! 3. The JSON-RPC response to the list request is rewritten (`filter.rs`): an item stays if
 //!    and only if the call that names it would be allowed now ([`visible`], which runs the
-//!    Check's own `policy::decide`).
+//!    Check's own `policy::permit`).
 //!
 //! Fails closed: an answer that cannot be read as the upstream's client would read it
 //! (malformed, oversized, compressed, another content type, no metadata from the Check) reaches

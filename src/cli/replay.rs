@@ -1,7 +1,8 @@
 //! `mcp-authz policy replay`: which past decisions a candidate policy would change. The audit
 //! trail (PostgreSQL rows or a JSON-lines file) holds each decision's subject (directory,
 //! object id, upn, groups) and request (server, method, tool); each is asked again of the
-//! candidate through [`decide`], the function the Check calls, and the answers compared.
+//! candidate through [`decide`] (the code of the Check's own `policy::permit`, with the rows it
+//! used), and the answers compared.
 //!
 //! Only the policy's own answers are compared: an allow, or a denial (or shadow mode's
 //! `would_deny`) for a policy reason. Decisions made before the policy was asked (no or a bad

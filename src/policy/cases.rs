@@ -1,7 +1,9 @@
 //! Questions asked of a snapshot without a server: `mcp-authz explain` asks one, `mcp-authz
 //! policy test` a file of them with the answers expected (policy as code, in a GitOps job: no
-//! database, no network). Both go through [`decide`], the function the Check calls, so a test
-//! that passes here is what the gateway answers.
+//! database, no network). Both go through [`decide`], the code of the Check's own [`permit`]
+//! (with the rows it used), so a test that passes here is what the gateway answers.
+//!
+//! [`permit`]: super::permit
 
 use serde::Deserialize;
 
