@@ -84,10 +84,10 @@ impl Authorizer {
         // shared by every worker, so each clone would be an atomic on a contended line.
         let snapshot = self.policy.load().ok_or(Reason::PolicyUnavailable)?;
         let out = match &facts {
-            None => match self.groups_of(&principal, seen).await {
-                Ok(groups) => Ok(self.catalog(&snapshot, &principal, &groups, &input.view)),
-                Err(denial) => Err(denial),
-            },
+            None => self
+                .groups_of(&principal, seen)
+                .await
+                .map(|groups| self.catalog(&snapshot, &principal, &groups, &input.view)),
             Some(facts) => {
                 self.decided(
                     input,

@@ -252,10 +252,7 @@ fn decide_in<'s>(
                 basis.extend(used);
                 let permit = Permit {
                     server,
-                    tenant: match tenant {
-                        Some(t) => &snap.tenants[t].name,
-                        None => &snap.admin_tenant,
-                    },
+                    tenant: tenant_name(snap, tenant),
                     level,
                     token_forwarding: server.token_forwarding,
                 };
@@ -273,8 +270,9 @@ fn decide_in<'s>(
     (Err(reason), basis)
 }
 
-fn tenant_name(snap: &Snapshot, t: Option<usize>) -> &str {
-    t.map(|t| &*snap.tenants[t].name).unwrap_or(ADMIN_TENANT)
+/// A candidate's tenant name: its policy tenant's, or [`ADMIN_TENANT`] for an admin's.
+fn tenant_name(snap: &Snapshot, t: Option<usize>) -> &Arc<str> {
+    t.map_or(&snap.admin_tenant, |t| &snap.tenants[t].name)
 }
 
 fn tool_verdict<'s>(
