@@ -39,7 +39,10 @@ pub enum PrincipalKind {
     App,
 }
 
-/// A verified identity. Authorize on `tid` + `oid` (+ groups, roles), never on the labels.
+/// A verified identity. Authorize on `tid` + `oid` (+ groups), never on the labels.
+///
+/// One is cached per live token, so it keeps only what the Check reads after validation: the
+/// token's scopes, roles and client app are checked against the rules and not kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub tid: DirectoryId,
@@ -49,9 +52,6 @@ pub struct Principal {
     /// Entra, so never an authorization key unless policy explicitly opts in.
     pub label: Option<String>,
     pub groups: GroupsClaim,
-    pub roles: Vec<String>,
-    pub scopes: Vec<String>,
-    pub client_id: Option<String>,
     pub version: TokenVersion,
     /// Seconds since the epoch.
     pub expires_at: u64,
@@ -302,16 +302,9 @@ impl Validator {
             .as_deref()
             .and_then(ObjectId::parse)
             .ok_or(TokenError::MissingObjectId)?;
-        let scopes: Vec<String> = c
-            .scp
-            .as_deref()
-            .map(|s| {
-                s.split(' ')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
+        // The token's scopes and roles are checked here and not kept: nothing after validation
+        // reads them, and a cached principal is held for every live token.
+        let mut scopes = c.scp.as_deref().unwrap_or_default().split(' ');
         let roles = c.roles.as_deref().unwrap_or_default();
         let kind = if c.scp.is_some() {
             PrincipalKind::User
@@ -323,7 +316,7 @@ impl Validator {
         match kind {
             PrincipalKind::User => {
                 if !r.required_scopes.is_empty()
-                    && !scopes.iter().any(|s| r.required_scopes.contains(s))
+                    && !scopes.any(|s| !s.is_empty() && r.required_scopes.iter().any(|r| r == s))
                 {
                     return Err(TokenError::MissingScope);
                 }
@@ -345,8 +338,6 @@ impl Validator {
         }
         // Every check has passed but the groups' shape: the claims are taken, not copied.
         let mut c = parsed.claims;
-        let roles = c.roles.take().unwrap_or_default();
-        let client_id = c.azp.take().or_else(|| c.appid.take());
         let label = c
             .upn
             .take()
@@ -359,9 +350,6 @@ impl Validator {
             kind,
             label,
             groups,
-            roles,
-            scopes,
-            client_id,
             version,
             expires_at: exp,
         })
