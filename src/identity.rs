@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 pub use error::TokenError;
 pub use jwks::{JwksError, JwksSource, Key, KeySet, KeyStore};
-pub use jwt::{Claims, GroupsClaim, Header, ParsedJwt, parse as parse_jwt};
+pub use jwt::{Claims, GroupsClaim, GroupsValue, Header, ParsedJwt, parse as parse_jwt};
 
 use crate::config::EntraConfig;
 

@@ -19,26 +19,48 @@ pub fn is_guid(s: &str) -> bool {
 
 /// A GUID, parsed once at the boundary (a token's claim, a configuration value, a policy row)
 /// into its canonical lower-case text. Compares, hashes and prints as that text.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Guid(String);
+///
+/// Held inline (36 bytes): a token's `tid`, `oid` and each of its groups cost no
+/// allocation, and a cached principal's group list is one block of ids, not a list of pointers
+/// to strings.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Guid([u8; 36]);
 
 impl Guid {
     /// `None` unless `s` is a GUID in its 8-4-4-4-12 text form (either case).
     pub fn parse(s: &str) -> Option<Self> {
-        is_guid(s).then(|| Guid(s.to_ascii_lowercase()))
-    }
-
-    /// As [`Guid::parse`], reusing the string's allocation.
-    pub fn parse_owned(mut s: String) -> Option<Self> {
-        if !is_guid(&s) {
+        if !is_guid(s) {
             return None;
         }
-        s.make_ascii_lowercase();
-        Some(Guid(s))
+        let mut text: [u8; 36] = s.as_bytes().try_into().ok()?;
+        text.make_ascii_lowercase();
+        Some(Guid(text))
+    }
+
+    /// As [`Guid::parse`]; the string is not kept.
+    pub fn parse_owned(s: String) -> Option<Self> {
+        Self::parse(&s)
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only ASCII is ever stored (checked by `is_guid`), so this never falls back.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+// The hash of the text, written as `str` writes it (its bytes, then 0xff), without reading
+// the bytes as UTF-8 first: a map keyed by an id answers a `&str` lookup (`Borrow<str>`), so
+// the two hashes must agree (tested below for the hashers the maps use).
+impl std::hash::Hash for Guid {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write(&self.0);
+        state.write_u8(0xff);
+    }
+}
+
+impl std::fmt::Debug for Guid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Guid").field(&self.as_str()).finish()
     }
 }
 
@@ -54,7 +76,7 @@ macro_rules! guid_newtype {
                 Guid::parse(s).map($name)
             }
 
-            /// As `parse`, reusing the string's allocation.
+            /// As `parse`; the string is not kept.
             pub fn parse_owned(s: String) -> Option<Self> {
                 Guid::parse_owned(s).map($name)
             }
@@ -216,6 +238,25 @@ mod tests {
         assert_eq!(g, "aaaaaaaa-1d5e-4f6a-9b8c-7d6e5f4a3b2c");
         let m: std::collections::HashMap<GroupId, u8> = [(g, 1)].into();
         assert_eq!(m.get("aaaaaaaa-1d5e-4f6a-9b8c-7d6e5f4a3b2c"), Some(&1));
+    }
+
+    /// An id hashes as its text does, under every hasher a map of ids uses: a lookup by `&str`
+    /// (`Borrow<str>`) finds the entry. Were the two hashes to differ, a grant keyed by a group
+    /// would silently stop matching the token's group.
+    #[test]
+    fn an_id_hashes_as_its_text() {
+        use std::hash::BuildHasher;
+        let text = "aaaaaaaa-1d5e-4f6a-9b8c-7d6e5f4a3b2c";
+        let g = GroupId::parse(text).expect("guid");
+        let std_hasher = std::collections::hash_map::RandomState::new();
+        assert_eq!(std_hasher.hash_one(&g), std_hasher.hash_one(text));
+        let fold = foldhash::fast::RandomState::default();
+        assert_eq!(fold.hash_one(&g), fold.hash_one(text));
+        let m: std::collections::HashMap<GroupId, u8, foldhash::fast::RandomState> =
+            [(g.clone(), 1)].into_iter().collect();
+        assert_eq!(m.get(text), Some(&1));
+        assert_eq!(format!("{g:?}"), format!("GroupId(Guid({text:?}))"));
+        assert_eq!(std::mem::size_of::<GroupId>(), 36);
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub struct Claims {
     pub sub: Option<String>,
     pub scp: Option<String>,
     pub roles: Option<Vec<String>>,
-    pub groups: Option<Vec<String>>,
+    pub groups: Option<GroupsValue>,
     pub hasgroups: Option<bool>,
     /// `_claim_names`.
     pub claim_names: Option<ClaimNames>,
@@ -73,6 +73,25 @@ pub struct Claims {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ClaimNames {
     pub groups: Option<String>,
+}
+
+/// The `groups` claim as read: group object ids, or the mark that an entry was not one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupsValue {
+    Ids(Vec<GroupId>),
+    /// An entry that is not a group object id (a group name, an `sAMAccountName`).
+    NotIds,
+}
+
+impl GroupsValue {
+    /// Each entry read as a group object id.
+    pub fn of<'a>(entries: impl IntoIterator<Item = &'a str>) -> Self {
+        entries
+            .into_iter()
+            .map(GroupId::parse)
+            .collect::<Option<_>>()
+            .map_or(GroupsValue::NotIds, GroupsValue::Ids)
+    }
 }
 
 /// What a token says about its groups.
@@ -91,7 +110,8 @@ impl Claims {
     /// (an app configured to emit group names or `sAMAccountName`s: a name is not an identity,
     /// and one directory's name can be another's).
     ///
-    /// Takes the claim's strings rather than copying them.
+    /// The ids were read with the claims; only their verdict is given here, after every other
+    /// check.
     pub fn into_groups_claim(self) -> Result<GroupsClaim, TokenError> {
         let overage = self
             .claim_names
@@ -100,12 +120,8 @@ impl Claims {
             || self.hasgroups == Some(true);
         Ok(match (self.groups, overage) {
             (_, true) => GroupsClaim::Overage,
-            (Some(g), false) => GroupsClaim::Listed(
-                g.into_iter()
-                    .map(GroupId::parse_owned)
-                    .collect::<Option<_>>()
-                    .ok_or(TokenError::GroupsNotObjectIds)?,
-            ),
+            (Some(GroupsValue::Ids(g)), false) => GroupsClaim::Listed(g),
+            (Some(GroupsValue::NotIds), false) => return Err(TokenError::GroupsNotObjectIds),
             (None, false) => GroupsClaim::Absent,
         })
     }
@@ -206,7 +222,7 @@ fn claims(members: &[(Name<'_>, &RawValue)]) -> Option<Claims> {
             "sub" => c.sub = string(value)?,
             "scp" => c.scp = string(value)?,
             "roles" => c.roles = typed(value)?,
-            "groups" => c.groups = typed(value)?,
+            "groups" => c.groups = groups(value)?,
             "hasgroups" => c.hasgroups = typed(value)?,
             "_claim_names" => c.claim_names = typed(value)?,
             "upn" => c.upn = string(value)?,
@@ -241,6 +257,20 @@ fn string(value: &RawValue) -> Option<Option<String>> {
         return Some(Some(inner.to_owned()));
     }
     typed(value)
+}
+
+/// The `groups` claim: an array of strings or `null` (absent); `None` for any other type. Each
+/// entry is read as a group id where it lies in the payload, not copied into a string first
+/// (a token lists up to 200); an entry with an escape, which cannot be read in place, is
+/// unescaped first.
+fn groups(value: &RawValue) -> Option<Option<GroupsValue>> {
+    Some(
+        match serde_json::from_str::<Option<Vec<&str>>>(value.get()) {
+            Ok(entries) => entries.map(GroupsValue::of),
+            Err(_) => typed::<Option<Vec<String>>>(value)?
+                .map(|entries| GroupsValue::of(entries.iter().map(String::as_str))),
+        },
+    )
 }
 
 fn typed<'a, T: Deserialize<'a>>(value: &'a RawValue) -> Option<T> {

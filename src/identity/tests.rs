@@ -1219,7 +1219,7 @@ mod reference {
     use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 
     use crate::identity::TokenError;
-    use crate::identity::jwt::{ClaimNames, Claims, Header};
+    use crate::identity::jwt::{ClaimNames, Claims, GroupsValue, Header};
 
     pub const HEADER_NAMES: &[&str] = &[
         "alg", "typ", "kid", "nonce", "jku", "jwk", "x5u", "x5c", "crit", "x5t", "cty",
@@ -1433,7 +1433,9 @@ mod reference {
             sub: c.sub,
             scp: c.scp,
             roles: c.roles,
-            groups: c.groups,
+            groups: c
+                .groups
+                .map(|g| GroupsValue::of(g.iter().map(String::as_str))),
             hasgroups: c.hasgroups,
             claim_names: c.claim_names,
             upn: c.upn,
