@@ -37,11 +37,6 @@ impl Guid {
         Some(Guid(text))
     }
 
-    /// As [`Guid::parse`]; the string is not kept.
-    pub fn parse_owned(s: String) -> Option<Self> {
-        Self::parse(&s)
-    }
-
     pub fn as_str(&self) -> &str {
         // Only ASCII is ever stored (checked by `is_guid`), so this never falls back.
         std::str::from_utf8(&self.0).unwrap_or_default()
@@ -76,10 +71,6 @@ macro_rules! guid_newtype {
                 Guid::parse(s).map($name)
             }
 
-            /// As `parse`; the string is not kept.
-            pub fn parse_owned(s: String) -> Option<Self> {
-                Guid::parse_owned(s).map($name)
-            }
 
             pub fn as_str(&self) -> &str {
                 self.0.as_str()
@@ -234,7 +225,7 @@ mod tests {
             ToolName::parse("repo/delete it").map(|t| t.to_string()),
             Some("repo/delete it".into())
         );
-        let g = GroupId::parse_owned("AAAAAAAA-1D5E-4F6A-9B8C-7D6E5F4A3B2C".into()).expect("guid");
+        let g = GroupId::parse("AAAAAAAA-1D5E-4F6A-9B8C-7D6E5F4A3B2C").expect("guid");
         assert_eq!(g, "aaaaaaaa-1d5e-4f6a-9b8c-7d6e5f4a3b2c");
         let m: std::collections::HashMap<GroupId, u8> = [(g, 1)].into();
         assert_eq!(m.get("aaaaaaaa-1d5e-4f6a-9b8c-7d6e5f4a3b2c"), Some(&1));

@@ -365,7 +365,7 @@ fn transport(e: &reqwest::Error) -> &'static str {
 /// A group id of Graph's answer. Graph only ever answers object ids (GUIDs); anything else is a
 /// broken answer (a proxy, a stand-in), refused as a protocol error rather than decided on.
 fn group_id(id: String) -> Result<GroupId, (GraphError, Option<Duration>)> {
-    GroupId::parse_owned(id).ok_or_else(|| {
+    GroupId::parse(&id).ok_or_else(|| {
         (
             GraphError::Protocol("a group id in the answer is not a GUID".into()),
             None,
