@@ -259,6 +259,11 @@ mod tests {
             );
             let other = GroupId::parse(&other).expect("guid");
             assert_ne!(fold.hash_one(&g), fold.hash_one(&other), "position {at}");
+            assert_ne!(
+                std_hasher.hash_one(&g),
+                std_hasher.hash_one(&other),
+                "position {at}"
+            );
             assert_eq!(m.get(&other), None, "position {at}");
         }
         assert_eq!(format!("{g:?}"), format!("GroupId(Guid({text:?}))"));
