@@ -37,7 +37,6 @@ impl Guid {
         Some(Guid(text))
     }
 
-    #[inline]
     pub fn as_str(&self) -> &str {
         // Only ASCII is ever stored (checked by `is_guid`), so this never falls back.
         std::str::from_utf8(&self.0).unwrap_or_default()
@@ -78,7 +77,6 @@ macro_rules! guid_newtype {
                 Guid::parse(s).map($name)
             }
 
-            #[inline]
             pub fn as_str(&self) -> &str {
                 self.0.as_str()
             }
@@ -86,7 +84,6 @@ macro_rules! guid_newtype {
 
         impl std::ops::Deref for $name {
             type Target = str;
-            #[inline]
             fn deref(&self) -> &str {
                 self.0.as_str()
             }
@@ -99,14 +96,12 @@ macro_rules! guid_newtype {
         }
 
         impl PartialEq<str> for $name {
-            #[inline]
             fn eq(&self, other: &str) -> bool {
                 self.0.as_str() == other
             }
         }
 
         impl PartialEq<&str> for $name {
-            #[inline]
             fn eq(&self, other: &&str) -> bool {
                 self.0.as_str() == *other
             }
