@@ -34,7 +34,7 @@ use mcp_authz_bench::free_port;
 use procs::{Proc, port_open, wait_for};
 pub(crate) use rows::{
     CALL_BODY, DENIED_BODY, ENVOYS, FIRST_AUTHZ_ENVOY, LIST_BODY, LIST_TOOLS, NOOP_ENVOY,
-    PING_BODY, Phase, ROWS, Run, Target, Tokens, row_index,
+    PING_BODY, Phase, ROWS, Run, Target, Tokens, VERDICT_ROWS, row_index,
 };
 use stage::{Stage, expect_status};
 use tokens::{forged, mint, new_token_us, rs256_verify_us, rules_of, write_tokens};
@@ -137,6 +137,11 @@ pub struct RunArgs {
     /// paired ratio (five, so that one disturbed round cannot decide a verdict).
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
+    /// Saturation rounds more, after `rounds`, of the rows a ratio target compares
+    /// (`VERDICT_ROWS`): their figures at saturation and their paired ratios are medians of
+    /// `rounds + verdict_rounds` rounds.
+    #[arg(long, default_value_t = 8)]
+    pub verdict_rounds: usize,
     /// Connections (wrk) or Checks in flight (gRPC) at saturation and fixed load.
     #[arg(long, default_value_t = 32)]
     pub connections: usize,
@@ -597,8 +602,12 @@ runtime: {{worker_threads: {}}}
     }
     (stage.seconds, stage.latency_seconds) = (args.seconds, args.latency_seconds);
     let phases = [Phase::Saturation, Phase::Fixed, Phase::OneConnection];
-    let plan = |row: usize, phase: Phase| {
+    // The full rounds measure every row in every phase; the verdict rounds after them only
+    // the rows a ratio target compares, at saturation.
+    let plan = |round: usize, row: usize, phase: Phase| {
         (args.rows.is_empty() || args.rows.iter().any(|k| k == ROWS[row].key))
+            && (round < args.rounds
+                || (phase == Phase::Saturation && VERDICT_ROWS.contains(&ROWS[row].key)))
             && match ROWS[row].target {
                 Target::Envoy(_) => true,
                 Target::Authz | Target::Noop | Target::NoopVerify => phase != Phase::OneConnection,
@@ -609,10 +618,10 @@ runtime: {{worker_threads: {}}}
 
     // The measured rounds: each phase runs every row in turn, so drift hits all rows alike.
     let mut runs: HashMap<(usize, Phase), Vec<Run>> = HashMap::new();
-    for round in 0..args.rounds {
+    for round in 0..args.rounds + args.verdict_rounds {
         for phase in phases {
             for (i, row) in ROWS.iter().enumerate() {
-                if !plan(i, phase) {
+                if !plan(round, i, phase) {
                     continue;
                 }
                 let pool = |rate_seen: &HashMap<(usize, Phase), f64>| {

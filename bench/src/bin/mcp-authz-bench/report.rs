@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::{Phase, ROWS, Run, RunArgs, Target, row_index};
+use crate::{Phase, ROWS, Run, RunArgs, Target, VERDICT_ROWS, row_index};
 
 pub struct Input<'a> {
     pub args: &'a RunArgs,
@@ -93,9 +93,12 @@ pub fn render(i: &Input) -> String {
         i.wrk_version,
     ));
     md.push_str(&format!(
-        "Command: `make bench`, which runs `mcp-authz-bench --rounds {} --seconds {} --latency-seconds {} --connections {} --users {} --envoy-concurrency {} --authz-workers {} --logins {} --refreshes {} --write BENCHMARKS.md`. \
-Every figure is the median of {} interleaved rounds (each phase runs every row in turn, then the next round); the machine is shared and noisy (±25 % run to run), so compare rows of one run.\n\n",
-        a.rounds, a.seconds, a.latency_seconds, a.connections, a.users, a.envoy_concurrency, a.authz_workers, a.logins, a.refreshes, a.rounds
+        "Command: `make bench`, which runs `mcp-authz-bench --rounds {} --verdict-rounds {} --seconds {} --latency-seconds {} --connections {} --users {} --envoy-concurrency {} --authz-workers {} --logins {} --refreshes {} --write BENCHMARKS.md`. \
+Every figure is the median of {} interleaved rounds (each phase runs every row in turn, then the next round); the rows a ratio target compares ({}) then run {} more rounds at saturation, so their saturation figures and the ratio verdicts are medians of {} rounds. The machine is shared and noisy (±25 % run to run, one round's ratio of two rows as much), so compare rows of one run.\n\n",
+        a.rounds, a.verdict_rounds, a.seconds, a.latency_seconds, a.connections, a.users, a.envoy_concurrency, a.authz_workers, a.logins, a.refreshes, a.rounds,
+        VERDICT_ROWS.map(|k| format!("({k})")).join(", "),
+        a.verdict_rounds,
+        a.rounds + a.verdict_rounds,
     ));
     md.push_str(&format!(
         "Every piece is its own process on the same {} cores: the upstream (a one-thread HTTP responder), \
@@ -494,6 +497,45 @@ mod tests {
         // A row with no runs is never a pass.
         let cb = line(&md, "(c) ≥ 0.85 × (b) req/s");
         assert!(cb.ends_with("| **no** |"), "{cb}");
+    }
+
+    /// Every ratio verdict is the median of all its rounds: the verdict rounds run only
+    /// `VERDICT_ROWS`, so a target that compared a row outside them would pair only the full
+    /// rounds (the zip stops at the shorter list) and be judged on five.
+    #[test]
+    fn every_ratio_verdict_takes_the_verdict_rounds() {
+        let args = Args::parse_from(["bench"]).run;
+        let all = args.rounds + args.verdict_rounds;
+        let mut runs: HashMap<(usize, Phase), Vec<Run>> = HashMap::new();
+        for (idx, row) in crate::ROWS.iter().enumerate() {
+            let n = if super::VERDICT_ROWS.contains(&row.key) {
+                all
+            } else {
+                args.rounds
+            };
+            runs.insert((idx, Phase::Saturation), vec![run(20, 15); n]);
+        }
+        let md = render(&Input {
+            args: &args,
+            runs: &runs,
+            fixed_rate: 100,
+            verify_us: 20.0,
+            new_token_us: 21.0,
+            parse_us: 2.0,
+            envoy_version: "test",
+            wrk_version: "test",
+            login: None,
+        });
+        let ratios: Vec<&str> = md.lines().filter(|l| l.contains("(rounds: ")).collect();
+        assert!(ratios.len() >= 7, "{md}");
+        for l in ratios {
+            let rounds = l
+                .split("(rounds: ")
+                .nth(1)
+                .and_then(|r| r.split(')').next())
+                .unwrap_or_default();
+            assert_eq!(rounds.split(", ").count(), all, "{l}");
+        }
     }
 
     /// A new run replaces the figures but keeps the hand-written analysis and the sections

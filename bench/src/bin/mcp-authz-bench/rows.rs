@@ -196,6 +196,14 @@ impl Row {
     }
 }
 
+/// The rows a ratio target compares (report.rs, "Targets"): after the full rounds they run
+/// `--verdict-rounds` more saturation rounds, so that each of those verdicts is the median of
+/// that many more paired ratios. On this shared machine one round's ratio of two rows spreads
+/// by ±25 %; five rounds left a verdict near its target to chance.
+pub(crate) const VERDICT_ROWS: [&str; 11] = [
+    "b", "b'", "c", "d", "f", "c0", "c-noop", "g0", "g", "g0-rs256", "g-cold",
+];
+
 pub fn row_index(key: &str) -> anyhow::Result<usize> {
     ROWS.iter()
         .position(|r| r.key == key)
