@@ -185,18 +185,10 @@ pub fn to_check_response(verdict: Verdict) -> CheckResponse {
                     .map(|(k, v)| header(k, v, HeaderAppendAction::OverwriteIfExistsOrAdd))
                     .collect(),
                 headers_to_remove: remove,
-                // A list answer is marked for Envoy's ext_proc filter, which filters it and
-                // removes the mark.
-                response_headers_to_add: match &list {
-                    Some(c) => vec![header(
-                        crate::lists::MARK_HEADER,
-                        c.kind.method().to_owned(),
-                        HeaderAppendAction::OverwriteIfExistsOrAdd,
-                    )],
-                    None => Vec::new(),
-                },
                 ..Default::default()
             })),
+            // A list request is named in the dynamic metadata (its method, the caller): Envoy
+            // creates its list filter (ext_proc) for this request on it, and for no other.
             dynamic_metadata: list.map(|c| crate::lists::to_metadata(&c)),
         },
         // Envoy answers a non-OK Check itself, with the status given: 200 here.

@@ -5,11 +5,11 @@
 //! policy snapshot as the Check:
 //!
 //! 1. The Check allows a `tools/list`, `prompts/list`, `resources/list` or
-//!    `resources/templates/list` POST as any other, and marks it: the response header
-//!    [`MARK_HEADER`] (which ext_authz adds to the answer, Envoy's ext_proc filter matches on
-//!    and this module removes) and dynamic metadata naming the caller, the server and the
-//!    request's JSON-RPC id ([`ListCaller`]). Every other answer, local replies included,
-//!    skips ext_proc entirely, and no request ever meets it on the way in.
+//!    `resources/templates/list` POST as any other, and names it in its dynamic metadata: the
+//!    list method, the caller, the server and the request's JSON-RPC id ([`ListCaller`]).
+//!    Envoy's composite filter, after ext_authz, creates the ext_proc filter for a request
+//!    whose metadata holds the list method, and for no other: every other request, local
+//!    replies included, never meets ext_proc, and no request meets it on the way in.
 //! 2. ext_proc reads the answer's headers and asks for its body: whole for `application/json`,
 //!    chunk by chunk for `text/event-stream` (`sse.rs`).
 //! 3. The JSON-RPC response to the list request is rewritten (`filter.rs`): an item stays if
@@ -32,9 +32,6 @@ use crate::ids::{DirectoryId, GroupId, ObjectId, ServerName};
 pub use extproc::{ExternalProcessorServer, ListFilterService, to_metadata};
 pub use filter::{Hidden, MAX_LIST_BYTES, Rewrite, rewrite, visible};
 pub use sse::SseRewriter;
-
-/// The response header by which the Check marks a list answer for Envoy's ext_proc filter.
-pub const MARK_HEADER: &str = "x-mcp-authz-list";
 
 /// The dynamic-metadata namespace of Envoy's ext_authz filter, forwarded to ext_proc.
 pub const METADATA_NAMESPACE: &str = "envoy.filters.http.ext_authz";

@@ -22,7 +22,7 @@ use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
 
 use super::filter::{MAX_LIST_BYTES, Rewrite, rewrite};
 use super::sse::SseRewriter;
-use super::{ListCaller, ListError, ListKind, MARK_HEADER, METADATA_NAMESPACE, error_body};
+use super::{ListCaller, ListError, ListKind, METADATA_NAMESPACE, error_body};
 use crate::ids::{DirectoryId, GroupId, ObjectId, ServerName};
 use crate::metrics::{ListLabels, Metrics};
 use crate::policy::PolicyHandle;
@@ -158,8 +158,8 @@ impl Exchange {
     }
 
     fn on_headers(&mut self, metadata: Option<&Metadata>, h: &HttpHeaders) -> ProcessingResponse {
-        // Marked, yet without the Check's metadata: the filter is configured without
-        // `metadata_options`, or the upstream sent the mark itself. Refused either way.
+        // Created for a list request, yet without the Check's whole metadata: the filter is
+        // configured without `metadata_options`, or a part is malformed. Refused either way.
         self.caller = metadata.and_then(from_metadata).map(Arc::new);
         if self.caller.is_none() {
             return self.refuse(ListError::NoCaller);
@@ -193,13 +193,7 @@ impl Exchange {
             _ if !(200..300).contains(&status) => {
                 self.count("unchanged");
                 return answer(Response::ResponseHeaders(HeadersResponse {
-                    response: Some(CommonResponse {
-                        header_mutation: Some(HeaderMutation {
-                            set_headers: Vec::new(),
-                            remove_headers: vec![MARK_HEADER.into()],
-                        }),
-                        ..Default::default()
-                    }),
+                    response: Some(CommonResponse::default()),
                 }));
             }
             _ => return self.refuse(ListError::Unreadable("of another content type")),
@@ -210,7 +204,7 @@ impl Exchange {
                     set_headers: Vec::new(),
                     // The body changes length; Envoy frames it anew (a buffered JSON answer
                     // gets its new length with the body).
-                    remove_headers: vec!["content-length".into(), MARK_HEADER.into()],
+                    remove_headers: vec!["content-length".into()],
                 }),
                 ..Default::default()
             }),

@@ -376,8 +376,8 @@ impl Authorizer {
             set.push((crate::assertion::HEADER, token.to_string()));
         }
         if let Some(list) = list {
-            // The answer uncompressed, so that the list filter can read it (`grpc` marks the
-            // answer for it).
+            // The answer uncompressed, so that the list filter can read it (`grpc` names the
+            // request for it in the dynamic metadata).
             remove.push("accept-encoding".to_owned());
             *list_slot = Some(list);
         }

@@ -120,7 +120,7 @@ async fn tools_list_through_envoy_shows_only_the_allowed_tools() {
         assert_eq!(
             r.header("x-mcp-authz-list"),
             None,
-            "{what}: the mark reached the client"
+            "{what}: a list mark reached the client (the Check marks list requests in its metadata only)"
         );
         if json {
             assert_eq!(
@@ -151,6 +151,110 @@ async fn tools_list_through_envoy_shows_only_the_allowed_tools() {
             "{what}: the list mark reached the upstream"
         );
     }
+}
+
+/// Envoy's list-filter counters: the composite filter's ext_proc creations
+/// (`filter_delegation_success`) and failures to create it (`filter_delegation_error`); `None`
+/// when Envoy has no such counter.
+async fn list_filter_creations(env: &TestEnv) -> (Option<u64>, Option<u64>) {
+    let stats = env
+        .http
+        .get(format!(
+            "http://{}/stats?filter=composite",
+            env.envoy_admin()
+        ))
+        .send()
+        .await
+        .expect("envoy stats")
+        .text()
+        .await
+        .expect("stats text");
+    let counter = |name: &str| {
+        stats.lines().find_map(|l| {
+            l.strip_prefix(&format!("http.mcp.composite.{name}: "))?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    (
+        counter("filter_delegation_success"),
+        counter("filter_delegation_error"),
+    )
+}
+
+/// The list filter exists only for list requests: Envoy's composite filter creates ext_proc
+/// for a request the Check named a list in its dynamic metadata, and for no other (a session's
+/// `initialize`, a `ping`, an allowed and a denied `tools/call`), and never fails to create it
+/// (which would pass the list unfiltered). Before, ext_proc sat behind a matcher that skipped
+/// it on every answer not marked a list, and Envoy created the skipped filter for every
+/// request anyway: about 8 % more of Envoy's CPU per request.
+#[tokio::test]
+async fn only_list_requests_create_the_list_filter() {
+    let env = TestEnv::start(Options::default()).await;
+    let token = env.user_token(BOB, &[ENG_GROUP]);
+    let sid = env.open_session("/mcp/github", &token).await;
+    let session = [("mcp-session-id", sid.as_str())];
+    // The series the McpAuthzListFilterNotCreated alert reads, as Envoy names it for
+    // Prometheus: an alert on a name Envoy does not export would never fire.
+    let prometheus = env
+        .http
+        .get(format!(
+            "http://{}/stats/prometheus?filter=composite",
+            env.envoy_admin()
+        ))
+        .send()
+        .await
+        .expect("envoy stats")
+        .text()
+        .await
+        .expect("stats text");
+    assert!(
+        prometheus.lines().any(|l| l.starts_with(
+            r#"envoy_http_composite_filter_delegation_error{envoy_http_conn_manager_prefix="mcp"} "#
+        )),
+        "{prometheus}"
+    );
+    let (created, failed) = list_filter_creations(&env).await;
+    assert_eq!(
+        (created, failed),
+        (Some(0), Some(0)),
+        "the shipped Envoy has no list filter of its own, or created it for initialize"
+    );
+    let ping = r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
+    let r = env.post("/mcp/github", Some(&token), ping, &session).await;
+    assert_eq!(r.status, 200, "ping: {r:?}");
+    let r = env
+        .post(
+            "/mcp/github",
+            Some(&token),
+            &tool_call_body(3, "echo"),
+            &session,
+        )
+        .await;
+    assert_eq!(r.status, 200, "allowed tools/call: {r:?}");
+    let r = env
+        .post(
+            "/mcp/github",
+            Some(&token),
+            &tool_call_body(4, "delete_repository"),
+            &session,
+        )
+        .await;
+    assert_eq!(r.status, 403, "denied tools/call: {r:?}");
+    assert_eq!(
+        list_filter_creations(&env).await,
+        (Some(0), Some(0)),
+        "the list filter was created for a request that is not a list"
+    );
+    let r = list_tools(&env, &token, Some(&sid), 5).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(tool_names(&message_of(&r)), ["echo", "whoami"], "{r:?}");
+    assert_eq!(
+        list_filter_creations(&env).await,
+        (Some(1), Some(0)),
+        "the list filter was not created once for the list request"
+    );
 }
 
 /// Paged lists, as each SDK pages them: the upstream answers tools/list one tool a page in name

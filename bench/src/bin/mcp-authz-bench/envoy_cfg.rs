@@ -24,8 +24,9 @@ pub enum Variant {
 }
 
 const EXT_AUTHZ: &str = "envoy.filters.http.ext_authz";
-/// The list filter (ext_proc to mcp-authz): part of the product, so not of a baseline.
-const EXT_PROC: &str = "envoy.filters.http.ext_proc";
+/// The list filter (the composite filter that creates ext_proc to mcp-authz for list
+/// requests): part of the product, so not of a baseline.
+const LIST_FILTER: &str = "envoy.filters.http.composite";
 
 /// `template` rendered with `vars` (plus `AUTHZ_CLUSTER`, from the variant), then changed
 /// as the variant says.
@@ -47,7 +48,7 @@ pub fn render(
     }
     let mut doc: Value = serde_yaml_ng::from_str(&text).context("parse rendered envoy.yaml")?;
     let filters = http_filters(&mut doc)?;
-    filters.retain(|f| f.get("name").and_then(Value::as_str) != Some(EXT_PROC));
+    filters.retain(|f| f.get("name").and_then(Value::as_str) != Some(LIST_FILTER));
     if let Variant::ExtAuthz { .. } = variant {
         return serde_yaml_ng::to_string(&doc).context("write envoy.yaml");
     }
@@ -181,7 +182,7 @@ mod tests {
         .expect("tcp");
         assert_eq!(
             names(&tcp),
-            [CORS, EXT_PROC, EXT_AUTHZ, "envoy.filters.http.router"]
+            [CORS, EXT_AUTHZ, LIST_FILTER, "envoy.filters.http.router"]
         );
         assert!(tcp.contains("cluster_name: mcp_authz_tcp"));
         let uds = render(
