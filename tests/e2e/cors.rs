@@ -25,18 +25,7 @@ async fn preflight(env: &TestEnv, origin: &str, method: &str, headers: &str) -> 
 
 /// ext_authz Checks Envoy has made so far (its own counters: allowed, denied, errors).
 async fn checks(env: &TestEnv) -> u64 {
-    let stats = env
-        .http
-        .get(format!(
-            "http://{}/stats?filter=ext_authz",
-            env.envoy_admin()
-        ))
-        .send()
-        .await
-        .expect("envoy stats")
-        .text()
-        .await
-        .expect("stats text");
+    let stats = env.envoy_admin_text("/stats?filter=ext_authz").await;
     stats
         .lines()
         .filter(|l| {

@@ -157,18 +157,7 @@ async fn tools_list_through_envoy_shows_only_the_allowed_tools() {
 /// (`filter_delegation_success`) and failures to create it (`filter_delegation_error`); `None`
 /// when Envoy has no such counter.
 async fn list_filter_creations(env: &TestEnv) -> (Option<u64>, Option<u64>) {
-    let stats = env
-        .http
-        .get(format!(
-            "http://{}/stats?filter=composite",
-            env.envoy_admin()
-        ))
-        .send()
-        .await
-        .expect("envoy stats")
-        .text()
-        .await
-        .expect("stats text");
+    let stats = env.envoy_admin_text("/stats?filter=composite").await;
     let counter = |name: &str| {
         stats.lines().find_map(|l| {
             l.strip_prefix(&format!("http.mcp.composite.{name}: "))?
@@ -198,17 +187,8 @@ async fn only_list_requests_create_the_list_filter() {
     // The series the McpAuthzListFilterNotCreated alert reads, as Envoy names it for
     // Prometheus: an alert on a name Envoy does not export would never fire.
     let prometheus = env
-        .http
-        .get(format!(
-            "http://{}/stats/prometheus?filter=composite",
-            env.envoy_admin()
-        ))
-        .send()
-        .await
-        .expect("envoy stats")
-        .text()
-        .await
-        .expect("stats text");
+        .envoy_admin_text("/stats/prometheus?filter=composite")
+        .await;
     assert!(
         prometheus.lines().any(|l| l.starts_with(
             r#"envoy_http_composite_filter_delegation_error{envoy_http_conn_manager_prefix="mcp"} "#

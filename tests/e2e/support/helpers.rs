@@ -882,6 +882,18 @@ impl TestEnv {
             .to_owned()
     }
 
+    /// The text Envoy's admin API answers at `path` (`/stats?filter=…`, `/stats/prometheus`).
+    pub async fn envoy_admin_text(&self, path: &str) -> String {
+        self.http
+            .get(format!("http://{}{path}", self.envoy_admin()))
+            .send()
+            .await
+            .expect("envoy admin")
+            .text()
+            .await
+            .expect("envoy admin text")
+    }
+
     /// Envoy's stats listener (`http://127.0.0.1:port`): /stats/prometheus, nothing else.
     pub fn envoy_stats(&self) -> String {
         let port = std::fs::read_to_string(self.dir.path().join("envoy-stats-port.txt"))

@@ -451,6 +451,21 @@ mod tests {
         r
     }
 
+    /// The report of `runs`, with fixed in-process figures.
+    fn render_runs(args: &RunArgs, runs: &HashMap<(usize, Phase), Vec<Run>>) -> String {
+        render(&Input {
+            args,
+            runs,
+            fixed_rate: 100,
+            verify_us: 20.0,
+            new_token_us: 21.0,
+            parse_us: 2.0,
+            envoy_version: "test",
+            wrk_version: "test",
+            login: None,
+        })
+    }
+
     fn line<'a>(md: &'a str, target: &str) -> &'a str {
         md.lines()
             .find(|l| l.starts_with(&format!("| {target}")))
@@ -476,17 +491,7 @@ mod tests {
                 .collect();
             runs.insert((idx, Phase::Saturation), v);
         }
-        let md = render(&Input {
-            args: &args,
-            runs: &runs,
-            fixed_rate: 100,
-            verify_us: 20.0,
-            new_token_us: 21.0,
-            parse_us: 2.0,
-            envoy_version: "test",
-            wrk_version: "test",
-            login: None,
-        });
+        let md = render_runs(&args, &runs);
         let warm = line(&md, "(g) CPU per warm Check ≤ 1.3 × no-op");
         assert!(
             warm.contains(
@@ -515,17 +520,7 @@ mod tests {
             };
             runs.insert((idx, Phase::Saturation), vec![run(20, 15); n]);
         }
-        let md = render(&Input {
-            args: &args,
-            runs: &runs,
-            fixed_rate: 100,
-            verify_us: 20.0,
-            new_token_us: 21.0,
-            parse_us: 2.0,
-            envoy_version: "test",
-            wrk_version: "test",
-            login: None,
-        });
+        let md = render_runs(&args, &runs);
         let ratios: Vec<&str> = md.lines().filter(|l| l.contains("(rounds: ")).collect();
         assert!(ratios.len() >= 7, "{md}");
         for l in ratios {
