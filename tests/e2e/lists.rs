@@ -201,27 +201,22 @@ async fn only_list_requests_create_the_list_filter() {
         (Some(0), Some(0)),
         "the shipped Envoy has no list filter of its own, or created it for initialize"
     );
-    let ping = r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
-    let r = env.post("/mcp/github", Some(&token), ping, &session).await;
-    assert_eq!(r.status, 200, "ping: {r:?}");
-    let r = env
-        .post(
-            "/mcp/github",
-            Some(&token),
-            &tool_call_body(3, "echo"),
-            &session,
-        )
-        .await;
-    assert_eq!(r.status, 200, "allowed tools/call: {r:?}");
-    let r = env
-        .post(
-            "/mcp/github",
-            Some(&token),
-            &tool_call_body(4, "delete_repository"),
-            &session,
-        )
-        .await;
-    assert_eq!(r.status, 403, "denied tools/call: {r:?}");
+    for (what, body, status) in [
+        (
+            "ping",
+            r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#.to_owned(),
+            200,
+        ),
+        ("allowed tools/call", tool_call_body(3, "echo"), 200),
+        (
+            "denied tools/call",
+            tool_call_body(4, "delete_repository"),
+            403,
+        ),
+    ] {
+        let r = env.post("/mcp/github", Some(&token), &body, &session).await;
+        assert_eq!(r.status, status, "{what}: {r:?}");
+    }
     assert_eq!(
         list_filter_creations(&env).await,
         (Some(0), Some(0)),
