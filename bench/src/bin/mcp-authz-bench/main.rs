@@ -34,7 +34,7 @@ use mcp_authz_bench::free_port;
 use procs::{Proc, port_open, wait_for};
 pub(crate) use rows::{
     CALL_BODY, DENIED_BODY, ENVOYS, FIRST_AUTHZ_ENVOY, LIST_BODY, LIST_TOOLS, NOOP_ENVOY,
-    PING_BODY, Phase, ROWS, Run, Target, Tokens, VERDICT_ROWS, row_index,
+    PING_BODY, Phase, ROWS, Run, Target, Tokens, VERDICT_ROWS, round_order, row_index,
 };
 use stage::{Stage, expect_status};
 use tokens::{forged, mint, new_token_us, rs256_verify_us, rules_of, write_tokens};
@@ -616,11 +616,14 @@ runtime: {{worker_threads: {}}}
             }
     };
 
-    // The measured rounds: each phase runs every row in turn, so drift hits all rows alike.
+    // The measured rounds: each phase runs every row in turn, so drift hits all rows alike,
+    // and every other round in the reverse order, so that no row always follows the same row
+    // (and what that row leaves behind) or always comes early or late in its round.
     let mut runs: HashMap<(usize, Phase), Vec<Run>> = HashMap::new();
     for round in 0..args.rounds + args.verdict_rounds {
         for phase in phases {
-            for (i, row) in ROWS.iter().enumerate() {
+            for i in round_order(round, ROWS.len()) {
+                let row = &ROWS[i];
                 if !plan(round, i, phase) {
                     continue;
                 }

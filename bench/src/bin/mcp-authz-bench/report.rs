@@ -94,7 +94,7 @@ pub fn render(i: &Input) -> String {
     ));
     md.push_str(&format!(
         "Command: `make bench`, which runs `mcp-authz-bench --rounds {} --verdict-rounds {} --seconds {} --latency-seconds {} --connections {} --users {} --envoy-concurrency {} --authz-workers {} --logins {} --refreshes {} --write BENCHMARKS.md`. \
-Every figure is the median of {} interleaved rounds (each phase runs every row in turn, then the next round); the rows a ratio target compares ({}) then run {} more rounds at saturation, so their saturation figures and the ratio verdicts are medians of {} rounds. The machine is shared and noisy (±25 % run to run, one round's ratio of two rows as much), so compare rows of one run.\n\n",
+Every figure is the median of {} interleaved rounds (each phase runs every row in turn, every other round in the reverse order, then the next round); the rows a ratio target compares ({}) then run {} more rounds at saturation, so their saturation figures and the ratio verdicts are medians of {} rounds. The machine is shared and noisy (±25 % run to run, one round's ratio of two rows as much), so compare rows of one run.\n\n",
         a.rounds, a.verdict_rounds, a.seconds, a.latency_seconds, a.connections, a.users, a.envoy_concurrency, a.authz_workers, a.logins, a.refreshes, a.rounds,
         VERDICT_ROWS.map(|k| format!("({k})")).join(", "),
         a.verdict_rounds,

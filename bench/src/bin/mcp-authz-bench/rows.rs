@@ -204,6 +204,15 @@ pub(crate) const VERDICT_ROWS: [&str; 11] = [
     "b", "b'", "c", "d", "f", "c0", "c-noop", "g0", "g", "g0-rs256", "g-cold",
 ];
 
+/// The order the rows of `round` (from 0) run in: [`ROWS`]' order in even rounds, the reverse
+/// in odd ones. In one fixed order (c) always ran right after (b'), the fastest row, and
+/// (g-cold) always last: whatever a row leaves behind (connections closing, a cache's
+/// housekeeping) or the time since the round began would always have weighed on the same rows.
+pub fn round_order(round: usize, rows: usize) -> impl Iterator<Item = usize> {
+    let forward = round.is_multiple_of(2);
+    (0..rows).map(move |i| if forward { i } else { rows - 1 - i })
+}
+
 pub fn row_index(key: &str) -> anyhow::Result<usize> {
     ROWS.iter()
         .position(|r| r.key == key)
@@ -234,5 +243,27 @@ impl Run {
     /// CPU seconds per 10k requests.
     pub fn per_10k(&self, ns: u64) -> f64 {
         ns as f64 / 1e9 / self.sample.requests.max(1) as f64 * 1e4
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_round_runs_every_row_once_and_each_pair_in_both_orders() {
+        let n = ROWS.len();
+        let orders: Vec<Vec<usize>> = (0..4).map(|r| round_order(r, n).collect()).collect();
+        for order in &orders {
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..n).collect::<Vec<_>>());
+        }
+        let (b1, c) = (row_index("b'").unwrap(), row_index("c").unwrap());
+        let place = |o: &Vec<usize>, i| o.iter().position(|&x| x == i).unwrap();
+        assert!(place(&orders[0], b1) < place(&orders[0], c));
+        assert!(place(&orders[1], b1) > place(&orders[1], c));
+        assert_eq!(orders[0], orders[2]);
+        assert_eq!(orders[1], orders[3]);
     }
 }
