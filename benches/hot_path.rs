@@ -169,7 +169,8 @@ fn parse_new_token(b: Bencher) {
     .expect("mint request");
     let token = authority.mint(&req).expect("mint");
     b.bench_local(|| {
-        let parsed = mcp_authz::identity::parse_jwt(black_box(&token));
+        let mut payload = Vec::new();
+        let parsed = mcp_authz::identity::parse_jwt(black_box(&token), &mut payload);
         assert!(parsed.is_ok());
         parsed.map(|p| p.claims.exp)
     });

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 pub use error::TokenError;
 pub use jwks::{JwksError, JwksSource, Key, KeySet, KeyStore};
-pub use jwt::{Claims, GroupsClaim, GroupsValue, Header, ParsedJwt, parse as parse_jwt};
+pub use jwt::{Claims, GroupsClaim, GroupsValue, Header, ParsedJwt, Text, parse as parse_jwt};
 
 use crate::config::EntraConfig;
 
@@ -220,7 +220,8 @@ impl Validator {
             }
             self.cache.invalidate(&digest);
         }
-        let parsed = jwt::parse(token)?;
+        let mut payload = Vec::new();
+        let parsed = jwt::parse(token, &mut payload)?;
         let key_set = match self.keys.keys_for(&parsed.header.kid) {
             Some(keys) => keys,
             None => {
@@ -342,7 +343,8 @@ impl Validator {
             .upn
             .take()
             .or_else(|| c.preferred_username.take())
-            .or_else(|| c.email.take());
+            .or_else(|| c.email.take())
+            .map(std::borrow::Cow::into_owned);
         let groups = c.into_groups_claim()?;
         Ok(Principal {
             tid,

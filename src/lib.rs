@@ -69,6 +69,23 @@ pub mod xds;
 /// comparison stays fair): glibc's malloc took ~12 % of a warm Check's CPU, much of it in arena
 /// locks shared by the worker threads. Off (feature `mimalloc`) for the fuzz targets, so that
 /// AddressSanitizer sees every allocation.
-#[cfg(feature = "mimalloc")]
+#[cfg(all(feature = "mimalloc", not(test)))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The library's own tests count allocations, so that a hot path's count is asserted.
+#[cfg(test)]
+#[global_allocator]
+static GLOBAL: stats_alloc::StatsAlloc<std::alloc::System> = stats_alloc::StatsAlloc::system();
+
+#[cfg(test)]
+pub(crate) mod test_alloc {
+    /// Allocations and reallocations made while `f` runs, counted process-wide: nextest runs
+    /// each test in its own process, so they are the test's own.
+    pub fn allocations_in<T>(f: impl FnOnce() -> T) -> (usize, T) {
+        let region = stats_alloc::Region::new(&super::GLOBAL);
+        let out = f();
+        let stats = region.change();
+        (stats.allocations + stats.reallocations, out)
+    }
+}

@@ -17,11 +17,12 @@ use serde_json::value::RawValue;
 use super::error::TokenError;
 use crate::ids::GroupId;
 
-/// A token split and decoded, signature not yet checked. Borrows the token it was parsed from.
+/// A token split and decoded, signature not yet checked. Borrows the token it was parsed from
+/// and, for its claims, the buffer its payload was decoded into.
 #[derive(Debug)]
 pub struct ParsedJwt<'t> {
     pub header: Header,
-    pub claims: Claims,
+    pub claims: Claims<'t>,
     pub signature: Vec<u8>,
     signed: &'t str,
 }
@@ -42,33 +43,40 @@ pub struct Header {
 }
 
 /// The claims we read. Times are NumericDate (seconds, fractions allowed and floored).
+///
+/// A string claim borrows from the decoded payload unless it had an escape: a new token's
+/// claims are checked and dropped (only a label and the groups are kept), so copying each into
+/// its own `String` was a dozen allocations per new token for nothing.
 #[derive(Debug, Clone, Default)]
-pub struct Claims {
-    pub iss: Option<String>,
+pub struct Claims<'p> {
+    pub iss: Option<Text<'p>>,
     /// A string only: Entra never issues an array, and accepting other shapes invites
     /// confusion between validators.
-    pub aud: Option<String>,
+    pub aud: Option<Text<'p>>,
     pub exp: Option<u64>,
     pub nbf: Option<u64>,
     pub iat: Option<u64>,
-    pub ver: Option<String>,
-    pub tid: Option<String>,
-    pub oid: Option<String>,
-    pub sub: Option<String>,
-    pub scp: Option<String>,
+    pub ver: Option<Text<'p>>,
+    pub tid: Option<Text<'p>>,
+    pub oid: Option<Text<'p>>,
+    pub sub: Option<Text<'p>>,
+    pub scp: Option<Text<'p>>,
     pub roles: Option<Vec<String>>,
     pub groups: Option<GroupsValue>,
     pub hasgroups: Option<bool>,
     /// `_claim_names`.
     pub claim_names: Option<ClaimNames>,
-    pub upn: Option<String>,
-    pub preferred_username: Option<String>,
-    pub email: Option<String>,
-    pub name: Option<String>,
-    pub azp: Option<String>,
-    pub appid: Option<String>,
-    pub idtyp: Option<String>,
+    pub upn: Option<Text<'p>>,
+    pub preferred_username: Option<Text<'p>>,
+    pub email: Option<Text<'p>>,
+    pub name: Option<Text<'p>>,
+    pub azp: Option<Text<'p>>,
+    pub appid: Option<Text<'p>>,
+    pub idtyp: Option<Text<'p>>,
 }
+
+/// A JSON string's value: borrowed where it lies, owned if it had to be unescaped.
+pub type Text<'p> = Cow<'p, str>;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ClaimNames {
@@ -105,7 +113,7 @@ pub enum GroupsClaim {
     Absent,
 }
 
-impl Claims {
+impl Claims<'_> {
     /// The groups, or `GroupsNotObjectIds` when the claim holds anything but group object ids
     /// (an app configured to emit group names or `sAMAccountName`s: a name is not an identity,
     /// and one directory's name can be another's).
@@ -127,12 +135,13 @@ impl Claims {
     }
 }
 
-/// Splits, decodes and checks the structure of a token. No key, no clock.
+/// Splits, decodes and checks the structure of a token. No key, no clock. The payload is
+/// decoded into `payload` (cleared first), which the claims borrow.
 ///
 /// Each JSON segment is read once: its members are collected as borrowed raw values (which
 /// checks the whole object's syntax), their names checked for repeats, and only then are the
 /// members we read typed. The refusals and their order are those of reading the object twice.
-pub fn parse(token: &str) -> Result<ParsedJwt<'_>, TokenError> {
+pub fn parse<'t>(token: &'t str, payload: &'t mut Vec<u8>) -> Result<ParsedJwt<'t>, TokenError> {
     let mut parts = token.split('.');
     let (Some(h), Some(p), Some(s), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -147,11 +156,15 @@ pub fn parse(token: &str) -> Result<ParsedJwt<'_>, TokenError> {
         return Err(TokenError::AlgorithmNotAllowed);
     }
     let header_bytes = b64(h, "header is not base64url")?;
-    let payload_bytes = b64(p, "payload is not base64url")?;
+    payload.clear();
+    URL_SAFE_NO_PAD
+        .decode_vec(p, payload)
+        .map_err(|_| TokenError::Malformed("payload is not base64url"))?;
+    let payload: &'t [u8] = payload;
     let signature = b64(s, "signature is not base64url")?;
 
     let header = header(&header_bytes)?;
-    let members = unique_members(&payload_bytes).map_err(|e| e.into_token_error("claims"))?;
+    let members = unique_members(payload).map_err(|e| e.into_token_error("claims"))?;
     let claims = claims(&members).ok_or(TokenError::Malformed("claim of the wrong type"))?;
     Ok(ParsedJwt {
         header,
@@ -164,7 +177,7 @@ pub fn parse(token: &str) -> Result<ParsedJwt<'_>, TokenError> {
 fn header(bytes: &[u8]) -> Result<Header, TokenError> {
     let members = unique_members(bytes).map_err(|e| e.into_token_error("header"))?;
     let fields = || TokenError::Malformed("header fields");
-    let (mut alg, mut typ, mut kid) = (None, None, None);
+    let (mut alg, mut typ, mut kid) = (None::<Text>, None::<Text>, None::<Text>);
     let (mut nonce, mut crit) = (false, false);
     let mut forbidden = [false; 4];
     for (name, value) in &members {
@@ -202,17 +215,18 @@ fn header(bytes: &[u8]) -> Result<Header, TokenError> {
     }
     let kid = kid
         .filter(|k| !k.is_empty())
-        .ok_or(TokenError::MissingKeyId)?;
+        .ok_or(TokenError::MissingKeyId)?
+        .into_owned();
     Ok(Header { kid, nonce })
 }
 
 /// The claims we read, typed from the members; `None` if one has the wrong type.
-fn claims(members: &[(Name<'_>, &RawValue)]) -> Option<Claims> {
+fn claims<'p>(members: &[(Name<'_>, &'p RawValue)]) -> Option<Claims<'p>> {
     let mut c = Claims::default();
     for (name, value) in members {
         match name.as_ref() {
             "iss" => c.iss = string(value)?,
-            "aud" => c.aud = Some(serde_json::from_str::<String>(value.get()).ok()?),
+            "aud" => c.aud = Some(text(value)?),
             "exp" => c.exp = Some(numeric_date(value)?),
             "nbf" => c.nbf = Some(numeric_date(value)?),
             "iat" => c.iat = Some(numeric_date(value)?),
@@ -243,20 +257,24 @@ fn is_null(value: &RawValue) -> bool {
 }
 
 /// A string or `null` (absent); `None` for any other type.
-///
-/// A string without a backslash is its bytes between the quotes: the raw value has already
-/// been read as JSON (control characters refused, UTF-8 checked), so only escapes need a
-/// second reading. Most claims of a new token take this path.
-fn string(value: &RawValue) -> Option<Option<String>> {
-    let raw = value.get();
-    if let Some(inner) = raw
-        .strip_prefix('"')
-        .and_then(|r| r.strip_suffix('"'))
-        .filter(|inner| !inner.contains('\\'))
-    {
-        return Some(Some(inner.to_owned()));
+fn string(value: &RawValue) -> Option<Option<Text<'_>>> {
+    if is_null(value) {
+        return Some(None);
     }
-    typed(value)
+    text(value).map(Some)
+}
+
+/// A string; `None` for any other type (`null` too).
+///
+/// A string without a backslash is its bytes between the quotes, borrowed: the raw value has
+/// already been read as JSON (control characters refused, UTF-8 checked), so only escapes need
+/// a second reading. Most claims of a new token take this path.
+fn text(value: &RawValue) -> Option<Text<'_>> {
+    let inner = value.get().strip_prefix('"')?.strip_suffix('"')?;
+    if !inner.contains('\\') {
+        return Some(Cow::Borrowed(inner));
+    }
+    typed::<String>(value).map(Cow::Owned)
 }
 
 /// The `groups` claim: an array of strings or `null` (absent); `None` for any other type. Each

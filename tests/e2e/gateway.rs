@@ -753,7 +753,8 @@ async fn obo_server_receives_a_token_minted_for_it() {
         upstream_token, token,
         "the client's token must never reach the upstream"
     );
-    let parsed = mcp_authz::identity::parse_jwt(upstream_token).expect("a JWT");
+    let mut payload = Vec::new();
+    let parsed = mcp_authz::identity::parse_jwt(upstream_token, &mut payload).expect("a JWT");
     assert_eq!(
         parsed.claims.aud.as_deref(),
         Some("api://jira-mcp"),
