@@ -177,7 +177,7 @@ pub fn parse<'t>(token: &'t str, payload: &'t mut Vec<u8>) -> Result<ParsedJwt<'
 fn header(bytes: &[u8]) -> Result<Header, TokenError> {
     let members = unique_members(bytes).map_err(|e| e.into_token_error("header"))?;
     let fields = || TokenError::Malformed("header fields");
-    let (mut alg, mut typ, mut kid) = (None::<Text>, None::<Text>, None::<Text>);
+    let (mut alg, mut typ, mut kid) = (None, None, None);
     let (mut nonce, mut crit) = (false, false);
     let mut forbidden = [false; 4];
     for (name, value) in &members {
