@@ -33,8 +33,8 @@ use load::Wrk;
 use mcp_authz_bench::free_port;
 use procs::{Proc, port_open, wait_for};
 pub(crate) use rows::{
-    CALL_BODY, DENIED_BODY, ENVOYS, FIRST_AUTHZ_ENVOY, LIST_BODY, LIST_TOOLS, NOOP_ENVOY,
-    PING_BODY, Phase, ROWS, Run, Target, Tokens, VERDICT_ROWS, round_order, row_index,
+    CALL_BODY, DENIED_BODY, ENVOYS, FIRST_AUTHZ_ENVOY, LIST_BODY, LIST_TOOLS, NOOP_ANSWER_ENVOY,
+    NOOP_ENVOY, PING_BODY, Phase, ROWS, Run, Target, Tokens, VERDICT_ROWS, round_order, row_index,
 };
 use stage::{Stage, expect_status};
 use tokens::{forged, mint, new_token_us, rs256_verify_us, rules_of, write_tokens};
@@ -83,6 +83,12 @@ enum Cmd {
         /// a never-seen token.
         #[arg(long)]
         verify_jwks: Option<PathBuf>,
+        /// A second listener, in the same process, whose Checks all get the answer in
+        /// `--answer` (an encoded CheckResponse) instead of a bare OK.
+        #[arg(long, requires = "answer")]
+        answer_listen: Option<SocketAddr>,
+        #[arg(long, requires = "answer_listen")]
+        answer: Option<PathBuf>,
     },
     /// (internal) Direct gRPC Check load; prints one MCPBENCH line.
     GrpcLoad(load::GrpcLoadArgs),
@@ -98,24 +104,69 @@ enum Cmd {
     },
 }
 
-/// A no-op Check server (`noop`, with one more option) on a free port, once it listens.
+/// A no-op Check server (`noop`, with more options) on a free port, once it listens (and
+/// listens on `also`).
 async fn spawn_noop(
     exe: &Path,
     dir: &Path,
     workers: usize,
     name: &str,
-    (option, value): (&str, &Path),
+    options: &[(&str, &std::ffi::OsStr)],
+    also: Option<u16>,
 ) -> anyhow::Result<(Proc, u16)> {
     let port = free_port()?;
     let mut cmd = tokio::process::Command::new(exe);
     cmd.args(["noop", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--workers")
-        .arg(workers.to_string())
-        .arg(option)
-        .arg(value);
+        .arg(workers.to_string());
+    for (option, value) in options {
+        cmd.arg(option).arg(value);
+    }
     let mut p = Proc::spawn(name, cmd, dir)?;
-    wait_for(&mut p, "port", || port_open(port)).await?;
+    for port in std::iter::once(port).chain(also) {
+        wait_for(&mut p, "port", || port_open(port)).await?;
+    }
     Ok((p, port))
+}
+
+/// The answer of the Check server on `port` to a warm `ping` Check with `token`.
+async fn ping_answer(
+    port: u16,
+    token: &str,
+) -> anyhow::Result<envoy_types::pb::envoy::service::auth::v3::CheckResponse> {
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))?
+        .connect()
+        .await?;
+    Ok(AuthorizationClient::new(channel)
+        .check(mcp_authz::grpc::http_check_request(
+            Some(token),
+            PATH,
+            PING_BODY.as_bytes(),
+        ))
+        .await?
+        .into_inner())
+}
+
+/// mcp-authz's answer to one warm `ping` Check (its identity headers, its removals), written
+/// encoded to `path` for the no-op server to give every Check of row (c-noop-id).
+async fn write_allow_answer(
+    grpc: u16,
+    token: &str,
+    path: &Path,
+) -> anyhow::Result<envoy_types::pb::envoy::service::auth::v3::CheckResponse> {
+    use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+    let answer = ping_answer(grpc, token).await?;
+    let set = match (&answer.status, &answer.http_response) {
+        (Some(s), Some(HttpResponse::OkResponse(ok))) if s.code == 0 => ok.headers.len(),
+        _ => 0,
+    };
+    anyhow::ensure!(
+        set > 0,
+        "mcp-authz did not allow a warm ping with identity headers: {answer:?}"
+    );
+    std::fs::write(path, prost::Message::encode_to_vec(&answer))?;
+    Ok(answer)
 }
 
 /// The `entra` line of the config every run gives mcp-authz.
@@ -185,7 +236,15 @@ fn main() -> anyhow::Result<()> {
             workers,
             capture,
             verify_jwks,
-        }) => servers::noop(listen, workers, capture, verify_jwks),
+            answer_listen,
+            answer,
+        }) => servers::noop(
+            listen,
+            workers,
+            capture,
+            verify_jwks,
+            answer_listen.zip(answer),
+        ),
         Some(Cmd::GrpcLoad(a)) => load::grpc_load_main(a),
         Some(Cmd::McpLoad(a)) => mcp_load::mcp_load_main(a),
         Some(Cmd::NewTokens { count, untimed }) => tokio::runtime::Builder::new_current_thread()
@@ -282,15 +341,6 @@ async fn run_in(args: &RunArgs, dir: &Path) -> anyhow::Result<String> {
     cmd.args(["upstream", "--listen", &format!("127.0.0.1:{up_port}")]);
     let mut upstream = Proc::spawn("upstream", cmd, dir)?;
     wait_for(&mut upstream, "port", || port_open(up_port)).await?;
-    let capture = dir.join("check-request.bin");
-    let (noop, noop_port) = spawn_noop(
-        &exe,
-        dir,
-        args.authz_workers,
-        "noop",
-        ("--capture", &capture),
-    )
-    .await?;
     // The same server verifying each token's signature: the bound of (g-cold).
     let jwks_file = dir.join("jwks.json");
     std::fs::write(&jwks_file, serde_json::to_vec(&authority.jwks(None))?)?;
@@ -299,7 +349,8 @@ async fn run_in(args: &RunArgs, dir: &Path) -> anyhow::Result<String> {
         dir,
         args.authz_workers,
         "noop-verify",
-        ("--verify-jwks", &jwks_file),
+        &[("--verify-jwks", jwks_file.as_os_str())],
+        None,
     )
     .await?;
 
@@ -351,6 +402,32 @@ runtime: {{worker_threads: {}}}
     })
     .await?;
 
+    // The no-op server; its second listener gives every Check mcp-authz's allow answer.
+    let capture = dir.join("check-request.bin");
+    let answer = dir.join("check-answer.bin");
+    let allow = write_allow_answer(grpc, &warm[0], &answer).await?;
+    let answer_port = free_port()?;
+    let answer_listen = format!("127.0.0.1:{answer_port}");
+    let (noop, noop_port) = spawn_noop(
+        &exe,
+        dir,
+        args.authz_workers,
+        "noop",
+        &[
+            ("--capture", capture.as_os_str()),
+            ("--answer-listen", answer_listen.as_ref()),
+            ("--answer", answer.as_os_str()),
+        ],
+        Some(answer_port),
+    )
+    .await?;
+    // Its answering listener gives mcp-authz's answer, to another user's Check too.
+    let replayed = ping_answer(answer_port, &warm[1 % warm.len()]).await?;
+    anyhow::ensure!(
+        replayed == allow,
+        "sanity check failed: the no-op server's answering listener gave {replayed:?}, not mcp-authz's answer {allow:?}"
+    );
+
     // One Envoy per configuration, the same binary.
     let mut vars: HashMap<String, String> = [
         ("ENVOY_LISTEN_ADDRESS", "127.0.0.1".to_string()),
@@ -394,6 +471,11 @@ runtime: {{worker_threads: {}}}
             unix: false,
             lists: true,
         },
+        // The same, on the no-op server's listener that answers as mcp-authz does.
+        Variant::ExtAuthz {
+            unix: false,
+            lists: true,
+        },
     ];
     let mut envoys = Vec::new();
     for (i, variant) in variants.iter().enumerate() {
@@ -405,7 +487,11 @@ runtime: {{worker_threads: {}}}
         let eadmin = free_port()?;
         vars.insert("ENVOY_LISTEN_PORT".into(), listen.to_string());
         vars.insert("ENVOY_ADMIN_PORT".into(), eadmin.to_string());
-        let authz_port = if i == NOOP_ENVOY { noop_port } else { grpc };
+        let authz_port = match i {
+            NOOP_ENVOY => noop_port,
+            NOOP_ANSWER_ENVOY => answer_port,
+            _ => grpc,
+        };
         vars.insert("AUTHZ_PORT".into(), authz_port.to_string());
         let cfg = envoy_cfg::render(&template, &vars, variant)?;
         let path = dir.join(format!("envoy-{i}.yaml"));
@@ -436,7 +522,7 @@ runtime: {{worker_threads: {}}}
         )
         .await?;
         // No auth, and the no-op server, let everything through.
-        let (none, forged_status) = if i == 0 || i == NOOP_ENVOY {
+        let (none, forged_status) = if i == 0 || i == NOOP_ENVOY || i == NOOP_ANSWER_ENVOY {
             (200, 200)
         } else {
             (401, 401)
@@ -459,7 +545,7 @@ runtime: {{worker_threads: {}}}
             &format!("{name}: forged signature"),
         )
         .await?;
-        if i >= FIRST_AUTHZ_ENVOY && i != NOOP_ENVOY {
+        if i >= FIRST_AUTHZ_ENVOY && i != NOOP_ENVOY && i != NOOP_ANSWER_ENVOY {
             expect_status(
                 &http,
                 *port,

@@ -115,7 +115,7 @@ Before timing, each configuration must answer 200 to a valid token, 401 to a mis
     md.push_str("## Through Envoy\n\n");
     md.push_str(&format!(
         "Saturation: {} connections, closed loop, {} s. Fixed load: {} req/s (about half of (b)'s saturation), paced by the wrk script, {} connections, {} s. One connection: closed loop, {} s. \
-CPU: seconds on CPU (all threads, from /proc) per 10,000 requests; the authz server is mcp-authz, or for (c-noop) the no-op Check server.\n\n",
+CPU: seconds on CPU (all threads, from /proc) per 10,000 requests; the authz server is mcp-authz, or for (c-noop) and (c-noop-id) the no-op Check server.\n\n",
         a.connections, a.seconds, i.fixed_rate, a.connections, a.seconds, a.latency_seconds
     ));
     md.push_str("| row | configuration | req/s at saturation | rounds | vs (b) | vs (b') | fixed load p50 / p99 / p99.9 ms | one connection p50 / p99 ms | authz server CPU s/10k | Envoy CPU s/10k | errors |\n");
@@ -279,6 +279,18 @@ One new token through mcp-authz's `Validator::validate` in process (one thread, 
             0.85,
         ),
         ratio(
+            "bound with mcp-authz's answer: (c-noop-id), a free server that gives Envoy the allow answer mcp-authz gives, ≥ 0.85 × (b) req/s",
+            "c-noop-id",
+            "b",
+            0.85,
+        ),
+        ratio(
+            "(c) ≥ 0.95 × (c-noop-id): mcp-authz's own CPU costs Envoy's throughput ≤ 5 %",
+            "c",
+            "c-noop-id",
+            0.95,
+        ),
+        ratio(
             "(c) ≥ 0.95 × (c0): the list filter costs a request it skips ≤ 5 %",
             "c",
             "c0",
@@ -385,7 +397,7 @@ One new token through mcp-authz's `Validator::validate` in process (one thread, 
     md.push_str("- (c)–(f), (l): `envoy/envoy.yaml` exactly as shipped (ext_authz and the list filter, ext_proc), rendered with `AUTHZ_CLUSTER=mcp_authz_tcp` or `mcp_authz_uds`. (a)–(e) send an MCP `ping`, which the list filter never sees; (f) a `tools/call`; (l) and (l0) a `tools/list` that the upstream answers with 100 tools (a description and an input schema each), of which the policy denies half: (l) filters it to 50 through ext_proc, (l0) is the same file without the list filter, so (l)/(l0) is the filter's cost.\n");
     md.push_str("- (a): the same file without the ext_authz and ext_proc filters. (b), (b'): the same file with Envoy's `jwt_authn` in place of ext_authz: one provider (issuer, audience, `local_jwks` inline, `forward: true`), required on every route; (b') adds `jwt_cache_config: {jwt_cache_size: ");
     md.push_str(&format!("{}}}`.\n", a.users));
-    md.push_str("- (c-noop): the shipped file exactly as (c), its ext_authz cluster on the no-op Check server (tonic's generated server, the same allocator and runtime settings as mcp-authz), which answers OK to everything: what Envoy's ext_authz hop costs with a free authz server, the bound of (c). (g0-rs256): the same no-op server, which also verifies each Check's bearer token (the key named by its `kid`, aws-lc-rs with the key parsed once, as mcp-authz does; no cache, no claim read) and refuses it when the signature fails: the least a server that takes never-seen tokens must do, the bound of (g-cold). (m), (m0): the shipped file as (c), driven by `mcp-authz-bench mcp-load` (above) instead of wrk.\n");
+    md.push_str("- (c-noop): the shipped file exactly as (c), its ext_authz cluster on the no-op Check server (tonic's generated server, the same allocator and runtime settings as mcp-authz), which answers OK to everything: what Envoy's ext_authz hop costs with a free authz server, the bound of (c). (g0-rs256): the same no-op server, which also verifies each Check's bearer token (the key named by its `kid`, aws-lc-rs with the key parsed once, as mcp-authz does; no cache, no claim read) and refuses it when the signature fails: the least a server that takes never-seen tokens must do, the bound of (g-cold). (c-noop-id): as (c-noop), on a second listener of the same no-op server, which gives every Check the answer mcp-authz gave one warm `ping` before the run (an OK with its identity headers to set and the headers to remove), so Envoy applies and forwards all that (c) makes it apply and forward while the server does nothing: (c-noop-id)/(b) is the bound of (c) for a gateway that tells the upstream who is calling, and (c)/(c-noop-id) is what mcp-authz's own work costs Envoy's throughput. (m), (m0): the shipped file as (c), driven by `mcp-authz-bench mcp-load` (above) instead of wrk.\n");
     md.push_str("- mcp-authz: a file policy with one tenant, one server, a group grant and three tool rules (`delete_*` and `odd_*` denied, `search_*` allowed from `read`); traces, rate limits and audit off (their costs are flag checks when off).\n");
     md.push_str(&format!(
         "- Load commands (paths are the run's temp dir), one of each kind:\n  - `{}`\n  - `{}`\n  - `{}`\n",

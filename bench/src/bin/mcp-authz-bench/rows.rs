@@ -46,7 +46,7 @@ pub struct Row {
 }
 
 /// The Envoys, by index in `Target::Envoy`; `run_in` builds their configs in this order.
-pub(crate) const ENVOYS: [&str; 7] = [
+pub(crate) const ENVOYS: [&str; 8] = [
     "no auth",
     "jwt_authn",
     "jwt_authn cached",
@@ -54,9 +54,10 @@ pub(crate) const ENVOYS: [&str; 7] = [
     "ext_authz uds",
     "ext_authz tcp, no list filter",
     "ext_authz tcp to the no-op Check server",
+    "ext_authz tcp to the no-op Check server answering as mcp-authz",
 ];
 
-pub const ROWS: [Row; 17] = [
+pub const ROWS: [Row; 18] = [
     Row {
         key: "a",
         label: "Envoy, no auth",
@@ -121,6 +122,13 @@ pub const ROWS: [Row; 17] = [
         body: PING_BODY,
     },
     Row {
+        key: "c-noop-id",
+        label: "as (c-noop), the no-op server giving every Check mcp-authz's allow answer (its identity headers and removals): Envoy's whole work of (c), a free server",
+        target: Target::Envoy(NOOP_ANSWER_ENVOY),
+        tokens: Tokens::Warm,
+        body: PING_BODY,
+    },
+    Row {
         key: "m",
         label: "Envoy + mcp-authz, TCP, MCP clients: sessions, initialize, tools/list, 8 tools/call (SSE and JSON answers), 2026-07-28 headers",
         target: Target::McpTraffic(3, true),
@@ -179,20 +187,22 @@ pub const ROWS: [Row; 17] = [
 ];
 
 /// Envoys from this index on call mcp-authz (ext_authz over TCP, then the unix socket),
-/// except [`NOOP_ENVOY`].
+/// except [`NOOP_ENVOY`] and [`NOOP_ANSWER_ENVOY`].
 pub(crate) const FIRST_AUTHZ_ENVOY: usize = 3;
 /// The shipped Envoy with its ext_authz cluster on the no-op Check server.
 pub(crate) const NOOP_ENVOY: usize = 6;
+/// The shipped Envoy on the no-op Check server's listener that answers as mcp-authz.
+pub(crate) const NOOP_ANSWER_ENVOY: usize = 7;
 
 impl Row {
     /// True for the rows whose Envoy asks mcp-authz.
     pub fn through_authz(&self) -> bool {
-        matches!(self.target, Target::Envoy(i) | Target::McpTraffic(i, _) if i >= FIRST_AUTHZ_ENVOY && i != NOOP_ENVOY)
+        matches!(self.target, Target::Envoy(i) | Target::McpTraffic(i, _) if i >= FIRST_AUTHZ_ENVOY && !self.through_noop())
     }
 
-    /// True for the rows whose Envoy asks the no-op server.
+    /// True for the rows whose Envoy asks the no-op server (either listener).
     pub fn through_noop(&self) -> bool {
-        self.target == Target::Envoy(NOOP_ENVOY)
+        matches!(self.target, Target::Envoy(NOOP_ENVOY | NOOP_ANSWER_ENVOY))
     }
 }
 
@@ -200,8 +210,19 @@ impl Row {
 /// `--verdict-rounds` more saturation rounds, so that each of those verdicts is the median of
 /// that many more paired ratios. On this shared machine one round's ratio of two rows spreads
 /// by ±25 %; five rounds left a verdict near its target to chance.
-pub(crate) const VERDICT_ROWS: [&str; 11] = [
-    "b", "b'", "c", "d", "f", "c0", "c-noop", "g0", "g", "g0-rs256", "g-cold",
+pub(crate) const VERDICT_ROWS: [&str; 12] = [
+    "b",
+    "b'",
+    "c",
+    "d",
+    "f",
+    "c0",
+    "c-noop",
+    "c-noop-id",
+    "g0",
+    "g",
+    "g0-rs256",
+    "g-cold",
 ];
 
 /// The order the rows of `round` (from 0) run in: [`ROWS`]' order in even rounds, the reverse

@@ -184,11 +184,114 @@ impl Authorization for Noop {
     }
 }
 
+/// The no-op server's second listener: every Check gets the same answer, mcp-authz's own allow
+/// answer to a warm ping (its identity headers to set, its headers to remove), encoded once.
+/// Envoy then does for each request all that mcp-authz's answer makes it do, while the server
+/// does what the no-op server does: tonic's unary path, the request decoded by prost as the
+/// generated server decodes it. Only the answer differs, written from its bytes; a
+/// `CheckResponse` cloned and encoded per Check cost this server more CPU than mcp-authz's
+/// whole Check.
+#[derive(Clone)]
+struct Answering(prost::bytes::Bytes);
+
+/// The codec of [`Answering`]: prost's decode of the request, the answer's bytes as they are.
+struct PreEncoded(prost::bytes::Bytes);
+
+struct AnswerEncoder(prost::bytes::Bytes);
+
+struct RequestDecoder;
+
+impl tonic::codec::Codec for PreEncoded {
+    /// Nothing: the answer is always the same bytes.
+    type Encode = ();
+    type Decode = CheckRequest;
+    type Encoder = AnswerEncoder;
+    type Decoder = RequestDecoder;
+
+    fn encoder(&mut self) -> AnswerEncoder {
+        AnswerEncoder(self.0.clone())
+    }
+
+    fn decoder(&mut self) -> RequestDecoder {
+        RequestDecoder
+    }
+}
+
+impl tonic::codec::Encoder for AnswerEncoder {
+    type Item = ();
+    type Error = tonic::Status;
+
+    fn encode(&mut self, (): (), dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Self::Error> {
+        prost::bytes::BufMut::put_slice(dst, &self.0);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RequestDecoder {
+    type Item = CheckRequest;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<CheckRequest>, Self::Error> {
+        <CheckRequest as prost::Message>::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+/// The Check's handler: nothing to do, the encoder writes the answer.
+struct Answered;
+
+impl tonic::server::UnaryService<CheckRequest> for Answered {
+    type Response = ();
+    type Future = std::future::Ready<Result<tonic::Response<()>, tonic::Status>>;
+
+    fn call(&mut self, _: tonic::Request<CheckRequest>) -> Self::Future {
+        std::future::ready(Ok(tonic::Response::new(())))
+    }
+}
+
+impl<B> tonic::codegen::Service<http::Request<B>> for Answering
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let codec = PreEncoded(self.0.clone());
+        Box::pin(async move {
+            if req.uri().path() != "/envoy.service.auth.v3.Authorization/Check" {
+                return Ok(tonic::Status::unimplemented("only Check").into_http());
+            }
+            Ok(tonic::server::Grpc::new(codec).unary(Answered, req).await)
+        })
+    }
+}
+
+impl tonic::server::NamedService for Answering {
+    const NAME: &'static str = "envoy.service.auth.v3.Authorization";
+}
+
+/// The no-op server of [`Noop`]; with `answering`, a second listener in the same process whose
+/// Checks all get the answer in that file (an encoded CheckResponse): [`Answering`].
 pub fn noop(
     listen: std::net::SocketAddr,
     workers: usize,
     capture: Option<std::path::PathBuf>,
     verify_jwks: Option<std::path::PathBuf>,
+    answering: Option<(std::net::SocketAddr, std::path::PathBuf)>,
 ) -> anyhow::Result<()> {
     use mcp_authz::identity::{KeySet, KeyStore};
     let verify = match verify_jwks {
@@ -200,6 +303,15 @@ pub fn noop(
         }
         None => None,
     };
+    let answering = match answering {
+        Some((addr, p)) => {
+            let bytes = prost::bytes::Bytes::from(std::fs::read(&p)?);
+            <CheckResponse as prost::Message>::decode(bytes.clone())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            Some((addr, Answering(bytes)))
+        }
+        None => None,
+    };
     // The runtime mcp-authz builds for the same `runtime.worker_threads`.
     let rt = mcp_authz::config::runtime_builder(&mcp_authz::config::RuntimeConfig {
         worker_threads: Some(workers.max(1)),
@@ -207,16 +319,98 @@ pub fn noop(
     .enable_all()
     .build()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen).await?;
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        tonic::transport::Server::builder()
-            .add_service(AuthorizationServer::new(Noop {
-                capture: std::sync::Mutex::new(capture),
-                verify,
-            }))
-            .serve_with_incoming(incoming)
-            .await?;
+        let incoming = |addr| async move {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            anyhow::Ok(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            )
+        };
+        let plain = async {
+            tonic::transport::Server::builder()
+                .add_service(AuthorizationServer::new(Noop {
+                    capture: std::sync::Mutex::new(capture),
+                    verify,
+                }))
+                .serve_with_incoming(incoming(listen).await?)
+                .await?;
+            anyhow::Ok(())
+        };
+        match answering {
+            Some((addr, service)) => {
+                let answering = async {
+                    tonic::transport::Server::builder()
+                        .add_service(service)
+                        .serve_with_incoming(incoming(addr).await?)
+                        .await?;
+                    anyhow::Ok(())
+                };
+                tokio::try_join!(plain, answering)?;
+            }
+            None => plain.await?,
+        }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3::{
+        HeaderValue, HeaderValueOption, header_value_option,
+    };
+    use envoy_types::pb::envoy::service::auth::v3::OkHttpResponse;
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+
+    /// Row (c-noop-id) measures Envoy doing what mcp-authz's answer makes it do: the answering
+    /// listener must give that answer, exactly, to every Check (a bare OK would measure
+    /// (c-noop) again).
+    #[tokio::test]
+    async fn the_answering_listener_gives_every_check_the_recorded_answer() {
+        let answer = CheckResponse {
+            status: Some(Status::default()),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                headers: vec![HeaderValueOption {
+                    header: Some(HeaderValue {
+                        key: "x-mcp-user-oid".into(),
+                        value: "00000000-0000-4000-8000-000000000001".into(),
+                        raw_value: Vec::new(),
+                    }),
+                    append_action: header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd
+                        as i32,
+                    ..Default::default()
+                }],
+                headers_to_remove: vec!["authorization".into()],
+                ..Default::default()
+            })),
+            dynamic_metadata: None,
+        };
+        let bytes = prost::bytes::Bytes::from(prost::Message::encode_to_vec(&answer));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(Answering(bytes))
+                .serve_with_incoming(incoming),
+        );
+        let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = AuthorizationClient::new(channel);
+        for token in ["first", "second"] {
+            let got = client
+                .check(mcp_authz::grpc::http_check_request(
+                    Some(token),
+                    "/mcp/github",
+                    b"{}",
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(got, answer);
+        }
+    }
 }
