@@ -187,69 +187,26 @@ impl Authorization for Noop {
 /// The no-op server's second listener: every Check gets the same answer, mcp-authz's own allow
 /// answer to a warm ping (its identity headers to set, its headers to remove), encoded once.
 /// Envoy then does for each request all that mcp-authz's answer makes it do, while the server
-/// does what the no-op server does: tonic's unary path, the request decoded by prost as the
-/// generated server decodes it. Only the answer differs, written from its bytes; a
-/// `CheckResponse` cloned and encoded per Check cost this server more CPU than mcp-authz's
-/// whole Check.
+/// does as little as a Check server can: it reads the request to its end (not decoding it) and
+/// writes the answer's bytes, one message and `grpc-status: 0`, as mcp-authz's own Check path
+/// writes an answer. Through tonic's unary path with prost's decode, the same listener cost
+/// 0.24 s/10k, more CPU per Check than mcp-authz's whole Check (0.22-0.23).
 #[derive(Clone)]
-struct Answering(prost::bytes::Bytes);
-
-/// The codec of [`Answering`]: prost's decode of the request, the answer's bytes as they are.
-struct PreEncoded(prost::bytes::Bytes);
-
-struct AnswerEncoder(prost::bytes::Bytes);
-
-struct RequestDecoder;
-
-impl tonic::codec::Codec for PreEncoded {
-    /// Nothing: the answer is always the same bytes.
-    type Encode = ();
-    type Decode = CheckRequest;
-    type Encoder = AnswerEncoder;
-    type Decoder = RequestDecoder;
-
-    fn encoder(&mut self) -> AnswerEncoder {
-        AnswerEncoder(self.0.clone())
-    }
-
-    fn decoder(&mut self) -> RequestDecoder {
-        RequestDecoder
-    }
+struct Answering {
+    /// The answer as one gRPC message: no compression, its length, its bytes.
+    message: prost::bytes::Bytes,
 }
 
-impl tonic::codec::Encoder for AnswerEncoder {
-    type Item = ();
-    type Error = tonic::Status;
-
-    fn encode(&mut self, (): (), dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Self::Error> {
-        prost::bytes::BufMut::put_slice(dst, &self.0);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for RequestDecoder {
-    type Item = CheckRequest;
-    type Error = tonic::Status;
-
-    fn decode(
-        &mut self,
-        src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<CheckRequest>, Self::Error> {
-        <CheckRequest as prost::Message>::decode(src)
-            .map(Some)
-            .map_err(|e| tonic::Status::internal(e.to_string()))
-    }
-}
-
-/// The Check's handler: nothing to do, the encoder writes the answer.
-struct Answered;
-
-impl tonic::server::UnaryService<CheckRequest> for Answered {
-    type Response = ();
-    type Future = std::future::Ready<Result<tonic::Response<()>, tonic::Status>>;
-
-    fn call(&mut self, _: tonic::Request<CheckRequest>) -> Self::Future {
-        std::future::ready(Ok(tonic::Response::new(())))
+impl Answering {
+    /// Answers every Check with `answer`, an encoded CheckResponse.
+    fn new(answer: &[u8]) -> Self {
+        let mut message = prost::bytes::BytesMut::with_capacity(5 + answer.len());
+        prost::bytes::BufMut::put_u8(&mut message, 0);
+        prost::bytes::BufMut::put_u32(&mut message, answer.len() as u32);
+        prost::bytes::BufMut::put_slice(&mut message, answer);
+        Self {
+            message: message.freeze(),
+        }
     }
 }
 
@@ -270,13 +227,55 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let codec = PreEncoded(self.0.clone());
+        let message = self.message.clone();
         Box::pin(async move {
             if req.uri().path() != "/envoy.service.auth.v3.Authorization/Check" {
                 return Ok(tonic::Status::unimplemented("only Check").into_http());
             }
-            Ok(tonic::server::Grpc::new(codec).unary(Answered, req).await)
+            let mut body = std::pin::pin!(req.into_body());
+            while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+                if frame.is_err() {
+                    return Ok(tonic::Status::internal("request body").into_http());
+                }
+            }
+            let mut response = http::Response::new(tonic::body::Body::new(OneMessage {
+                message: Some(message),
+                trailers_sent: false,
+            }));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/grpc"),
+            );
+            Ok(response)
         })
+    }
+}
+
+/// The body of [`Answering`]'s answer: the message, then the trailers.
+struct OneMessage {
+    message: Option<prost::bytes::Bytes>,
+    trailers_sent: bool,
+}
+
+impl http_body::Body for OneMessage {
+    type Data = prost::bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Some(m) = this.message.take() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(m))));
+        }
+        if this.trailers_sent {
+            return std::task::Poll::Ready(None);
+        }
+        this.trailers_sent = true;
+        let mut trailers = http::HeaderMap::with_capacity(1);
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
     }
 }
 
@@ -305,10 +304,10 @@ pub fn noop(
     };
     let answering = match answering {
         Some((addr, p)) => {
-            let bytes = prost::bytes::Bytes::from(std::fs::read(&p)?);
-            <CheckResponse as prost::Message>::decode(bytes.clone())
+            let bytes = std::fs::read(&p)?;
+            <CheckResponse as prost::Message>::decode(bytes.as_slice())
                 .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-            Some((addr, Answering(bytes)))
+            Some((addr, Answering::new(&bytes)))
         }
         None => None,
     };
@@ -385,13 +384,13 @@ mod tests {
             })),
             dynamic_metadata: None,
         };
-        let bytes = prost::bytes::Bytes::from(prost::Message::encode_to_vec(&answer));
+        let bytes = prost::Message::encode_to_vec(&answer);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(Answering(bytes))
+                .add_service(Answering::new(&bytes))
                 .serve_with_incoming(incoming),
         );
         let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
