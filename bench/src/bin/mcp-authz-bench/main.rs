@@ -212,8 +212,9 @@ pub struct RunArgs {
     pub wrk: PathBuf,
     #[arg(long, default_value = "envoy/envoy.yaml")]
     pub envoy_template: PathBuf,
-    /// Measure only these rows (keys, comma-separated: a,b,b',c,d,e,f,g0,g,g-cold, and
-    /// `login` for the login timings); for investigating. The report needs every row.
+    /// Measure only these rows (keys as in the report, comma-separated: a,b,b',c,d,e,f,c0,
+    /// c-noop,c-noop-id,m,m0,l,l0,g0,g,g0-rs256,g-cold, and `login` for the login timings);
+    /// for investigating. The report needs every row.
     #[arg(long, value_delimiter = ',')]
     pub rows: Vec<String>,
     /// Write the report into this Markdown file (other runs' sections are kept).
@@ -335,13 +336,14 @@ async fn run_in(args: &RunArgs, dir: &Path) -> anyhow::Result<String> {
     write_tokens(&warm_file, &warm)?;
     let exe = std::env::current_exe()?;
 
-    // The upstream and the no-op Check server.
+    // The upstream.
     let up_port = free_port()?;
     let mut cmd = tokio::process::Command::new(&exe);
     cmd.args(["upstream", "--listen", &format!("127.0.0.1:{up_port}")]);
     let mut upstream = Proc::spawn("upstream", cmd, dir)?;
     wait_for(&mut upstream, "port", || port_open(up_port)).await?;
-    // The same server verifying each token's signature: the bound of (g-cold).
+    // The no-op Check server verifying each token's signature: the bound of (g-cold). (The
+    // plain one starts after mcp-authz: its second listener gives mcp-authz's answer.)
     let jwks_file = dir.join("jwks.json");
     std::fs::write(&jwks_file, serde_json::to_vec(&authority.jwks(None))?)?;
     let (noop_verify, noop_verify_port) = spawn_noop(

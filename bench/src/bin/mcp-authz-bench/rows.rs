@@ -123,7 +123,7 @@ pub const ROWS: [Row; 18] = [
     },
     Row {
         key: "c-noop-id",
-        label: "as (c-noop), the no-op server giving every Check mcp-authz's allow answer (its identity headers and removals): Envoy's whole work of (c), the server's only tonic's",
+        label: "as (c-noop), the no-op server giving every Check mcp-authz's allow answer (its identity headers and removals): Envoy's whole work of (c), the server only reading each request and writing those bytes",
         target: Target::Envoy(NOOP_ANSWER_ENVOY),
         tokens: Tokens::Warm,
         body: PING_BODY,
