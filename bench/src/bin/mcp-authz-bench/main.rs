@@ -34,7 +34,8 @@ use mcp_authz_bench::free_port;
 use procs::{Proc, port_open, wait_for};
 pub(crate) use rows::{
     CALL_BODY, DENIED_BODY, ENVOYS, FIRST_AUTHZ_ENVOY, LIST_BODY, LIST_TOOLS, NOOP_ANSWER_ENVOY,
-    NOOP_ENVOY, PING_BODY, Phase, ROWS, Run, Target, Tokens, VERDICT_ROWS, round_order, row_index,
+    NOOP_ENVOY, PING_BODY, Phase, ROWS, Run, Target, Tokens, VERDICT_ROWS, asks_authz, asks_noop,
+    round_order, row_index,
 };
 use stage::{Stage, expect_status};
 use tokens::{forged, mint, new_token_us, rs256_verify_us, rules_of, write_tokens};
@@ -524,7 +525,7 @@ runtime: {{worker_threads: {}}}
         )
         .await?;
         // No auth, and the no-op server, let everything through.
-        let (none, forged_status) = if i == 0 || i == NOOP_ENVOY || i == NOOP_ANSWER_ENVOY {
+        let (none, forged_status) = if i == 0 || asks_noop(i) {
             (200, 200)
         } else {
             (401, 401)
@@ -547,7 +548,7 @@ runtime: {{worker_threads: {}}}
             &format!("{name}: forged signature"),
         )
         .await?;
-        if i >= FIRST_AUTHZ_ENVOY && i != NOOP_ENVOY && i != NOOP_ANSWER_ENVOY {
+        if asks_authz(i) {
             expect_status(
                 &http,
                 *port,

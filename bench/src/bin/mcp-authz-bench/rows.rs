@@ -194,15 +194,25 @@ pub(crate) const NOOP_ENVOY: usize = 6;
 /// The shipped Envoy on the no-op Check server's listener that answers as mcp-authz.
 pub(crate) const NOOP_ANSWER_ENVOY: usize = 7;
 
+/// True for the Envoys (by index in [`ENVOYS`]) that ask the no-op server (either listener).
+pub(crate) fn asks_noop(envoy: usize) -> bool {
+    matches!(envoy, NOOP_ENVOY | NOOP_ANSWER_ENVOY)
+}
+
+/// True for the Envoys that ask mcp-authz.
+pub(crate) fn asks_authz(envoy: usize) -> bool {
+    envoy >= FIRST_AUTHZ_ENVOY && !asks_noop(envoy)
+}
+
 impl Row {
     /// True for the rows whose Envoy asks mcp-authz.
     pub fn through_authz(&self) -> bool {
-        matches!(self.target, Target::Envoy(i) | Target::McpTraffic(i, _) if i >= FIRST_AUTHZ_ENVOY && !self.through_noop())
+        matches!(self.target, Target::Envoy(i) | Target::McpTraffic(i, _) if asks_authz(i))
     }
 
     /// True for the rows whose Envoy asks the no-op server (either listener).
     pub fn through_noop(&self) -> bool {
-        matches!(self.target, Target::Envoy(NOOP_ENVOY | NOOP_ANSWER_ENVOY))
+        matches!(self.target, Target::Envoy(i) if asks_noop(i))
     }
 }
 

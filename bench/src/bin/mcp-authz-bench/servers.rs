@@ -238,44 +238,18 @@ where
                     return Ok(tonic::Status::internal("request body").into_http());
                 }
             }
-            let mut response = http::Response::new(tonic::body::Body::new(OneMessage {
-                message: Some(message),
-                trailers_sent: false,
-            }));
+            // The body mcp-authz's own Check path answers with: the message, then the trailers.
+            let mut response =
+                http::Response::new(tonic::body::Body::new(mcp_authz::grpc::GrpcBody::Answer {
+                    message: Some(message),
+                    trailers_sent: false,
+                }));
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("application/grpc"),
             );
             Ok(response)
         })
-    }
-}
-
-/// The body of [`Answering`]'s answer: the message, then the trailers.
-struct OneMessage {
-    message: Option<prost::bytes::Bytes>,
-    trailers_sent: bool,
-}
-
-impl http_body::Body for OneMessage {
-    type Data = prost::bytes::Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let this = self.get_mut();
-        if let Some(m) = this.message.take() {
-            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(m))));
-        }
-        if this.trailers_sent {
-            return std::task::Poll::Ready(None);
-        }
-        this.trailers_sent = true;
-        let mut trailers = http::HeaderMap::with_capacity(1);
-        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-        std::task::Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
     }
 }
 
