@@ -1,9 +1,10 @@
 //! Entra ID access-token validation: bearer extraction, JWT checks, keys, verified-token cache.
 //!
-//! The flow for one token: size cap → cache lookup by SHA-256 of the token → strict JWT parse
-//! ([`jwt`]) → key by `kid` ([`jwks`], refetch on an unknown `kid` at most once per interval) →
-//! RS256 signature → claims (version, tenant, issuer, key issuer, audience, times, token type,
-//! scope/role) → [`Principal`], cached until the token's `exp`.
+//! The flow for one token: size cap → its digests ([`TokenDigest`]) → cache lookup → strict JWT
+//! parse ([`jwt`]) → key by `kid` ([`jwks`], refetch on an unknown `kid` at most once per
+//! interval) → RS256 signature, of the digest already taken → claims (version, tenant, issuer,
+//! key issuer, audience, times, token type, scope/role) → [`Principal`], cached until the
+//! token's `exp`.
 
 mod error;
 mod jwks;
@@ -12,6 +13,7 @@ mod jwt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aws_lc_rs::digest as lc;
 use moka::sync::Cache;
 use sha2::{Digest, Sha256};
 
@@ -156,6 +158,42 @@ impl ValidationRules {
     }
 }
 
+/// What a token is hashed into, once per Check.
+///
+/// - `signed`: SHA-256 of the signed part (all before the last '.'), which RS256 signs. A new
+///   token's signature is verified against it, so the signed part is hashed once, not once for
+///   the cache key and again inside the verification.
+/// - `key`: the cache key, SHA-256 of `signed` followed by the rest of the token (its last '.'
+///   and the signature). Collision-resistant over the whole token: equal keys mean an equal
+///   rest and, `signed` being of fixed length, an equal digest, so an equal signed part. A hit
+///   therefore means these exact bytes were verified before, signature included.
+///
+/// A block or two more than one SHA-256 of the whole token (≈ 80 ns more on a cache hit); a new
+/// token saves the second hash of its signed part (≈ 0.3 µs).
+struct TokenDigest {
+    signed: [u8; 32],
+    signed_len: usize,
+    key: [u8; 32],
+}
+
+impl TokenDigest {
+    fn of(token: &str) -> Self {
+        let signed_len = token.rfind('.').unwrap_or(token.len());
+        let (signed_part, rest) = token.split_at(signed_len);
+        let signed: [u8; 32] = Sha256::digest(signed_part.as_bytes()).into();
+        let key = Sha256::new()
+            .chain_update(signed)
+            .chain_update(rest.as_bytes())
+            .finalize()
+            .into();
+        Self {
+            signed,
+            signed_len,
+            key,
+        }
+    }
+}
+
 /// Validates bearer tokens; cheap to share (`Arc`).
 pub struct Validator {
     rules: ValidationRules,
@@ -208,9 +246,9 @@ impl Validator {
         if token.len() > self.rules.max_token_bytes {
             return Err(TokenError::TooLarge);
         }
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let digest = TokenDigest::of(token);
         let now = unix_now();
-        if let Some(principal) = self.cache.get(&digest) {
+        if let Some(principal) = self.cache.get(&digest.key) {
             // moka's expiry is approximate; the token's own exp is exact.
             if now < principal.expires_at {
                 return Ok(Verified {
@@ -218,7 +256,7 @@ impl Validator {
                     cache_hit: true,
                 });
             }
-            self.cache.invalidate(&digest);
+            self.cache.invalidate(&digest.key);
         }
         let mut payload = Vec::new();
         let parsed = jwt::parse(token, &mut payload)?;
@@ -229,9 +267,17 @@ impl Validator {
                 Box::pin(self.keys.refresh_for_unknown_kid(&parsed.header.kid)).await?
             }
         };
-        let principal = self.check(parsed, &key_set, now)?;
+        // The parse took three segments, so its signed part is the one digested: all before the
+        // last '.', a prefix of the same token. Its length says so; were it ever another, the
+        // signature is checked against the parse's own.
+        let signed = if parsed.signed_part().len() == digest.signed_len {
+            digest.signed
+        } else {
+            Sha256::digest(parsed.signed_part()).into()
+        };
+        let principal = self.check_digested(parsed, &signed, &key_set, now)?;
         let principal = Arc::new(principal);
-        self.cache.insert(digest, principal.clone());
+        self.cache.insert(digest.key, principal.clone());
         Ok(Verified {
             principal,
             cache_hit: false,
@@ -245,12 +291,26 @@ impl Validator {
         keys: &[Arc<jwks::Key>],
         now: u64,
     ) -> Result<Principal, TokenError> {
+        let signed: [u8; 32] = Sha256::digest(parsed.signed_part()).into();
+        self.check_digested(parsed, &signed, keys, now)
+    }
+
+    /// [`Validator::check`] with the SHA-256 of `parsed.signed_part()` already taken.
+    fn check_digested(
+        &self,
+        parsed: ParsedJwt<'_>,
+        signed: &[u8; 32],
+        keys: &[Arc<jwks::Key>],
+        now: u64,
+    ) -> Result<Principal, TokenError> {
         let r = &self.rules;
         let c = &parsed.claims;
         // Signature first: nothing in the claims is trusted before it verifies.
+        let signed = lc::Digest::import_less_safe(signed, &lc::SHA256)
+            .map_err(|_| TokenError::BadSignature)?;
         let key = keys
             .iter()
-            .find(|k| k.verify(parsed.signed_part(), &parsed.signature))
+            .find(|k| k.verify_digest(&signed, &parsed.signature))
             .ok_or(TokenError::BadSignature)?;
 
         let exp = c.exp.ok_or(TokenError::MissingExpiry)?;

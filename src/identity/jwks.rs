@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+use aws_lc_rs::digest::{Digest, SHA256};
 use aws_lc_rs::signature::{ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -85,6 +86,12 @@ impl Key {
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
         // RSA_PKCS1_2048_8192_SHA256 also refuses keys under 2048 bits.
         self.verifier.verify_sig(message, signature).is_ok()
+    }
+
+    /// True when `signature` is this key's RS256 signature of the message whose SHA-256 is
+    /// `digest`. (aws-lc-rs does not allow this in FIPS mode, which mcp-authz does not build.)
+    pub fn verify_digest(&self, digest: &Digest, signature: &[u8]) -> bool {
+        digest.algorithm() == &SHA256 && self.verifier.verify_digest_sig(digest, signature).is_ok()
     }
 
     /// A key that names an issuer verifies only tokens of that issuer. `{tenantid}` templates

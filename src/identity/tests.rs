@@ -540,6 +540,70 @@ async fn attack_tampered_payload_or_signature_is_rejected() {
     );
 }
 
+/// Attack: a token already verified and cached, replayed with its header and payload kept and
+/// the signature changed, cut, or followed by one more segment. The cache key is taken from the
+/// signed part's digest and the rest of the token; none of these may find the verified token's
+/// entry, each must be read and refused as the token it is.
+#[tokio::test]
+async fn attack_a_cached_tokens_signed_part_with_another_ending_misses_the_cache() {
+    let f = fixture();
+    let token = f.token(&claims());
+    assert!(!f.validate(&token).await.expect("valid").cache_hit);
+    let (signed, sig_b64) = token.rsplit_once('.').expect("three segments");
+    let genuine = URL_SAFE_NO_PAD.decode(sig_b64).expect("sig");
+    let mut sig = genuine.clone();
+    sig[200] ^= 0x80;
+    let flipped = format!("{signed}.{}", URL_SAFE_NO_PAD.encode(&sig));
+    assert_eq!(
+        f.validate(&flipped).await.unwrap_err(),
+        TokenError::BadSignature
+    );
+    let cut = format!("{signed}.{}", URL_SAFE_NO_PAD.encode(&genuine[..252]));
+    assert_eq!(
+        f.validate(&cut).await.unwrap_err(),
+        TokenError::BadSignature
+    );
+    for longer in [format!("{token}."), format!("{token}.{sig_b64}")] {
+        assert_eq!(
+            f.validate(&longer).await.unwrap_err(),
+            TokenError::Malformed("not three segments")
+        );
+    }
+    assert_eq!(
+        f.validate(signed).await.unwrap_err(),
+        TokenError::Malformed("not three segments")
+    );
+    assert!(f.validate(&token).await.expect("valid").cache_hit);
+    assert_eq!(f.validator.cached_tokens(), 1);
+}
+
+/// The digest a new token's signature is verified against is the SHA-256 of the very bytes the
+/// parse calls signed, and the cache key changes with any byte of the token.
+#[test]
+fn the_token_digest_covers_the_parsed_signed_part_and_the_whole_token() {
+    let f = fixture();
+    let token = f.token(&claims());
+    let mut payload = Vec::new();
+    let parsed = parse_jwt(&token, &mut payload).expect("parses");
+    let d = TokenDigest::of(&token);
+    assert_eq!(
+        d.signed.as_slice(),
+        Sha256::digest(parsed.signed_part()).as_slice()
+    );
+    let mut keys = std::collections::HashSet::new();
+    keys.insert(d.key);
+    // Every one-byte change, and every cut, gives another key.
+    for i in (0..token.len()).step_by(7) {
+        let mut b = token.clone().into_bytes();
+        b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+        let changed = String::from_utf8(b).expect("ascii");
+        assert!(keys.insert(TokenDigest::of(&changed).key), "byte {i}");
+        assert!(keys.insert(TokenDigest::of(&token[..i]).key), "cut at {i}");
+    }
+    // No '.' and a trailing '.': the same bytes before it, not the same key.
+    assert_ne!(TokenDigest::of("abc").key, TokenDigest::of("abc.").key);
+}
+
 #[tokio::test]
 async fn attack_bad_base64url_is_rejected() {
     let f = fixture();
