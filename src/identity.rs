@@ -268,14 +268,13 @@ impl Validator {
             }
         };
         // The parse took three segments, so its signed part is the one digested: all before the
-        // last '.', a prefix of the same token. Its length says so; were it ever another, the
-        // signature is checked against the parse's own.
-        let signed = if parsed.signed_part().len() == digest.signed_len {
-            digest.signed
+        // last '.', a prefix of the same token. Its length says so; were it ever another,
+        // `check` hashes the parse's own.
+        let principal = if parsed.signed_part().len() == digest.signed_len {
+            self.check_digested(parsed, &digest.signed, &key_set, now)?
         } else {
-            Sha256::digest(parsed.signed_part()).into()
+            self.check(parsed, &key_set, now)?
         };
-        let principal = self.check_digested(parsed, &signed, &key_set, now)?;
         let principal = Arc::new(principal);
         self.cache.insert(digest.key, principal.clone());
         Ok(Verified {
