@@ -619,6 +619,45 @@ fn envoy_template_validates_for_tcp_and_unix() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("UPSTREAM_PORT is not set"));
 }
 
+/// Every per-request gRPC call to mcp-authz (the Check, the list filter's ext_proc) goes
+/// without the headers Envoy's gRPC client adds of its own (x-envoy-internal, x-forwarded-for):
+/// mcp-authz reads neither, and both sides would build, encode and decode them on each call.
+#[test]
+fn the_calls_to_mcp_authz_carry_no_envoy_headers() {
+    fn walk(v: &serde_yaml_ng::Value, found: &mut Vec<serde_yaml_ng::Value>) {
+        match v {
+            serde_yaml_ng::Value::Mapping(m) => {
+                for (k, v) in m {
+                    if k.as_str() == Some("envoy_grpc") {
+                        found.push(v.clone());
+                    }
+                    walk(v, found);
+                }
+            }
+            serde_yaml_ng::Value::Sequence(s) => s.iter().for_each(|v| walk(v, found)),
+            _ => {}
+        }
+    }
+    for template in ["envoy/envoy.yaml", "envoy/envoy-xds.yaml"] {
+        let doc: serde_yaml_ng::Value =
+            serde_yaml_ng::from_slice(&render_template(template, "mcp_authz_tcp")).expect("yaml");
+        let mut calls = Vec::new();
+        walk(&doc["static_resources"]["listeners"], &mut calls);
+        assert_eq!(
+            calls.len(),
+            2,
+            "{template}: ext_authz and ext_proc: {calls:?}"
+        );
+        for c in calls {
+            assert_eq!(
+                c["skip_envoy_headers"].as_bool(),
+                Some(true),
+                "{template}: {c:?}"
+            );
+        }
+    }
+}
+
 /// Attack: two Authorization headers, hoping Envoy or the upstream uses a different one than
 /// the one checked. `encode_raw_headers` keeps them apart and both are refused.
 #[tokio::test]
