@@ -302,12 +302,7 @@ pub async fn run(
                 .add_service(lists)
                 .add_optional_service(ads)
                 .serve_with_incoming_shutdown(
-                    // Small gRPC frames must not wait for Nagle's algorithm (40 ms with delayed
-                    // ACKs); answers leave in batches (`grpc::Unvectored`).
-                    tokio_stream::StreamExt::map(
-                        tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true)),
-                        |c| c.map(crate::grpc::Unvectored),
-                    ),
+                    crate::grpc::tcp_connections(l),
                     stop.cancelled_owned(),
                 )
                 .await

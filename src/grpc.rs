@@ -24,7 +24,7 @@ mod unary;
 mod unvectored;
 mod wire;
 pub use unary::{CheckServer, GrpcBody, WithCheck};
-pub use unvectored::Unvectored;
+pub use unvectored::{Unvectored, tcp_connections};
 pub use wire::{CheckWire, WireError, reading_differs};
 
 /// The route context extension that names the MCP server.

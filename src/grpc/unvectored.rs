@@ -15,6 +15,21 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::Stream;
+
+/// The connections of a plain-TCP gRPC listener as mcp-authz serves them: Nagle's algorithm
+/// off (a small gRPC frame must not wait 40 ms for a delayed ACK) and writes never vectored,
+/// so answers leave in batches. The bench's no-op Check servers are served through it too, so
+/// the rows that bound mcp-authz's cost share its transport.
+pub fn tcp_connections(
+    listener: TcpListener,
+) -> impl Stream<Item = std::io::Result<Unvectored<TcpStream>>> {
+    tokio_stream::StreamExt::map(
+        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        |c| c.map(Unvectored),
+    )
+}
 
 /// `S`, but never vectored on write.
 pub struct Unvectored<S>(pub S);
@@ -53,5 +68,27 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Unvectored<S> {
     // `poll_write_vectored` is the default: the first non-empty slice, through `poll_write`.
     fn is_write_vectored(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both halves of the transport the Check server (and the bench's bounds) rely on: a
+    /// connection that said it could write vectored would have h2 write each answer of 256
+    /// bytes or more by itself, and one with Nagle's algorithm on would hold small frames back.
+    #[tokio::test]
+    async fn tcp_connections_are_unvectored_and_without_nagle() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = std::pin::pin!(tcp_connections(listener));
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let conn = tokio_stream::StreamExt::next(&mut incoming)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!conn.is_write_vectored());
+        assert!(conn.0.nodelay().unwrap());
     }
 }

@@ -292,11 +292,12 @@ pub fn noop(
     .enable_all()
     .build()?;
     rt.block_on(async move {
+        // mcp-authz's own TCP transport (no Nagle delay, unvectored writes): without it an
+        // answer of 256 bytes or more (the answering listener's identity headers) was written
+        // by itself, a `writev` per Check that mcp-authz does not make.
         let incoming = |addr| async move {
             let listener = tokio::net::TcpListener::bind(addr).await?;
-            anyhow::Ok(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            )
+            anyhow::Ok(mcp_authz::grpc::tcp_connections(listener))
         };
         let plain = async {
             tonic::transport::Server::builder()
