@@ -69,6 +69,37 @@ pub fn cpu_ns(pid: u32) -> u64 {
         .sum()
 }
 
+/// The machine's CPU time so far, from the first line of /proc/stat (all CPUs, in ticks):
+/// the ticks spent idle (idle and iowait), and all ticks.
+pub fn machine_ticks() -> Option<(u64, u64)> {
+    ticks_of(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn ticks_of(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().next()?;
+    let mut fields = line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    // user nice system idle iowait irq softirq steal (guest and guest_nice are within user
+    // and nice already).
+    let v: Vec<u64> = fields
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    if v.len() < 5 {
+        return None;
+    }
+    Some((v[3] + v[4], v.iter().sum()))
+}
+
+/// The share of the machine's CPU time spent idle between two [`machine_ticks`] readings.
+pub fn idle_between(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+    let ((i0, t0), (i1, t1)) = (before?, after?);
+    let total = t1.checked_sub(t0).filter(|&t| t > 0)?;
+    Some(i1.saturating_sub(i0) as f64 / total as f64)
+}
+
 /// Waits until `probe` succeeds, the process dies, or 30 s pass.
 pub async fn wait_for<F, Fut>(proc: &mut Proc, what: &str, mut probe: F) -> anyhow::Result<()>
 where
@@ -95,4 +126,22 @@ pub async fn port_open(port: u16) -> bool {
     tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_share_counts_idle_and_iowait_over_all_ticks() {
+        let before = ticks_of("cpu  100 5 50 800 20 3 2 10 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n");
+        let after = ticks_of("cpu  160 5 90 880 30 3 2 20 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n");
+        assert_eq!(before, Some((820, 990)));
+        // 60 + 40 busy, 80 + 10 idle, 10 stolen: 90 of 200.
+        assert_eq!(idle_between(before, after), Some(0.45));
+        // No tick between the readings, or a line that is not the total: no figure.
+        assert_eq!(idle_between(before, before), None);
+        assert_eq!(ticks_of("cpu0 1 2 3 4 5 6 7 8\n"), None);
+        assert_eq!(idle_between(None, after), None);
+    }
 }

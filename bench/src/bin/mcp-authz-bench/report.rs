@@ -38,6 +38,8 @@ pub struct Med {
     /// CPU seconds per 10k requests: mcp-authz, and Envoy or the no-op server.
     pub authz: f64,
     pub other: f64,
+    /// The share of the machine's CPU idle (all cores), as a percentage.
+    pub idle: f64,
     pub errors: u64,
 }
 
@@ -50,8 +52,64 @@ fn med(runs: &[Run]) -> Med {
         p999: m(&|r| r.sample.p999 as f64),
         authz: m(&|r| r.per_10k(r.authz_cpu_ns)),
         other: m(&|r| r.per_10k(r.other_cpu_ns)),
+        idle: median(
+            runs.iter()
+                .filter_map(|r| r.idle)
+                .map(|i| 100.0 * i)
+                .collect(),
+        ),
         errors: runs.iter().map(|r| r.sample.errors).sum(),
     }
+}
+
+/// A row's rate per second of busy CPU: its rate over the share of the machine's CPU time
+/// that some process used. Two rows' ratio of it is their ratio of CPU cost per request,
+/// whatever part of the two cores the scheduler left idle.
+fn busy_rate(r: &Run) -> Option<f64> {
+    let idle = r.idle?;
+    (idle < 1.0).then(|| r.sample.rate() / (1.0 - idle))
+}
+
+/// Where the whole machine's idle CPU stands in the rows the throughput targets compare, and
+/// their ratios to (b) per second of busy CPU.
+fn idle_paragraph(all: &HashMap<(usize, Phase), Vec<Run>>) -> String {
+    let saturation = |key: &str| -> &[Run] {
+        row_index(key)
+            .ok()
+            .and_then(|idx| all.get(&(idx, Phase::Saturation)))
+            .map_or(&[], Vec::as_slice)
+    };
+    let rows = ["b", "c-noop", "c-noop-id", "c"];
+    let mut md = String::from(
+        "\nIdle CPU at saturation (the whole machine, every core), each round's rate with it, and the row's ratio to (b) per second of busy CPU (each round's rate ÷ the busy share, paired with (b)'s round; median): a row that leaves more of the two cores idle than (b) loses throughput to where the scheduler put the processes, not to CPU spent.\n\n| row | idle, median | rounds: req/s at idle % | vs (b) per busy CPU second |\n| --- | --- | --- | --- |\n",
+    );
+    for key in rows {
+        let runs = saturation(key);
+        let idle: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r.idle)
+            .map(|i| 100.0 * i)
+            .collect();
+        let rounds = runs
+            .iter()
+            .map(|r| match r.idle {
+                Some(i) => format!("{:.0} at {:.1}", r.sample.rate(), 100.0 * i),
+                None => format!("{:.0} at —", r.sample.rate()),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let busy: Vec<f64> = runs
+            .iter()
+            .zip(saturation("b"))
+            .filter_map(|(x, b)| Some(busy_rate(x)? / busy_rate(b)?))
+            .collect();
+        md.push_str(&format!(
+            "| {key} | {:.1} % | {rounds} | {:.2}× |\n",
+            median(idle),
+            median(busy),
+        ));
+    }
+    md
 }
 
 /// Each round's rate, as `12363, 12681, 12098`.
@@ -115,11 +173,11 @@ Before timing, each configuration must answer 200 to a valid token, 401 to a mis
     md.push_str("## Through Envoy\n\n");
     md.push_str(&format!(
         "Saturation: {} connections, closed loop, {} s. Fixed load: {} req/s (about half of (b)'s saturation), paced by the wrk script, {} connections, {} s. One connection: closed loop, {} s. \
-CPU: seconds on CPU (all threads, from /proc) per 10,000 requests; the authz server is mcp-authz, or for (c-noop) and (c-noop-id) the no-op Check server.\n\n",
+CPU: seconds on CPU (all threads, from /proc) per 10,000 requests; the authz server is mcp-authz, or for (c-noop) and (c-noop-id) the no-op Check server. Idle: the share of the whole machine's CPU time (every core, from /proc/stat) that no process used during the saturation run.\n\n",
         a.connections, a.seconds, i.fixed_rate, a.connections, a.seconds, a.latency_seconds
     ));
-    md.push_str("| row | configuration | req/s at saturation | rounds | vs (b) | vs (b') | fixed load p50 / p99 / p99.9 ms | one connection p50 / p99 ms | authz server CPU s/10k | Envoy CPU s/10k | errors |\n");
-    md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    md.push_str("| row | configuration | req/s at saturation | rounds | vs (b) | vs (b') | fixed load p50 / p99 / p99.9 ms | one connection p50 / p99 ms | authz server CPU s/10k | Envoy CPU s/10k | idle CPU at saturation | errors |\n");
+    md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     let (b, b2) = (sat("b").rate, sat("b'").rate);
     for row in ROWS.iter().filter(|r| matches!(r.target, Target::Envoy(_))) {
         let (s, rounds) = get(row.key, Phase::Saturation);
@@ -131,7 +189,7 @@ CPU: seconds on CPU (all threads, from /proc) per 10,000 requests; the authz ser
         };
         let errors = s.errors + f.errors + o.errors;
         md.push_str(&format!(
-            "| {} | {} | **{:.0}** | {} | {:.2}× | {:.2}× | {} / {} / {} | {} / {} | {} | {:.2} | {} |\n",
+            "| {} | {} | **{:.0}** | {} | {:.2}× | {:.2}× | {} / {} / {} | {} / {} | {} | {:.2} | {:.1} % | {} |\n",
             row.key,
             row.label,
             s.rate,
@@ -145,6 +203,7 @@ CPU: seconds on CPU (all threads, from /proc) per 10,000 requests; the authz ser
             ms(o.p99),
             authz,
             s.other,
+            s.idle,
             errors,
         ));
     }
@@ -391,6 +450,7 @@ One new token through mcp-authz's `Validator::validate` in process (one thread, 
             if ok { "yes" } else { "**no**" }
         ));
     }
+    md.push_str(&idle_paragraph(i.runs));
     md.push_str("\n<!-- analysis:start -->\n<!-- analysis:end -->\n");
 
     md.push_str("\n## How each row is configured\n\n");
@@ -441,7 +501,7 @@ pub fn merge(report: &str, old: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{Input, merge, render};
+    use super::{Input, idle_paragraph, merge, render};
     use crate::{Phase, Run, RunArgs, row_index};
     use clap::Parser as _;
     use std::collections::HashMap;
@@ -558,5 +618,47 @@ mod tests {
         assert!(out.contains("## Soak\n\n<!-- soak:start -->\nsoak table"));
         assert!(out.contains("## Servers from rows\n\n<!-- xds:start -->\nxds table"));
         assert_eq!(merge(new, ""), new);
+    }
+
+    /// A row that is slower only because the two cores sat idler is at par per busy CPU
+    /// second; one whose requests cost more CPU is not. A round without an idle reading (no
+    /// /proc/stat) counts in neither figure.
+    #[test]
+    fn the_ratio_per_busy_cpu_second_takes_out_the_idle_share() {
+        let at = |rate: u64, idle: Option<f64>| {
+            let mut r = run(0, 0);
+            r.sample.requests = rate;
+            r.idle = idle;
+            r
+        };
+        let mut runs = HashMap::new();
+        let sat = |k: &str| (row_index(k).unwrap(), Phase::Saturation);
+        runs.insert(sat("b"), vec![at(20_000, Some(0.0)), at(20_000, Some(0.0))]);
+        // 10 % idle and 10 % slower: the same cost per request.
+        runs.insert(
+            sat("c-noop-id"),
+            vec![at(18_000, Some(0.1)), at(18_000, Some(0.1))],
+        );
+        // As idle as (b) and 20 % slower: 0.8 per busy second.
+        runs.insert(sat("c"), vec![at(16_000, Some(0.0)), at(16_000, None)]);
+        let md = idle_paragraph(&runs);
+        let line = |k: &str| {
+            md.lines()
+                .find(|l| l.starts_with(&format!("| {k} |")))
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            line("c-noop-id"),
+            "| c-noop-id | 10.0 % | 18000 at 10.0, 18000 at 10.0 | 1.00× |"
+        );
+        assert_eq!(
+            line("c"),
+            "| c | 0.0 % | 16000 at 0.0, 16000 at — | 0.80× |"
+        );
+        assert_eq!(
+            line("b"),
+            "| b | 0.0 % | 20000 at 0.0, 20000 at 0.0 | 1.00× |"
+        );
     }
 }

@@ -268,6 +268,9 @@ pub struct Run {
     pub other_cpu_ns: u64,
     /// The load generator's command line.
     pub command: String,
+    /// The share of the whole machine's CPU time (all cores, every process) idle during the
+    /// run, from /proc/stat.
+    pub idle: Option<f64>,
 }
 
 impl Run {

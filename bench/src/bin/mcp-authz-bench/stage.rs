@@ -93,6 +93,7 @@ impl Stage {
             Target::NoopVerify => Some(self.noop_verify.pid),
             Target::Authz => None,
         };
+        let ticks0 = procs::machine_ticks();
         let (authz0, other0, noop0) = (
             self.authz.cpu_ns(),
             other_pid.map(procs::cpu_ns).unwrap_or(0),
@@ -142,6 +143,7 @@ impl Stage {
                 (load::grpc_load(&args).await?, command)
             }
         };
+        let ticks1 = procs::machine_ticks();
         let (authz1, other1, noop1) = (
             self.authz.cpu_ns(),
             other_pid.map(procs::cpu_ns).unwrap_or(0),
@@ -167,6 +169,7 @@ impl Stage {
             authz_cpu_ns,
             other_cpu_ns: other1.saturating_sub(other0),
             command,
+            idle: procs::idle_between(ticks0, ticks1),
         })
     }
 }
