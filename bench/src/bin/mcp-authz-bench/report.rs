@@ -81,7 +81,7 @@ fn idle_paragraph(all: &HashMap<(usize, Phase), Vec<Run>>) -> String {
     };
     let rows = ["b", "c-noop", "c-noop-id", "c"];
     let mut md = String::from(
-        "\nIdle CPU at saturation (the whole machine, every core), each round's rate with it, and the row's ratio to (b) per second of busy CPU (each round's rate ÷ the busy share, paired with (b)'s round; median): a row that leaves more of the two cores idle than (b) loses throughput to where the scheduler put the processes, not to CPU spent.\n\n| row | idle, median | rounds: req/s at idle % | vs (b) per busy CPU second |\n| --- | --- | --- | --- |\n",
+        "\nIdle CPU at saturation (the whole machine, every core), each round's rate with it, and the row's ratio to (b) per second of busy CPU (each round's rate ÷ the busy share, paired with (b)'s round; median): a row that leaves more of the two cores idle than (b) loses that share of its throughput to waiting (on a single-threaded stage, or on where the scheduler put the processes), not to CPU spent per request.\n\n| row | idle, median | rounds: req/s at idle % | vs (b) per busy CPU second |\n| --- | --- | --- | --- |\n",
     );
     for key in rows {
         let runs = saturation(key);
