@@ -62,6 +62,27 @@ fn med(runs: &[Run]) -> Med {
     }
 }
 
+/// The runs of row `key` in `phase` (none for an unknown row or one not run).
+fn runs_of<'a>(all: &'a HashMap<(usize, Phase), Vec<Run>>, key: &str, phase: Phase) -> &'a [Run] {
+    row_index(key)
+        .ok()
+        .and_then(|idx| all.get(&(idx, phase)))
+        .map_or(&[], Vec::as_slice)
+}
+
+/// Each round's saturation runs of rows `x` and `y`, paired: the two ran in the same round, one
+/// shortly after the other, so a round's ratio is free of the drift between rounds that the
+/// medians of each row are not.
+fn paired<'a>(
+    all: &'a HashMap<(usize, Phase), Vec<Run>>,
+    x: &str,
+    y: &str,
+) -> impl Iterator<Item = (&'a Run, &'a Run)> {
+    runs_of(all, x, Phase::Saturation)
+        .iter()
+        .zip(runs_of(all, y, Phase::Saturation))
+}
+
 /// A row's rate per second of busy CPU: its rate over the share of the machine's CPU time
 /// that some process used. Two rows' ratio of it is their ratio of CPU cost per request,
 /// whatever part of the two cores the scheduler left idle.
@@ -73,23 +94,12 @@ fn busy_rate(r: &Run) -> Option<f64> {
 /// Where the whole machine's idle CPU stands in the rows the throughput targets compare, and
 /// their ratios to (b) per second of busy CPU.
 fn idle_paragraph(all: &HashMap<(usize, Phase), Vec<Run>>) -> String {
-    let saturation = |key: &str| -> &[Run] {
-        row_index(key)
-            .ok()
-            .and_then(|idx| all.get(&(idx, Phase::Saturation)))
-            .map_or(&[], Vec::as_slice)
-    };
     let rows = ["b", "c-noop", "c-noop-id", "c"];
     let mut md = String::from(
         "\nIdle CPU at saturation (the whole machine, every core), each round's rate with it, and the row's ratio to (b) per second of busy CPU (each round's rate ÷ the busy share, paired with (b)'s round; median): a row that leaves more of the two cores idle than (b) loses that share of its throughput to waiting (on a single-threaded stage, or on where the scheduler put the processes), not to CPU spent per request.\n\n| row | idle, median | rounds: req/s at idle % | vs (b) per busy CPU second |\n| --- | --- | --- | --- |\n",
     );
     for key in rows {
-        let runs = saturation(key);
-        let idle: Vec<f64> = runs
-            .iter()
-            .filter_map(|r| r.idle)
-            .map(|i| 100.0 * i)
-            .collect();
+        let runs = runs_of(all, key, Phase::Saturation);
         let rounds = runs
             .iter()
             .map(|r| match r.idle {
@@ -98,14 +108,12 @@ fn idle_paragraph(all: &HashMap<(usize, Phase), Vec<Run>>) -> String {
             })
             .collect::<Vec<_>>()
             .join(", ");
-        let busy: Vec<f64> = runs
-            .iter()
-            .zip(saturation("b"))
+        let busy: Vec<f64> = paired(all, key, "b")
             .filter_map(|(x, b)| Some(busy_rate(x)? / busy_rate(b)?))
             .collect();
         md.push_str(&format!(
             "| {key} | {:.1} % | {rounds} | {:.2}× |\n",
-            median(idle),
+            med(runs).idle,
             median(busy),
         ));
     }
@@ -126,13 +134,7 @@ fn ms(us: f64) -> String {
 }
 
 pub fn render(i: &Input) -> String {
-    let runs_of = |key: &str, phase: Phase| -> &[Run] {
-        row_index(key)
-            .ok()
-            .and_then(|idx| i.runs.get(&(idx, phase)))
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
-    };
+    let runs_of = |key: &str, phase: Phase| runs_of(i.runs, key, phase);
     let get = |key: &str, phase: Phase| -> (Med, Vec<f64>) {
         let runs = runs_of(key, phase);
         (med(runs), runs.iter().map(|r| r.sample.rate()).collect())
@@ -277,15 +279,10 @@ One new token through mcp-authz's `Validator::validate` in process (one thread, 
     let (a1, c1, f1) = (one("a"), one("c"), one("f"));
     let (bf, cf, ff) = (fix("b"), fix("c"), fix("f"));
     let (g, gc, gv) = (sat("g"), sat("g-cold"), sat("g0-rs256"));
-    // Each round's ratio of two rows (`x` over `y`): the two ran in the same round, one
-    // shortly after the other, so a round's ratio is free of the drift between rounds that
-    // the medians of each row are not. The verdicts take the median of these ratios.
+    // Each round's ratio of two rows (`x` over `y`, the rounds [`paired`]); the verdicts take
+    // the median of these ratios.
     let pairs = |x: &str, y: &str, f: &dyn Fn(&Run, &Run) -> f64| -> Vec<f64> {
-        runs_of(x, Phase::Saturation)
-            .iter()
-            .zip(runs_of(y, Phase::Saturation))
-            .map(|(a, b)| f(a, b))
-            .collect()
+        paired(i.runs, x, y).map(|(a, b)| f(a, b)).collect()
     };
     let shown = |v: &[f64]| {
         v.iter()
