@@ -764,7 +764,7 @@ runtime: {{worker_threads: {}}}
                     rate_seen.insert((i, phase), r.sample.rate());
                 }
                 eprintln!(
-                    "round {} {:?} {:>6} {:>8.0} req/s p50 {:>5} µs p99 {:>6} µs p99.9 {:>6} µs errors {} authz {:.2} other {:.2} s/10k idle {:.1} %",
+                    "round {} {:?} {:>6} {:>8.0} req/s p50 {:>5} µs p99 {:>6} µs p99.9 {:>6} µs errors {} authz {:.3} other {:.3} s/10k idle {:.1} %",
                     round + 1,
                     phase,
                     row.key,
