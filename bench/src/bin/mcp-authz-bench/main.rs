@@ -764,7 +764,7 @@ runtime: {{worker_threads: {}}}
                     rate_seen.insert((i, phase), r.sample.rate());
                 }
                 eprintln!(
-                    "round {} {:?} {:>6} {:>8.0} req/s p50 {:>5} µs p99 {:>6} µs p99.9 {:>6} µs errors {} authz {:.3} other {:.3} s/10k idle {:.1} %",
+                    "round {} {:?} {:>6} {:>8.0} req/s p50 {:>5} µs p99 {:>6} µs p99.9 {:>6} µs errors {} authz {:.3} other {:.3} s/10k idle {:.1} % stolen {:.1} %",
                     round + 1,
                     phase,
                     row.key,
@@ -775,7 +775,8 @@ runtime: {{worker_threads: {}}}
                     r.sample.errors,
                     r.per_10k(r.authz_cpu_ns),
                     r.per_10k(r.other_cpu_ns),
-                    r.idle.map_or(f64::NAN, |i| 100.0 * i),
+                    r.machine.map_or(f64::NAN, |m| 100.0 * m.idle),
+                    r.machine.map_or(f64::NAN, |m| 100.0 * m.stolen),
                 );
                 runs.entry((i, phase)).or_default().push(r);
                 tokio::time::sleep(Duration::from_millis(200)).await;

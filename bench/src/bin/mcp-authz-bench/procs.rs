@@ -69,13 +69,22 @@ pub fn cpu_ns(pid: u32) -> u64 {
         .sum()
 }
 
-/// The machine's CPU time so far, from the first line of /proc/stat (all CPUs, in ticks):
-/// the ticks spent idle (idle and iowait), and all ticks.
-pub fn machine_ticks() -> Option<(u64, u64)> {
+/// The machine's CPU time so far, from the first line of /proc/stat (all CPUs, in ticks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ticks {
+    /// Idle and iowait.
+    idle: u64,
+    /// Taken by the hypervisor for other guests while this one had work (0 where the kernel
+    /// does not report it).
+    stolen: u64,
+    all: u64,
+}
+
+pub fn machine_ticks() -> Option<Ticks> {
     ticks_of(&std::fs::read_to_string("/proc/stat").ok()?)
 }
 
-fn ticks_of(stat: &str) -> Option<(u64, u64)> {
+fn ticks_of(stat: &str) -> Option<Ticks> {
     let line = stat.lines().next()?;
     let mut fields = line.split_whitespace();
     if fields.next()? != "cpu" {
@@ -90,14 +99,28 @@ fn ticks_of(stat: &str) -> Option<(u64, u64)> {
     if v.len() < 5 {
         return None;
     }
-    Some((v[3] + v[4], v.iter().sum()))
+    Some(Ticks {
+        idle: v[3] + v[4],
+        stolen: v.get(7).copied().unwrap_or(0),
+        all: v.iter().sum(),
+    })
 }
 
-/// The share of the machine's CPU time spent idle between two [`machine_ticks`] readings.
-pub fn idle_between(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
-    let ((i0, t0), (i1, t1)) = (before?, after?);
-    let total = t1.checked_sub(t0).filter(|&t| t > 0)?;
-    Some(i1.saturating_sub(i0) as f64 / total as f64)
+/// The shares of the machine's CPU time between two [`machine_ticks`] readings that no process
+/// used (idle) and that the hypervisor gave to other guests (stolen).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Shares {
+    pub idle: f64,
+    pub stolen: f64,
+}
+
+pub fn shares_between(before: Option<Ticks>, after: Option<Ticks>) -> Option<Shares> {
+    let (t0, t1) = (before?, after?);
+    let all = t1.all.checked_sub(t0.all).filter(|&t| t > 0)? as f64;
+    Some(Shares {
+        idle: t1.idle.saturating_sub(t0.idle) as f64 / all,
+        stolen: t1.stolen.saturating_sub(t0.stolen) as f64 / all,
+    })
 }
 
 /// Waits until `probe` succeeds, the process dies, or 30 s pass.
@@ -133,15 +156,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn idle_share_counts_idle_and_iowait_over_all_ticks() {
+    fn idle_share_counts_idle_and_iowait_over_all_ticks_and_stolen_apart() {
         let before = ticks_of("cpu  100 5 50 800 20 3 2 10 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n");
         let after = ticks_of("cpu  160 5 90 880 30 3 2 20 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n");
-        assert_eq!(before, Some((820, 990)));
-        // 60 + 40 busy, 80 + 10 idle, 10 stolen: 90 of 200.
-        assert_eq!(idle_between(before, after), Some(0.45));
+        assert_eq!(
+            before,
+            Some(Ticks {
+                idle: 820,
+                stolen: 10,
+                all: 990
+            })
+        );
+        // 60 + 40 busy, 80 + 10 idle, 10 stolen: 90 and 10 of 200.
+        assert_eq!(
+            shares_between(before, after),
+            Some(Shares {
+                idle: 0.45,
+                stolen: 0.05
+            })
+        );
+        // A kernel without the steal field: nothing stolen, the rest as before.
+        let old = |s| ticks_of(s).map(|t| (t.stolen, t.all));
+        assert_eq!(old("cpu  100 5 50 800 20\n"), Some((0, 975)));
         // No tick between the readings, or a line that is not the total: no figure.
-        assert_eq!(idle_between(before, before), None);
+        assert_eq!(shares_between(before, before), None);
         assert_eq!(ticks_of("cpu0 1 2 3 4 5 6 7 8\n"), None);
-        assert_eq!(idle_between(None, after), None);
+        assert_eq!(shares_between(None, after), None);
     }
 }

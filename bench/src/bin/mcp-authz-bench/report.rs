@@ -38,8 +38,9 @@ pub struct Med {
     /// CPU seconds per 10k requests: mcp-authz, and Envoy or the no-op server.
     pub authz: f64,
     pub other: f64,
-    /// The share of the machine's CPU idle (all cores), as a percentage.
+    /// The shares of the machine's CPU idle and stolen (all cores), as percentages.
     pub idle: f64,
+    pub stolen: f64,
     pub errors: u64,
 }
 
@@ -54,8 +55,14 @@ fn med(runs: &[Run]) -> Med {
         other: m(&|r| r.per_10k(r.other_cpu_ns)),
         idle: median(
             runs.iter()
-                .filter_map(|r| r.idle)
-                .map(|i| 100.0 * i)
+                .filter_map(|r| r.machine)
+                .map(|m| 100.0 * m.idle)
+                .collect(),
+        ),
+        stolen: median(
+            runs.iter()
+                .filter_map(|r| r.machine)
+                .map(|m| 100.0 * m.stolen)
                 .collect(),
         ),
         errors: runs.iter().map(|r| r.sample.errors).sum(),
@@ -84,11 +91,13 @@ fn paired<'a>(
 }
 
 /// A row's rate per second of busy CPU: its rate over the share of the machine's CPU time
-/// that some process used. Two rows' ratio of it is their ratio of CPU cost per request,
-/// whatever part of the two cores the scheduler left idle.
+/// that some process of this machine used (neither idle nor stolen by the hypervisor). Two
+/// rows' ratio of it is their ratio of CPU cost per request, whatever part of the two cores
+/// the scheduler left idle or another guest took.
 fn busy_rate(r: &Run) -> Option<f64> {
-    let idle = r.idle?;
-    (idle < 1.0).then(|| r.sample.rate() / (1.0 - idle))
+    let m = r.machine?;
+    let busy = 1.0 - m.idle - m.stolen;
+    (busy > 0.0).then(|| r.sample.rate() / busy)
 }
 
 /// Where the whole machine's idle CPU stands in the rows the throughput targets compare, and
@@ -96,14 +105,14 @@ fn busy_rate(r: &Run) -> Option<f64> {
 fn idle_paragraph(all: &HashMap<(usize, Phase), Vec<Run>>) -> String {
     let rows = ["b", "c-noop", "c-noop-id", "c"];
     let mut md = String::from(
-        "\nIdle CPU at saturation (the whole machine, every core), each round's rate with it, and the row's ratio to (b) per second of busy CPU (each round's rate ÷ the busy share, paired with (b)'s round; median): a row that leaves more of the two cores idle than (b) loses that share of its throughput to waiting (on a single-threaded stage, or on where the scheduler put the processes), not to CPU spent per request.\n\n| row | idle, median | rounds: req/s at idle % | vs (b) per busy CPU second |\n| --- | --- | --- | --- |\n",
+        "\nIdle CPU at saturation (the whole machine, every core), each round's rate with it, the CPU the hypervisor gave to other guests (stolen), and the row's ratio to (b) per second of busy CPU (each round's rate ÷ the share neither idle nor stolen, paired with (b)'s round; median): a row that leaves more of the two cores idle than (b) loses that share of its throughput to waiting (on a single-threaded stage, or on where the scheduler put the processes), not to CPU spent per request; a run with CPU stolen lost it to another guest of the host.\n\n| row | idle, median | stolen, median | rounds: req/s at idle % | vs (b) per busy CPU second |\n| --- | --- | --- | --- | --- |\n",
     );
     for key in rows {
         let runs = runs_of(all, key, Phase::Saturation);
         let rounds = runs
             .iter()
-            .map(|r| match r.idle {
-                Some(i) => format!("{:.0} at {:.1}", r.sample.rate(), 100.0 * i),
+            .map(|r| match r.machine {
+                Some(m) => format!("{:.0} at {:.1}", r.sample.rate(), 100.0 * m.idle),
                 None => format!("{:.0} at —", r.sample.rate()),
             })
             .collect::<Vec<_>>()
@@ -111,9 +120,11 @@ fn idle_paragraph(all: &HashMap<(usize, Phase), Vec<Run>>) -> String {
         let busy: Vec<f64> = paired(all, key, "b")
             .filter_map(|(x, b)| Some(busy_rate(x)? / busy_rate(b)?))
             .collect();
+        let m = med(runs);
         md.push_str(&format!(
-            "| {key} | {:.1} % | {rounds} | {:.2}× |\n",
-            med(runs).idle,
+            "| {key} | {:.1} % | {:.1} % | {rounds} | {:.2}× |\n",
+            m.idle,
+            m.stolen,
             median(busy),
         ));
     }
@@ -175,10 +186,10 @@ Before timing, each configuration must answer 200 to a valid token, 401 to a mis
     md.push_str("## Through Envoy\n\n");
     md.push_str(&format!(
         "Saturation: {} connections, closed loop, {} s. Fixed load: {} req/s (about half of (b)'s saturation), paced by the wrk script, {} connections, {} s. One connection: closed loop, {} s. \
-CPU: seconds on CPU (all threads, from /proc) per 10,000 requests; the authz server is mcp-authz, or for (c-noop) and (c-noop-id) the no-op Check server. Idle: the share of the whole machine's CPU time (every core, from /proc/stat) that no process used during the saturation run.\n\n",
+CPU: seconds on CPU (all threads, from /proc) per 10,000 requests; the authz server is mcp-authz, or for (c-noop) and (c-noop-id) the no-op Check server. Idle: the share of the whole machine's CPU time (every core, from /proc/stat) that no process used during the saturation run; stolen: the share the hypervisor gave to other guests while this machine had work (its `steal` ticks).\n\n",
         a.connections, a.seconds, i.fixed_rate, a.connections, a.seconds, a.latency_seconds
     ));
-    md.push_str("| row | configuration | req/s at saturation | rounds | vs (b) | vs (b') | fixed load p50 / p99 / p99.9 ms | one connection p50 / p99 ms | authz server CPU s/10k | Envoy CPU s/10k | idle CPU at saturation | errors |\n");
+    md.push_str("| row | configuration | req/s at saturation | rounds | vs (b) | vs (b') | fixed load p50 / p99 / p99.9 ms | one connection p50 / p99 ms | authz server CPU s/10k | Envoy CPU s/10k | idle / stolen CPU at saturation | errors |\n");
     md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     let (b, b2) = (sat("b").rate, sat("b'").rate);
     for row in ROWS.iter().filter(|r| matches!(r.target, Target::Envoy(_))) {
@@ -191,7 +202,7 @@ CPU: seconds on CPU (all threads, from /proc) per 10,000 requests; the authz ser
         };
         let errors = s.errors + f.errors + o.errors;
         md.push_str(&format!(
-            "| {} | {} | **{:.0}** | {} | {:.2}× | {:.2}× | {} / {} / {} | {} / {} | {} | {:.2} | {:.1} % | {} |\n",
+            "| {} | {} | **{:.0}** | {} | {:.2}× | {:.2}× | {} / {} / {} | {} / {} | {} | {:.2} | {:.1} % / {:.1} % | {} |\n",
             row.key,
             row.label,
             s.rate,
@@ -206,6 +217,7 @@ CPU: seconds on CPU (all threads, from /proc) per 10,000 requests; the authz ser
             authz,
             s.other,
             s.idle,
+            s.stolen,
             errors,
         ));
     }
@@ -499,6 +511,7 @@ pub fn merge(report: &str, old: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::{Input, idle_paragraph, merge, render};
+    use crate::procs::Shares;
     use crate::{Phase, Run, RunArgs, row_index};
     use clap::Parser as _;
     use std::collections::HashMap;
@@ -617,15 +630,15 @@ mod tests {
         assert_eq!(merge(new, ""), new);
     }
 
-    /// A row that is slower only because the two cores sat idler is at par per busy CPU
-    /// second; one whose requests cost more CPU is not. A round without an idle reading (no
-    /// /proc/stat) counts in neither figure.
+    /// A row that is slower only because the two cores sat idler, or another guest took part
+    /// of them, is at par per busy CPU second; one whose requests cost more CPU is not. A round
+    /// without an idle reading (no /proc/stat) counts in neither figure.
     #[test]
-    fn the_ratio_per_busy_cpu_second_takes_out_the_idle_share() {
+    fn the_ratio_per_busy_cpu_second_takes_out_the_idle_and_stolen_shares() {
         let at = |rate: u64, idle: Option<f64>| {
             let mut r = run(0, 0);
             r.sample.requests = rate;
-            r.idle = idle;
+            r.machine = idle.map(|idle| Shares { idle, stolen: 0.0 });
             r
         };
         let mut runs = HashMap::new();
@@ -638,6 +651,13 @@ mod tests {
         );
         // As idle as (b) and 20 % slower: 0.8 per busy second.
         runs.insert(sat("c"), vec![at(16_000, Some(0.0)), at(16_000, None)]);
+        // 5 % idle and 5 % stolen by another guest, 10 % slower: the same cost per request.
+        let mut stolen = at(18_000, None);
+        stolen.machine = Some(Shares {
+            idle: 0.05,
+            stolen: 0.05,
+        });
+        runs.insert(sat("c-noop"), vec![stolen.clone(), stolen]);
         let md = idle_paragraph(&runs);
         let line = |k: &str| {
             md.lines()
@@ -647,15 +667,19 @@ mod tests {
         };
         assert_eq!(
             line("c-noop-id"),
-            "| c-noop-id | 10.0 % | 18000 at 10.0, 18000 at 10.0 | 1.00× |"
+            "| c-noop-id | 10.0 % | 0.0 % | 18000 at 10.0, 18000 at 10.0 | 1.00× |"
+        );
+        assert_eq!(
+            line("c-noop"),
+            "| c-noop | 5.0 % | 5.0 % | 18000 at 5.0, 18000 at 5.0 | 1.00× |"
         );
         assert_eq!(
             line("c"),
-            "| c | 0.0 % | 16000 at 0.0, 16000 at — | 0.80× |"
+            "| c | 0.0 % | 0.0 % | 16000 at 0.0, 16000 at — | 0.80× |"
         );
         assert_eq!(
             line("b"),
-            "| b | 0.0 % | 20000 at 0.0, 20000 at 0.0 | 1.00× |"
+            "| b | 0.0 % | 0.0 % | 20000 at 0.0, 20000 at 0.0 | 1.00× |"
         );
     }
 }

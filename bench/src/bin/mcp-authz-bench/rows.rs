@@ -1,6 +1,7 @@
 //! The rows of the report: what each measures (target, tokens, request), and one run's figures.
 
 use crate::load::Sample;
+use crate::procs;
 
 /// The request of rows (a)-(e): an MCP `ping`, which the Check authorizes on the server grant
 /// and no list filter touches (before the list filter existed these rows sent `tools/list`).
@@ -268,9 +269,9 @@ pub struct Run {
     pub other_cpu_ns: u64,
     /// The load generator's command line.
     pub command: String,
-    /// The share of the whole machine's CPU time (all cores, every process) idle during the
-    /// run, from /proc/stat.
-    pub idle: Option<f64>,
+    /// The shares of the whole machine's CPU time (all cores, every process) idle and stolen
+    /// by the hypervisor during the run, from /proc/stat.
+    pub machine: Option<procs::Shares>,
 }
 
 impl Run {

@@ -169,7 +169,7 @@ impl Stage {
             authz_cpu_ns,
             other_cpu_ns: other1.saturating_sub(other0),
             command,
-            idle: procs::idle_between(ticks0, ticks1),
+            machine: procs::shares_between(ticks0, ticks1),
         })
     }
 }
