@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use crate::procs::Shares;
 use crate::{Phase, ROWS, Run, RunArgs, Target, VERDICT_ROWS, row_index};
 
 pub struct Input<'a> {
@@ -46,6 +47,15 @@ pub struct Med {
 
 fn med(runs: &[Run]) -> Med {
     let m = |f: &dyn Fn(&Run) -> f64| median(runs.iter().map(f).collect());
+    // A share of the machine's CPU, as a percentage, over the runs that have a reading.
+    let machine = |f: &dyn Fn(&Shares) -> f64| {
+        median(
+            runs.iter()
+                .filter_map(|r| r.machine.as_ref())
+                .map(|s| 100.0 * f(s))
+                .collect(),
+        )
+    };
     Med {
         rate: m(&|r| r.sample.rate()),
         p50: m(&|r| r.sample.p50 as f64),
@@ -53,18 +63,8 @@ fn med(runs: &[Run]) -> Med {
         p999: m(&|r| r.sample.p999 as f64),
         authz: m(&|r| r.per_10k(r.authz_cpu_ns)),
         other: m(&|r| r.per_10k(r.other_cpu_ns)),
-        idle: median(
-            runs.iter()
-                .filter_map(|r| r.machine)
-                .map(|m| 100.0 * m.idle)
-                .collect(),
-        ),
-        stolen: median(
-            runs.iter()
-                .filter_map(|r| r.machine)
-                .map(|m| 100.0 * m.stolen)
-                .collect(),
-        ),
+        idle: machine(&|s| s.idle),
+        stolen: machine(&|s| s.stolen),
         errors: runs.iter().map(|r| r.sample.errors).sum(),
     }
 }
