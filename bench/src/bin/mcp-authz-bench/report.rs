@@ -100,8 +100,8 @@ fn busy_rate(r: &Run) -> Option<f64> {
     (busy > 0.0).then(|| r.sample.rate() / busy)
 }
 
-/// Where the whole machine's idle CPU stands in the rows the throughput targets compare, and
-/// their ratios to (b) per second of busy CPU.
+/// Where the whole machine's idle and stolen CPU stand in the rows the throughput targets compare,
+/// and their ratios to (b) per second of busy CPU.
 fn idle_paragraph(all: &HashMap<(usize, Phase), Vec<Run>>) -> String {
     let rows = ["b", "c-noop", "c-noop-id", "c"];
     let mut md = String::from(
