@@ -6,15 +6,14 @@
 //! key issuer, audience, times, token type, scope/role) → [`Principal`], cached until the
 //! token's `exp`.
 
+mod cache;
 mod error;
 mod jwks;
 mod jwt;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest as lc;
-use moka::sync::Cache;
 use sha2::{Digest, Sha256};
 
 pub use error::TokenError;
@@ -198,34 +197,16 @@ impl TokenDigest {
 pub struct Validator {
     rules: ValidationRules,
     keys: Arc<KeyStore>,
-    cache: Cache<[u8; 32], Arc<Principal>>,
-}
-
-struct ExpireAtTokenExp;
-
-impl moka::Expiry<[u8; 32], Arc<Principal>> for ExpireAtTokenExp {
-    fn expire_after_create(
-        &self,
-        _key: &[u8; 32],
-        value: &Arc<Principal>,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        Some(Duration::from_secs(
-            value.expires_at.saturating_sub(unix_now()),
-        ))
-    }
+    cache: cache::TokenCache,
 }
 
 impl Validator {
     pub fn new(rules: ValidationRules, keys: Arc<KeyStore>, cache_capacity: u64) -> Self {
-        let cache = Cache::builder()
-            .max_capacity(cache_capacity)
-            // Sized up front: growing the table rehashed it under load (~4 % of a new-token
-            // Check's CPU while the cache filled).
-            .initial_capacity(cache_capacity.min(1 << 17) as usize)
-            .expire_after(ExpireAtTokenExp)
-            .build();
-        Self { rules, keys, cache }
+        Self {
+            rules,
+            keys,
+            cache: cache::TokenCache::new(cache_capacity),
+        }
     }
 
     pub fn rules(&self) -> &ValidationRules {
@@ -237,8 +218,7 @@ impl Validator {
     }
 
     pub fn cached_tokens(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.entry_count()
+        self.cache.len()
     }
 
     /// Validates one raw token (the part after `Bearer `).
@@ -248,15 +228,12 @@ impl Validator {
         }
         let digest = TokenDigest::of(token);
         let now = unix_now();
-        if let Some(principal) = self.cache.get(&digest.key) {
-            // moka's expiry is approximate; the token's own exp is exact.
-            if now < principal.expires_at {
-                return Ok(Verified {
-                    principal,
-                    cache_hit: true,
-                });
-            }
-            self.cache.invalidate(&digest.key);
+        // Never an expired principal: the cache checks the token's `exp` against `now`.
+        if let Some(principal) = self.cache.get(&digest.key, now) {
+            return Ok(Verified {
+                principal,
+                cache_hit: true,
+            });
         }
         let mut payload = Vec::new();
         let parsed = jwt::parse(token, &mut payload)?;
@@ -276,7 +253,7 @@ impl Validator {
             self.check(parsed, &key_set, now)?
         };
         let principal = Arc::new(principal);
-        self.cache.insert(digest.key, principal.clone());
+        self.cache.insert(digest.key, principal.clone(), now);
         Ok(Verified {
             principal,
             cache_hit: false,
