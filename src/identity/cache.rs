@@ -7,13 +7,15 @@
 //! entries each time 25,000 removals had left tombstones (≈ 0.7 µs per new token), plus its
 //! access-order and timer-wheel housekeeping on reads. What this cache needs is less:
 //!
-//! - The key is already a SHA-256 digest, so its first eight bytes are the table's hash (a
-//!   verified token is the only way in, so nobody chooses the keys) and the next eight pick
-//!   the shard; no hashing of our own.
+//! - The key is already a SHA-256 digest, so its first eight bytes are the table's hash and the
+//!   next eight pick the shard; no hashing of our own. Only a verified token is inserted, so
+//!   nobody can fill a table with keys of their choosing.
 //! - A bound, not a frequency policy: tokens live for an hour and are used in bursts, so the
 //!   oldest entry is the one to drop. Each shard keeps its insertion order and drops from its
-//!   front past its share of the capacity; the table is sized so that it never grows past its
-//!   first allocation and a removal rarely leaves a tombstone.
+//!   front past its share of the capacity. The tables are sized up front for 2^17 tokens over
+//!   all shards, at most half full: up to that capacity (the default is 100,000) a table never
+//!   grows and a removal rarely leaves a tombstone. Past it, a table grows by doubling as it
+//!   fills.
 //! - Expiry exactly at the token's `exp`: a read never returns an expired principal (it
 //!   removes it), and entries already expired at the front are dropped on each insert. One
 //!   expired further in waits for its turn at the front, within the same bound.
@@ -29,8 +31,8 @@ use super::Principal;
 
 /// At most this many shards; fewer when the capacity is smaller, so that every shard holds one.
 const SHARDS: usize = 16;
-/// Entries allocated up front, at most, over all shards (the cache fills to its capacity later
-/// by growing, once per doubling).
+/// Entries allocated up front, at most, over all shards (a larger capacity is reached later by
+/// growing, once per doubling).
 const PRESIZE: usize = 1 << 17;
 
 /// A token's cache key: the SHA-256 over the whole token (`TokenDigest::key`).
