@@ -155,8 +155,13 @@ impl TokenCache {
     }
 
     /// Caches `principal` under `key` (replacing any entry there), then drops from the shard's
-    /// front what is past its share of the capacity or expired at `now`.
+    /// front what is past its share of the capacity or expired at `now`. A principal already
+    /// expired at `now` (a token accepted within the leeway past its `exp`) is not cached: no
+    /// read could return it, and it would only take a place.
     pub(super) fn insert(&self, key: [u8; 32], principal: Arc<Principal>, now: u64) {
+        if now >= principal.expires_at {
+            return;
+        }
         let per_shard = self.per_shard;
         let mut shard = self.shard(&key);
         let seq = shard.next_seq;
@@ -240,6 +245,14 @@ mod tests {
         assert!(cache.get(&key(1), 1_000).is_none());
         // The expired entry was removed, not only hidden.
         assert_eq!(cache.len(), 0);
+        // One accepted within the leeway past its exp is not cached, so it takes no live
+        // token's place (in a cache of one, it would have pushed the live one out).
+        let one = TokenCache::new(1);
+        one.insert(key(3), principal(u64::MAX), 1_000);
+        one.insert(key(2), principal(1_000), 1_000);
+        assert!(one.get(&key(3), 1_000).is_some());
+        assert!(one.get(&key(2), 1_000).is_none());
+        assert_eq!(one.len(), 1);
     }
 
     #[test]
