@@ -73,6 +73,12 @@ impl Hasher for DigestWord {
     }
 }
 
+/// Whether a principal's token is still valid at `now`: the one expiry rule of this cache, so
+/// a read, an insert and the trim agree to the second.
+fn live(principal: &Principal, now: u64) -> bool {
+    now < principal.expires_at
+}
+
 struct Slot {
     principal: Arc<Principal>,
     /// Which insertion made this entry: its place in the shard's order carries the same number.
@@ -94,7 +100,7 @@ impl Shard {
             let current = self.map.get(&key).filter(|s| s.seq == seq);
             let over = self.order.len() > capacity;
             match current {
-                Some(slot) if !over && now < slot.principal.expires_at => break,
+                Some(slot) if !over && live(&slot.principal, now) => break,
                 Some(_) => {
                     self.map.remove(&key);
                 }
@@ -145,7 +151,7 @@ impl TokenCache {
         let mut shard = self.shard(key);
         let key = Key(*key);
         match shard.map.get(&key) {
-            Some(slot) if now < slot.principal.expires_at => Some(slot.principal.clone()),
+            Some(slot) if live(&slot.principal, now) => Some(slot.principal.clone()),
             Some(_) => {
                 shard.map.remove(&key);
                 None
@@ -159,7 +165,7 @@ impl TokenCache {
     /// expired at `now` (a token accepted within the leeway past its `exp`) is not cached: no
     /// read could return it, and it would only take a place.
     pub(super) fn insert(&self, key: [u8; 32], principal: Arc<Principal>, now: u64) {
-        if now >= principal.expires_at {
+        if !live(&principal, now) {
             return;
         }
         let per_shard = self.per_shard;
@@ -273,7 +279,8 @@ mod tests {
 
     #[test]
     fn a_replaced_entry_is_not_dropped_by_its_old_place_in_the_order() {
-        // One shard of two: the key inserted again later must outlive its first insertion.
+        // A cache of one shard, then one of two shards of one: the key inserted again later must
+        // outlive its first insertion.
         let cache = TokenCache::new(1);
         cache.insert(key(1), principal(u64::MAX), 0);
         cache.insert(key(1), principal(u64::MAX), 0);
